@@ -1,0 +1,529 @@
+//! The thin cgroupfs layer: one supervisor root, one cgroup per instance, and the few files
+//! fcsup needs (`cgroup.freeze`, `cgroup.events`, `cgroup.kill`, `cpu.stat`, limits).
+//!
+//! Freeze and thaw return only once `cgroup.events` confirms the new state: the file is read
+//! right after the write, then watched for `POLLPRI` with a short re-check, because the kernel
+//! rate-limits those notifications (see `notes/cgroups.md` §3).
+//! On hybrid hosts the memory, pids and cpu limits go to the v1 hierarchies instead.
+
+mod mount;
+mod stat;
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub use mount::{own_v1_paths, Hierarchy, Mode};
+pub use stat::{CpuStat, Events};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+/// Errors of the cgroup layer; each names the file and, for writes, the data.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// An I/O call on a cgroup file failed.
+    #[error("failed to {op} {path}: {source}")]
+    Io {
+        /// What was attempted.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A write to a cgroup file failed.
+    #[error("failed to write {data:?} to {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// What was written.
+        data: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// No cgroup2 mount exists.
+    #[error("no cgroup2 mount in {0}: fcsup needs cgroup v2 (unified, or hybrid with cgroup2 mounted)")]
+    NoCgroup2(PathBuf),
+    /// A state change was not confirmed in time.
+    #[error("{path} did not report {what} within {timeout:?}")]
+    Timeout {
+        /// The cgroup.
+        path: PathBuf,
+        /// The awaited state.
+        what: &'static str,
+        /// How long fcsup waited.
+        timeout: Duration,
+    },
+}
+
+/// Result of the cgroup layer.
+pub type Result<T, E = CgroupError> = std::result::Result<T, E>;
+
+/// How long a freeze, thaw or kill may take before it is reported as stuck.
+pub const STATE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Re-check interval while waiting on `cgroup.events` (notifications are rate-limited).
+const RECHECK: Duration = Duration::from_millis(1);
+
+/// Resource limits for one instance.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// Memory in bytes.
+    pub memory_bytes: Option<u64>,
+    /// Maximum number of tasks.
+    pub pids_max: Option<u64>,
+    /// CPU in millicores (1000 = one vCPU).
+    pub cpu_millis: Option<u64>,
+}
+
+/// Where each limit is enforced on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Enforcement {
+    /// Through the cgroup2 controller.
+    V2,
+    /// Through a v1 hierarchy (hybrid hosts).
+    V1,
+    /// Not enforced on this host.
+    No,
+}
+
+/// What the supervisor root can enforce.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Capabilities {
+    /// Memory limit.
+    pub memory: Enforcement,
+    /// Pids limit.
+    pub pids: Enforcement,
+    /// CPU quota.
+    pub cpu: Enforcement,
+}
+
+/// The supervisor's root cgroup; instance cgroups are created beneath it.
+#[derive(Debug)]
+pub struct CgroupRoot {
+    v2: PathBuf,
+    /// (controller, v1 directory) for memory/pids/cpu on hybrid hosts.
+    v1: Vec<(&'static str, PathBuf)>,
+    caps: Capabilities,
+    mode: Mode,
+}
+
+impl CgroupRoot {
+    /// Opens (creating it if needed) the root `name` under the cgroup2 mount of `hier`, and on
+    /// hybrid hosts the matching directories under the caller's own v1 groups.
+    pub fn open(hier: &Hierarchy, name: &str, proc_self_cgroup: &str) -> Result<Self> {
+        let v2 = hier.v2.join(name.trim_start_matches('/'));
+        mkdir_all(&v2)?;
+        let mut caps = Capabilities { memory: Enforcement::No, pids: Enforcement::No, cpu: Enforcement::No };
+        let mut v1 = Vec::new();
+        match hier.mode {
+            Mode::Unified => {
+                // Best effort: a delegated subtree may refuse some controllers.
+                let parent = v2.parent().unwrap_or(&hier.v2);
+                for ctrl in ["memory", "pids", "cpu"] {
+                    let _ = std::fs::write(parent.join("cgroup.subtree_control"), format!("+{ctrl}"));
+                    if std::fs::write(v2.join("cgroup.subtree_control"), format!("+{ctrl}")).is_ok() {
+                        let e = Enforcement::V2;
+                        match ctrl {
+                            "memory" => caps.memory = e,
+                            "pids" => caps.pids = e,
+                            _ => caps.cpu = e,
+                        }
+                    }
+                }
+            }
+            Mode::Hybrid => {
+                let own = own_v1_paths(proc_self_cgroup);
+                for ctrl in ["memory", "pids", "cpu"] {
+                    let Some(mnt) = hier.v1.get(ctrl) else { continue };
+                    let base = own.get(ctrl).map(|p| p.trim_start_matches('/')).unwrap_or("");
+                    let dir = mnt.join(base).join(name.trim_start_matches('/'));
+                    if mkdir_all(&dir).is_ok() {
+                        match ctrl {
+                            "memory" => caps.memory = Enforcement::V1,
+                            "pids" => caps.pids = Enforcement::V1,
+                            _ => caps.cpu = Enforcement::V1,
+                        }
+                        v1.push((ctrl, dir));
+                    }
+                }
+            }
+        }
+        Ok(CgroupRoot { v2, v1, caps, mode: hier.mode })
+    }
+
+    /// The root's cgroup2 directory.
+    pub fn path(&self) -> &Path {
+        &self.v2
+    }
+
+    /// Which limits this root can enforce.
+    pub fn capabilities(&self) -> Capabilities {
+        self.caps
+    }
+
+    /// Unified or hybrid.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Creates the cgroup of one instance and applies `limits`.
+    pub fn create(&self, id: &str, limits: &Limits) -> Result<Cgroup> {
+        let path = self.v2.join(id);
+        std::fs::create_dir(&path).map_err(|source| CgroupError::Io { op: "create", path: path.clone(), source })?;
+        let mut cg = Cgroup::open_dir(path)?;
+        let result = (|| {
+            if self.mode == Mode::Unified {
+                if let (Some(m), Enforcement::V2) = (limits.memory_bytes, self.caps.memory) {
+                    write_file(&cg.path.join("memory.max"), &m.to_string())?;
+                    let _ = std::fs::write(cg.path.join("memory.swap.max"), "0");
+                }
+                if let (Some(p), Enforcement::V2) = (limits.pids_max, self.caps.pids) {
+                    write_file(&cg.path.join("pids.max"), &p.to_string())?;
+                }
+                if let (Some(c), Enforcement::V2) = (limits.cpu_millis, self.caps.cpu) {
+                    write_file(&cg.path.join("cpu.max"), &format!("{} 100000", c * 100))?;
+                }
+            }
+            for (ctrl, root) in &self.v1 {
+                let dir = root.join(id);
+                let setting = match *ctrl {
+                    "memory" => limits.memory_bytes.map(|m| ("memory.limit_in_bytes", m.to_string())),
+                    "pids" => limits.pids_max.map(|p| ("pids.max", p.to_string())),
+                    _ => limits.cpu_millis.map(|c| ("cpu.cfs_quota_us", (c * 100).to_string())),
+                };
+                let Some((file, value)) = setting else { continue };
+                std::fs::create_dir(&dir).map_err(|source| CgroupError::Io { op: "create", path: dir.clone(), source })?;
+                cg.v1_dirs.push(dir.clone());
+                if *ctrl == "cpu" {
+                    write_file(&dir.join("cpu.cfs_period_us"), "100000")?;
+                }
+                write_file(&dir.join(file), &value)?;
+                let procs = dir.join("cgroup.procs");
+                let f = File::options()
+                    .write(true)
+                    .open(&procs)
+                    .map_err(|source| CgroupError::Io { op: "open", path: procs, source })?;
+                cg.v1_procs.push(f);
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = cg.remove();
+            return Err(e);
+        }
+        Ok(cg)
+    }
+
+    /// Kills and removes every instance cgroup a previous run left behind; returns how many.
+    pub async fn reap_leftovers(&self) -> Result<usize> {
+        let mut n = 0;
+        let Ok(rd) = std::fs::read_dir(&self.v2) else { return Ok(0) };
+        for entry in rd.flatten() {
+            if !entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                continue;
+            }
+            let mut cg = Cgroup::open_dir(entry.path())?;
+            for (_, root) in &self.v1 {
+                let d = root.join(entry.file_name());
+                if d.is_dir() {
+                    cg.v1_dirs.push(d);
+                }
+            }
+            let _ = cg.write_freeze(false);
+            cg.kill().await?;
+            cg.remove()?;
+            n += 1;
+        }
+        // v1 directories whose v2 twin is already gone.
+        for (_, root) in &self.v1 {
+            for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+                if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    let _ = std::fs::remove_dir(entry.path());
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Removes the root itself (it must be empty).
+    pub fn remove(&self) -> Result<()> {
+        for (_, dir) in &self.v1 {
+            let _ = std::fs::remove_dir(dir);
+        }
+        std::fs::remove_dir(&self.v2).map_err(|source| CgroupError::Io { op: "remove", path: self.v2.clone(), source })
+    }
+}
+
+/// How `cgroup.events` is awaited: epoll `POLLPRI` on a real cgroupfs, plain re-reads on a
+/// fake one (regular files cannot be registered with epoll).
+#[derive(Debug)]
+enum EventsFd {
+    Notify(AsyncFd<File>),
+    Poll(File),
+}
+
+impl EventsFd {
+    fn file(&self) -> &File {
+        match self {
+            EventsFd::Notify(a) => a.get_ref(),
+            EventsFd::Poll(f) => f,
+        }
+    }
+}
+
+/// One instance's cgroup, with its hot files kept open.
+#[derive(Debug)]
+pub struct Cgroup {
+    path: PathBuf,
+    dir: OwnedFd,
+    freeze: File,
+    events: EventsFd,
+    cpu_stat: File,
+    v1_dirs: Vec<PathBuf>,
+    v1_procs: Vec<File>,
+}
+
+impl Cgroup {
+    /// Opens an existing cgroup2 directory.
+    pub fn open_dir(path: PathBuf) -> Result<Self> {
+        let open = |name: &str, write: bool| {
+            let p = path.join(name);
+            File::options()
+                .read(!write)
+                .write(write)
+                .open(&p)
+                .map_err(|source| CgroupError::Io { op: "open", path: p, source })
+        };
+        let freeze = open("cgroup.freeze", true)?;
+        let events_file = open("cgroup.events", false)?;
+        let cpu_stat = open("cpu.stat", false)?;
+        let events = if tokio::runtime::Handle::try_current().is_ok() {
+            // SAFETY: the File owns its fd for the AsyncFd's whole lifetime.
+            match unsafe { AsyncFd::register_with_interest(events_file, Interest::PRIORITY) } {
+                Ok(a) => EventsFd::Notify(a),
+                Err(e) => EventsFd::Poll(e.into_parts().0),
+            }
+        } else {
+            EventsFd::Poll(events_file)
+        };
+        let dir = open_dir_fd(&path)?;
+        Ok(Cgroup { path, dir, freeze, events, cpu_stat, v1_dirs: Vec::new(), v1_procs: Vec::new() })
+    }
+
+    /// The cgroup2 directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The directory fd, for `clone3(CLONE_INTO_CGROUP)`.
+    pub fn dir_fd(&self) -> RawFd {
+        self.dir.as_raw_fd()
+    }
+
+    /// The v1 `cgroup.procs` files the child must write itself into (hybrid hosts).
+    pub fn v1_procs_fds(&self) -> Vec<RawFd> {
+        self.v1_procs.iter().map(|f| f.as_raw_fd()).collect()
+    }
+
+    /// Current `cgroup.events`.
+    pub fn events(&self) -> Result<Events> {
+        let mut buf = [0u8; 256];
+        let n = self.events.file().read_at(&mut buf, 0).map_err(|source| CgroupError::Io {
+            op: "read",
+            path: self.path.join("cgroup.events"),
+            source,
+        })?;
+        Ok(Events::parse(std::str::from_utf8(&buf[..n]).unwrap_or("")))
+    }
+
+    /// Current `cpu.stat`.
+    pub fn cpu_stat(&self) -> Result<CpuStat> {
+        let mut buf = [0u8; 512];
+        let n = self.cpu_stat.read_at(&mut buf, 0).map_err(|source| CgroupError::Io {
+            op: "read",
+            path: self.path.join("cpu.stat"),
+            source,
+        })?;
+        Ok(CpuStat::parse(std::str::from_utf8(&buf[..n]).unwrap_or("")))
+    }
+
+    /// Peak memory in bytes since the cgroup was created, where the host reports it
+    /// (v2 `memory.peak`, or v1 `memory.max_usage_in_bytes`).
+    pub fn memory_peak(&self) -> Option<u64> {
+        let v2 = std::fs::read_to_string(self.path.join("memory.peak")).ok();
+        let v1 = || {
+            self.v1_dirs
+                .iter()
+                .find_map(|d| std::fs::read_to_string(d.join("memory.max_usage_in_bytes")).ok())
+        };
+        v2.or_else(v1)?.trim().parse().ok()
+    }
+
+    fn write_freeze(&self, frozen: bool) -> Result<()> {
+        let data = if frozen { b"1" } else { b"0" };
+        self.freeze.write_at(data, 0).map(|_| ()).map_err(|source| CgroupError::Write {
+            path: self.path.join("cgroup.freeze"),
+            data: String::from_utf8_lossy(data).into_owned(),
+            source,
+        })
+    }
+
+    /// Freezes every task and returns once `cgroup.events` says `frozen 1`.
+    pub async fn freeze(&self) -> Result<()> {
+        self.write_freeze(true)?;
+        self.wait_for("frozen 1", |e| e.frozen || !e.populated).await.map(|_| ())
+    }
+
+    /// Thaws and returns once `cgroup.events` says `frozen 0`.
+    pub async fn thaw(&self) -> Result<()> {
+        self.write_freeze(false)?;
+        self.wait_for("frozen 0", |e| !e.frozen).await.map(|_| ())
+    }
+
+    /// Kills every task (`cgroup.kill`, or SIGKILL to each pid on kernels without it) and
+    /// returns once `cgroup.events` says `populated 0`.
+    pub async fn kill(&self) -> Result<()> {
+        let kill_file = self.path.join("cgroup.kill");
+        if let Err(e) = std::fs::write(&kill_file, "1") {
+            if e.kind() != io::ErrorKind::NotFound {
+                return Err(CgroupError::Write { path: kill_file, data: "1".into(), source: e });
+            }
+            let _ = self.write_freeze(false);
+            let procs = std::fs::read_to_string(self.path.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.parse::<i32>().ok()) {
+                // SAFETY: kill(2) with a pid read from this cgroup's procs; no memory involved.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        self.wait_for("populated 0", |e| !e.populated).await.map(|_| ())
+    }
+
+    /// Waits until `done(events)` holds, reading right away and then on each notification,
+    /// with a short re-check because notifications are rate-limited.
+    pub async fn wait_for(&self, what: &'static str, done: impl Fn(Events) -> bool) -> Result<Events> {
+        let start = Instant::now();
+        loop {
+            let ev = self.events()?;
+            if done(ev) {
+                return Ok(ev);
+            }
+            if start.elapsed() > STATE_TIMEOUT {
+                return Err(CgroupError::Timeout { path: self.path.clone(), what, timeout: STATE_TIMEOUT });
+            }
+            match &self.events {
+                EventsFd::Notify(a) => {
+                    let _ = tokio::time::timeout(RECHECK, async {
+                        if let Ok(mut g) = a.ready(Interest::PRIORITY).await {
+                            g.clear_ready();
+                        }
+                    })
+                    .await;
+                }
+                EventsFd::Poll(_) => tokio::time::sleep(RECHECK).await,
+            }
+        }
+    }
+
+    /// Removes the cgroup directories (v2 and v1); the cgroup must be empty.
+    pub fn remove(&self) -> Result<()> {
+        for d in &self.v1_dirs {
+            remove_dir_retrying(d)?;
+        }
+        remove_dir_retrying(&self.path)
+    }
+}
+
+/// rmdir, retrying briefly: a cgroup whose last task just exited can still be busy.
+fn remove_dir_retrying(path: &Path) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        match std::fs::remove_dir(path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && start.elapsed() < Duration::from_secs(2) => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(source) => return Err(CgroupError::Io { op: "remove", path: path.to_path_buf(), source }),
+        }
+    }
+}
+
+fn mkdir_all(path: &Path) -> Result<()> {
+    std::fs::create_dir_all(path).map_err(|source| CgroupError::Io { op: "create", path: path.to_path_buf(), source })
+}
+
+fn write_file(path: &Path, data: &str) -> Result<()> {
+    std::fs::write(path, data).map_err(|source| CgroupError::Write { path: path.to_path_buf(), data: data.into(), source })
+}
+
+fn open_dir_fd(path: &Path) -> Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("cgroup path has no NUL");
+    // SAFETY: open(2) with a valid NUL-terminated path; the returned fd is owned below.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(CgroupError::Io { op: "open", path: path.to_path_buf(), source: io::Error::last_os_error() });
+    }
+    // SAFETY: fd was just returned by open(2) and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake cgroupfs directory with the files fcsup opens.
+    fn fake_cgroup(dir: &Path, events: &str) -> PathBuf {
+        let p = dir.join("inst");
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::write(p.join("cgroup.freeze"), "0").unwrap();
+        std::fs::write(p.join("cgroup.events"), events).unwrap();
+        std::fs::write(p.join("cpu.stat"), "usage_usec 42\nuser_usec 40\nsystem_usec 2\n").unwrap();
+        p
+    }
+
+    #[test]
+    fn reads_stats_and_events_from_fake_fs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cg = Cgroup::open_dir(fake_cgroup(tmp.path(), "populated 1\nfrozen 0\n")).unwrap();
+        assert_eq!(cg.cpu_stat().unwrap().usage_usec, 42);
+        assert!(cg.events().unwrap().populated);
+    }
+
+    #[tokio::test]
+    async fn freeze_waits_for_events_confirmation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = fake_cgroup(tmp.path(), "populated 1\nfrozen 0\n");
+        let cg = Cgroup::open_dir(p.clone()).unwrap();
+        let events = p.join("cgroup.events");
+        let flip = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            std::fs::write(events, "populated 1\nfrozen 1\n").unwrap();
+        });
+        let t = Instant::now();
+        cg.freeze().await.unwrap();
+        assert!(t.elapsed() >= Duration::from_millis(15), "returned before the kernel confirmed");
+        assert_eq!(std::fs::read_to_string(p.join("cgroup.freeze")).unwrap(), "1");
+        flip.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn write_errors_name_file_and_data() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = fake_cgroup(tmp.path(), "populated 0\nfrozen 0\n");
+        let cg = Cgroup::open_dir(p.clone()).unwrap();
+        let e = write_file(&p.join("missing/x"), "7").unwrap_err().to_string();
+        assert!(e.contains("failed to write \"7\" to") && e.contains("missing/x"), "{e}");
+        for f in ["cgroup.freeze", "cgroup.events", "cpu.stat"] {
+            std::fs::remove_file(p.join(f)).unwrap();
+        }
+        cg.remove().unwrap();
+        assert!(!p.exists());
+    }
+}

@@ -1,0 +1,106 @@
+//! `fcsup check`: what this host offers and what will and will not work.
+
+use std::path::Path;
+
+use crate::cgroup::{CgroupRoot, Enforcement, Hierarchy, Mode};
+
+/// One line of the report.
+#[derive(Debug, serde::Serialize)]
+pub struct Finding {
+    /// `ok`, `warn` or `fail`.
+    pub level: &'static str,
+    /// What was probed.
+    pub item: String,
+    /// What was found, and what to do about it.
+    pub detail: String,
+}
+
+fn f(level: &'static str, item: &str, detail: impl Into<String>) -> Finding {
+    Finding { level, item: item.into(), detail: detail.into() }
+}
+
+/// Probes the host (creates and removes one probe cgroup under `cgroup_root`).
+pub async fn run(mountinfo: &Path, cgroup_root: &str) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let kernel = kernel.trim();
+    let (maj, min) = {
+        let mut it = kernel.split(|c: char| !c.is_ascii_digit()).filter_map(|s| s.parse::<u32>().ok());
+        (it.next().unwrap_or(0), it.next().unwrap_or(0))
+    };
+    let new_enough = (maj, min) >= (5, 14);
+    out.push(f(if new_enough { "ok" } else { "fail" }, "kernel", format!("{kernel} (fcsup needs 5.14+ for clone3 into cgroups, pidfds and cgroup.kill)")));
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let sys_admin = cap_eff & (1 << 21) != 0;
+    out.push(f(
+        if sys_admin { "ok" } else { "fail" },
+        "capabilities",
+        if sys_admin { format!("CAP_SYS_ADMIN present (CapEff {cap_eff:016x})") } else { "CAP_SYS_ADMIN missing: run fcsup as root".into() },
+    ));
+    for ns in ["pid", "mnt", "uts", "ipc", "net"] {
+        let ok = Path::new(&format!("/proc/self/ns/{ns}")).exists();
+        out.push(f(if ok { "ok" } else { "fail" }, &format!("namespace {ns}"), if ok { "available" } else { "missing from the kernel" }));
+    }
+    let hier = match Hierarchy::discover(mountinfo) {
+        Ok(h) => h,
+        Err(e) => {
+            out.push(f("fail", "cgroup2", e.to_string()));
+            return out;
+        }
+    };
+    out.push(f(
+        "ok",
+        "cgroup mode",
+        match hier.mode {
+            Mode::Unified => format!("unified, cgroup2 at {}", hier.v2.display()),
+            Mode::Hybrid => format!(
+                "hybrid: cgroup2 at {} (freeze, kill, events, cpu.stat), v1 controllers {}",
+                hier.v2.display(),
+                hier.v1.keys().cloned().collect::<Vec<_>>().join(",")
+            ),
+        },
+    ));
+    let controllers = std::fs::read_to_string(hier.v2.join("cgroup.controllers")).unwrap_or_default();
+    out.push(f("ok", "cgroup2 controllers", if controllers.trim().is_empty() { "(none)".into() } else { controllers.trim().to_string() }));
+    let self_cg = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let probe_root = format!("{}-check-{}", cgroup_root.trim_matches('/'), std::process::id());
+    match CgroupRoot::open(&hier, &probe_root, &self_cg) {
+        Ok(root) => {
+            let caps = root.capabilities();
+            for (name, e) in [("memory limit", caps.memory), ("pids limit", caps.pids), ("cpu limit", caps.cpu)] {
+                let (lvl, d) = match e {
+                    Enforcement::V2 => ("ok", "enforced through cgroup2".to_string()),
+                    Enforcement::V1 => ("ok", "enforced through the v1 hierarchy (hybrid host)".to_string()),
+                    Enforcement::No => ("warn", "NOT enforced on this host".to_string()),
+                };
+                out.push(f(lvl, name, d));
+            }
+            match root.create("probe", &Default::default()) {
+                Ok(cg) => {
+                    let freeze = cg.freeze().await.is_ok() && cg.thaw().await.is_ok();
+                    out.push(f(if freeze { "ok" } else { "fail" }, "freezer", if freeze { "cgroup.freeze confirmed by cgroup.events" } else { "cgroup.freeze did not work" }));
+                    let kill = cg.path().join("cgroup.kill").exists();
+                    out.push(f(if kill { "ok" } else { "warn" }, "cgroup.kill", if kill { "available" } else { "missing: fcsup falls back to SIGKILL per pid" }));
+                    let _ = cg.remove();
+                }
+                Err(e) => out.push(f("fail", "instance cgroup", e.to_string())),
+            }
+            let _ = root.remove();
+        }
+        Err(e) => out.push(f("fail", "cgroup root", e.to_string())),
+    }
+    let gpu = Path::new("/dev/nvidiactl").exists();
+    let cdi = ["/etc/cdi", "/var/run/cdi"].iter().any(|d| std::fs::read_dir(d).map(|mut r| r.next().is_some()).unwrap_or(false));
+    out.push(f("ok", "gpu", match (gpu, cdi) {
+        (true, true) => "NVIDIA devices and CDI specs present",
+        (true, false) => "NVIDIA devices present, no CDI spec",
+        (false, true) => "CDI specs present, no NVIDIA device node",
+        (false, false) => "no GPU (functions run CPU-only)",
+    }));
+    out
+}

@@ -1,0 +1,301 @@
+//! The function configuration: a Serverless Devs `s.yaml` (functions under
+//! `resources.<name>.props`) or a plain list of such `props`, plus fcsup's own `fcsup:` keys.
+//!
+//! Parsing is strict about types (the YAML parser reports line and column) and [`validate`]
+//! checks ranges with FC's limits, so a bad file fails at start naming the file and the key.
+
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use validate::validate;
+
+/// Errors reading a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The YAML does not parse or has a value of the wrong type.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A key has a value outside what FC allows.
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Dotted key, e.g. `resources.demo.props.memorySize`.
+        key: String,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+}
+
+/// A whole `s.yaml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SFile {
+    #[serde(default)]
+    resources: BTreeMap<String, Resource>,
+    #[serde(default)]
+    fcsup: Option<GlobalExt>,
+    #[serde(default)]
+    functions: Vec<Props>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Resource {
+    props: Props,
+}
+
+/// Supervisor-wide settings under the file's top-level `fcsup:` key.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GlobalExt {
+    /// Instance cap across all functions (FC's per-region cap; default 100).
+    pub max_instances: Option<usize>,
+}
+
+/// One function's `props` (FC 3.0 names; unknown FC keys are accepted and ignored).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Props {
+    /// `functionName` (defaults to the resource key).
+    pub function_name: Option<String>,
+    /// `runtime` (`custom`, `custom.debian10/11/12`).
+    pub runtime: Option<String>,
+    /// `region`, passed to the instance as `FC_REGION`.
+    pub region: Option<String>,
+    /// `code`: the code directory, relative to the file.
+    pub code: Option<String>,
+    /// `handler` (meaningless for custom runtimes; passed through).
+    pub handler: Option<String>,
+    /// `memorySize` in MB.
+    pub memory_size: Option<u64>,
+    /// `cpu` in vCPUs.
+    pub cpu: Option<f64>,
+    /// `diskSize` in MB (size of `/tmp`).
+    pub disk_size: Option<u64>,
+    /// `timeout` in seconds.
+    pub timeout: Option<u64>,
+    /// `instanceConcurrency`.
+    pub instance_concurrency: Option<u32>,
+    /// `environmentVariables`.
+    #[serde(default)]
+    pub environment_variables: BTreeMap<String, String>,
+    /// `customRuntimeConfig`.
+    pub custom_runtime_config: Option<CustomRuntimeConfig>,
+    /// `instanceLifecycleConfig`.
+    pub instance_lifecycle_config: Option<LifecycleConfig>,
+    /// fcsup's own settings for this function.
+    pub fcsup: Option<FunctionExt>,
+}
+
+/// `customRuntimeConfig`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomRuntimeConfig {
+    /// Start command.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Start arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Listening port (default 9000).
+    pub port: Option<u16>,
+    /// `healthCheckConfig`.
+    pub health_check_config: Option<HealthCheckConfig>,
+}
+
+/// `healthCheckConfig`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheckConfig {
+    /// Path probed with GET.
+    pub http_get_url: Option<String>,
+    /// Seconds before the first probe.
+    pub initial_delay_seconds: Option<u64>,
+    /// Seconds between probes.
+    pub period_seconds: Option<u64>,
+    /// Seconds per probe.
+    pub timeout_seconds: Option<u64>,
+    /// Failures before unhealthy.
+    pub failure_threshold: Option<u32>,
+    /// Successes before healthy again.
+    pub success_threshold: Option<u32>,
+}
+
+/// `instanceLifecycleConfig`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LifecycleConfig {
+    /// Initializer hook.
+    pub initializer: Option<HookConfig>,
+    /// PreStop hook.
+    pub pre_stop: Option<HookConfig>,
+    /// PreFreeze hook (FC 2.0; kept as an extension).
+    pub pre_freeze: Option<HookConfig>,
+}
+
+/// One lifecycle hook.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HookConfig {
+    /// Handler name; an empty string disables the hook.
+    pub handler: Option<String>,
+    /// Seconds (Serverless Devs default 3).
+    pub timeout: Option<u64>,
+}
+
+/// fcsup's per-function settings (`props.fcsup`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FunctionExt {
+    /// Instances started at boot and kept frozen.
+    pub min_instances: Option<usize>,
+    /// Instance cap for this function.
+    pub max_instances: Option<usize>,
+    /// Seconds idle before an instance is reclaimed (default 180).
+    pub idle_timeout: Option<u64>,
+    /// Seconds the start command has to listen on its port (default 120).
+    pub start_timeout: Option<u64>,
+    /// Seconds between SIGTERM and SIGKILL on stop (default 3).
+    pub stop_grace: Option<u64>,
+    /// Task limit per instance (default 1024).
+    pub pids_max: Option<u64>,
+}
+
+/// A hook with its resolved timeout.
+#[derive(Debug, Clone)]
+pub struct Hook {
+    /// Handler string (sent in headers).
+    pub handler: String,
+    /// Its timeout.
+    pub timeout: Duration,
+}
+
+/// One function, resolved and validated: what the pool and instances work from.
+#[derive(Debug, Clone)]
+pub struct Function {
+    /// Name used in URLs.
+    pub name: String,
+    /// Runtime string.
+    pub runtime: String,
+    /// Region (for `FC_REGION`).
+    pub region: String,
+    /// Absolute code directory.
+    pub code_dir: PathBuf,
+    /// Handler string.
+    pub handler: String,
+    /// Start command + args.
+    pub command: Vec<String>,
+    /// Port the function listens on.
+    pub port: u16,
+    /// MB.
+    pub memory_mb: u64,
+    /// vCPUs.
+    pub cpu: f64,
+    /// MB of `/tmp`.
+    pub disk_mb: u64,
+    /// Invocation timeout.
+    pub timeout: Duration,
+    /// Requests one instance takes at once.
+    pub concurrency: usize,
+    /// User environment.
+    pub env: BTreeMap<String, String>,
+    /// Initializer.
+    pub initializer: Option<Hook>,
+    /// PreStop.
+    pub pre_stop: Option<Hook>,
+    /// PreFreeze.
+    pub pre_freeze: Option<Hook>,
+    /// Health check.
+    pub health_check: Option<HealthCheckConfig>,
+    /// Minimum instances.
+    pub min_instances: usize,
+    /// Maximum instances of this function.
+    pub max_instances: Option<usize>,
+    /// Idle reclaim.
+    pub idle_timeout: Duration,
+    /// Readiness deadline.
+    pub start_timeout: Duration,
+    /// SIGTERM → SIGKILL grace.
+    pub stop_grace: Duration,
+    /// Task limit.
+    pub pids_max: u64,
+}
+
+/// Everything read from one file.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// Functions by name, in file order.
+    pub functions: Vec<Function>,
+    /// Supervisor-wide settings.
+    pub global: GlobalExt,
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = std::fs::canonicalize(&base).unwrap_or(base);
+        Self::parse(&text, path, &base)
+    }
+
+    /// Parses `text` as if read from `path`, resolving relative paths against `base`.
+    pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Self, ConfigError> {
+        let file: SFile = serde_saphyr::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        let mut entries: Vec<(String, Props)> =
+            file.resources.into_iter().map(|(k, r)| (format!("resources.{k}.props"), r.props)).collect();
+        for (i, p) in file.functions.into_iter().enumerate() {
+            entries.push((format!("functions[{i}]"), p));
+        }
+        if entries.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key: "resources".into(),
+                message: "no function found: expected resources.<name>.props (Serverless Devs s.yaml) or a functions: list".into(),
+            });
+        }
+        let mut functions = Vec::new();
+        for (key, props) in entries {
+            let default_name = key.strip_prefix("resources.").and_then(|k| k.strip_suffix(".props")).unwrap_or("");
+            let f = validate(&props, default_name, base).map_err(|(k, message)| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key: format!("{key}.{k}"),
+                message,
+            })?;
+            if functions.iter().any(|g: &Function| g.name == f.name) {
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    key: format!("{key}.functionName"),
+                    message: format!("function {:?} is defined twice", f.name),
+                });
+            }
+            functions.push(f);
+        }
+        Ok(Config { functions, global: file.fcsup.unwrap_or_default() })
+    }
+
+    /// The function called `name`.
+    pub fn function(&self, name: &str) -> Option<&Function> {
+        self.functions.iter().find(|f| f.name == name)
+    }
+}

@@ -1,0 +1,240 @@
+//! Range checks with FC's limits (fc-spec §4) and defaults (Serverless Devs' where FC has none).
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::{Function, Hook, HookConfig, Props};
+
+type Invalid = (String, String);
+
+fn bad<T>(key: &str, message: impl Into<String>) -> Result<T, Invalid> {
+    Err((key.to_string(), message.into()))
+}
+
+fn hook(key: &str, h: &Option<HookConfig>, max_secs: u64) -> Result<Option<Hook>, Invalid> {
+    let Some(h) = h else { return Ok(None) };
+    let handler = h.handler.clone().unwrap_or_default();
+    if handler.is_empty() {
+        return Ok(None);
+    }
+    let secs = h.timeout.unwrap_or(3);
+    if !(1..=max_secs).contains(&secs) {
+        return bad(&format!("{key}.timeout"), format!("{secs} is out of range: a hook timeout is 1 to {max_secs} seconds"));
+    }
+    Ok(Some(Hook { handler, timeout: Duration::from_secs(secs) }))
+}
+
+fn valid_env_key(k: &str) -> bool {
+    let mut c = k.chars();
+    c.next().is_some_and(|f| f.is_ascii_alphabetic()) && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+}
+
+/// Resolves `props` into a [`Function`]; on error returns (key below props, message).
+pub fn validate(p: &Props, default_name: &str, base: &Path) -> Result<Function, Invalid> {
+    let name = p.function_name.clone().unwrap_or_else(|| default_name.to_string());
+    if name.is_empty()
+        || name.len() > 128
+        || !name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return bad("functionName", format!("{name:?} is not a valid name: use 1-128 letters, digits, '_' or '-', starting with a letter or '_'"));
+    }
+    let runtime = p.runtime.clone().unwrap_or_else(|| "custom.debian10".into());
+    if !matches!(runtime.as_str(), "custom" | "custom.debian10" | "custom.debian11" | "custom.debian12") {
+        return bad("runtime", format!("{runtime:?} is not supported: fcsup runs custom runtimes (custom, custom.debian10/11/12)"));
+    }
+    let code = p.code.clone().unwrap_or_else(|| "./code".into());
+    let code_dir = base.join(&code);
+    let code_dir = match std::fs::canonicalize(&code_dir) {
+        Ok(d) if d.is_dir() => d,
+        _ => return bad("code", format!("{} is not a directory (relative paths resolve against the file's directory)", code_dir.display())),
+    };
+    let memory_mb = p.memory_size.unwrap_or(512);
+    if !(128..=32768).contains(&memory_mb) || memory_mb % 64 != 0 {
+        return bad("memorySize", format!("{memory_mb} is invalid: a multiple of 64 from 128 to 32768 (MB)"));
+    }
+    // Default: as many vCPUs as GB of memory (FC's most generous ratio), in steps of 0.05.
+    let cpu = p.cpu.unwrap_or_else(|| ((memory_mb as f64 / 1024.0 / 0.05).floor() * 0.05).clamp(0.05, 16.0));
+    let hundredths = (cpu * 100.0).round();
+    if !(0.05..=16.0).contains(&cpu) || (hundredths / 5.0).fract() != 0.0 || (cpu * 100.0 - hundredths).abs() > 1e-6 {
+        return bad("cpu", format!("{cpu} is invalid: a multiple of 0.05 from 0.05 to 16 (vCPU)"));
+    }
+    if p.cpu.is_some() {
+        let gb = memory_mb as f64 / 1024.0;
+        if gb < cpu - 1e-9 || gb > cpu * 4.0 + 1e-9 {
+            return bad("cpu", format!("cpu {cpu} with memorySize {memory_mb} breaks FC's ratio: memory (GB) must be 1 to 4 times the vCPUs"));
+        }
+    }
+    let disk_mb = p.disk_size.unwrap_or(512);
+    if disk_mb != 512 && disk_mb != 10240 {
+        return bad("diskSize", format!("{disk_mb} is invalid: 512 or 10240 (MB)"));
+    }
+    let timeout = p.timeout.unwrap_or(3);
+    if !(1..=86400).contains(&timeout) {
+        return bad("timeout", format!("{timeout} is out of range: 1 to 86400 seconds"));
+    }
+    let concurrency = p.instance_concurrency.unwrap_or(1);
+    if !(1..=200).contains(&concurrency) {
+        return bad("instanceConcurrency", format!("{concurrency} is out of range: 1 to 200"));
+    }
+    let mut env_size = 0;
+    for (k, v) in &p.environment_variables {
+        if !valid_env_key(k) {
+            return bad(&format!("environmentVariables.{k}"), "a name starts with a letter and has only letters, digits and '_'");
+        }
+        if k.starts_with("FC_") {
+            return bad(&format!("environmentVariables.{k}"), "the FC_ prefix is reserved for Function Compute's own variables");
+        }
+        env_size += k.len() + v.len();
+    }
+    if env_size > 4096 {
+        return bad("environmentVariables", format!("{env_size} bytes in total; FC allows 4 KB"));
+    }
+    let crc = p.custom_runtime_config.clone().unwrap_or_default();
+    let mut command: Vec<String> = crc.command.clone();
+    if command.is_empty() {
+        command.push("/code/bootstrap".into());
+    }
+    command.extend(crc.args.iter().cloned());
+    let port = crc.port.unwrap_or(9000);
+    if port == 0 {
+        return bad("customRuntimeConfig.port", "0 is not a port: use 1 to 65535 (default 9000)");
+    }
+    if let Some(hc) = &crc.health_check_config {
+        let k = "customRuntimeConfig.healthCheckConfig";
+        if !hc.http_get_url.as_deref().is_some_and(|u| u.starts_with('/') && u.len() <= 2048) {
+            return bad(&format!("{k}.httpGetUrl"), "required: a path starting with '/' (at most 2048 characters)");
+        }
+        let ranges = [
+            ("initialDelaySeconds", hc.initial_delay_seconds, 0, 120),
+            ("periodSeconds", hc.period_seconds, 1, 120),
+            ("timeoutSeconds", hc.timeout_seconds, 1, 3),
+            ("failureThreshold", hc.failure_threshold.map(u64::from), 1, 120),
+            ("successThreshold", hc.success_threshold.map(u64::from), 1, 120),
+        ];
+        for (field, v, lo, hi) in ranges {
+            if let Some(v) = v.filter(|v| !(lo..=hi).contains(v)) {
+                return bad(&format!("{k}.{field}"), format!("{v} is out of range: {lo} to {hi}"));
+            }
+        }
+    }
+    let lc = p.instance_lifecycle_config.clone().unwrap_or_default();
+    let initializer = hook("instanceLifecycleConfig.initializer", &lc.initializer, 300)?;
+    let pre_stop = hook("instanceLifecycleConfig.preStop", &lc.pre_stop, 90)?;
+    let pre_freeze = hook("instanceLifecycleConfig.preFreeze", &lc.pre_freeze, 90)?;
+    let ext = p.fcsup.clone().unwrap_or_default();
+    let idle = ext.idle_timeout.unwrap_or(180);
+    if idle < 1 {
+        return bad("fcsup.idleTimeout", "0 is too short: at least 1 second (default 180)");
+    }
+    if let (Some(min), Some(max)) = (ext.min_instances, ext.max_instances) {
+        if min > max {
+            return bad("fcsup.minInstances", format!("{min} is above fcsup.maxInstances ({max})"));
+        }
+    }
+    if ext.max_instances == Some(0) {
+        return bad("fcsup.maxInstances", "0 would refuse every request: at least 1");
+    }
+    Ok(Function {
+        name,
+        runtime,
+        region: p.region.clone().unwrap_or_else(|| "cn-hangzhou".into()),
+        code_dir,
+        handler: p.handler.clone().unwrap_or_else(|| "index.handler".into()),
+        command,
+        port,
+        memory_mb,
+        cpu,
+        disk_mb,
+        timeout: Duration::from_secs(timeout),
+        concurrency: concurrency as usize,
+        env: p.environment_variables.clone(),
+        initializer,
+        pre_stop,
+        pre_freeze,
+        health_check: crc.health_check_config,
+        min_instances: ext.min_instances.unwrap_or(0),
+        max_instances: ext.max_instances,
+        idle_timeout: Duration::from_secs(idle),
+        start_timeout: Duration::from_secs(ext.start_timeout.unwrap_or(120)),
+        stop_grace: Duration::from_secs(ext.stop_grace.unwrap_or(3)),
+        pids_max: ext.pids_max.unwrap_or(1024),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::super::{Config, ConfigError};
+
+    fn parse(yaml: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("code")).unwrap();
+        Config::parse(yaml, &PathBuf::from("s.yaml"), dir.path())
+    }
+
+    const GOOD: &str = "
+edition: 3.0.0
+resources:
+  hello:
+    component: fc3
+    props:
+      region: cn-hangzhou
+      runtime: custom.debian10
+      code: ./code
+      memorySize: 256
+      timeout: 5
+      instanceConcurrency: 4
+      environmentVariables: {GREETING: hi}
+      customRuntimeConfig:
+        command: [python3]
+        args: [server.py]
+        port: 9000
+      instanceLifecycleConfig:
+        initializer: {handler: index.init, timeout: 10}
+        preStop: {handler: '', timeout: 3}
+      role: acs:ram::123:role/ignored
+";
+
+    #[test]
+    fn serverless_devs_file() {
+        let c = parse(GOOD).unwrap();
+        let f = &c.functions[0];
+        assert_eq!(f.name, "hello");
+        assert_eq!(f.command, ["python3", "server.py"]);
+        assert_eq!(f.concurrency, 4);
+        assert_eq!(f.initializer.as_ref().unwrap().timeout.as_secs(), 10);
+        assert!(f.pre_stop.is_none(), "an empty handler disables the hook");
+        assert!((f.cpu - 0.25).abs() < 1e-9, "default cpu is memory in GB: {}", f.cpu);
+    }
+
+    #[test]
+    fn wrong_type_names_file_and_position() {
+        let e = parse(&GOOD.replace("memorySize: 256", "memorySize: lots")).unwrap_err().to_string();
+        assert!(e.starts_with("s.yaml:"), "{e}");
+        assert!(e.contains("line") || e.contains(':'), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_names_key() {
+        let e = parse(&GOOD.replace("memorySize: 256", "memorySize: 100")).unwrap_err().to_string();
+        assert!(e.contains("resources.hello.props.memorySize") && e.contains("multiple of 64"), "{e}");
+        let e = parse(&GOOD.replace("instanceConcurrency: 4", "instanceConcurrency: 500")).unwrap_err().to_string();
+        assert!(e.contains("instanceConcurrency") && e.contains("1 to 200"), "{e}");
+        let e = parse(&GOOD.replace("code: ./code", "code: ./nowhere")).unwrap_err().to_string();
+        assert!(e.contains("props.code") && e.contains("not a directory"), "{e}");
+    }
+
+    #[test]
+    fn reserved_env_prefix() {
+        let e = parse(&GOOD.replace("GREETING: hi", "FC_X: hi")).unwrap_err().to_string();
+        assert!(e.contains("environmentVariables.FC_X"), "{e}");
+    }
+
+    #[test]
+    fn unknown_fcsup_key_is_an_error() {
+        let e = parse(&GOOD.replace("      role:", "      fcsup: {idleTimeot: 3}\n      role:")).unwrap_err().to_string();
+        assert!(e.contains("idleTimeot"), "{e}");
+    }
+}

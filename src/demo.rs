@@ -1,0 +1,123 @@
+//! `fcsup demo`: serves the bundled examples (compiled into the binary, no file needed) and
+//! walks through a cold start, the Initializer, invocations, the instance frozen between them
+//! and thawed for the next, and PreStop at the end.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::Method;
+
+use crate::client;
+use crate::config::Config;
+use crate::supervisor::{Options, Supervisor};
+
+const S_YAML: &str = include_str!("../examples/s.yaml");
+const HELLO_PY: &str = include_str!("../examples/hello/server.py");
+
+/// Demo settings.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Front door address.
+    pub listen: String,
+    /// Stop after showing the first frozen instance and its thaw (for tests and CI).
+    pub no_wait: bool,
+    /// Supervisor options.
+    pub supervisor: Options,
+}
+
+/// Writes the bundled examples to a fresh directory.
+pub fn write_examples() -> std::io::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("fcsup-demo-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("hello"))?;
+    std::fs::write(dir.join("s.yaml"), S_YAML)?;
+    std::fs::write(dir.join("hello/server.py"), HELLO_PY)?;
+    Ok(dir)
+}
+
+fn say(s: impl AsRef<str>) {
+    println!("\x1b[1m==> {}\x1b[0m", s.as_ref());
+}
+
+/// Runs the demo until Ctrl-C (or to the end of the walk-through with `no_wait`).
+pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>) -> Result<(), Box<dyn std::error::Error>> {
+    let dir = write_examples()?;
+    let config = Config::load(&dir.join("s.yaml"))?;
+    say(format!("serving the bundled example 'hello' from {}", dir.display()));
+    let sup = Supervisor::start(&config, &opts.supervisor).await?;
+    let listener = tokio::net::TcpListener::bind(&opts.listen).await?;
+    let addr = listener.local_addr()?.to_string();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(crate::api::serve(listener, sup.clone(), stop_rx));
+    let result = walk_through(&sup, &addr).await;
+    if let Err(e) = &result {
+        eprintln!("demo step failed: {e}");
+    }
+    if result.is_ok() && !opts.no_wait {
+        say(format!("fcsup is serving on http://{addr}; try:"));
+        println!("    curl -i -X POST http://{addr}/2023-03-30/functions/hello/invocations -d you");
+        println!("    curl -i http://{addr}/http/hello/anything        # HTTP trigger");
+        println!("    curl http://{addr}/admin/instances");
+        println!("  Ctrl-C stops every instance (PreStop first) and leaves nothing behind.");
+        stop.await;
+    }
+    say("stopping: PreStop, SIGTERM, cgroup.kill, cgroup removed");
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    sup.shutdown().await;
+    let left = sup.host.cgroups.path().exists();
+    say(if left { "WARNING: the cgroup root is still present" } else { "done: no instance, cgroup or mount is left" });
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn invoke(addr: &str, body: &str, tail: bool) -> std::io::Result<client::Response> {
+    let headers: &[(&str, &str)] = if tail { &[("x-fc-log-type", "Tail")] } else { &[] };
+    client::request(addr, Method::POST, "/2023-03-30/functions/hello/invocations", headers, Bytes::from(body.to_string())).await
+}
+
+fn show(r: &client::Response) {
+    println!(
+        "    HTTP {}  instance {}  cold start {}  duration {} ms  cpu {} us",
+        r.status.as_u16(),
+        r.header("x-fc-instance-id"),
+        r.header("x-fcsup-cold-start"),
+        r.header("x-fc-invocation-duration"),
+        r.header("x-fcsup-cpu-time-us")
+    );
+    println!("    body: {}", String::from_utf8_lossy(&r.body));
+}
+
+async fn walk_through(sup: &Arc<Supervisor>, addr: &str) -> Result<(), Box<dyn std::error::Error>> {
+    say("first invocation: cold start (cgroup, clone3 into namespaces, port ready, Initializer)");
+    let r = invoke(addr, "world", false).await?;
+    show(&r);
+    let inst = sup.instance(r.header("x-fc-instance-id")).ok_or("the instance of the first call is gone")?;
+    let cg = inst.cgroup();
+    let frozen = cg.wait_for("frozen 1", |e| e.frozen).await?;
+    let before = cg.cpu_stat()?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = cg.cpu_stat()?;
+    say(format!(
+        "between requests the instance is frozen: {}/cgroup.events says frozen {}; cpu.stat usage_usec {} -> {} over 500 ms",
+        cg.path().display(),
+        u8::from(frozen.frozen),
+        before.usage_usec,
+        after.usage_usec
+    ));
+    say("second invocation: thaw, proxy, PreFreeze, freeze (its background thread did not tick while frozen)");
+    let r = invoke(addr, "again", true).await?;
+    show(&r);
+    if let Some(log) = r.headers.get("x-fc-log-result") {
+        use base64::Engine;
+        let decoded = base64::engine::general_purpose::STANDARD.decode(log.as_bytes()).unwrap_or_default();
+        say("its Tail log (x-fc-log-result, base64-decoded):");
+        for line in String::from_utf8_lossy(&decoded).lines() {
+            println!("    | {line}");
+        }
+    }
+    cg.wait_for("frozen 1", |e| e.frozen).await?;
+    say("frozen again");
+    Ok(())
+}

@@ -1,0 +1,21 @@
+//! What every instance shares: the cgroup root, the runtime directory, the ledger.
+
+use std::path::PathBuf;
+
+use crate::billing::Ledger;
+use crate::cgroup::CgroupRoot;
+
+/// Shared, read-mostly context of one supervisor.
+#[derive(Debug)]
+pub struct Host {
+    /// Root cgroup of all instances.
+    pub cgroups: CgroupRoot,
+    /// Runtime directory (`/run/fcsup/<name>`), removed at exit.
+    pub run_dir: PathBuf,
+    /// Empty directory that each instance mounts its root on, in its own mount namespace.
+    pub rootfs_mountpoint: PathBuf,
+    /// Print function output in fcsup's own output.
+    pub echo_logs: bool,
+    /// Billing ledger.
+    pub ledger: Ledger,
+}

@@ -1,0 +1,142 @@
+//! What the instance sees from fcsup: its environment (fc-spec §2), the common request headers
+//! (§1.2) and the lifecycle hooks (`POST /initialize`, `GET /pre-freeze`, `GET /pre-stop`).
+
+use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderMap, HeaderValue};
+use hyper::{Method, Request, StatusCode};
+
+use super::Instance;
+use crate::config::Function;
+
+/// A lifecycle hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookKind {
+    /// `POST /initialize`.
+    Initialize,
+    /// `GET /pre-freeze` (FC 2.0).
+    PreFreeze,
+    /// `GET /pre-stop`.
+    PreStop,
+}
+
+impl HookKind {
+    fn request(self) -> (Method, &'static str, &'static str, &'static str) {
+        // (method, path, x-fc-function-type, log marker)
+        match self {
+            HookKind::Initialize => (Method::POST, "/initialize", "1", "Initialize"),
+            HookKind::PreFreeze => (Method::GET, "/pre-freeze", "3", "PreFreeze"),
+            HookKind::PreStop => (Method::GET, "/pre-stop", "2", "PreStop"),
+        }
+    }
+}
+
+/// The instance's environment: FC's system variables, then the user's.
+pub fn environment(f: &Function, instance_id: &str) -> Vec<(String, String)> {
+    let port = f.port.to_string();
+    let mut env: Vec<(String, String)> = vec![
+        ("PATH".into(), "/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:/bin:/sbin:/code:/code/bin:/opt/bin".into()),
+        ("HOME".into(), "/tmp".into()),
+        ("LANG".into(), "C.UTF-8".into()),
+        ("FC_FUNC_CODE_PATH".into(), "/code/".into()),
+        ("FC_ACCOUNT_ID".into(), "local".into()),
+        ("FC_FUNCTION_HANDLER".into(), f.handler.clone()),
+        ("FC_HANDLER".into(), f.handler.clone()),
+        ("FC_FUNCTION_MEMORY_SIZE".into(), f.memory_mb.to_string()),
+        ("FC_MEMORY_SIZE".into(), f.memory_mb.to_string()),
+        ("FC_FUNCTION_NAME".into(), f.name.clone()),
+        ("FC_REGION".into(), f.region.clone()),
+        ("FC_CUSTOM_LISTEN_PORT".into(), port.clone()),
+        ("FC_SERVER_PORT".into(), port),
+        ("FC_INSTANCE_ID".into(), instance_id.into()),
+        ("FC_CONTAINER_ID".into(), instance_id.into()),
+        ("FC_FUNCTION_VERSION".into(), "LATEST".into()),
+        ("FC_VER_ID".into(), "LATEST".into()),
+        ("FC_QUALIFIER".into(), "LATEST".into()),
+        ("FC_RUNTIME".into(), f.runtime.clone()),
+        ("FC_TIMEOUT".into(), f.timeout.as_secs().to_string()),
+        ("FC_FUNC_LOG_PATH".into(), "/tmp/log/fc".into()),
+    ];
+    if let Some(h) = &f.initializer {
+        env.push(("FC_INITIALIZER_HANDLER".into(), h.handler.clone()));
+        env.push(("FC_INITIALIZATION_TIMEOUT".into(), h.timeout.as_secs().to_string()));
+    }
+    for (k, v) in &f.env {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.clone(), v.clone()));
+    }
+    env
+}
+
+/// Adds FC's common headers (fc-spec §1.2) to a request for the instance.
+pub fn common_headers(f: &Function, instance_id: &str, request_id: &str, control_path: &str, fn_type: &str, h: &mut HeaderMap) {
+    let mut set = |k: &'static str, v: &str| {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            h.insert(k, v);
+        }
+    };
+    set("x-fc-request-id", request_id);
+    set("x-fc-function-name", &f.name);
+    set("x-fc-function-handler", &f.handler);
+    set("x-fc-function-memory", &f.memory_mb.to_string());
+    set("x-fc-function-timeout", &f.timeout.as_secs().to_string());
+    set("x-fc-region", &f.region);
+    set("x-fc-account-id", "local");
+    set("x-fc-qualifier", "LATEST");
+    set("x-fc-version-id", "LATEST");
+    set("x-fc-instance-id", instance_id);
+    set("x-fc-function-type", fn_type);
+    set("x-fc-retry-count", "0");
+    if !control_path.is_empty() {
+        set("x-fc-control-path", control_path);
+    }
+    if let Some(i) = &f.initializer {
+        set("x-fc-function-initializer", &i.handler);
+        set("x-fc-initialization-timeout", &i.timeout.as_secs().to_string());
+    }
+    if let Some(p) = &f.pre_stop {
+        set("x-fc-instance-lifecycle-pre-stop-handler", &p.handler);
+    }
+    if let Some(p) = &f.pre_freeze {
+        set("x-fc-instance-lifecycle-pre-freeze-handler", &p.handler);
+    }
+}
+
+impl Instance {
+    /// Calls a configured hook with its own request id and timeout; the status it answered.
+    pub(super) async fn call_hook(&self, kind: HookKind) -> Result<StatusCode, String> {
+        let f = &self.function;
+        let hook = match kind {
+            HookKind::Initialize => &f.initializer,
+            HookKind::PreFreeze => &f.pre_freeze,
+            HookKind::PreStop => &f.pre_stop,
+        };
+        let Some(hook) = hook else { return Ok(StatusCode::OK) };
+        let (method, path, fn_type, marker) = kind.request();
+        let request_id = crate::util::hook_request_id();
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", format!("127.0.0.1:{}", f.port))
+            .body(Full::new(bytes::Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        let control = if kind == HookKind::Initialize { "/initialize" } else { "" };
+        common_headers(f, &self.id, &request_id, control, fn_type, req.headers_mut());
+        self.log.begin(&request_id);
+        tracing::info!(function = %f.name, instance = %self.id, request_id, "FC {marker} Start");
+        let call = async {
+            let mut s = self.conns.take(&self.netns).await?;
+            let resp = s.send_request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status();
+            let _ = resp.into_body().collect().await;
+            self.conns.put(s);
+            Ok::<_, String>(status)
+        };
+        let r = match tokio::time::timeout(hook.timeout, call).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("{marker} hook timed out after {} seconds", hook.timeout.as_secs())),
+        };
+        self.log.end(&request_id);
+        tracing::info!(function = %f.name, instance = %self.id, request_id, outcome = ?r, "FC {marker} End");
+        r
+    }
+}

@@ -1,0 +1,719 @@
+//! One function instance: its cgroup, its sandboxed process and its lifecycle
+//! (fc-spec §5): start → ready when the port accepts → Initializer → frozen; each request
+//! thaws it, and once none is in flight PreFreeze runs and it is frozen again; stop runs
+//! PreStop, SIGTERM, a grace period and `cgroup.kill`, then removes the cgroup.
+//!
+//! `power` serialises those transitions: a request that arrives while the instance freezes
+//! waits for the freeze, then thaws it.
+
+mod conn;
+mod hooks;
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, StatusCode};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::watch;
+
+use crate::billing::{Phase, WindowRecord};
+use crate::cgroup::{Cgroup, CgroupError, CpuStat, Limits};
+use crate::config::Function;
+use crate::host::Host;
+use crate::logs::InstanceLog;
+use crate::sandbox::{self, Child, Netns, SandboxError, SandboxSpec};
+use conn::Connections;
+pub use hooks::HookKind;
+
+/// Why an instance could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The cgroup could not be made.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    /// The process could not be started.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    /// The process exited before listening.
+    #[error("Function instance exited unexpectedly(code {code}, message:{message}) with start command '{command}'")]
+    Exited {
+        /// Exit status.
+        code: i32,
+        /// strerror-like text.
+        message: String,
+        /// The start command.
+        command: String,
+    },
+    /// Nothing listened in time.
+    #[error("Function instance health check failed on port {port} in {secs} seconds")]
+    NotListening {
+        /// Port.
+        port: u16,
+        /// Deadline.
+        secs: u64,
+    },
+    /// The Initializer failed.
+    #[error("{0}")]
+    Initializer(String),
+}
+
+/// Why a request failed on an instance (mapped to FC's error shapes by the API).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum InvokeError {
+    /// Start or Initializer failed: HTTP 200 + `x-fc-error-type: InitializationError`.
+    #[error("{0}")]
+    Initialization(String),
+    /// Ran past the function's timeout.
+    #[error("Function time out after {0} seconds")]
+    Timeout(u64),
+    /// The process died mid-request.
+    #[error("Process exited unexpectedly before completing request (duration: {duration_ms}ms, maxMemoryUsage: {max_memory_mb:.2}MB)")]
+    Crashed {
+        /// Time from request start.
+        duration_ms: u64,
+        /// Peak memory.
+        max_memory_mb: f64,
+    },
+    /// The instance is gone (stopped between dispatch and send).
+    #[error("the instance was stopped before the request could run; retry")]
+    Gone,
+    /// Too many instances.
+    #[error("{0}")]
+    Throttled(String),
+    /// An internal failure of fcsup.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Where an instance is in its life (for the admin API and the demo).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Process started, port not yet accepting.
+    Starting,
+    /// Initializer running.
+    Initializing,
+    /// Thawed with requests in flight (or a hook).
+    Active,
+    /// Frozen between requests.
+    Frozen,
+    /// PreStop / teardown.
+    Stopping,
+    /// Gone.
+    Dead,
+}
+
+/// How the boot ended, for requests waiting on it.
+#[derive(Debug, Clone)]
+enum Boot {
+    Pending,
+    Ready,
+    Failed(String),
+}
+
+#[derive(Debug)]
+struct Power {
+    frozen: bool,
+    in_flight: usize,
+    initialized: bool,
+    /// Failed Initializer attempts so far, and the last error.
+    init_failures: u64,
+    last_init_error: String,
+    stopping: bool,
+    window: Option<Window>,
+}
+
+/// An active window (thaw → freeze), the unit of billing (fc-spec §6).
+#[derive(Debug)]
+struct Window {
+    start: Instant,
+    start_ms: u64,
+    cpu: CpuStat,
+    phase: Phase,
+    request_ids: Vec<String>,
+}
+
+/// A request for the function.
+#[derive(Debug)]
+pub struct Call {
+    /// API invoke (`POST /invoke`) or HTTP trigger (passed through).
+    pub http_trigger: bool,
+    /// FC request id.
+    pub request_id: String,
+    /// Method (HTTP trigger).
+    pub method: Method,
+    /// Path and query sent to the instance (HTTP trigger).
+    pub path_and_query: String,
+    /// Client headers to pass through (HTTP trigger).
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+    /// Failed Initializer attempts seen when this request was dispatched.
+    pub init_failures_seen: u64,
+}
+
+/// The instance's answer.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status from the function.
+    pub status: StatusCode,
+    /// Headers from the function.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+    /// From thawed to response.
+    pub duration: Duration,
+    /// CPU the cgroup used during the request.
+    pub cpu_usec: u64,
+    /// Peak memory of the instance, MB.
+    pub max_memory_mb: f64,
+    /// Lines the function printed during the request.
+    pub log: Vec<u8>,
+    /// Instance id.
+    pub instance_id: String,
+}
+
+/// One function instance.
+#[derive(Debug)]
+pub struct Instance {
+    /// FC-style id (`c-…`), also its cgroup's name.
+    pub id: String,
+    /// Its function.
+    pub function: Arc<Function>,
+    host: Arc<Host>,
+    cgroup: Cgroup,
+    pid: i32,
+    pidfd: Arc<AsyncFd<OwnedFd>>,
+    netns: Netns,
+    conns: Connections,
+    power: tokio::sync::Mutex<Power>,
+    boot: watch::Sender<Boot>,
+    exit: watch::Sender<Option<i32>>,
+    state: Mutex<State>,
+    /// Request slots handed out by the pool (≤ concurrency).
+    pub reserved: AtomicUsize,
+    /// When last used (ms since epoch).
+    last_used_ms: AtomicU64,
+    /// Creation time (ms since epoch).
+    pub created_ms: u64,
+    created: Instant,
+    cold_start_us: AtomicU64,
+    /// Its output.
+    pub log: Arc<InstanceLog>,
+}
+
+/// What `GET /admin/instances` shows.
+#[derive(Debug, serde::Serialize)]
+pub struct Snapshot {
+    /// Id.
+    pub id: String,
+    /// Function.
+    pub function: String,
+    /// State.
+    pub state: State,
+    /// Host pid of its init.
+    pub pid: i32,
+    /// cgroup2 path.
+    pub cgroup: String,
+    /// Requests in flight.
+    pub in_flight: usize,
+    /// Created (RFC 3339).
+    pub created: String,
+    /// Last used (RFC 3339).
+    pub last_used: String,
+    /// Start to ready, ms.
+    pub cold_start_ms: f64,
+}
+
+impl Instance {
+    /// Creates the cgroup and starts the process (synchronous: a few hundred µs to a few ms).
+    /// The instance then needs [`Instance::boot`].
+    pub fn spawn(host: &Arc<Host>, function: Arc<Function>) -> Result<Arc<Self>, StartError> {
+        let created = Instant::now();
+        let id = crate::util::instance_id();
+        let limits = Limits {
+            memory_bytes: Some(function.memory_mb * 1024 * 1024),
+            pids_max: Some(function.pids_max),
+            cpu_millis: Some((function.cpu * 1000.0).round() as u64),
+        };
+        let cgroup = host.cgroups.create(&id, &limits)?;
+        let spec = SandboxSpec {
+            argv: function.command.clone(),
+            env: hooks::environment(&function, &id),
+            code_dir: function.code_dir.clone(),
+            hostname: id.clone(),
+            rootfs_mountpoint: host.rootfs_mountpoint.clone(),
+            tmp_size_mb: function.disk_mb,
+        };
+        let child: Child = match sandbox::spawn(&spec, cgroup.dir_fd(), &cgroup.v1_procs_fds()) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = cgroup.remove();
+                return Err(e.into());
+            }
+        };
+        tracing::debug!(instance = %id, clone_to_exec_us = child.clone_to_exec.as_micros() as u64, "spawned");
+        let log = InstanceLog::new(&function.name, &id, host.echo_logs);
+        log.attach(child.stdout, child.stderr);
+        // SAFETY: the OwnedFd owns the pidfd for the AsyncFd's whole lifetime.
+        let pidfd = unsafe { AsyncFd::register_with_interest(child.pidfd, tokio::io::Interest::READABLE) }
+            .map_err(|e| StartError::Sandbox(SandboxError::Setup { op: "watch the instance's pidfd".into(), source: e.into() }))?;
+        let inst = Arc::new(Instance {
+            id,
+            host: host.clone(),
+            cgroup,
+            pid: child.pid,
+            pidfd: Arc::new(pidfd),
+            netns: child.netns,
+            conns: Connections::new(function.port),
+            power: tokio::sync::Mutex::new(Power {
+                frozen: false,
+                in_flight: 0,
+                initialized: function.initializer.is_none(),
+                init_failures: 0,
+                last_init_error: String::new(),
+                stopping: false,
+                window: None,
+            }),
+            boot: watch::channel(Boot::Pending).0,
+            exit: watch::channel(None).0,
+            state: Mutex::new(State::Starting),
+            reserved: AtomicUsize::new(0),
+            last_used_ms: AtomicU64::new(crate::util::now_ms()),
+            created_ms: crate::util::now_ms(),
+            created,
+            cold_start_us: AtomicU64::new(0),
+            log,
+            function,
+        });
+        inst.watch_exit();
+        Ok(inst)
+    }
+
+    fn watch_exit(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        let pidfd = self.pidfd.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok(mut g) = pidfd.readable().await else { return };
+                match sandbox::pidfd_try_wait(pidfd.get_ref().as_raw_fd()) {
+                    Ok(Some(status)) => {
+                        if let Some(me) = me.upgrade() {
+                            me.exit.send_replace(Some(status));
+                        }
+                        return;
+                    }
+                    Ok(None) => g.clear_ready(),
+                    Err(_) => return,
+                }
+            }
+        });
+    }
+
+    /// Waits for the port, runs the Initializer and freezes: the rest of a cold start.
+    pub async fn boot(self: &Arc<Self>) -> Result<Duration, StartError> {
+        let r = self.boot_inner().await;
+        match &r {
+            Ok(d) => {
+                self.cold_start_us.store(d.as_micros() as u64, Ordering::Relaxed);
+                self.boot.send_replace(Boot::Ready);
+            }
+            Err(e) => {
+                self.boot.send_replace(Boot::Failed(e.to_string()));
+            }
+        }
+        r
+    }
+
+    async fn boot_inner(self: &Arc<Self>) -> Result<Duration, StartError> {
+        let deadline = Instant::now() + self.function.start_timeout;
+        let mut exit = self.exit.subscribe();
+        let mut backoff = Duration::from_micros(100);
+        let stream = loop {
+            if let Some(code) = *exit.borrow() {
+                return Err(self.exited_error(code));
+            }
+            match self.conns.connect(&self.netns).await {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = exit.changed() => {}
+                    }
+                    backoff = (backoff * 3 / 2).min(Duration::from_millis(5));
+                }
+                Err(_) => {
+                    return Err(StartError::NotListening { port: self.function.port, secs: self.function.start_timeout.as_secs() })
+                }
+            }
+        };
+        if let Ok(s) = Connections::handshake(stream).await {
+            self.conns.put(s);
+        }
+        let listening = self.created.elapsed();
+        tracing::info!(function = %self.function.name, instance = %self.id, ms = ms(listening), "cold start: listening");
+        {
+            let mut p = self.power.lock().await;
+            p.window = Some(self.open_window(Phase::Initialize, Vec::new()));
+            if self.function.initializer.is_some() {
+                self.set_state(State::Initializing);
+                if let Err(e) = self.initialize(&mut p).await {
+                    self.close_window(&mut p);
+                    return Err(StartError::Initializer(e.to_string()));
+                }
+            }
+        }
+        let ready = self.created.elapsed();
+        self.clone().freeze_if_idle().await;
+        Ok(ready)
+    }
+
+    fn exited_error(&self, code: i32) -> StartError {
+        let message = if code > 128 {
+            format!("killed by signal {}", code - 128)
+        } else {
+            std::io::Error::from_raw_os_error(code).to_string().split(" (os error").next().unwrap_or("").to_string()
+        };
+        StartError::Exited { code, message, command: self.function.command.join(" ") }
+    }
+
+    /// Runs the Initializer while `p` is held. On failure applies fc-spec §5.2 REC: a 4xx
+    /// keeps the instance for a retry on the next request, anything else makes it unusable.
+    async fn initialize(&self, p: &mut Power) -> Result<(), InvokeError> {
+        let outcome = self.call_hook(HookKind::Initialize).await;
+        let retryable = matches!(outcome, Ok(s) if s == StatusCode::BAD_REQUEST || s == StatusCode::NOT_FOUND);
+        match outcome {
+            Ok(status) if status.is_success() => {
+                p.initialized = true;
+                Ok(())
+            }
+            other => {
+                let msg = match other {
+                    Ok(status) => format!("Initializer failed: the instance answered POST /initialize with HTTP {}", status.as_u16()),
+                    Err(e) => format!("Initializer failed: {e}"),
+                };
+                p.init_failures += 1;
+                p.last_init_error = msg.clone();
+                if !retryable {
+                    p.stopping = true;
+                }
+                tracing::warn!(function = %self.function.name, instance = %self.id, "{msg}");
+                Err(InvokeError::Initialization(msg))
+            }
+        }
+    }
+
+    /// Waits until boot finished.
+    pub async fn wait_booted(&self) -> Result<(), InvokeError> {
+        let mut rx = self.boot.subscribe();
+        loop {
+            match &*rx.borrow_and_update() {
+                Boot::Ready => return Ok(()),
+                Boot::Failed(e) => return Err(InvokeError::Initialization(e.clone())),
+                Boot::Pending => {}
+            }
+            if rx.changed().await.is_err() {
+                return Err(InvokeError::Gone);
+            }
+        }
+    }
+
+    /// Whether the instance can take new requests.
+    pub fn usable(&self) -> bool {
+        self.exit.borrow().is_none() && !matches!(*self.boot.borrow(), Boot::Failed(_)) && *self.state.lock().expect("state") != State::Stopping && *self.state.lock().expect("state") != State::Dead
+    }
+
+    /// Failed Initializer attempts so far (requests remember it at dispatch).
+    pub fn init_failures(&self) -> u64 {
+        self.power.try_lock().map(|p| p.init_failures).unwrap_or(0)
+    }
+
+    /// Runs one request: thaw, proxy, and freeze once nothing is in flight.
+    pub async fn invoke(self: &Arc<Self>, call: Call) -> Result<Reply, InvokeError> {
+        self.wait_booted().await?;
+        {
+            let mut p = self.power.lock().await;
+            if p.stopping || self.exit.borrow().is_some() {
+                return Err(InvokeError::Gone);
+            }
+            if !p.initialized {
+                if p.init_failures > call.init_failures_seen {
+                    return Err(InvokeError::Initialization(p.last_init_error.clone()));
+                }
+                self.thaw_locked(&mut p, Phase::Initialize, None).await?;
+                let r = self.initialize(&mut p).await;
+                if let Err(e) = r {
+                    drop(p);
+                    self.clone().spawn_freeze();
+                    return Err(e);
+                }
+            }
+            self.thaw_locked(&mut p, Phase::Invoke, Some(&call.request_id)).await?;
+            p.in_flight += 1;
+        }
+        self.set_state(State::Active);
+        self.log.begin(&call.request_id);
+        let started = Instant::now();
+        let cpu0 = self.cgroup.cpu_stat().unwrap_or_default();
+        let result = self.proxy(&call).await;
+        let cpu = self.cgroup.cpu_stat().unwrap_or_default().since(&cpu0).usage_usec;
+        let duration = started.elapsed();
+        let log = self.log.end(&call.request_id);
+        self.last_used_ms.store(crate::util::now_ms(), Ordering::Relaxed);
+        let max_memory_mb = self.max_memory_mb();
+        let result = match result {
+            Ok((status, headers, body)) => {
+                Ok(Reply { status, headers, body, duration, cpu_usec: cpu, max_memory_mb, log, instance_id: self.id.clone() })
+            }
+            Err(ProxyError::Timeout) => {
+                // fc-spec §8.8 REC: the hung instance is recycled when it serves one request at a time.
+                if self.function.concurrency == 1 {
+                    self.mark_stopping().await;
+                }
+                Err(InvokeError::Timeout(self.function.timeout.as_secs()))
+            }
+            Err(ProxyError::Failed(e)) => {
+                if self.wait_exit(Duration::from_millis(200)).await.is_some() {
+                    Err(InvokeError::Crashed { duration_ms: duration.as_millis() as u64, max_memory_mb })
+                } else {
+                    Err(InvokeError::Internal(format!("request to the function failed: {e}")))
+                }
+            }
+        };
+        {
+            let mut p = self.power.lock().await;
+            p.in_flight -= 1;
+        }
+        self.clone().spawn_freeze();
+        result
+    }
+
+    async fn mark_stopping(&self) {
+        self.power.lock().await.stopping = true;
+        self.set_state(State::Stopping);
+    }
+
+    async fn proxy(&self, call: &Call) -> Result<(StatusCode, HeaderMap, Bytes), ProxyError> {
+        let mut req = if call.http_trigger {
+            let mut r = Request::builder().method(call.method.clone()).uri(&call.path_and_query);
+            for (k, v) in &call.headers {
+                let n = k.as_str();
+                if n.starts_with("x-fc-") || n == "connection" || n == "keep-alive" || n == "host" || n == "content-length" {
+                    continue;
+                }
+                r = r.header(k, v);
+            }
+            r
+        } else {
+            Request::builder().method(Method::POST).uri("/invoke").header("content-type", "application/octet-stream")
+        }
+        .header("host", format!("127.0.0.1:{}", self.function.port))
+        .body(Full::new(call.body.clone()))
+        .map_err(|e| ProxyError::Failed(e.to_string()))?;
+        let control = if call.http_trigger { "/http-invoke" } else { "/invoke" };
+        hooks::common_headers(&self.function, &self.id, &call.request_id, control, "0", req.headers_mut());
+        let send = async {
+            let mut s = self.conns.take(&self.netns).await?;
+            let resp = s.send_request(req).await.map_err(|e| e.to_string())?;
+            let (parts, body) = resp.into_parts();
+            let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+            self.conns.put(s);
+            Ok::<_, String>((parts.status, parts.headers, body))
+        };
+        match tokio::time::timeout(self.function.timeout, send).await {
+            Ok(r) => r.map_err(ProxyError::Failed),
+            Err(_) => Err(ProxyError::Timeout),
+        }
+    }
+
+    async fn wait_exit(&self, within: Duration) -> Option<i32> {
+        let mut rx = self.exit.subscribe();
+        let _ = tokio::time::timeout(within, rx.wait_for(|e| e.is_some())).await;
+        let code = *rx.borrow();
+        code
+    }
+
+    /// Resolves once the process has exited (crash, OOM kill or stop).
+    pub async fn exited(&self) -> i32 {
+        let mut rx = self.exit.subscribe();
+        let _ = rx.wait_for(|e| e.is_some()).await;
+        let code = rx.borrow().unwrap_or(-1);
+        code
+    }
+
+    fn max_memory_mb(&self) -> f64 {
+        self.cgroup.memory_peak().map(|b| b as f64 / 1024.0 / 1024.0).unwrap_or(0.0)
+    }
+
+    fn spawn_freeze(self: Arc<Self>) {
+        tokio::spawn(self.freeze_if_idle());
+    }
+
+    /// PreFreeze (if configured) then freeze, unless a request came in meanwhile.
+    async fn freeze_if_idle(self: Arc<Self>) {
+        let mut p = self.power.lock().await;
+        if p.in_flight > 0 || p.frozen || p.stopping || self.exit.borrow().is_some() {
+            return;
+        }
+        if self.function.pre_freeze.is_some() {
+            if let Some(w) = p.window.as_mut() {
+                if w.phase == Phase::Invoke {
+                    // PreFreeze is billed inside the window it ends (fc-spec §6).
+                    w.phase = Phase::PreFreeze;
+                }
+            }
+            let _ = self.call_hook(HookKind::PreFreeze).await;
+        }
+        let t = Instant::now();
+        match self.cgroup.freeze().await {
+            Ok(()) => {
+                p.frozen = true;
+                self.close_window(&mut p);
+                self.set_state(State::Frozen);
+                tracing::info!(function = %self.function.name, instance = %self.id, us = t.elapsed().as_micros() as u64, "frozen");
+            }
+            Err(e) => tracing::error!(instance = %self.id, "freeze failed: {e}"),
+        }
+    }
+
+    async fn thaw_locked(&self, p: &mut Power, phase: Phase, request_id: Option<&str>) -> Result<(), InvokeError> {
+        if p.frozen {
+            let t = Instant::now();
+            self.cgroup.thaw().await.map_err(|e| InvokeError::Internal(format!("thaw failed: {e}")))?;
+            p.frozen = false;
+            tracing::info!(function = %self.function.name, instance = %self.id, us = t.elapsed().as_micros() as u64, "thawed");
+        }
+        match p.window.as_mut() {
+            Some(w) => {
+                if let Some(r) = request_id {
+                    w.request_ids.push(r.to_string());
+                }
+                if w.phase == Phase::Initialize && phase == Phase::Invoke && p.initialized && w.request_ids.len() == 1 {
+                    // The window started for an Initializer retry and continues with its request.
+                }
+            }
+            None => p.window = Some(self.open_window(phase, request_id.map(|r| vec![r.to_string()]).unwrap_or_default())),
+        }
+        Ok(())
+    }
+
+    fn open_window(&self, phase: Phase, request_ids: Vec<String>) -> Window {
+        Window {
+            start: Instant::now(),
+            start_ms: crate::util::now_ms(),
+            cpu: self.cgroup.cpu_stat().unwrap_or_default(),
+            phase,
+            request_ids,
+        }
+    }
+
+    fn close_window(&self, p: &mut Power) {
+        let Some(w) = p.window.take() else { return };
+        let cpu = self.cgroup.cpu_stat().unwrap_or_default().since(&w.cpu);
+        self.host.ledger.record(WindowRecord::new(
+            &self.function,
+            &self.id,
+            w.phase,
+            w.request_ids,
+            w.start_ms,
+            w.start.elapsed(),
+            cpu,
+            self.cgroup.memory_peak(),
+        ));
+    }
+
+    fn set_state(&self, s: State) {
+        let mut g = self.state.lock().expect("state");
+        if *g != State::Stopping && *g != State::Dead || s == State::Dead {
+            *g = s;
+        }
+    }
+
+    /// Current state.
+    pub fn state(&self) -> State {
+        *self.state.lock().expect("state")
+    }
+
+    /// Milliseconds since the last request ended.
+    pub fn idle_for(&self) -> Duration {
+        Duration::from_millis(crate::util::now_ms().saturating_sub(self.last_used_ms.load(Ordering::Relaxed)))
+    }
+
+    /// For the admin API.
+    pub fn snapshot(&self) -> Snapshot {
+        let in_flight = self.power.try_lock().map(|p| p.in_flight).unwrap_or(self.reserved.load(Ordering::Relaxed));
+        Snapshot {
+            id: self.id.clone(),
+            function: self.function.name.clone(),
+            state: self.state(),
+            pid: self.pid,
+            cgroup: self.cgroup.path().display().to_string(),
+            in_flight,
+            created: crate::util::rfc3339_ms(self.created_ms),
+            last_used: crate::util::rfc3339_ms(self.last_used_ms.load(Ordering::Relaxed)),
+            cold_start_ms: self.cold_start_us.load(Ordering::Relaxed) as f64 / 1000.0,
+        }
+    }
+
+    /// The cgroup (for the demo's and tests' look at `cgroup.events`).
+    pub fn cgroup(&self) -> &Cgroup {
+        &self.cgroup
+    }
+
+    /// Stops the instance: thaw, PreStop, SIGTERM, grace, `cgroup.kill`, cgroup removed.
+    /// Safe to call more than once and on a process that already exited.
+    pub async fn stop(&self) {
+        let mut p = self.power.lock().await;
+        if *self.state.lock().expect("state") == State::Dead {
+            return;
+        }
+        p.stopping = true;
+        self.set_state(State::Stopping);
+        let alive = self.exit.borrow().is_none();
+        if alive {
+            if p.frozen {
+                let _ = self.cgroup.thaw().await;
+                p.frozen = false;
+            }
+            if self.function.pre_stop.is_some() && matches!(*self.boot.borrow(), Boot::Ready) {
+                p.window = Some(self.open_window(Phase::PreStop, Vec::new()));
+                let _ = self.call_hook(HookKind::PreStop).await;
+                self.close_window(&mut p);
+            }
+            let _ = sandbox::pidfd_signal(self.pidfd.get_ref().as_raw_fd(), libc::SIGTERM);
+            if self.wait_exit(self.function.stop_grace).await.is_none() {
+                tracing::warn!(instance = %self.id, "did not exit within {:?} of SIGTERM; killing", self.function.stop_grace);
+            }
+        }
+        self.close_window(&mut p);
+        self.conns.clear();
+        if let Err(e) = self.cgroup.kill().await {
+            tracing::error!(instance = %self.id, "kill failed: {e}");
+        }
+        let _ = self.wait_exit(Duration::from_secs(5)).await;
+        if let Err(e) = self.cgroup.remove() {
+            tracing::error!(instance = %self.id, "{e}");
+        }
+        self.set_state(State::Dead);
+        tracing::info!(function = %self.function.name, instance = %self.id, "stopped");
+    }
+}
+
+enum ProxyError {
+    Timeout,
+    Failed(String),
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[allow(dead_code)]
+fn header(name: &'static str, v: &str) -> (HeaderName, HeaderValue) {
+    (HeaderName::from_static(name), HeaderValue::from_str(v).unwrap_or(HeaderValue::from_static("")))
+}

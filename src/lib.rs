@@ -1,0 +1,19 @@
+//! fcsup: a Linux-native supervisor that runs Function Compute style functions faithfully.
+//! Each instance lives in its own cgroup v2 and namespaces, is frozen through `cgroup.freeze`
+//! between requests, and its CPU time is read per phase from `cpu.stat`.
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod billing;
+pub mod cgroup;
+pub mod check;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod host;
+pub mod instance;
+pub mod logs;
+pub mod pool;
+pub mod sandbox;
+pub mod supervisor;
+pub mod util;

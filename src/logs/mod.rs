@@ -1,0 +1,152 @@
+//! Function output: stdout and stderr read line by line, tagged with function, instance and
+//! request id, printed in fcsup's own output (as `s local` shows them), kept in a per-instance
+//! ring for the admin API, and collected per request for `x-fc-log-type: Tail`.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// Lines kept per instance for `GET /admin/instances/{id}/logs`.
+const RING_LINES: usize = 1000;
+/// Bytes of log returned with `x-fc-log-type: Tail` (FC returns the last 4 KB).
+pub const TAIL_BYTES: usize = 4096;
+
+/// One instance's log state.
+#[derive(Debug)]
+pub struct InstanceLog {
+    function: String,
+    instance: String,
+    inner: Mutex<Inner>,
+    echo: bool,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Request ids in flight (and the hook running), in arrival order.
+    current: Vec<String>,
+    ring: VecDeque<String>,
+    /// Per-request captured output, for Tail.
+    captured: HashMap<String, Vec<u8>>,
+}
+
+impl InstanceLog {
+    /// A log for one instance; `echo` prints lines to fcsup's stdout.
+    pub fn new(function: &str, instance: &str, echo: bool) -> Arc<Self> {
+        Arc::new(InstanceLog { function: function.into(), instance: instance.into(), inner: Mutex::default(), echo })
+    }
+
+    /// Marks `request_id` as running: lines printed from now on are tagged with it.
+    pub fn begin(&self, request_id: &str) {
+        let mut g = self.inner.lock().expect("log lock");
+        g.current.push(request_id.to_string());
+        g.captured.insert(request_id.to_string(), Vec::new());
+    }
+
+    /// Ends `request_id` and returns what it printed (last [`TAIL_BYTES`]).
+    pub fn end(&self, request_id: &str) -> Vec<u8> {
+        let mut g = self.inner.lock().expect("log lock");
+        g.current.retain(|r| r != request_id);
+        g.captured.remove(request_id).unwrap_or_default()
+    }
+
+    /// Records one line written by the function.
+    pub fn line(&self, stream: &str, line: &str) {
+        let mut g = self.inner.lock().expect("log lock");
+        // With one request in flight the line is surely its; with several FC cannot tell either,
+        // so the line goes to every one of them.
+        let tag = match g.current.len() {
+            0 => String::new(),
+            1 => g.current[0].clone(),
+            _ => g.current.join(","),
+        };
+        for r in g.current.clone() {
+            if let Some(buf) = g.captured.get_mut(&r) {
+                buf.extend_from_slice(line.as_bytes());
+                buf.push(b'\n');
+                if buf.len() > 2 * TAIL_BYTES {
+                    buf.drain(..buf.len() - TAIL_BYTES);
+                }
+            }
+        }
+        let short = &self.instance[..self.instance.len().min(12)];
+        let text = format!("[{}/{}]{}{} {}", self.function, short, if tag.is_empty() { "" } else { " " }, tag, line);
+        if g.ring.len() == RING_LINES {
+            g.ring.pop_front();
+        }
+        g.ring.push_back(format!("{} {stream} {text}", crate::util::now_rfc3339()));
+        drop(g);
+        if self.echo {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{text}");
+        }
+    }
+
+    /// The instance's recent lines.
+    pub fn recent(&self) -> Vec<String> {
+        self.inner.lock().expect("log lock").ring.iter().cloned().collect()
+    }
+
+    /// Starts readers for the function's stdout and stderr; they end when the pipes close.
+    pub fn attach(self: &Arc<Self>, stdout: OwnedFd, stderr: OwnedFd) {
+        for (fd, name) in [(stdout, "stdout"), (stderr, "stderr")] {
+            let log = self.clone();
+            let Ok(rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else { continue };
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(rx).lines();
+                while let Ok(Some(l)) = lines.next_line().await {
+                    log.line(name, &l);
+                }
+            });
+        }
+    }
+}
+
+/// The last [`TAIL_BYTES`] of `captured`, cut at a line start, between FC's markers.
+pub fn tail(request_id: &str, captured: &[u8], summary: &str) -> Vec<u8> {
+    // A custom runtime may print FC's markers itself; they are not repeated.
+    let has = |m: &str| captured.windows(m.len()).any(|w| w == m.as_bytes());
+    let start = format!("FC Invoke Start RequestId: {request_id}");
+    let stop = format!("FC Invoke End RequestId: {request_id}");
+    let mut out = if has(&start) { Vec::new() } else { format!("{start}\n").into_bytes() };
+    let end = if has(&stop) { format!("\n{summary}\n") } else { format!("{stop}\n\n{summary}\n") }.into_bytes();
+    let room = TAIL_BYTES.saturating_sub(out.len() + end.len());
+    let mut body = &captured[captured.len().saturating_sub(room)..];
+    if body.len() < captured.len() {
+        if let Some(nl) = body.iter().position(|b| *b == b'\n') {
+            body = &body[nl + 1..];
+        }
+    }
+    out.extend_from_slice(body);
+    out.extend_from_slice(&end);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_go_to_the_running_request() {
+        let log = InstanceLog::new("f", "c-1234", false);
+        log.line("stdout", "before");
+        log.begin("r1");
+        log.line("stdout", "hello");
+        let got = log.end("r1");
+        assert_eq!(got, b"hello\n");
+        assert!(log.recent()[1].contains("[f/c-1234] r1 hello"), "{:?}", log.recent());
+    }
+
+    #[test]
+    fn tail_is_bounded_and_marked() {
+        let big: Vec<u8> = (0..1000).flat_map(|i| format!("line {i}\n").into_bytes()).collect();
+        let t = tail("r", &big, "Duration: 1.00 ms");
+        assert!(t.len() <= TAIL_BYTES);
+        let s = String::from_utf8(t).unwrap();
+        assert!(s.starts_with("FC Invoke Start RequestId: r\nline "));
+        assert!(s.ends_with("FC Invoke End RequestId: r\n\nDuration: 1.00 ms\n"));
+        assert!(s.contains("line 999\n"));
+    }
+}

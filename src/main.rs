@@ -1,0 +1,221 @@
+//! The `fcsup` command line.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use fcsup::config::Config;
+use fcsup::supervisor::{Options, Supervisor};
+use hyper::Method;
+
+#[derive(Parser)]
+#[command(name = "fcsup", version, about = "Run Function Compute style functions in real cgroups and namespaces, frozen between requests")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct SupervisorArgs {
+    /// Address of the front door.
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    listen: String,
+    /// Name of fcsup's cgroup under the cgroup2 mount (instances are created beneath it).
+    #[arg(long, default_value = "fcsup", env = "FCSUP_CGROUP_ROOT")]
+    cgroup_root: String,
+    /// Append the billing ledger (JSON lines) to this file.
+    #[arg(long)]
+    ledger: Option<PathBuf>,
+    /// Do not print the functions' output.
+    #[arg(long)]
+    quiet_functions: bool,
+    /// Keep the supervisor at normal priority (by default its threads run SCHED_FIFO so a
+    /// thawed, busy instance cannot delay the next thaw or freeze).
+    #[arg(long)]
+    no_realtime: bool,
+}
+
+impl SupervisorArgs {
+    fn options(&self) -> Options {
+        Options {
+            cgroup_root: self.cgroup_root.clone(),
+            ledger: self.ledger.clone(),
+            echo_logs: !self.quiet_functions,
+            ..Options::default()
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the functions of a Serverless Devs s.yaml.
+    Serve {
+        /// The s.yaml (functions under resources.<name>.props).
+        #[arg(short = 'f', long = "file", default_value = "s.yaml")]
+        file: PathBuf,
+        #[command(flatten)]
+        sup: SupervisorArgs,
+    },
+    /// Serve the bundled examples and show cold start, freeze, thaw and hooks.
+    Demo {
+        /// Stop after the walk-through instead of serving until Ctrl-C.
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        sup: SupervisorArgs,
+    },
+    /// Invoke a function on a running `fcsup serve`.
+    Invoke {
+        /// Function name.
+        name: String,
+        /// Payload: text, @file, or - for standard input.
+        #[arg(short, long, default_value = "")]
+        data: String,
+        /// Print the request's log (x-fc-log-type: Tail).
+        #[arg(long)]
+        tail: bool,
+        /// Address of the running fcsup.
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        url: String,
+    },
+    /// List the instances of a running `fcsup serve`.
+    Ps {
+        /// Address of the running fcsup.
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        url: String,
+    },
+    /// Probe the host: cgroup mode, freezer, namespaces, capabilities, GPU.
+    Check {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FCSUP_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("fcsup=info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Command::Serve { sup, .. } | Command::Demo { sup, .. } = &cli.command {
+        if !sup.no_realtime {
+            realtime();
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(run(cli))
+}
+
+/// SCHED_FIFO with reset-on-fork for every supervisor thread (they inherit it from main);
+/// function processes always start at SCHED_OTHER.
+fn realtime() {
+    let p = libc::sched_param { sched_priority: 10 };
+    // SAFETY: sched_setscheduler on the calling thread with a valid param.
+    let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &p) };
+    if r != 0 {
+        tracing::warn!("cannot run at real-time priority ({}); thaw latency will suffer under load", std::io::Error::last_os_error());
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve { file, sup } => {
+            let config = Config::load(&file)?;
+            let supervisor = Supervisor::start(&config, &sup.options()).await?;
+            let listener = tokio::net::TcpListener::bind(&sup.listen).await.with_context(|| format!("cannot listen on {}", sup.listen))?;
+            tracing::info!(
+                "serving {} function(s) on http://{} (cgroup root {})",
+                config.functions.len(),
+                listener.local_addr()?,
+                supervisor.host.cgroups.path().display()
+            );
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            let server = tokio::spawn(fcsup::api::serve(listener, supervisor.clone(), rx));
+            shutdown_signal().await;
+            tracing::info!("shutting down: PreStop on every instance");
+            let _ = tx.send(true);
+            let _ = server.await;
+            supervisor.shutdown().await;
+            tracing::info!("stopped; nothing left behind");
+            Ok(())
+        }
+        Command::Demo { no_wait, sup } => {
+            let opts = fcsup::demo::DemoOptions { listen: sup.listen.clone(), no_wait, supervisor: sup.options() };
+            fcsup::demo::run(opts, shutdown_signal()).await.map_err(|e| anyhow::anyhow!("{e}"))
+        }
+        Command::Invoke { name, data, tail, url } => {
+            let body = match data.as_str() {
+                "-" => {
+                    let mut v = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut v)?;
+                    v
+                }
+                d if d.starts_with('@') => std::fs::read(&d[1..]).with_context(|| format!("cannot read {}", &d[1..]))?,
+                d => d.as_bytes().to_vec(),
+            };
+            let headers: &[(&str, &str)] = if tail { &[("x-fc-log-type", "Tail")] } else { &[] };
+            let path = format!("/2023-03-30/functions/{name}/invocations");
+            let r = fcsup::client::request(&url, Method::POST, &path, headers, Bytes::from(body))
+                .await
+                .with_context(|| format!("cannot reach fcsup at {url}"))?;
+            if tail {
+                use base64::Engine;
+                let log = base64::engine::general_purpose::STANDARD.decode(r.header("x-fc-log-result")).unwrap_or_default();
+                eprint!("{}", String::from_utf8_lossy(&log));
+            }
+            println!("{}", String::from_utf8_lossy(&r.body));
+            if !r.header("x-fc-error-type").is_empty() || !r.status.is_success() {
+                bail!("invocation failed: HTTP {} {}", r.status.as_u16(), r.header("x-fc-error-type"));
+            }
+            Ok(())
+        }
+        Command::Ps { url } => {
+            let r = fcsup::client::request(&url, Method::GET, "/admin/instances", &[], Bytes::new())
+                .await
+                .with_context(|| format!("cannot reach fcsup at {url}"))?;
+            let list: Vec<serde_json::Value> = serde_json::from_slice(&r.body)?;
+            println!("{:<40} {:<16} {:<12} {:>8} {:>9} {:>12}  LAST USED", "INSTANCE", "FUNCTION", "STATE", "PID", "IN-FLIGHT", "COLD START");
+            for i in list {
+                println!(
+                    "{:<40} {:<16} {:<12} {:>8} {:>9} {:>10.1}ms  {}",
+                    i["id"].as_str().unwrap_or(""),
+                    i["function"].as_str().unwrap_or(""),
+                    i["state"].as_str().unwrap_or(""),
+                    i["pid"],
+                    i["in_flight"],
+                    i["cold_start_ms"].as_f64().unwrap_or(0.0),
+                    i["last_used"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
+        Command::Check { json } => {
+            let findings = fcsup::check::run(std::path::Path::new("/proc/self/mountinfo"), "fcsup").await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&findings)?);
+            } else {
+                for f in &findings {
+                    println!("{:<5} {:<22} {}", f.level, f.item, f.detail);
+                }
+            }
+            if findings.iter().any(|f| f.level == "fail") {
+                bail!("this host cannot run fcsup as it is (see the 'fail' lines)");
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! Per-function dispatch (fc-spec §5.3): a request goes to an instance with a free
+//! concurrency slot, the busiest first so idle ones stay frozen; when all are full a new
+//! instance starts (a cold start), unless the function's or the supervisor's instance cap is
+//! reached (429 `ResourceExhausted`, at once). Minimum instances start at boot; instances idle
+//! longer than `idleTimeout` are reclaimed with PreStop.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::config::Function;
+use crate::host::Host;
+use crate::instance::{Call, Instance, InvokeError, Reply, StartError};
+
+/// Instances of one function.
+#[derive(Debug)]
+pub struct Pool {
+    /// The function.
+    pub function: Arc<Function>,
+    host: Arc<Host>,
+    members: Mutex<Vec<Arc<Instance>>>,
+    /// Live instances across all pools, and their cap.
+    global: Arc<GlobalCount>,
+}
+
+/// The supervisor-wide instance count and cap.
+#[derive(Debug)]
+pub struct GlobalCount {
+    live: AtomicUsize,
+    /// Cap (fc-spec §8.7 REC: default 100).
+    pub max: usize,
+}
+
+impl GlobalCount {
+    /// A counter with `max` as the cap.
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(GlobalCount { live: AtomicUsize::new(0), max })
+    }
+}
+
+/// A request slot on an instance; released on drop.
+struct Slot(Arc<Instance>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.reserved.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Outcome of a dispatched request.
+pub struct Dispatched {
+    /// The reply or error.
+    pub result: Result<Reply, InvokeError>,
+    /// Whether this request started a new instance.
+    pub cold_start: bool,
+    /// The instance id, when one was chosen.
+    pub instance_id: Option<String>,
+}
+
+impl Pool {
+    /// A pool for `function`.
+    pub fn new(host: Arc<Host>, function: Arc<Function>, global: Arc<GlobalCount>) -> Arc<Self> {
+        Arc::new(Pool { function, host, members: Mutex::new(Vec::new()), global })
+    }
+
+    /// Starts the minimum instances and waits until they are initialized and frozen, then
+    /// starts the idle reaper.
+    pub async fn start(self: &Arc<Self>) -> Result<(), StartError> {
+        let mut boots = Vec::new();
+        for _ in 0..self.function.min_instances {
+            let inst = self.add_instance().map_err(|e| match e {
+                InvokeError::Throttled(m) | InvokeError::Internal(m) => StartError::Initializer(m),
+                other => StartError::Initializer(other.to_string()),
+            })?;
+            boots.push(inst);
+        }
+        for inst in boots {
+            inst.wait_booted().await.map_err(|e| StartError::Initializer(e.to_string()))?;
+        }
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(pool) = me.upgrade() else { return };
+                let period = (pool.function.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+                pool.reclaim_idle();
+                drop(pool);
+                tokio::time::sleep(period).await;
+            }
+        });
+        Ok(())
+    }
+
+    /// Runs `call` on an instance.
+    pub async fn dispatch(self: &Arc<Self>, mut call: Call) -> Dispatched {
+        let (slot, cold_start) = match self.reserve() {
+            Ok(x) => x,
+            Err(e) => return Dispatched { result: Err(e), cold_start: false, instance_id: None },
+        };
+        let inst = slot.0.clone();
+        call.init_failures_seen = inst.init_failures();
+        let result = inst.invoke(call).await;
+        drop(slot);
+        if !inst.usable() {
+            self.retire(&inst);
+        }
+        Dispatched { result, cold_start, instance_id: Some(inst.id.clone()) }
+    }
+
+    fn reserve(self: &Arc<Self>) -> Result<(Slot, bool), InvokeError> {
+        let conc = self.function.concurrency;
+        {
+            let members = self.members.lock().expect("pool");
+            let best = members
+                .iter()
+                .filter(|i| i.usable())
+                .filter_map(|i| {
+                    let r = i.reserved.load(Ordering::Acquire);
+                    (r < conc).then_some((r, i))
+                })
+                .max_by_key(|(r, _)| *r);
+            if let Some((_, inst)) = best {
+                inst.reserved.fetch_add(1, Ordering::AcqRel);
+                return Ok((Slot(inst.clone()), false));
+            }
+        }
+        let inst = self.add_instance()?;
+        inst.reserved.fetch_add(1, Ordering::AcqRel);
+        Ok((Slot(inst), true))
+    }
+
+    /// Spawns one instance and boots it in the background.
+    fn add_instance(self: &Arc<Self>) -> Result<Arc<Instance>, InvokeError> {
+        let mut members = self.members.lock().expect("pool");
+        let live = members.iter().filter(|i| i.usable()).count();
+        if let Some(max) = self.function.max_instances {
+            if live >= max {
+                return Err(InvokeError::Throttled(format!(
+                    "Reserve resource exceeded limit: function {} has {live} of its maxInstances {max} instances busy",
+                    self.function.name
+                )));
+            }
+        }
+        if self.global.live.fetch_add(1, Ordering::AcqRel) >= self.global.max {
+            self.global.live.fetch_sub(1, Ordering::AcqRel);
+            return Err(InvokeError::Throttled(format!(
+                "Reserve resource exceeded limit: the supervisor runs its maximum of {} instances",
+                self.global.max
+            )));
+        }
+        let inst = match Instance::spawn(&self.host, self.function.clone()) {
+            Ok(i) => i,
+            Err(e) => {
+                self.global.live.fetch_sub(1, Ordering::AcqRel);
+                return Err(InvokeError::Initialization(e.to_string()));
+            }
+        };
+        members.push(inst.clone());
+        drop(members);
+        let pool = Arc::downgrade(self);
+        let booting = inst.clone();
+        tokio::spawn(async move {
+            let failed = booting.boot().await.is_err();
+            let exit_watch = booting.clone();
+            if failed {
+                if let Some(p) = pool.upgrade() {
+                    p.retire(&booting);
+                }
+                return;
+            }
+            // Whatever ends the process (crash, OOM kill), the instance leaves the pool.
+            let code = exit_watch.exited().await;
+            if let Some(p) = pool.upgrade() {
+                if p.remove(&exit_watch) {
+                    tracing::warn!(function = %p.function.name, instance = %exit_watch.id, code, "instance exited");
+                    p.stop_detached(exit_watch);
+                }
+            }
+        });
+        Ok(inst)
+    }
+
+    fn remove(&self, inst: &Arc<Instance>) -> bool {
+        let mut m = self.members.lock().expect("pool");
+        let before = m.len();
+        m.retain(|i| !Arc::ptr_eq(i, inst));
+        let removed = m.len() < before;
+        if removed {
+            self.global.live.fetch_sub(1, Ordering::AcqRel);
+        }
+        removed
+    }
+
+    /// Takes an unusable instance out of rotation and stops it once its requests finished.
+    fn retire(&self, inst: &Arc<Instance>) {
+        if self.remove(inst) {
+            self.stop_detached(inst.clone());
+        }
+    }
+
+    fn stop_detached(&self, inst: Arc<Instance>) {
+        tokio::spawn(async move {
+            while inst.reserved.load(Ordering::Acquire) > 0 && inst.usable() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            inst.stop().await;
+        });
+    }
+
+    /// Reclaims instances idle past `idleTimeout` (keeping the minimum).
+    pub fn reclaim_idle(&self) {
+        let victims: Vec<Arc<Instance>> = {
+            let mut m = self.members.lock().expect("pool");
+            let mut keep = self.function.min_instances;
+            let mut victims = Vec::new();
+            m.retain(|i| {
+                let idle = i.reserved.load(Ordering::Acquire) == 0 && i.idle_for() >= self.function.idle_timeout;
+                if idle && keep == 0 && i.usable() {
+                    victims.push(i.clone());
+                    false
+                } else {
+                    if i.usable() && keep > 0 {
+                        keep -= 1;
+                    }
+                    true
+                }
+            });
+            victims
+        };
+        for v in victims {
+            self.global.live.fetch_sub(1, Ordering::AcqRel);
+            tracing::info!(function = %self.function.name, instance = %v.id, "idle reclaim");
+            self.stop_detached(v);
+        }
+    }
+
+    /// Every instance (for the admin API).
+    pub fn instances(&self) -> Vec<Arc<Instance>> {
+        self.members.lock().expect("pool").clone()
+    }
+
+    /// Stops every instance (PreStop first) and waits for them.
+    pub async fn shutdown(&self) {
+        let all: Vec<Arc<Instance>> = std::mem::take(&mut *self.members.lock().expect("pool"));
+        self.global.live.fetch_sub(all.len(), Ordering::AcqRel);
+        let stops = all.iter().map(|i| i.stop());
+        futures_join_all(stops).await;
+    }
+}
+
+/// Awaits all futures concurrently (a tiny join_all, to avoid a dependency for one call).
+pub async fn futures_join_all<F: std::future::Future<Output = ()>>(futs: impl IntoIterator<Item = F>) {
+    let mut set = Vec::new();
+    for f in futs {
+        set.push(Box::pin(f));
+    }
+    let mut pending: Vec<_> = set.into_iter().map(Some).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for slot in pending.iter_mut() {
+            if let Some(f) = slot {
+                if f.as_mut().poll(cx).is_ready() {
+                    *slot = None;
+                } else {
+                    done = false;
+                }
+            }
+        }
+        if done { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+    })
+    .await
+}

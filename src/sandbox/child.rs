@@ -1,0 +1,228 @@
+//! What runs in the new namespaces between `clone3` and `execve`: a prepared list of steps
+//! (mounts, pivot_root, loopback up, ...) run with raw libc only, then a minimal init.
+//!
+//! The child is PID 1 of its PID namespace. PID 1 ignores signals it has no handler for, so the
+//! child stays on as a tiny init (like tini): it forks the function, forwards signals to it,
+//! reaps orphans and exits with the function's status, taking every other process with it.
+
+use std::ffi::{c_char, CString};
+use std::os::fd::RawFd;
+
+use super::sys;
+
+/// One prepared step. Every string is built before the clone; the child only reads them.
+pub enum Op {
+    /// mount(2).
+    Mount { src: Option<CString>, dst: CString, fstype: Option<CString>, flags: libc::c_ulong, data: Option<CString> },
+    /// mkdir(2).
+    Mkdir { path: CString, mode: libc::mode_t },
+    /// symlink(2).
+    Symlink { target: CString, path: CString },
+    /// mknod(2) of a character device.
+    Mknod { path: CString, mode: libc::mode_t, dev: libc::dev_t },
+    /// pivot_root(2) into `new_root`, then detach the old root at `put_old` (relative to it).
+    PivotRoot { new_root: CString, put_old: CString },
+    /// chdir(2).
+    Chdir(CString),
+    /// Write `data` to an already-open fd (v1 `cgroup.procs`).
+    WriteFd { fd: RawFd, data: &'static [u8] },
+    /// Bring `lo` up in the new network namespace.
+    LoopbackUp,
+    /// sethostname(2).
+    Hostname(CString),
+    /// Reset to SCHED_OTHER: a real-time supervisor must not hand its priority down.
+    SchedOther,
+}
+
+/// Everything the child needs, prepared in the parent.
+pub struct Plan {
+    /// Steps with a description used in error messages.
+    pub ops: Vec<(Op, String)>,
+    /// argv (NULL-terminated pointer array kept alongside).
+    pub argv: Vec<CString>,
+    /// envp strings.
+    pub envp: Vec<CString>,
+    /// Paths to try for argv\[0\] (PATH search done up front).
+    pub exec_candidates: Vec<CString>,
+    /// fds that become 0, 1, 2.
+    pub stdio: [RawFd; 3],
+    /// Write end of the close-on-exec error pipe.
+    pub err_fd: RawFd,
+    /// Capabilities kept in the bounding set (bit mask).
+    pub keep_caps: u64,
+}
+
+/// Step index reported when every exec candidate failed.
+pub const STEP_EXEC: u32 = u32::MAX;
+
+fn ptrs(v: &[CString]) -> Vec<*const c_char> {
+    v.iter().map(|c| c.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
+}
+
+/// Pointer arrays for execve, built in the parent (the child must not allocate).
+pub struct ExecArgs {
+    argv: Vec<*const c_char>,
+    envp: Vec<*const c_char>,
+}
+
+impl ExecArgs {
+    /// Builds the NULL-terminated arrays over `plan`'s strings.
+    pub fn new(plan: &Plan) -> Self {
+        ExecArgs { argv: ptrs(&plan.argv), envp: ptrs(&plan.envp) }
+    }
+}
+
+fn fail(err_fd: RawFd, step: u32, errno: i32) -> ! {
+    let mut msg = [0u8; 8];
+    msg[..4].copy_from_slice(&step.to_ne_bytes());
+    msg[4..].copy_from_slice(&errno.to_ne_bytes());
+    // SAFETY: write(2) of a stack buffer, then _exit(2); both async-signal-safe.
+    unsafe {
+        libc::write(err_fd, msg.as_ptr().cast(), msg.len());
+        libc::_exit(127)
+    }
+}
+
+fn check(r: libc::c_int, err_fd: RawFd, step: u32) {
+    if r < 0 {
+        fail(err_fd, step, sys::errno());
+    }
+}
+
+/// Runs in the cloned child; never returns.
+pub fn run(plan: &Plan, exec: &ExecArgs) -> ! {
+    let e = plan.err_fd;
+    for (i, (op, _)) in plan.ops.iter().enumerate() {
+        let i = i as u32;
+        // SAFETY: every pointer comes from a CString owned by `plan`, alive for the whole call;
+        // all calls are async-signal-safe syscalls.
+        unsafe {
+            match op {
+                Op::Mount { src, dst, fstype, flags, data } => check(
+                    libc::mount(
+                        src.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
+                        dst.as_ptr(),
+                        fstype.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
+                        *flags,
+                        data.as_ref().map_or(std::ptr::null(), |s| s.as_ptr().cast()),
+                    ),
+                    e,
+                    i,
+                ),
+                Op::Mkdir { path, mode } => {
+                    if libc::mkdir(path.as_ptr(), *mode) < 0 && sys::errno() != libc::EEXIST {
+                        fail(e, i, sys::errno());
+                    }
+                }
+                Op::Symlink { target, path } => check(libc::symlink(target.as_ptr(), path.as_ptr()), e, i),
+                Op::Mknod { path, mode, dev } => check(libc::mknod(path.as_ptr(), libc::S_IFCHR | *mode, *dev), e, i),
+                Op::PivotRoot { new_root, put_old } => {
+                    check(libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) as libc::c_int, e, i);
+                    check(libc::chdir(c"/".as_ptr()), e, i);
+                    check(libc::umount2(c"/.oldroot".as_ptr(), libc::MNT_DETACH), e, i);
+                    check(libc::rmdir(c"/.oldroot".as_ptr()), e, i);
+                }
+                Op::Chdir(p) => check(libc::chdir(p.as_ptr()), e, i),
+                Op::WriteFd { fd, data } => check(libc::write(*fd, data.as_ptr().cast(), data.len()) as libc::c_int, e, i),
+                Op::LoopbackUp => loopback_up(e, i),
+                Op::Hostname(h) => check(libc::sethostname(h.as_ptr(), h.as_bytes().len()), e, i),
+                Op::SchedOther => {
+                    let p = libc::sched_param { sched_priority: 0 };
+                    check(libc::sched_setscheduler(0, libc::SCHED_OTHER, &p), e, i);
+                }
+            }
+        }
+    }
+    init(plan, exec)
+}
+
+fn loopback_up(e: RawFd, step: u32) {
+    // SAFETY: an ifreq on the stack, a throwaway socket; async-signal-safe syscalls only.
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        check(s, e, step);
+        let mut req: libc::ifreq = std::mem::zeroed();
+        req.ifr_name[0] = b'l' as c_char;
+        req.ifr_name[1] = b'o' as c_char;
+        check(libc::ioctl(s, libc::SIOCGIFFLAGS, &mut req), e, step);
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        check(libc::ioctl(s, libc::SIOCSIFFLAGS, &mut req), e, step);
+        libc::close(s);
+    }
+}
+
+/// PID 1: fork the function, then forward signals and reap until it exits.
+fn init(plan: &Plan, exec: &ExecArgs) -> ! {
+    let e = plan.err_fd;
+    // SAFETY: signal-mask and process calls on stack data only; the function side only execs.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigprocmask(libc::SIG_BLOCK, &all, &mut old);
+        let main = libc::fork();
+        if main < 0 {
+            fail(e, STEP_EXEC, sys::errno());
+        }
+        if main == 0 {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+            libc::setsid();
+            for fd in 0..3 {
+                if plan.stdio[fd] != fd as RawFd {
+                    libc::dup2(plan.stdio[fd], fd as RawFd);
+                }
+            }
+            // No supervisor fd may leak into the function.
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+            drop_capabilities(plan.keep_caps);
+            let mut errno = libc::ENOENT;
+            for path in &plan.exec_candidates {
+                libc::execve(path.as_ptr(), exec.argv.as_ptr(), exec.envp.as_ptr());
+                let err = sys::errno();
+                if err != libc::ENOENT {
+                    errno = err;
+                }
+            }
+            fail(e, STEP_EXEC, errno);
+        }
+        // The init keeps no fd at all: the function's exec closes the error pipe for the parent.
+        libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0);
+        loop {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let sig = libc::sigwaitinfo(&all, &mut info);
+            if sig == libc::SIGCHLD {
+                loop {
+                    let mut status = 0;
+                    let pid = libc::waitpid(-1, &mut status, libc::WNOHANG);
+                    if pid <= 0 {
+                        break;
+                    }
+                    if pid == main {
+                        let code = if libc::WIFEXITED(status) {
+                            libc::WEXITSTATUS(status)
+                        } else {
+                            128 + libc::WTERMSIG(status)
+                        };
+                        libc::_exit(code);
+                    }
+                }
+            } else if sig > 0 {
+                libc::kill(main, sig);
+            }
+        }
+    }
+}
+
+/// Drops every capability outside `keep` from the bounding set and sets no_new_privs, so the
+/// function runs as root with a container's usual capabilities and cannot regain the rest.
+fn drop_capabilities(keep: u64) {
+    for cap in 0..64u64 {
+        if keep & (1 << cap) == 0 {
+            // SAFETY: prctl with integer arguments only; errors (unknown cap) are ignored.
+            unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        }
+    }
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+}

@@ -1,0 +1,312 @@
+//! One function process in its own cgroup and namespaces.
+//!
+//! `clone3(CLONE_INTO_CGROUP | CLONE_PIDFD | NEWPID | NEWNS | NEWUTS | NEWIPC | NEWNET)` places
+//! the child atomically; the child builds a small root (read-only binds of the host's system
+//! directories, the code at `/code` read-only, a private `/tmp` and `/dev`, a fresh `/proc`),
+//! pivots into it, brings `lo` up and execs the start command under a minimal init
+//! ([`child`]). The supervisor reaches the function's port by creating sockets inside the
+//! instance's network namespace ([`Netns::socket`]).
+
+mod child;
+mod sys;
+
+use std::ffi::CString;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use child::{ExecArgs, Op, Plan, STEP_EXEC};
+pub use sys::{pidfd_signal, pidfd_try_wait};
+
+/// Errors of the sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// Preparing or cloning failed in the supervisor.
+    #[error("failed to {op}: {source}")]
+    Setup {
+        /// What was attempted.
+        op: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A step inside the new namespaces failed.
+    #[error("instance setup failed at '{step}': {source}")]
+    Child {
+        /// The step.
+        step: String,
+        /// The errno it got.
+        #[source]
+        source: io::Error,
+    },
+    /// The start command could not be executed.
+    #[error("Failed to start function instance. Error: the file {command} is not exist")]
+    CommandNotFound {
+        /// argv\[0\].
+        command: String,
+    },
+    /// The start command exists but exec failed.
+    #[error("Failed to start function instance. Error: cannot execute {command}: {source}")]
+    Exec {
+        /// argv\[0\].
+        command: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn setup(op: impl Into<String>) -> impl FnOnce(io::Error) -> SandboxError {
+    let op = op.into();
+    move |source| SandboxError::Setup { op, source }
+}
+
+/// What to run and how.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    /// Start command and arguments.
+    pub argv: Vec<String>,
+    /// Environment (complete; nothing is inherited).
+    pub env: Vec<(String, String)>,
+    /// Host directory mounted read-only at `/code`.
+    pub code_dir: PathBuf,
+    /// UTS hostname.
+    pub hostname: String,
+    /// An empty host directory used as the mount point of the new root (in the child's own
+    /// mount namespace only; the host never sees the mounts).
+    pub rootfs_mountpoint: PathBuf,
+    /// Size of the private `/tmp` in MiB.
+    pub tmp_size_mb: u64,
+}
+
+/// Host directories bound read-only into every instance's root (symlinks are copied as links).
+const SYSTEM_DIRS: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "opt"];
+
+/// Docker's default capability set: what a function process keeps.
+const KEEP_CAPS: &[u32] = &[0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31];
+
+/// A running sandboxed process (the init of its PID namespace).
+#[derive(Debug)]
+pub struct Child {
+    /// Its pid in the supervisor's PID namespace.
+    pub pid: i32,
+    /// Its pidfd: readable once it exits, used for signals and reaping.
+    pub pidfd: OwnedFd,
+    /// Its network namespace.
+    pub netns: Netns,
+    /// Read ends of its stdout and stderr.
+    pub stdout: OwnedFd,
+    /// See `stdout`.
+    pub stderr: OwnedFd,
+    /// From clone3 to the successful execve.
+    pub clone_to_exec: Duration,
+}
+
+/// Spawns `spec` into the cgroup directory `cgroup_fd`; `v1_procs` are v1 `cgroup.procs`
+/// files the child writes itself into before anything else.
+pub fn spawn(spec: &SandboxSpec, cgroup_fd: RawFd, v1_procs: &[RawFd]) -> Result<Child, SandboxError> {
+    let (out_r, out_w) = sys::pipe_cloexec().map_err(setup("create stdout pipe"))?;
+    let (err_r, err_w) = sys::pipe_cloexec().map_err(setup("create stderr pipe"))?;
+    let (status_r, status_w) = sys::pipe_cloexec().map_err(setup("create status pipe"))?;
+    let devnull = sys::open_ro(c"/dev/null").map_err(setup("open /dev/null"))?;
+    let plan = plan(spec, v1_procs, [devnull.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()], status_w.as_raw_fd())?;
+    let exec = ExecArgs::new(&plan);
+    let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET) as u64;
+    let t0 = Instant::now();
+    let (pid, pidfd) = match sys::clone3(flags, cgroup_fd).map_err(setup("clone3 the instance"))? {
+        sys::Forked::Child => child::run(&plan, &exec),
+        sys::Forked::Parent(pid, fd) => (pid, fd),
+    };
+    drop((status_w, out_w, err_w, devnull));
+    let mut report = Vec::with_capacity(8);
+    let read = std::fs::File::from(status_r).read_to_end(&mut report);
+    let clone_to_exec = t0.elapsed();
+    if report.len() >= 8 {
+        let step = u32::from_ne_bytes(report[..4].try_into().expect("4 bytes"));
+        let errno = i32::from_ne_bytes(report[4..8].try_into().expect("4 bytes"));
+        let _ = sys::pidfd_signal(pidfd.as_raw_fd(), libc::SIGKILL);
+        let _ = wait_blocking(&pidfd);
+        let source = io::Error::from_raw_os_error(errno);
+        let command = spec.argv.first().cloned().unwrap_or_default();
+        return Err(match step {
+            STEP_EXEC if errno == libc::ENOENT => SandboxError::CommandNotFound { command },
+            STEP_EXEC => SandboxError::Exec { command, source },
+            s => SandboxError::Child { step: plan.ops[s as usize].1.clone(), source },
+        });
+    }
+    read.map_err(setup("read the instance's start status"))?;
+    let netns = Netns::open(pid).map_err(|e| {
+        let _ = sys::pidfd_signal(pidfd.as_raw_fd(), libc::SIGKILL);
+        setup(format!("open the network namespace of pid {pid}"))(e)
+    })?;
+    Ok(Child { pid, pidfd, netns, stdout: out_r, stderr: err_r, clone_to_exec })
+}
+
+fn wait_blocking(pidfd: &OwnedFd) -> io::Result<i32> {
+    loop {
+        if let Some(s) = sys::pidfd_try_wait(pidfd.as_raw_fd())? {
+            return Ok(s);
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+fn cstr(s: impl AsRef<[u8]>) -> Result<CString, SandboxError> {
+    CString::new(s.as_ref()).map_err(|_| SandboxError::Setup {
+        op: format!("use {:?}", String::from_utf8_lossy(s.as_ref())),
+        source: io::Error::new(io::ErrorKind::InvalidInput, "contains a NUL byte"),
+    })
+}
+
+fn path_c(p: &Path) -> Result<CString, SandboxError> {
+    cstr(p.as_os_str().as_bytes())
+}
+
+/// Builds the child's steps and exec arguments.
+fn plan(spec: &SandboxSpec, v1_procs: &[RawFd], stdio: [RawFd; 3], err_fd: RawFd) -> Result<Plan, SandboxError> {
+    let root = &spec.rootfs_mountpoint;
+    let under = |rel: &str| path_c(&root.join(rel));
+    let mut ops: Vec<(Op, String)> = Vec::new();
+    let mut push = |op: Op, what: String| ops.push((op, what));
+    push(Op::SchedOther, "reset scheduling to SCHED_OTHER".into());
+    for fd in v1_procs {
+        push(Op::WriteFd { fd: *fd, data: b"0" }, "join the v1 cgroups".into());
+    }
+    let mount = |src: Option<&str>, dst: CString, fstype: Option<&str>, flags: libc::c_ulong, data: Option<&str>| {
+        Ok::<_, SandboxError>(Op::Mount {
+            src: src.map(cstr).transpose()?,
+            dst,
+            fstype: fstype.map(cstr).transpose()?,
+            flags,
+            data: data.map(cstr).transpose()?,
+        })
+    };
+    push(mount(None, cstr("/")?, None, libc::MS_REC | libc::MS_PRIVATE, None)?, "make / private".into());
+    push(
+        mount(Some("tmpfs"), path_c(root)?, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some("mode=755,size=1m"))?,
+        format!("mount the root tmpfs at {}", root.display()),
+    );
+    for dir in SYSTEM_DIRS {
+        let host = Path::new("/").join(dir);
+        let Ok(meta) = std::fs::symlink_metadata(&host) else { continue };
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&host).map_err(setup(format!("read link {}", host.display())))?;
+            push(Op::Symlink { target: path_c(&target)?, path: under(dir)? }, format!("link /{dir}"));
+        } else if meta.is_dir() {
+            push_ro_bind(&mut push, &host, under(dir)?)?;
+        }
+    }
+    push_ro_bind(&mut push, &spec.code_dir, under("code")?)?;
+    push(Op::Mkdir { path: under("tmp")?, mode: 0o1777 }, "create /tmp".into());
+    let tmp_opts = format!("mode=1777,size={}m", spec.tmp_size_mb);
+    push(
+        mount(Some("tmpfs"), under("tmp")?, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some(&tmp_opts))?,
+        "mount the private /tmp".into(),
+    );
+    push(Op::Mkdir { path: under("dev")?, mode: 0o755 }, "create /dev".into());
+    push(
+        mount(Some("tmpfs"), under("dev")?, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NOEXEC, Some("mode=755,size=64k"))?,
+        "mount /dev".into(),
+    );
+    for (name, major, minor) in [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)] {
+        push(
+            Op::Mknod { path: under(&format!("dev/{name}"))?, mode: 0o666, dev: libc::makedev(major, minor) },
+            format!("create /dev/{name}"),
+        );
+    }
+    for (name, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+        push(Op::Symlink { target: cstr(target)?, path: under(&format!("dev/{name}"))? }, format!("link /dev/{name}"));
+    }
+    push(Op::Mkdir { path: under("dev/shm")?, mode: 0o1777 }, "create /dev/shm".into());
+    push(
+        mount(Some("shm"), under("dev/shm")?, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some("mode=1777,size=64m"))?,
+        "mount /dev/shm".into(),
+    );
+    push(Op::Mkdir { path: under("proc")?, mode: 0o555 }, "create /proc".into());
+    push(Op::Mkdir { path: under(".oldroot")?, mode: 0o700 }, "create the old-root mount point".into());
+    push(Op::PivotRoot { new_root: path_c(root)?, put_old: under(".oldroot")? }, "pivot_root into the instance root".into());
+    push(
+        mount(Some("proc"), cstr("/proc")?, Some("proc"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None)?,
+        "mount /proc".into(),
+    );
+    push(
+        mount(None, cstr("/")?, None, libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV, Some("mode=755,size=1m"))?,
+        "make the root read-only".into(),
+    );
+    push(Op::LoopbackUp, "bring up the loopback interface".into());
+    push(Op::Hostname(cstr(&spec.hostname)?), "set the hostname".into());
+    push(Op::Chdir(cstr("/code")?), "chdir to /code".into());
+
+    let argv: Vec<CString> = spec.argv.iter().map(cstr).collect::<Result<_, _>>()?;
+    let envp: Vec<CString> = spec.env.iter().map(|(k, v)| cstr(format!("{k}={v}"))).collect::<Result<_, _>>()?;
+    let cmd = spec.argv.first().ok_or_else(|| SandboxError::CommandNotFound { command: String::new() })?;
+    let exec_candidates = if cmd.contains('/') {
+        let p = if cmd.starts_with('/') { cmd.clone() } else { format!("/code/{cmd}") };
+        vec![cstr(p)?]
+    } else {
+        let path = spec.env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or("/usr/bin:/bin");
+        path.split(':').filter(|d| !d.is_empty()).map(|d| cstr(format!("{d}/{cmd}"))).collect::<Result<_, _>>()?
+    };
+    let keep_caps = KEEP_CAPS.iter().fold(0u64, |m, c| m | (1 << c));
+    Ok(Plan { ops, argv, envp, exec_candidates, stdio, err_fd, keep_caps })
+}
+
+fn push_ro_bind(push: &mut impl FnMut(Op, String), host: &Path, dst: CString) -> Result<(), SandboxError> {
+    let shown = host.display().to_string();
+    push(Op::Mkdir { path: dst.clone(), mode: 0o755 }, format!("create the mount point for {shown}"));
+    push(
+        Op::Mount { src: Some(path_c(host)?), dst: dst.clone(), fstype: None, flags: libc::MS_BIND | libc::MS_REC, data: None },
+        format!("bind {shown}"),
+    );
+    push(
+        Op::Mount {
+            src: None,
+            dst,
+            fstype: None,
+            flags: libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+            data: None,
+        },
+        format!("make {shown} read-only"),
+    );
+    Ok(())
+}
+
+/// An instance's network namespace, and the supervisor's own to return to.
+#[derive(Debug)]
+pub struct Netns {
+    ns: OwnedFd,
+}
+
+impl Netns {
+    fn open(pid: i32) -> io::Result<Self> {
+        let p = CString::new(format!("/proc/{pid}/ns/net")).expect("no NUL");
+        Ok(Netns { ns: sys::open_ro(&p)? })
+    }
+
+    /// A non-blocking TCP socket created inside the namespace, so connecting to
+    /// `127.0.0.1:port` reaches the function however many instances use that port.
+    pub fn socket(&self) -> io::Result<std::net::TcpStream> {
+        thread_local! {
+            static HOME: OwnedFd = sys::open_ro(c"/proc/thread-self/ns/net").expect("open own network namespace");
+        }
+        HOME.with(|home| {
+            sys::setns(self.ns.as_raw_fd(), libc::CLONE_NEWNET)?;
+            let sock = socket2_tcp();
+            sys::setns(home.as_raw_fd(), libc::CLONE_NEWNET).expect("return to the supervisor's network namespace");
+            sock
+        })
+    }
+}
+
+fn socket2_tcp() -> io::Result<std::net::TcpStream> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: socket(2); the fd is owned by the TcpStream below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh fd owned by nobody else.
+    Ok(unsafe { std::net::TcpStream::from_raw_fd(fd) })
+}
