@@ -29,6 +29,7 @@ def log(msg):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
 
     def reply(self, code, body):
         data = body.encode() if isinstance(body, str) else body

@@ -66,8 +66,10 @@ pub type Result<T, E = CgroupError> = std::result::Result<T, E>;
 
 /// How long a freeze, thaw or kill may take before it is reported as stuck.
 pub const STATE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Re-check interval while waiting on `cgroup.events` (notifications are rate-limited).
+/// Longest re-check interval while waiting on `cgroup.events` (notifications are rate-limited).
 const RECHECK: Duration = Duration::from_millis(1);
+/// First re-check interval.
+const FIRST_RECHECK: Duration = Duration::from_micros(50);
 
 /// Resource limits for one instance.
 #[derive(Debug, Clone, Copy, Default)]
@@ -408,6 +410,7 @@ impl Cgroup {
     /// with a short re-check because notifications are rate-limited.
     pub async fn wait_for(&self, what: &'static str, done: impl Fn(Events) -> bool) -> Result<Events> {
         let start = Instant::now();
+        let mut attempt = 0u32;
         loop {
             let ev = self.events()?;
             if done(ev) {
@@ -416,16 +419,23 @@ impl Cgroup {
             if start.elapsed() > STATE_TIMEOUT {
                 return Err(CgroupError::Timeout { path: self.path.clone(), what, timeout: STATE_TIMEOUT });
             }
+            // Notifications come at most every 12 ms (HZ=250), so right after an earlier event
+            // only re-reading finds the change: first at 50 µs, doubling up to 1 ms.
+            let recheck = FIRST_RECHECK.saturating_mul(1 << attempt.min(5)).min(RECHECK);
+            attempt += 1;
             match &self.events {
                 EventsFd::Notify(a) => {
-                    let _ = tokio::time::timeout(RECHECK, async {
+                    let notified = async {
                         if let Ok(mut g) = a.ready(Interest::PRIORITY).await {
                             g.clear_ready();
                         }
-                    })
-                    .await;
+                    };
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = fine_sleep(recheck) => {}
+                    }
                 }
-                EventsFd::Poll(_) => tokio::time::sleep(RECHECK).await,
+                EventsFd::Poll(_) => fine_sleep(recheck).await,
             }
         }
     }
@@ -436,6 +446,32 @@ impl Cgroup {
             remove_dir_retrying(d)?;
         }
         remove_dir_retrying(&self.path)
+    }
+}
+
+/// Sleeps with microsecond precision (tokio's timer ticks in milliseconds) on a timerfd.
+async fn fine_sleep(d: Duration) {
+    // SAFETY: timerfd_create with constant flags; the fd is owned below.
+    let fd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC) };
+    if fd < 0 {
+        return tokio::time::sleep(d).await;
+    }
+    // SAFETY: fresh fd owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let spec = libc::itimerspec {
+        it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+        it_value: libc::timespec { tv_sec: d.as_secs() as libc::time_t, tv_nsec: d.subsec_nanos().max(1) as libc::c_long },
+    };
+    // SAFETY: timerfd_settime with a valid itimerspec on our timerfd.
+    if unsafe { libc::timerfd_settime(fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) } != 0 {
+        return tokio::time::sleep(d).await;
+    }
+    // SAFETY: the OwnedFd stays owned by the AsyncFd until it is dropped.
+    match unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) } {
+        Ok(a) => {
+            let _ = a.readable().await;
+        }
+        Err(_) => tokio::time::sleep(d).await,
     }
 }
 

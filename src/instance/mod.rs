@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::header::HeaderMap;
 use hyper::{Method, Request, StatusCode};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
@@ -560,13 +560,10 @@ impl Instance {
         if p.in_flight > 0 || p.frozen || p.stopping || self.exit.borrow().is_some() {
             return;
         }
-        if self.function.pre_freeze.is_some() {
-            if let Some(w) = p.window.as_mut() {
-                if w.phase == Phase::Invoke {
-                    // PreFreeze is billed inside the window it ends (fc-spec §6).
-                    w.phase = Phase::PreFreeze;
-                }
-            }
+        // PreFreeze follows invocations (not the Initializer), and is billed inside the
+        // window it ends (fc-spec §6).
+        if let Some(w) = p.window.as_mut().filter(|w| w.phase == Phase::Invoke && self.function.pre_freeze.is_some()) {
+            w.phase = Phase::PreFreeze;
             let _ = self.call_hook(HookKind::PreFreeze).await;
         }
         let t = Instant::now();
@@ -593,8 +590,9 @@ impl Instance {
                 if let Some(r) = request_id {
                     w.request_ids.push(r.to_string());
                 }
-                if w.phase == Phase::Initialize && phase == Phase::Invoke && p.initialized && w.request_ids.len() == 1 {
-                    // The window started for an Initializer retry and continues with its request.
+                if w.phase == Phase::Initialize && phase == Phase::Invoke {
+                    // An Initializer retry's window continues with the request that triggered it.
+                    w.phase = Phase::Invoke;
                 }
             }
             None => p.window = Some(self.open_window(phase, request_id.map(|r| vec![r.to_string()]).unwrap_or_default())),
@@ -711,9 +709,4 @@ enum ProxyError {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-#[allow(dead_code)]
-fn header(name: &'static str, v: &str) -> (HeaderName, HeaderValue) {
-    (HeaderName::from_static(name), HeaderValue::from_str(v).unwrap_or(HeaderValue::from_static("")))
 }

@@ -68,7 +68,7 @@ impl Pool {
     pub async fn start(self: &Arc<Self>) -> Result<(), StartError> {
         let mut boots = Vec::new();
         for _ in 0..self.function.min_instances {
-            let inst = self.add_instance().map_err(|e| match e {
+            let inst = self.add_instance(false).map_err(|e| match e {
                 InvokeError::Throttled(m) | InvokeError::Internal(m) => StartError::Initializer(m),
                 other => StartError::Initializer(other.to_string()),
             })?;
@@ -123,13 +123,13 @@ impl Pool {
                 return Ok((Slot(inst.clone()), false));
             }
         }
-        let inst = self.add_instance()?;
-        inst.reserved.fetch_add(1, Ordering::AcqRel);
+        let inst = self.add_instance(true)?;
         Ok((Slot(inst), true))
     }
 
-    /// Spawns one instance and boots it in the background.
-    fn add_instance(self: &Arc<Self>) -> Result<Arc<Instance>, InvokeError> {
+    /// Spawns one instance and boots it in the background; with `reserve`, one of its slots
+    /// is taken before any other request can see it.
+    fn add_instance(self: &Arc<Self>, reserve: bool) -> Result<Arc<Instance>, InvokeError> {
         let mut members = self.members.lock().expect("pool");
         let live = members.iter().filter(|i| i.usable()).count();
         if let Some(max) = self.function.max_instances {
@@ -154,6 +154,9 @@ impl Pool {
                 return Err(InvokeError::Initialization(e.to_string()));
             }
         };
+        if reserve {
+            inst.reserved.fetch_add(1, Ordering::AcqRel);
+        }
         members.push(inst.clone());
         drop(members);
         let pool = Arc::downgrade(self);

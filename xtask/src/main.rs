@@ -1,1 +1,29 @@
-fn main() {}
+//! `cargo xtask ci | install`: project chores.
+
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let task = std::env::args().nth(1).unwrap_or_default();
+    match task.as_str() {
+        "ci" => run(Command::new("bash").arg(".ci/run")),
+        "install" => {
+            run(Command::new("cargo").args(["build", "--release", "--bin", "fcsup"]))?;
+            run(Command::new("install").args(["-m", "0755", "target/release/fcsup", "/usr/local/bin/fcsup"]))?;
+            run(Command::new("install").args(["-m", "0644", "systemd/fcsup.service", "/etc/systemd/system/fcsup.service"]))?;
+            run(Command::new("mkdir").args(["-p", "/etc/fcsup", "/var/lib/fcsup"]))?;
+            println!("installed; put your s.yaml at /etc/fcsup/s.yaml, then: systemctl daemon-reload && systemctl enable --now fcsup");
+            Ok(())
+        }
+        _ => bail!("usage: cargo xtask ci | install"),
+    }
+}

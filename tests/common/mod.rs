@@ -1,0 +1,277 @@
+//! Harness for the privileged tests: runs the real `fcsup serve` binary with its own cgroup
+//! root, talks HTTP to it, reads its output, and checks that nothing is left behind.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// True when the host can run privileged tests; otherwise prints why and returns false,
+/// or panics when `FCSUP_REQUIRE_PRIVILEGED=1` (CI), so a skip there is a failure.
+pub fn privileged() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let cg2 = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().contains(" - cgroup2 ");
+    let why = if !root {
+        "not running as root"
+    } else if !cg2 {
+        "no cgroup2 mount"
+    } else {
+        return true;
+    };
+    if std::env::var("FCSUP_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+        panic!("privileged test cannot run: {why} (FCSUP_REQUIRE_PRIVILEGED=1)");
+    }
+    eprintln!("SKIPPED: privileged test needs root and cgroup2: {why}");
+    false
+}
+
+/// The fixture function's code directory.
+pub fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/functions/fixture")
+}
+
+/// A `props` block for the fixture with `extra` YAML lines appended (indented 6 spaces).
+pub fn fixture_props(name: &str, extra: &str) -> String {
+    let mut s = format!(
+        "  {name}:\n    component: fc3\n    props:\n      code: {}\n      memorySize: 1024\n      cpu: 1\n      timeout: 10\n      customRuntimeConfig:\n        command: [/usr/bin/python3, server.py]\n",
+        fixture_dir().display()
+    );
+    for l in extra.lines().filter(|l| !l.trim().is_empty()) {
+        s.push_str("      ");
+        s.push_str(l);
+        s.push('\n');
+    }
+    s
+}
+
+/// A running `fcsup serve`.
+pub struct Fcsup {
+    child: Option<Child>,
+    pub addr: String,
+    pub cgroup_root: String,
+    pub dir: tempfile::TempDir,
+    output: Arc<Mutex<Vec<String>>>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn cgroup2_mount() -> PathBuf {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = mi.lines().find(|l| l.contains(" - cgroup2 ")).expect("cgroup2 mount");
+    PathBuf::from(line.split(' ').nth(4).unwrap())
+}
+
+impl Fcsup {
+    /// Serves an s.yaml whose `resources:` section is `resources`.
+    pub fn serve(resources: &str) -> Fcsup {
+        Self::serve_file(&format!("edition: 3.0.0\nresources:\n{resources}"), &[])
+    }
+
+    /// Serves the given whole file; `args` are extra CLI arguments.
+    pub fn serve_file(yaml: &str, args: &[&str]) -> Fcsup {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        let port = free_port();
+        let cgroup_root = format!("fcsup-test-{}", uuid::Uuid::new_v4().simple());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fcsup"))
+            .args(["serve", "-f"])
+            .arg(&file)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--cgroup-root", &cgroup_root, "--ledger"])
+            .arg(dir.path().join("ledger.jsonl"))
+            .args(args)
+            .env("FCSUP_LOG", "fcsup=debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn fcsup");
+        let output = Arc::new(Mutex::new(Vec::new()));
+        for r in [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())] {
+            let out = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(r).lines().map_while(Result::ok) {
+                    out.lock().unwrap().push(line);
+                }
+            });
+        }
+        let addr = format!("127.0.0.1:{port}");
+        let mut f = Fcsup { child: Some(child), addr, cgroup_root, dir, output };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(&f.addr).is_err() {
+            if let Some(status) = f.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("fcsup exited with {status} before listening:\n{}", f.output().join("\n"));
+            }
+            assert!(Instant::now() < deadline, "fcsup did not listen within 60 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        f
+    }
+
+    /// All output lines so far.
+    pub fn output(&self) -> Vec<String> {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// Waits until some output line satisfies `pred`.
+    pub fn wait_line(&self, what: &str, pred: impl Fn(&str) -> bool, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.output().into_iter().find(|l| pred(l)) {
+                return l;
+            }
+            assert!(Instant::now() < deadline, "no output line {what} within {timeout:?}:\n{}", self.output().join("\n"));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Invokes `name` through the FC 3.0 API.
+    pub fn invoke(&self, name: &str, body: &str) -> Resp {
+        http(&self.addr, "POST", &format!("/2023-03-30/functions/{name}/invocations"), &[], body.as_bytes())
+    }
+
+    /// Invokes with extra headers.
+    pub fn invoke_with(&self, name: &str, body: &str, headers: &[(&str, &str)]) -> Resp {
+        http(&self.addr, "POST", &format!("/2023-03-30/functions/{name}/invocations"), headers, body.as_bytes())
+    }
+
+    /// `GET /admin/instances`.
+    pub fn instances(&self) -> Vec<serde_json::Value> {
+        serde_json::from_slice(&http(&self.addr, "GET", "/admin/instances", &[], b"").body).unwrap()
+    }
+
+    /// The cgroup2 directory of the supervisor root.
+    pub fn root_path(&self) -> PathBuf {
+        cgroup2_mount().join(&self.cgroup_root)
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns the whole output.
+    pub fn stop(&mut self) -> Vec<String> {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "fcsup did not exit within 30 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(status.success(), "fcsup exited with {status}:\n{}", self.output().join("\n"));
+        self.output()
+    }
+
+    /// Stops fcsup and asserts that none of `pids` runs and its cgroup root is gone.
+    pub fn stop_and_check_clean(&mut self, pids: &[i64]) -> Vec<String> {
+        let out = self.stop();
+        assert!(!self.root_path().exists(), "cgroup root {} left behind", self.root_path().display());
+        for pid in pids {
+            assert!(!Path::new(&format!("/proc/{pid}")).exists(), "instance process {pid} left behind");
+        }
+        out
+    }
+}
+
+impl Drop for Fcsup {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, k: &str) -> &str {
+        self.headers.get(k).map(String::as_str).unwrap_or("")
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`.
+pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("HTTP header end");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if headers.get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        body = dechunk(&body);
+    }
+    Resp { status, headers, body }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let nl = b.windows(2).position(|w| w == b"\r\n").unwrap();
+        let n = usize::from_str_radix(std::str::from_utf8(&b[..nl]).unwrap().trim(), 16).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[nl + 2..nl + 2 + n]);
+        b = &b[nl + 2 + n + 2..];
+    }
+}
+
+/// Reads `cgroup.events` of an instance's cgroup path.
+pub fn events(cgroup: &str) -> String {
+    std::fs::read_to_string(Path::new(cgroup).join("cgroup.events")).unwrap_or_default()
+}
+
+/// `usage_usec` of an instance's cgroup.
+pub fn usage_usec(cgroup: &str) -> u64 {
+    let s = std::fs::read_to_string(Path::new(cgroup).join("cpu.stat")).unwrap();
+    s.lines().find_map(|l| l.strip_prefix("usage_usec ")).unwrap().trim().parse().unwrap()
+}
+
+/// Waits until the instance's cgroup says `frozen 1`.
+pub fn wait_frozen(cgroup: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !events(cgroup).contains("frozen 1") {
+        assert!(Instant::now() < deadline, "{cgroup} not frozen within 10 s: {}", events(cgroup));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}

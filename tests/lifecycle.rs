@@ -1,0 +1,231 @@
+//! Privileged tests of issue 3: freezing really stops threads and children, hooks run when
+//! FC runs them, instances are isolated, and nothing is left behind.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn frozen_instance_stops_background_thread_and_child_process() {
+    if !privileged() {
+        return;
+    }
+    let mut f = Fcsup::serve(&fixture_props("counter", ""));
+    // Warm up: the first call is the cold start; let the child process start counting.
+    let r = f.invoke("counter", r#"{"op":"hold","ms":300}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let held = r.json();
+    let thread_in = held["after"]["thread"].as_i64().unwrap() - held["before"]["thread"].as_i64().unwrap();
+    let child_in = held["after"]["child"].as_i64().unwrap() - held["before"]["child"].as_i64().unwrap();
+    assert!(thread_in >= 100 && child_in >= 100, "inside a request both counters run: thread {thread_in}, child {child_in}");
+
+    let cgroup = f.instances()[0]["cgroup"].as_str().unwrap().to_string();
+    wait_frozen(&cgroup);
+    let a = f.invoke("counter", r#"{"op":"counters"}"#).json();
+    wait_frozen(&cgroup);
+    std::thread::sleep(Duration::from_millis(500));
+    let b = f.invoke("counter", r#"{"op":"counters"}"#).json();
+    let thread_gap = b["thread"].as_i64().unwrap() - a["thread"].as_i64().unwrap();
+    let child_gap = b["child"].as_i64().unwrap() - a["child"].as_i64().unwrap();
+    // The instance is legitimately thawed for about a millisecond on each side of the gap
+    // (after the handler read its counters until the freeze, and from the thaw until the next
+    // read), so a tick or two happen around it; 500 ms running would be about 450 ticks.
+    assert!(
+        thread_gap <= 3 && child_gap <= 3,
+        "across a 500 ms frozen gap the counters moved: thread {thread_gap}, child {child_gap}"
+    );
+    let pid = f.instances()[0]["pid"].as_i64().unwrap();
+    f.stop_and_check_clean(&[pid]);
+}
+
+#[test]
+fn idle_instance_is_frozen_and_burns_no_cpu() {
+    if !privileged() {
+        return;
+    }
+    let mut f = Fcsup::serve(&fixture_props("idle", ""));
+    assert_eq!(f.invoke("idle", "{}").status, 200);
+    let inst = &f.instances()[0];
+    let cgroup = inst["cgroup"].as_str().unwrap().to_string();
+    wait_frozen(&cgroup);
+    assert!(events(&cgroup).contains("populated 1"));
+    let before = usage_usec(&cgroup);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(usage_usec(&cgroup), before, "a frozen instance used CPU");
+    assert_eq!(f.instances()[0]["state"], "frozen");
+    f.stop_and_check_clean(&[inst["pid"].as_i64().unwrap()]);
+}
+
+#[test]
+fn hooks_run_once_in_fc_order() {
+    if !privileged() {
+        return;
+    }
+    let extra = "instanceConcurrency: 5
+instanceLifecycleConfig:
+  initializer: {handler: i, timeout: 5}
+  preFreeze: {handler: f, timeout: 5}
+  preStop: {handler: s, timeout: 5}";
+    let mut f = Fcsup::serve(&fixture_props("hooks", extra));
+    let addr = f.addr.clone();
+    let handles: Vec<_> = (0..5)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                http(&addr, "POST", "/2023-03-30/functions/hooks/invocations", &[], br#"{"op":"sleep","ms":300}"#)
+            })
+        })
+        .collect();
+    let resps: Vec<Resp> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let ids: std::collections::HashSet<&str> = resps.iter().map(|r| r.header("x-fc-instance-id")).collect();
+    assert!(resps.iter().all(|r| r.status == 200 && r.header("x-fc-error-type").is_empty()));
+    assert_eq!(ids.len(), 1, "5 concurrent requests with concurrency 5 share one instance");
+    let cgroup = f.instances()[0]["cgroup"].as_str().unwrap().to_string();
+    wait_frozen(&cgroup);
+    let pid = f.instances()[0]["pid"].as_i64().unwrap();
+    let out = f.stop_and_check_clean(&[pid]);
+    let events: Vec<&String> = out.iter().filter(|l| l.contains("EVENT ")).collect();
+    let pos = |pred: &dyn Fn(&str) -> bool| events.iter().position(|l| pred(l));
+    let count = |pat: &str| events.iter().filter(|l| l.contains(pat)).count();
+    assert_eq!(count("EVENT initialize"), 1, "{events:#?}");
+    assert_eq!(count("EVENT pre-freeze"), 1, "pre-freeze runs once after the last of 5 requests: {events:#?}");
+    assert_eq!(count("EVENT invoke"), 5);
+    let init = pos(&|l| l.contains("EVENT initialize")).unwrap();
+    let first_invoke = pos(&|l| l.contains("EVENT invoke")).unwrap();
+    let last_invoke = events.iter().rposition(|l| l.contains("EVENT invoke")).unwrap();
+    let freeze = pos(&|l| l.contains("EVENT pre-freeze")).unwrap();
+    let stop = pos(&|l| l.contains("EVENT pre-stop")).expect("pre-stop ran");
+    let term = pos(&|l| l.contains("EVENT sigterm")).expect("SIGTERM reached the function");
+    assert!(init < first_invoke && last_invoke < freeze && freeze < stop && stop < term, "{events:#?}");
+    assert!(events[freeze].contains("in_flight=0"), "pre-freeze ran while requests were in flight: {}", events[freeze]);
+}
+
+#[test]
+fn two_instances_listen_on_the_same_port() {
+    if !privileged() {
+        return;
+    }
+    let mut f = Fcsup::serve(&fixture_props("pair", ""));
+    let addr = f.addr.clone();
+    let handles: Vec<_> = (0..2)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                http(&addr, "POST", "/2023-03-30/functions/pair/invocations", &[], br#"{"op":"hold","ms":300}"#)
+            })
+        })
+        .collect();
+    let resps: Vec<Resp> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(resps.iter().all(|r| r.status == 200), "{resps:?}");
+    let ids: std::collections::HashSet<String> = resps.iter().map(|r| r.header("x-fc-instance-id").to_string()).collect();
+    assert_eq!(ids.len(), 2, "concurrency 1: the second request needs a second instance on port 9000");
+    let insts = f.instances();
+    assert_eq!(insts.len(), 2);
+    // Both still answer.
+    for _ in 0..4 {
+        assert_eq!(f.invoke("pair", "{}").status, 200);
+    }
+    let pids: Vec<i64> = insts.iter().map(|i| i["pid"].as_i64().unwrap()).collect();
+    f.stop_and_check_clean(&pids);
+}
+
+#[test]
+fn instance_sees_fc_environment_and_a_private_root() {
+    if !privileged() {
+        return;
+    }
+    let mut f = Fcsup::serve(&fixture_props("env", "environmentVariables: {MY_VAR: hello}"));
+    let r = f.invoke("env", r#"{"op":"env"}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let env = &v["env"];
+    let id = r.header("x-fc-instance-id");
+    assert_eq!(env["FC_INSTANCE_ID"], id);
+    assert_eq!(env["FC_FUNCTION_NAME"], "env");
+    assert_eq!(env["FC_FUNC_CODE_PATH"], "/code/");
+    assert_eq!(env["FC_SERVER_PORT"], "9000");
+    assert_eq!(env["MY_VAR"], "hello");
+    assert_eq!(v["cwd"], "/code");
+    assert_eq!(v["hostname"], id);
+    assert_eq!(v["code_writable"], false, "/code is mounted read-only");
+    assert_ne!(v["pid"], 1, "the function runs under fcsup's init, not as PID 1");
+    assert!(v["pid"].as_i64().unwrap() < 10, "the function is in its own PID namespace");
+    let pid = f.instances()[0]["pid"].as_i64().unwrap();
+    f.stop_and_check_clean(&[pid]);
+}
+
+#[test]
+fn errors_come_in_fc_shapes() {
+    if !privileged() {
+        return;
+    }
+    let mut f = Fcsup::serve(&(fixture_props("crashy", "") + &fixture_props("missing", "").replace("/usr/bin/python3, server.py", "/code/nope")));
+    let r = f.invoke("nosuch", "{}");
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["Code"], "FunctionNotFound");
+    assert!(!r.header("x-fc-request-id").is_empty());
+
+    let r = f.invoke("crashy", r#"{"op":"exit","code":3}"#);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-fc-error-type"), "UnhandledInvocationError");
+    let msg = r.json()["errorMessage"].as_str().unwrap().to_string();
+    assert!(msg.starts_with("Process exited unexpectedly before completing request (duration: "), "{msg}");
+    let r = f.invoke("crashy", "{}");
+    assert_eq!(r.status, 200, "the next request gets a new instance: {}", r.text());
+    assert!(r.header("x-fc-error-type").is_empty());
+
+    let r = f.invoke("crashy", r#"{"op":"fail"}"#);
+    assert_eq!(r.header("x-fc-error-type"), "UnhandledInvocationError", "404 from /invoke is a function error");
+
+    let r = f.invoke("missing", "{}");
+    assert_eq!(r.header("x-fc-error-type"), "InitializationError");
+    assert!(r.text().contains("the file /code/nope is not exist"), "{}", r.text());
+    f.stop_and_check_clean(&[]);
+}
+
+#[test]
+fn http_trigger_passes_the_request_through() {
+    if !privileged() {
+        return;
+    }
+    let mut f = Fcsup::serve(&fixture_props("web", ""));
+    let r = http(&f.addr, "GET", "/http/web/some/path?x=1", &[], b"");
+    assert_eq!(r.status, 201, "the function's status passes through: {}", r.text());
+    assert_eq!(r.json()["path"], "/some/path?x=1");
+    assert!(!r.header("x-fc-request-id").is_empty());
+    assert!(!r.header("x-fc-instance-id").is_empty());
+    f.stop_and_check_clean(&[]);
+}
+
+#[test]
+fn malformed_config_fails_at_start_naming_file_and_key() {
+    if !privileged() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.yaml");
+    std::fs::write(&file, format!("resources:\n{}", fixture_props("bad", "memorySize: 100").replace("      memorySize: 1024\n", ""))).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fcsup")).args(["serve", "-f"]).arg(&file).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("s.yaml") && err.contains("resources.bad.props.memorySize") && err.contains("multiple of 64"), "{err}");
+}
+
+#[test]
+fn demo_runs_to_a_frozen_instance() {
+    if !privileged() {
+        return;
+    }
+    let root = format!("fcsup-test-demo-{}", uuid::Uuid::new_v4().simple());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fcsup"))
+        .args(["demo", "--no-wait", "--listen", "127.0.0.1:0", "--cgroup-root", &root])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("says frozen 1"), "{stdout}");
+    assert!(stdout.contains("PreStop"), "{stdout}");
+    assert!(stdout.contains("no instance, cgroup or mount is left"), "{stdout}");
+}
