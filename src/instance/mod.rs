@@ -121,8 +121,7 @@ struct Power {
     frozen: bool,
     in_flight: usize,
     initialized: bool,
-    /// Failed Initializer attempts so far, and the last error.
-    init_failures: u64,
+    /// The last Initializer error.
     last_init_error: String,
     stopping: bool,
     window: Option<Window>,
@@ -203,6 +202,8 @@ pub struct Instance {
     pub created_ms: u64,
     created: Instant,
     cold_start_us: AtomicU64,
+    /// Failed Initializer attempts so far.
+    init_failures: AtomicU64,
     /// Its output.
     pub log: Arc<InstanceLog>,
 }
@@ -275,7 +276,6 @@ impl Instance {
                 frozen: false,
                 in_flight: 0,
                 initialized: function.initializer.is_none(),
-                init_failures: 0,
                 last_init_error: String::new(),
                 stopping: false,
                 window: None,
@@ -288,6 +288,7 @@ impl Instance {
             created_ms: crate::util::now_ms(),
             created,
             cold_start_us: AtomicU64::new(0),
+            init_failures: AtomicU64::new(0),
             log,
             function,
         });
@@ -363,8 +364,12 @@ impl Instance {
             if self.function.initializer.is_some() {
                 self.set_state(State::Initializing);
                 if let Err(e) = self.initialize(&mut p).await {
-                    self.close_window(&mut p);
-                    return Err(StartError::Initializer(e.to_string()));
+                    if p.stopping {
+                        self.close_window(&mut p);
+                        return Err(StartError::Initializer(e.to_string()));
+                    }
+                    // 400/404: the instance stays; the requests that waited fail and the
+                    // next one retries the Initializer (fc-spec §5.2 REC).
                 }
             }
         }
@@ -397,7 +402,7 @@ impl Instance {
                     Ok(status) => format!("Initializer failed: the instance answered POST /initialize with HTTP {}", status.as_u16()),
                     Err(e) => format!("Initializer failed: {e}"),
                 };
-                p.init_failures += 1;
+                self.init_failures.fetch_add(1, Ordering::AcqRel);
                 p.last_init_error = msg.clone();
                 if !retryable {
                     p.stopping = true;
@@ -430,7 +435,7 @@ impl Instance {
 
     /// Failed Initializer attempts so far (requests remember it at dispatch).
     pub fn init_failures(&self) -> u64 {
-        self.power.try_lock().map(|p| p.init_failures).unwrap_or(0)
+        self.init_failures.load(Ordering::Acquire)
     }
 
     /// Runs one request: thaw, proxy, and freeze once nothing is in flight.
@@ -442,7 +447,7 @@ impl Instance {
                 return Err(InvokeError::Gone);
             }
             if !p.initialized {
-                if p.init_failures > call.init_failures_seen {
+                if self.init_failures() > call.init_failures_seen {
                     return Err(InvokeError::Initialization(p.last_init_error.clone()));
                 }
                 self.thaw_locked(&mut p, Phase::Initialize, None).await?;
