@@ -69,16 +69,8 @@ instanceLifecycleConfig:
   preFreeze: {handler: f, timeout: 5}
   preStop: {handler: s, timeout: 5}";
     let mut f = Fcsup::serve(&fixture_props("hooks", extra));
-    let addr = f.addr.clone();
-    let handles: Vec<_> = (0..5)
-        .map(|_| {
-            let addr = addr.clone();
-            std::thread::spawn(move || {
-                http(&addr, "POST", "/2023-03-30/functions/hooks/invocations", &[], br#"{"op":"sleep","ms":300}"#)
-            })
-        })
-        .collect();
-    let resps: Vec<Resp> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let resps: Vec<Resp> =
+        f.invoke_concurrently("hooks", r#"{"op":"sleep","ms":300}"#, 5, Duration::ZERO).into_iter().map(|(r, _)| r).collect();
     let ids: std::collections::HashSet<&str> = resps.iter().map(|r| r.header("x-fc-instance-id")).collect();
     assert!(resps.iter().all(|r| r.status == 200 && r.header("x-fc-error-type").is_empty()));
     assert_eq!(ids.len(), 1, "5 concurrent requests with concurrency 5 share one instance");
@@ -108,16 +100,8 @@ fn two_instances_listen_on_the_same_port() {
         return;
     }
     let mut f = Fcsup::serve(&fixture_props("pair", ""));
-    let addr = f.addr.clone();
-    let handles: Vec<_> = (0..2)
-        .map(|_| {
-            let addr = addr.clone();
-            std::thread::spawn(move || {
-                http(&addr, "POST", "/2023-03-30/functions/pair/invocations", &[], br#"{"op":"hold","ms":300}"#)
-            })
-        })
-        .collect();
-    let resps: Vec<Resp> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let resps: Vec<Resp> =
+        f.invoke_concurrently("pair", r#"{"op":"hold","ms":300}"#, 2, Duration::ZERO).into_iter().map(|(r, _)| r).collect();
     assert!(resps.iter().all(|r| r.status == 200), "{resps:?}");
     let ids: std::collections::HashSet<String> = resps.iter().map(|r| r.header("x-fc-instance-id").to_string()).collect();
     assert_eq!(ids.len(), 2, "concurrency 1: the second request needs a second instance on port 9000");

@@ -13,19 +13,7 @@ fn max_instances_throttles_at_once() {
         return;
     }
     let mut f = Fcsup::serve(&fixture_props("capped", "fcsup: {maxInstances: 2}"));
-    let addr = f.addr.clone();
-    let handles: Vec<_> = (0..3)
-        .map(|i| {
-            let addr = addr.clone();
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(50 * i));
-                let t = Instant::now();
-                let r = http(&addr, "POST", "/2023-03-30/functions/capped/invocations", &[], br#"{"op":"sleep","ms":800}"#);
-                (r, t.elapsed())
-            })
-        })
-        .collect();
-    let results: Vec<(Resp, Duration)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let results = f.invoke_concurrently("capped", r#"{"op":"sleep","ms":800}"#, 3, Duration::from_millis(50));
     let ok = results.iter().filter(|(r, _)| r.status == 200).count();
     let throttled: Vec<&(Resp, Duration)> = results.iter().filter(|(r, _)| r.status == 429).collect();
     assert_eq!((ok, throttled.len()), (2, 1), "{results:?}");

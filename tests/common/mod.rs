@@ -136,6 +136,24 @@ impl Fcsup {
         http(&self.addr, "POST", &format!("/2023-03-30/functions/{name}/invocations"), &[], body.as_bytes())
     }
 
+    /// Sends `n` invocations of `name` at once (the i-th after `stagger * i`); each response
+    /// with how long it took, in order.
+    pub fn invoke_concurrently(&self, name: &str, body: &str, n: usize, stagger: Duration) -> Vec<(Resp, Duration)> {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let (addr, body) = (self.addr.clone(), body.to_string());
+                let path = format!("/2023-03-30/functions/{name}/invocations");
+                std::thread::spawn(move || {
+                    std::thread::sleep(stagger * i as u32);
+                    let t = Instant::now();
+                    let r = http(&addr, "POST", &path, &[], body.as_bytes());
+                    (r, t.elapsed())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    }
+
     /// Invokes with extra headers.
     pub fn invoke_with(&self, name: &str, body: &str, headers: &[(&str, &str)]) -> Resp {
         http(&self.addr, "POST", &format!("/2023-03-30/functions/{name}/invocations"), headers, body.as_bytes())
