@@ -430,7 +430,9 @@ impl Instance {
 
     /// Whether the instance can take new requests.
     pub fn usable(&self) -> bool {
-        self.exit.borrow().is_none() && !matches!(*self.boot.borrow(), Boot::Failed(_)) && *self.state.lock().expect("state") != State::Stopping && *self.state.lock().expect("state") != State::Dead
+        self.exit.borrow().is_none()
+            && !matches!(*self.boot.borrow(), Boot::Failed(_))
+            && !matches!(self.state(), State::Stopping | State::Dead)
     }
 
     /// Failed Initializer attempts so far (requests remember it at dispatch).
