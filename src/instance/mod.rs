@@ -470,6 +470,7 @@ impl Instance {
         let result = self.proxy(&call).await;
         let cpu = self.cgroup.cpu_stat().unwrap_or_default().since(&cpu0).usage_usec;
         let duration = started.elapsed();
+        self.log.drain().await;
         let log = self.log.end(&call.request_id);
         self.last_used_ms.store(crate::util::now_ms(), Ordering::Relaxed);
         let max_memory_mb = self.max_memory_mb();

@@ -21,6 +21,8 @@ pub struct InstanceLog {
     instance: String,
     inner: Mutex<Inner>,
     echo: bool,
+    /// Read ends of the output pipes, to see whether output is still unread.
+    pipes: Mutex<Vec<std::os::fd::RawFd>>,
 }
 
 #[derive(Debug, Default)]
@@ -35,7 +37,13 @@ struct Inner {
 impl InstanceLog {
     /// A log for one instance; `echo` prints lines to fcsup's stdout.
     pub fn new(function: &str, instance: &str, echo: bool) -> Arc<Self> {
-        Arc::new(InstanceLog { function: function.into(), instance: instance.into(), inner: Mutex::default(), echo })
+        Arc::new(InstanceLog {
+            function: function.into(),
+            instance: instance.into(),
+            inner: Mutex::default(),
+            echo,
+            pipes: Mutex::default(),
+        })
     }
 
     /// Marks `request_id` as running: lines printed from now on are tagged with it.
@@ -43,6 +51,27 @@ impl InstanceLog {
         let mut g = self.inner.lock().expect("log lock");
         g.current.push(request_id.to_string());
         g.captured.insert(request_id.to_string(), Vec::new());
+    }
+
+    /// Waits (up to 5 ms) until the readers have taken everything the function has written so
+    /// far: output printed before a response must count as that request's.
+    pub async fn drain(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(5);
+        loop {
+            let pending = self.pipes.lock().expect("log lock").iter().any(|fd| {
+                let mut n: libc::c_int = 0;
+                // SAFETY: FIONREAD on a pipe fd kept open by its reader task; writes one c_int.
+                unsafe { libc::ioctl(*fd, libc::FIONREAD, &mut n) == 0 && n > 0 }
+            });
+            if !pending || std::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_micros(100)).await;
+        }
+        // Let the readers hand on lines they already hold in their buffers.
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
     }
 
     /// Ends `request_id` and returns what it printed (last [`TAIL_BYTES`]).
@@ -94,6 +123,7 @@ impl InstanceLog {
         for (fd, name) in [(stdout, "stdout"), (stderr, "stderr")] {
             let log = self.clone();
             let Ok(rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else { continue };
+            self.pipes.lock().expect("log lock").push(std::os::fd::AsRawFd::as_raw_fd(&rx));
             tokio::spawn(async move {
                 let mut lines = BufReader::new(rx).lines();
                 while let Ok(Some(l)) = lines.next_line().await {
