@@ -68,10 +68,8 @@ impl Pool {
     pub async fn start(self: &Arc<Self>) -> Result<(), StartError> {
         let mut boots = Vec::new();
         for _ in 0..self.function.min_instances {
-            let inst = self.add_instance(false).map_err(|e| match e {
-                InvokeError::Throttled(m) | InvokeError::Internal(m) => StartError::Initializer(m),
-                other => StartError::Initializer(other.to_string()),
-            })?;
+            let added = self.add_locked(&mut self.members.lock().expect("pool"));
+            let inst = added.map_err(|e| StartError::Initializer(e.to_string()))?;
             boots.push(inst);
         }
         for inst in boots {
@@ -106,31 +104,30 @@ impl Pool {
         Dispatched { result, cold_start, instance_id: Some(inst.id.clone()) }
     }
 
+    /// Takes a slot on the busiest instance that has one, or on a new instance; both under
+    /// one lock, so two requests never race for the last slot or both see "all full".
     fn reserve(self: &Arc<Self>) -> Result<(Slot, bool), InvokeError> {
         let conc = self.function.concurrency;
-        {
-            let members = self.members.lock().expect("pool");
-            let best = members
-                .iter()
-                .filter(|i| i.usable())
-                .filter_map(|i| {
-                    let r = i.reserved.load(Ordering::Acquire);
-                    (r < conc).then_some((r, i))
-                })
-                .max_by_key(|(r, _)| *r);
-            if let Some((_, inst)) = best {
-                inst.reserved.fetch_add(1, Ordering::AcqRel);
-                return Ok((Slot(inst.clone()), false));
-            }
-        }
-        let inst = self.add_instance(true)?;
-        Ok((Slot(inst), true))
+        let mut members = self.members.lock().expect("pool");
+        let best = members
+            .iter()
+            .filter(|i| i.usable())
+            .filter_map(|i| {
+                let r = i.reserved.load(Ordering::Acquire);
+                (r < conc).then_some((r, i))
+            })
+            .max_by_key(|(r, _)| *r)
+            .map(|(_, i)| i.clone());
+        let (inst, cold) = match best {
+            Some(inst) => (inst, false),
+            None => (self.add_locked(&mut members)?, true),
+        };
+        inst.reserved.fetch_add(1, Ordering::AcqRel);
+        Ok((Slot(inst), cold))
     }
 
-    /// Spawns one instance and boots it in the background; with `reserve`, one of its slots
-    /// is taken before any other request can see it.
-    fn add_instance(self: &Arc<Self>, reserve: bool) -> Result<Arc<Instance>, InvokeError> {
-        let mut members = self.members.lock().expect("pool");
+    /// Spawns one instance into `members` (the pool's lock held) and boots it in the background.
+    fn add_locked(self: &Arc<Self>, members: &mut Vec<Arc<Instance>>) -> Result<Arc<Instance>, InvokeError> {
         let live = members.iter().filter(|i| i.usable()).count();
         if let Some(max) = self.function.max_instances {
             if live >= max {
@@ -154,28 +151,22 @@ impl Pool {
                 return Err(InvokeError::Initialization(e.to_string()));
             }
         };
-        if reserve {
-            inst.reserved.fetch_add(1, Ordering::AcqRel);
-        }
         members.push(inst.clone());
-        drop(members);
         let pool = Arc::downgrade(self);
         let booting = inst.clone();
         tokio::spawn(async move {
-            let failed = booting.boot().await.is_err();
-            let exit_watch = booting.clone();
-            if failed {
+            if booting.boot().await.is_err() {
                 if let Some(p) = pool.upgrade() {
                     p.retire(&booting);
                 }
                 return;
             }
             // Whatever ends the process (crash, OOM kill), the instance leaves the pool.
-            let code = exit_watch.exited().await;
+            let code = booting.exited().await;
             if let Some(p) = pool.upgrade() {
-                if p.remove(&exit_watch) {
-                    tracing::warn!(function = %p.function.name, instance = %exit_watch.id, code, "instance exited");
-                    p.stop_detached(exit_watch);
+                if p.remove(&booting) {
+                    tracing::warn!(function = %p.function.name, instance = %booting.id, code, "instance exited");
+                    p.stop_detached(booting);
                 }
             }
         });
