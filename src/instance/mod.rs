@@ -360,17 +360,26 @@ impl Instance {
         tracing::info!(function = %self.function.name, instance = %self.id, ms = ms(listening), "cold start: listening");
         {
             let mut p = self.power.lock().await;
-            p.window = Some(self.open_window(Phase::Initialize, Vec::new()));
-            if self.function.initializer.is_some() {
+            // The cold start and the Initializer are one `initialize` record, counted from the
+            // instance's creation (a new cgroup's cpu.stat starts at zero).
+            p.window = Some(Window {
+                start: self.created,
+                start_ms: self.created_ms,
+                cpu: CpuStat::default(),
+                phase: Phase::Initialize,
+                request_ids: Vec::new(),
+            });
+            let initialized = if self.function.initializer.is_some() {
                 self.set_state(State::Initializing);
-                if let Err(e) = self.initialize(&mut p).await {
-                    if p.stopping {
-                        self.close_window(&mut p);
-                        return Err(StartError::Initializer(e.to_string()));
-                    }
-                    // 400/404: the instance stays; the requests that waited fail and the
-                    // next one retries the Initializer (fc-spec §5.2 REC).
-                }
+                self.initialize(&mut p).await
+            } else {
+                Ok(())
+            };
+            self.close_window(&mut p);
+            // On a 400/404 the instance stays: the requests that waited fail and the next one
+            // retries the Initializer (fc-spec §5.2 REC); anything else ends the instance.
+            if let (Err(e), true) = (initialized, p.stopping) {
+                return Err(StartError::Initializer(e.to_string()));
             }
         }
         let ready = self.created.elapsed();
@@ -452,15 +461,19 @@ impl Instance {
                 if self.init_failures() > call.init_failures_seen {
                     return Err(InvokeError::Initialization(p.last_init_error.clone()));
                 }
-                self.thaw_locked(&mut p, Phase::Initialize, None).await?;
+                self.thaw_locked(&mut p).await?;
+                self.close_window(&mut p);
+                p.window = Some(self.open_window(Phase::Initialize));
                 let r = self.initialize(&mut p).await;
+                self.close_window(&mut p);
                 if let Err(e) = r {
                     drop(p);
                     self.clone().spawn_freeze();
                     return Err(e);
                 }
             }
-            self.thaw_locked(&mut p, Phase::Invoke, Some(&call.request_id)).await?;
+            self.thaw_locked(&mut p).await?;
+            p.window.get_or_insert_with(|| self.open_window(Phase::Invoke)).request_ids.push(call.request_id.clone());
             p.in_flight += 1;
         }
         self.set_state(State::Active);
@@ -586,35 +599,23 @@ impl Instance {
         }
     }
 
-    async fn thaw_locked(&self, p: &mut Power, phase: Phase, request_id: Option<&str>) -> Result<(), InvokeError> {
+    async fn thaw_locked(&self, p: &mut Power) -> Result<(), InvokeError> {
         if p.frozen {
             let t = Instant::now();
             self.cgroup.thaw().await.map_err(|e| InvokeError::Internal(format!("thaw failed: {e}")))?;
             p.frozen = false;
             tracing::info!(function = %self.function.name, instance = %self.id, us = t.elapsed().as_micros() as u64, "thawed");
         }
-        match p.window.as_mut() {
-            Some(w) => {
-                if let Some(r) = request_id {
-                    w.request_ids.push(r.to_string());
-                }
-                if w.phase == Phase::Initialize && phase == Phase::Invoke {
-                    // An Initializer retry's window continues with the request that triggered it.
-                    w.phase = Phase::Invoke;
-                }
-            }
-            None => p.window = Some(self.open_window(phase, request_id.map(|r| vec![r.to_string()]).unwrap_or_default())),
-        }
         Ok(())
     }
 
-    fn open_window(&self, phase: Phase, request_ids: Vec<String>) -> Window {
+    fn open_window(&self, phase: Phase) -> Window {
         Window {
             start: Instant::now(),
             start_ms: crate::util::now_ms(),
             cpu: self.cgroup.cpu_stat().unwrap_or_default(),
             phase,
-            request_ids,
+            request_ids: Vec::new(),
         }
     }
 
@@ -687,7 +688,8 @@ impl Instance {
                 p.frozen = false;
             }
             if self.function.pre_stop.is_some() && matches!(*self.boot.borrow(), Boot::Ready) {
-                p.window = Some(self.open_window(Phase::PreStop, Vec::new()));
+                self.close_window(&mut p);
+                p.window = Some(self.open_window(Phase::PreStop));
                 let _ = self.call_hook(HookKind::PreStop).await;
                 self.close_window(&mut p);
             }
