@@ -175,6 +175,7 @@ async fn invoke(sup: &Arc<Supervisor>, req: Request<Incoming>, name: String, htt
         headers: parts.headers,
         body,
         init_failures_seen: 0,
+        want_log: tail,
     };
     let d = pool.dispatch(call).await;
     let mut resp = match d.result {

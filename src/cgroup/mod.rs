@@ -219,6 +219,8 @@ impl CgroupRoot {
             let _ = cg.remove();
             return Err(e);
         }
+        let v1_peak = cg.v1_dirs.iter().map(|d| d.join("memory.max_usage_in_bytes"));
+        cg.peak = std::iter::once(cg.path.join("memory.peak")).chain(v1_peak).find_map(|p| File::open(p).ok());
         Ok(cg)
     }
 
@@ -287,6 +289,7 @@ pub struct Cgroup {
     freeze: File,
     events: EventsFd,
     cpu_stat: File,
+    peak: Option<File>,
     v1_dirs: Vec<PathBuf>,
     v1_procs: Vec<File>,
 }
@@ -315,7 +318,7 @@ impl Cgroup {
             EventsFd::Poll(events_file)
         };
         let dir = open_dir_fd(&path)?;
-        Ok(Cgroup { path, dir, freeze, events, cpu_stat, v1_dirs: Vec::new(), v1_procs: Vec::new() })
+        Ok(Cgroup { path, dir, freeze, events, cpu_stat, peak: None, v1_dirs: Vec::new(), v1_procs: Vec::new() })
     }
 
     /// The cgroup2 directory.
@@ -356,15 +359,12 @@ impl Cgroup {
     }
 
     /// Peak memory in bytes since the cgroup was created, where the host reports it
-    /// (v2 `memory.peak`, or v1 `memory.max_usage_in_bytes`).
+    /// (v2 `memory.peak`, or v1 `memory.max_usage_in_bytes`); read on every request, so the
+    /// file is opened once.
     pub fn memory_peak(&self) -> Option<u64> {
-        let v2 = std::fs::read_to_string(self.path.join("memory.peak")).ok();
-        let v1 = || {
-            self.v1_dirs
-                .iter()
-                .find_map(|d| std::fs::read_to_string(d.join("memory.max_usage_in_bytes")).ok())
-        };
-        v2.or_else(v1)?.trim().parse().ok()
+        let mut buf = [0u8; 32];
+        let n = self.peak.as_ref()?.read_at(&mut buf, 0).ok()?;
+        std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()
     }
 
     fn write_freeze(&self, frozen: bool) -> Result<()> {

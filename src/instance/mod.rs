@@ -154,6 +154,8 @@ pub struct Call {
     pub body: Bytes,
     /// Failed Initializer attempts seen when this request was dispatched.
     pub init_failures_seen: u64,
+    /// The caller wants the request's log (`x-fc-log-type: Tail`): wait for its last lines.
+    pub want_log: bool,
 }
 
 /// The instance's answer.
@@ -483,7 +485,9 @@ impl Instance {
         let result = self.proxy(&call).await;
         let cpu = self.cgroup.cpu_stat().unwrap_or_default().since(&cpu0).usage_usec;
         let duration = started.elapsed();
-        self.log.drain().await;
+        if call.want_log {
+            self.log.drain().await;
+        }
         let log = self.log.end(&call.request_id);
         self.last_used_ms.store(crate::util::now_ms(), Ordering::Relaxed);
         let max_memory_mb = self.max_memory_mb();

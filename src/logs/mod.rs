@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -21,8 +21,8 @@ pub struct InstanceLog {
     instance: String,
     inner: Mutex<Inner>,
     echo: bool,
-    /// Read ends of the output pipes, to see whether output is still unread.
-    pipes: Mutex<Vec<std::os::fd::RawFd>>,
+    /// Duplicates of the output pipes' read ends, to see whether output is still unread.
+    pipes: Mutex<Vec<OwnedFd>>,
 }
 
 #[derive(Debug, Default)]
@@ -60,8 +60,8 @@ impl InstanceLog {
         loop {
             let pending = self.pipes.lock().expect("log lock").iter().any(|fd| {
                 let mut n: libc::c_int = 0;
-                // SAFETY: FIONREAD on a pipe fd kept open by its reader task; writes one c_int.
-                unsafe { libc::ioctl(*fd, libc::FIONREAD, &mut n) == 0 && n > 0 }
+                // SAFETY: FIONREAD on a pipe fd we own; writes one c_int.
+                unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) == 0 && n > 0 }
             });
             if !pending || std::time::Instant::now() > deadline {
                 break;
@@ -122,8 +122,10 @@ impl InstanceLog {
     pub fn attach(self: &Arc<Self>, stdout: OwnedFd, stderr: OwnedFd) {
         for (fd, name) in [(stdout, "stdout"), (stderr, "stderr")] {
             let log = self.clone();
+            if let Ok(dup) = fd.try_clone() {
+                self.pipes.lock().expect("log lock").push(dup);
+            }
             let Ok(rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else { continue };
-            self.pipes.lock().expect("log lock").push(std::os::fd::AsRawFd::as_raw_fd(&rx));
             tokio::spawn(async move {
                 let mut lines = BufReader::new(rx).lines();
                 while let Ok(Some(l)) = lines.next_line().await {
