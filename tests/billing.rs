@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -13,10 +13,19 @@ fn ledger(f: &Fcsup) -> Vec<serde_json::Value> {
     r.text().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
-fn window_of<'a>(recs: &'a [serde_json::Value], request_id: &str) -> &'a serde_json::Value {
-    recs.iter()
-        .find(|r| r["request_ids"].as_array().unwrap().iter().any(|i| i == request_id))
-        .unwrap_or_else(|| panic!("no window for {request_id} in {recs:#?}"))
+/// The ledger record of the window that served `request_id`. The window is recorded once the
+/// instance is frozen again, just after the response, so this waits for it.
+fn window_of(f: &Fcsup, request_id: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let recs = ledger(f);
+        let found = recs.iter().find(|r| r["request_ids"].as_array().unwrap().iter().any(|i| i == request_id));
+        if let Some(w) = found {
+            return w.clone();
+        }
+        assert!(Instant::now() < deadline, "no window for {request_id} in {recs:#?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 #[test]
@@ -25,16 +34,13 @@ fn window_cpu_equals_the_cpu_the_handler_burned() {
         return;
     }
     let mut f = Fcsup::serve(&fixture_props("burn", "environmentVariables: {FIXTURE_QUIET: '1'}"));
-    assert_eq!(f.invoke("burn", "{}").status, 200);
-    let cgroup = f.instances()[0]["cgroup"].as_str().unwrap().to_string();
+    let cgroup = f.warm("burn");
     for ms in [5, 50, 500] {
         wait_frozen(&cgroup);
         let r = f.invoke("burn", &format!(r#"{{"op":"burn","ms":{ms}}}"#));
         assert_eq!(r.status, 200, "{}", r.text());
         let burned = r.json()["cpu_us"].as_i64().unwrap();
-        wait_frozen(&cgroup);
-        let recs = ledger(&f);
-        let w = window_of(&recs, r.header("x-fc-request-id"));
+        let w = window_of(&f, r.header("x-fc-request-id"));
         let billed = w["cpu_us"].as_i64().unwrap();
         // The window also holds the function server's own work on the request (reading it,
         // parsing JSON, writing the reply): 0.3–0.8 ms here, bounded at 2 ms.
@@ -43,7 +49,7 @@ fn window_cpu_equals_the_cpu_the_handler_burned() {
         assert!((-500..=2000).contains(&overhead), "{ms} ms burn: handler measured {burned} us, ledger {billed} us");
         assert_eq!(w["billed_ms"].as_u64().unwrap(), w["wall_us"].as_u64().unwrap().div_ceil(1000));
     }
-    f.stop_and_check_clean(&[]);
+    f.stop_and_check_clean();
 }
 
 #[test]
@@ -52,18 +58,14 @@ fn concurrent_requests_share_one_window() {
         return;
     }
     let mut f = Fcsup::serve(&fixture_props("share", "instanceConcurrency: 3"));
-    assert_eq!(f.invoke("share", "{}").status, 200);
-    let cgroup = f.instances()[0]["cgroup"].as_str().unwrap().to_string();
-    wait_frozen(&cgroup);
+    f.warm("share");
     let resps = f.invoke_concurrently("share", r#"{"op":"sleep","ms":200}"#, 3, Duration::ZERO);
     assert!(resps.iter().all(|(r, _)| r.status == 200));
-    wait_frozen(&cgroup);
-    let recs = ledger(&f);
-    let w = window_of(&recs, resps[0].0.header("x-fc-request-id"));
+    let w = window_of(&f, resps[0].0.header("x-fc-request-id"));
     assert_eq!(w["request_ids"].as_array().unwrap().len(), 3, "{w:#}");
     let wall_ms = w["wall_us"].as_u64().unwrap() / 1000;
     assert!((200..400).contains(&wall_ms), "one ~200 ms window, not 600 ms: {wall_ms} ms");
-    f.stop_and_check_clean(&[]);
+    f.stop_and_check_clean();
 }
 
 #[test]
@@ -73,7 +75,7 @@ fn ledger_file_keeps_every_record_across_restarts() {
     }
     let mut f = Fcsup::serve(&fixture_props("persist", ""));
     assert_eq!(f.invoke("persist", "{}").status, 200);
-    f.stop_and_check_clean(&[]);
+    f.stop_and_check_clean();
     let path = f.dir.path().join("ledger.jsonl");
     let lines: Vec<serde_json::Value> =
         std::fs::read_to_string(&path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();

@@ -36,8 +36,7 @@ fn frozen_instance_stops_background_thread_and_child_process() {
         thread_gap <= 3 && child_gap <= 3,
         "across a 500 ms frozen gap the counters moved: thread {thread_gap}, child {child_gap}"
     );
-    let pid = f.instances()[0]["pid"].as_i64().unwrap();
-    f.stop_and_check_clean(&[pid]);
+    f.stop_and_check_clean();
 }
 
 #[test]
@@ -46,16 +45,13 @@ fn idle_instance_is_frozen_and_burns_no_cpu() {
         return;
     }
     let mut f = Fcsup::serve(&fixture_props("idle", ""));
-    assert_eq!(f.invoke("idle", "{}").status, 200);
-    let inst = &f.instances()[0];
-    let cgroup = inst["cgroup"].as_str().unwrap().to_string();
-    wait_frozen(&cgroup);
+    let cgroup = f.warm("idle");
     assert!(events(&cgroup).contains("populated 1"));
     let before = usage_usec(&cgroup);
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(usage_usec(&cgroup), before, "a frozen instance used CPU");
     assert_eq!(f.instances()[0]["state"], "frozen");
-    f.stop_and_check_clean(&[inst["pid"].as_i64().unwrap()]);
+    f.stop_and_check_clean();
 }
 
 #[test]
@@ -76,8 +72,7 @@ instanceLifecycleConfig:
     assert_eq!(ids.len(), 1, "5 concurrent requests with concurrency 5 share one instance");
     let cgroup = f.instances()[0]["cgroup"].as_str().unwrap().to_string();
     wait_frozen(&cgroup);
-    let pid = f.instances()[0]["pid"].as_i64().unwrap();
-    let out = f.stop_and_check_clean(&[pid]);
+    let out = f.stop_and_check_clean();
     let events: Vec<&String> = out.iter().filter(|l| l.contains("EVENT ")).collect();
     let pos = |pred: &dyn Fn(&str) -> bool| events.iter().position(|l| pred(l));
     let count = |pat: &str| events.iter().filter(|l| l.contains(pat)).count();
@@ -111,8 +106,7 @@ fn two_instances_listen_on_the_same_port() {
     for _ in 0..4 {
         assert_eq!(f.invoke("pair", "{}").status, 200);
     }
-    let pids: Vec<i64> = insts.iter().map(|i| i["pid"].as_i64().unwrap()).collect();
-    f.stop_and_check_clean(&pids);
+    f.stop_and_check_clean();
 }
 
 #[test]
@@ -136,8 +130,7 @@ fn instance_sees_fc_environment_and_a_private_root() {
     assert_eq!(v["code_writable"], false, "/code is mounted read-only");
     assert_ne!(v["pid"], 1, "the function runs under fcsup's init, not as PID 1");
     assert!(v["pid"].as_i64().unwrap() < 10, "the function is in its own PID namespace");
-    let pid = f.instances()[0]["pid"].as_i64().unwrap();
-    f.stop_and_check_clean(&[pid]);
+    f.stop_and_check_clean();
 }
 
 #[test]
@@ -166,7 +159,7 @@ fn errors_come_in_fc_shapes() {
     let r = f.invoke("missing", "{}");
     assert_eq!(r.header("x-fc-error-type"), "InitializationError");
     assert!(r.text().contains("the file /code/nope is not exist"), "{}", r.text());
-    f.stop_and_check_clean(&[]);
+    f.stop_and_check_clean();
 }
 
 #[test]
@@ -180,7 +173,7 @@ fn http_trigger_passes_the_request_through() {
     assert_eq!(r.json()["path"], "/some/path?x=1");
     assert!(!r.header("x-fc-request-id").is_empty());
     assert!(!r.header("x-fc-instance-id").is_empty());
-    f.stop_and_check_clean(&[]);
+    f.stop_and_check_clean();
 }
 
 #[test]

@@ -19,7 +19,7 @@ fn max_instances_throttles_at_once() {
     assert_eq!((ok, throttled.len()), (2, 1), "{results:?}");
     assert_eq!(throttled[0].0.json()["Code"], "ResourceExhausted");
     assert!(throttled[0].1 < Duration::from_millis(500), "429 must come at once, took {:?}", throttled[0].1);
-    f.stop_and_check_clean(&[]);
+    f.stop_and_check_clean();
 }
 
 #[test]
@@ -38,8 +38,7 @@ fn min_instances_are_ready_and_frozen_before_the_first_request() {
     let r = f.invoke("warm", "{}");
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-fcsup-cold-start"), "false");
-    let pids: Vec<i64> = insts.iter().map(|i| i["pid"].as_i64().unwrap()).collect();
-    f.stop_and_check_clean(&pids);
+    f.stop_and_check_clean();
 }
 
 #[test]
@@ -62,7 +61,7 @@ fn idle_instance_is_reclaimed_with_pre_stop() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(f.instances().is_empty());
-    f.stop_and_check_clean(&[inst["pid"].as_i64().unwrap()]);
+    f.stop_and_check_clean();
 }
 
 #[test]
@@ -81,7 +80,7 @@ fn timeout_gives_fc_error_and_recycles_the_instance() {
     let r = f.invoke("slow", "{}");
     assert_eq!(r.status, 200);
     assert_ne!(r.header("x-fc-instance-id"), first, "the timed-out instance was recycled");
-    f.stop_and_check_clean(&[]);
+    f.stop_and_check_clean();
 }
 
 #[test]
@@ -97,7 +96,7 @@ fn retryable_initializer_failure_keeps_the_instance() {
     assert_eq!(r2.status, 200, "{}", r2.text());
     assert!(r2.header("x-fc-error-type").is_empty(), "{}", r2.text());
     assert_eq!(r.header("x-fc-instance-id"), r2.header("x-fc-instance-id"), "400/404: same instance, Initializer retried");
-    f.stop_and_check_clean(&[]);
+    f.stop_and_check_clean();
 
     let extra = "environmentVariables: {FIXTURE_INIT_STATUS: '500,200'}\ninstanceLifecycleConfig:\n  initializer: {handler: i, timeout: 5}";
     let mut f = Fcsup::serve(&fixture_props("init500", extra));
@@ -105,7 +104,7 @@ fn retryable_initializer_failure_keeps_the_instance() {
     assert_eq!(r.header("x-fc-error-type"), "InitializationError");
     let r2 = f.invoke("init500", "{}");
     assert_ne!(r.header("x-fc-instance-id"), r2.header("x-fc-instance-id"), "5xx: the instance is replaced");
-    f.stop_and_check_clean(&[]);
+    f.stop_and_check_clean();
 }
 
 #[test]
@@ -123,5 +122,5 @@ fn tail_log_returns_the_request_output_between_fc_markers() {
     assert!(log.contains("first line\nsecond line\n"), "{log}");
     assert!(log.contains(&format!("FC Invoke End RequestId: {rid}\n\nDuration: ")), "{log}");
     assert!(log.contains("Billed Duration: ") && log.contains("Memory Size: 1024 MB"), "{log}");
-    f.stop_and_check_clean(&[]);
+    f.stop_and_check_clean();
 }

@@ -56,6 +56,8 @@ pub struct Fcsup {
     pub cgroup_root: String,
     pub dir: tempfile::TempDir,
     output: Arc<Mutex<Vec<String>>>,
+    /// Every instance pid the test has seen, checked to be gone after fcsup exits.
+    seen_pids: Mutex<std::collections::HashSet<i64>>,
 }
 
 fn free_port() -> u16 {
@@ -102,7 +104,7 @@ impl Fcsup {
             });
         }
         let addr = format!("127.0.0.1:{port}");
-        let mut f = Fcsup { child: Some(child), addr, cgroup_root, dir, output };
+        let mut f = Fcsup { child: Some(child), addr, cgroup_root, dir, output, seen_pids: Mutex::default() };
         let deadline = Instant::now() + Duration::from_secs(60);
         while TcpStream::connect(&f.addr).is_err() {
             if let Some(status) = f.child.as_mut().unwrap().try_wait().unwrap() {
@@ -159,9 +161,23 @@ impl Fcsup {
         http(&self.addr, "POST", &format!("/2023-03-30/functions/{name}/invocations"), headers, body.as_bytes())
     }
 
-    /// `GET /admin/instances`.
+    /// `GET /admin/instances` (their pids are remembered for [`Fcsup::stop_and_check_clean`]).
     pub fn instances(&self) -> Vec<serde_json::Value> {
-        serde_json::from_slice(&http(&self.addr, "GET", "/admin/instances", &[], b"").body).unwrap()
+        let list: Vec<serde_json::Value> = serde_json::from_slice(&http(&self.addr, "GET", "/admin/instances", &[], b"").body).unwrap();
+        self.seen_pids.lock().unwrap().extend(list.iter().filter_map(|i| i["pid"].as_i64()));
+        list
+    }
+
+    /// Invokes `name` once (a cold start when none runs) and returns the cgroup of the
+    /// instance that served it, once that instance is frozen again.
+    pub fn warm(&self, name: &str) -> String {
+        let r = self.invoke(name, "{}");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let id = r.header("x-fc-instance-id");
+        let inst = self.instances().into_iter().find(|i| i["id"] == id).expect("the instance that answered");
+        let cgroup = inst["cgroup"].as_str().unwrap().to_string();
+        wait_frozen(&cgroup);
+        cgroup
     }
 
     /// The cgroup2 directory of the supervisor root.
@@ -187,11 +203,13 @@ impl Fcsup {
         self.output()
     }
 
-    /// Stops fcsup and asserts that none of `pids` runs and its cgroup root is gone.
-    pub fn stop_and_check_clean(&mut self, pids: &[i64]) -> Vec<String> {
+    /// Stops fcsup and asserts that no instance process the test saw still runs and that its
+    /// cgroup root is gone.
+    pub fn stop_and_check_clean(&mut self) -> Vec<String> {
+        self.instances();
         let out = self.stop();
         assert!(!self.root_path().exists(), "cgroup root {} left behind", self.root_path().display());
-        for pid in pids {
+        for pid in self.seen_pids.lock().unwrap().iter() {
             assert!(!Path::new(&format!("/proc/{pid}")).exists(), "instance process {pid} left behind");
         }
         out
