@@ -30,10 +30,7 @@ fn window_of(f: &Fcsup, request_id: &str) -> serde_json::Value {
 
 #[test]
 fn window_cpu_equals_the_cpu_the_handler_burned() {
-    if !privileged() {
-        return;
-    }
-    let mut f = Fcsup::serve(&fixture_props("burn", "environmentVariables: {FIXTURE_QUIET: '1'}"));
+    let Some(mut f) = serve_if_privileged(&fixture_props("burn", "environmentVariables: {FIXTURE_QUIET: '1'}")) else { return };
     let cgroup = f.warm("burn");
     for ms in [5, 50, 500] {
         wait_frozen(&cgroup);
@@ -54,10 +51,7 @@ fn window_cpu_equals_the_cpu_the_handler_burned() {
 
 #[test]
 fn concurrent_requests_share_one_window() {
-    if !privileged() {
-        return;
-    }
-    let mut f = Fcsup::serve(&fixture_props("share", "instanceConcurrency: 3"));
+    let Some(mut f) = serve_if_privileged(&fixture_props("share", "instanceConcurrency: 3")) else { return };
     f.warm("share");
     let resps = f.invoke_concurrently("share", r#"{"op":"sleep","ms":200}"#, 3, Duration::ZERO);
     assert!(resps.iter().all(|(r, _)| r.status == 200));
@@ -70,10 +64,7 @@ fn concurrent_requests_share_one_window() {
 
 #[test]
 fn ledger_file_keeps_every_record_across_restarts() {
-    if !privileged() {
-        return;
-    }
-    let mut f = Fcsup::serve(&fixture_props("persist", ""));
+    let Some(mut f) = serve_if_privileged(&fixture_props("persist", "")) else { return };
     assert_eq!(f.invoke("persist", "{}").status, 200);
     f.stop_and_check_clean();
     let path = f.dir.path().join("ledger.jsonl");

@@ -9,10 +9,7 @@ use common::*;
 
 #[test]
 fn frozen_instance_stops_background_thread_and_child_process() {
-    if !privileged() {
-        return;
-    }
-    let mut f = Fcsup::serve(&fixture_props("counter", ""));
+    let Some(mut f) = serve_if_privileged(&fixture_props("counter", "")) else { return };
     // Warm up: the first call is the cold start; let the child process start counting.
     let r = f.invoke("counter", r#"{"op":"hold","ms":300}"#);
     assert_eq!(r.status, 200, "{}", r.text());
@@ -41,10 +38,7 @@ fn frozen_instance_stops_background_thread_and_child_process() {
 
 #[test]
 fn idle_instance_is_frozen_and_burns_no_cpu() {
-    if !privileged() {
-        return;
-    }
-    let mut f = Fcsup::serve(&fixture_props("idle", ""));
+    let Some(mut f) = serve_if_privileged(&fixture_props("idle", "")) else { return };
     let cgroup = f.warm("idle");
     assert!(events(&cgroup).contains("populated 1"));
     let before = usage_usec(&cgroup);
@@ -56,15 +50,12 @@ fn idle_instance_is_frozen_and_burns_no_cpu() {
 
 #[test]
 fn hooks_run_once_in_fc_order() {
-    if !privileged() {
-        return;
-    }
     let extra = "instanceConcurrency: 5
 instanceLifecycleConfig:
   initializer: {handler: i, timeout: 5}
   preFreeze: {handler: f, timeout: 5}
   preStop: {handler: s, timeout: 5}";
-    let mut f = Fcsup::serve(&fixture_props("hooks", extra));
+    let Some(mut f) = serve_if_privileged(&fixture_props("hooks", extra)) else { return };
     let resps: Vec<Resp> =
         f.invoke_concurrently("hooks", r#"{"op":"sleep","ms":300}"#, 5, Duration::ZERO).into_iter().map(|(r, _)| r).collect();
     let ids: std::collections::HashSet<&str> = resps.iter().map(|r| r.header("x-fc-instance-id")).collect();
@@ -91,10 +82,7 @@ instanceLifecycleConfig:
 
 #[test]
 fn two_instances_listen_on_the_same_port() {
-    if !privileged() {
-        return;
-    }
-    let mut f = Fcsup::serve(&fixture_props("pair", ""));
+    let Some(mut f) = serve_if_privileged(&fixture_props("pair", "")) else { return };
     let resps: Vec<Resp> =
         f.invoke_concurrently("pair", r#"{"op":"hold","ms":300}"#, 2, Duration::ZERO).into_iter().map(|(r, _)| r).collect();
     assert!(resps.iter().all(|r| r.status == 200), "{resps:?}");
@@ -111,10 +99,7 @@ fn two_instances_listen_on_the_same_port() {
 
 #[test]
 fn instance_sees_fc_environment_and_a_private_root() {
-    if !privileged() {
-        return;
-    }
-    let mut f = Fcsup::serve(&fixture_props("env", "environmentVariables: {MY_VAR: hello}"));
+    let Some(mut f) = serve_if_privileged(&fixture_props("env", "environmentVariables: {MY_VAR: hello}")) else { return };
     let r = f.invoke("env", r#"{"op":"env"}"#);
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
@@ -135,10 +120,7 @@ fn instance_sees_fc_environment_and_a_private_root() {
 
 #[test]
 fn errors_come_in_fc_shapes() {
-    if !privileged() {
-        return;
-    }
-    let mut f = Fcsup::serve(&(fixture_props("crashy", "") + &fixture_props("missing", "").replace("/usr/bin/python3, server.py", "/code/nope")));
+    let Some(mut f) = serve_if_privileged(&(fixture_props("crashy", "") + &fixture_props("missing", "").replace("/usr/bin/python3, server.py", "/code/nope"))) else { return };
     let r = f.invoke("nosuch", "{}");
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["Code"], "FunctionNotFound");
@@ -164,10 +146,7 @@ fn errors_come_in_fc_shapes() {
 
 #[test]
 fn http_trigger_passes_the_request_through() {
-    if !privileged() {
-        return;
-    }
-    let mut f = Fcsup::serve(&fixture_props("web", ""));
+    let Some(mut f) = serve_if_privileged(&fixture_props("web", "")) else { return };
     let r = http(&f.addr, "GET", "/http/web/some/path?x=1", &[], b"");
     assert_eq!(r.status, 201, "the function's status passes through: {}", r.text());
     assert_eq!(r.json()["path"], "/some/path?x=1");

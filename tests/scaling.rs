@@ -9,10 +9,7 @@ use common::*;
 
 #[test]
 fn max_instances_throttles_at_once() {
-    if !privileged() {
-        return;
-    }
-    let mut f = Fcsup::serve(&fixture_props("capped", "fcsup: {maxInstances: 2}"));
+    let Some(mut f) = serve_if_privileged(&fixture_props("capped", "fcsup: {maxInstances: 2}")) else { return };
     let results = f.invoke_concurrently("capped", r#"{"op":"sleep","ms":800}"#, 3, Duration::from_millis(50));
     let ok = results.iter().filter(|(r, _)| r.status == 200).count();
     let throttled: Vec<&(Resp, Duration)> = results.iter().filter(|(r, _)| r.status == 429).collect();
@@ -24,11 +21,8 @@ fn max_instances_throttles_at_once() {
 
 #[test]
 fn min_instances_are_ready_and_frozen_before_the_first_request() {
-    if !privileged() {
-        return;
-    }
     let extra = "fcsup: {minInstances: 2}\ninstanceLifecycleConfig:\n  initializer: {handler: i, timeout: 5}";
-    let mut f = Fcsup::serve(&fixture_props("warm", extra));
+    let Some(mut f) = serve_if_privileged(&fixture_props("warm", extra)) else { return };
     let insts = f.instances();
     assert_eq!(insts.len(), 2);
     for i in &insts {
@@ -43,11 +37,8 @@ fn min_instances_are_ready_and_frozen_before_the_first_request() {
 
 #[test]
 fn idle_instance_is_reclaimed_with_pre_stop() {
-    if !privileged() {
-        return;
-    }
     let extra = "fcsup: {idleTimeout: 1}\ninstanceLifecycleConfig:\n  preStop: {handler: s, timeout: 3}";
-    let mut f = Fcsup::serve(&fixture_props("reclaim", extra));
+    let Some(mut f) = serve_if_privileged(&fixture_props("reclaim", extra)) else { return };
     assert_eq!(f.invoke("reclaim", "{}").status, 200);
     let inst = f.instances()[0].clone();
     let cgroup = inst["cgroup"].as_str().unwrap().to_string();
@@ -66,10 +57,7 @@ fn idle_instance_is_reclaimed_with_pre_stop() {
 
 #[test]
 fn timeout_gives_fc_error_and_recycles_the_instance() {
-    if !privileged() {
-        return;
-    }
-    let mut f = Fcsup::serve(&fixture_props("slow", "").replace("timeout: 10", "timeout: 1"));
+    let Some(mut f) = serve_if_privileged(&fixture_props("slow", "").replace("timeout: 10", "timeout: 1")) else { return };
     assert_eq!(f.invoke("slow", "{}").status, 200);
     let first = f.instances()[0]["id"].as_str().unwrap().to_string();
     let t = Instant::now();
@@ -85,11 +73,8 @@ fn timeout_gives_fc_error_and_recycles_the_instance() {
 
 #[test]
 fn retryable_initializer_failure_keeps_the_instance() {
-    if !privileged() {
-        return;
-    }
     let extra = "environmentVariables: {FIXTURE_INIT_STATUS: '404,200'}\ninstanceLifecycleConfig:\n  initializer: {handler: i, timeout: 5}";
-    let mut f = Fcsup::serve(&fixture_props("init404", extra));
+    let Some(mut f) = serve_if_privileged(&fixture_props("init404", extra)) else { return };
     let r = f.invoke("init404", "{}");
     assert_eq!(r.header("x-fc-error-type"), "InitializationError", "{}", r.text());
     let r2 = f.invoke("init404", "{}");
@@ -109,10 +94,7 @@ fn retryable_initializer_failure_keeps_the_instance() {
 
 #[test]
 fn tail_log_returns_the_request_output_between_fc_markers() {
-    if !privileged() {
-        return;
-    }
-    let mut f = Fcsup::serve(&fixture_props("tail", ""));
+    let Some(mut f) = serve_if_privileged(&fixture_props("tail", "")) else { return };
     let r = f.invoke_with("tail", r#"{"op":"print","lines":["first line","second line"]}"#, &[("x-fc-log-type", "Tail")]);
     assert_eq!(r.status, 200);
     let rid = r.header("x-fc-request-id").to_string();

@@ -338,24 +338,21 @@ impl Cgroup {
 
     /// Current `cgroup.events`.
     pub fn events(&self) -> Result<Events> {
-        let mut buf = [0u8; 256];
-        let n = self.events.file().read_at(&mut buf, 0).map_err(|source| CgroupError::Io {
-            op: "read",
-            path: self.path.join("cgroup.events"),
-            source,
-        })?;
-        Ok(Events::parse(std::str::from_utf8(&buf[..n]).unwrap_or("")))
+        self.read_parsed(self.events.file(), "cgroup.events", Events::parse)
     }
 
     /// Current `cpu.stat`.
     pub fn cpu_stat(&self) -> Result<CpuStat> {
+        self.read_parsed(&self.cpu_stat, "cpu.stat", CpuStat::parse)
+    }
+
+    /// Reads a small cgroup file kept open (one pread, no allocation) and parses it.
+    fn read_parsed<T>(&self, file: &File, name: &str, parse: fn(&str) -> T) -> Result<T> {
         let mut buf = [0u8; 512];
-        let n = self.cpu_stat.read_at(&mut buf, 0).map_err(|source| CgroupError::Io {
-            op: "read",
-            path: self.path.join("cpu.stat"),
-            source,
-        })?;
-        Ok(CpuStat::parse(std::str::from_utf8(&buf[..n]).unwrap_or("")))
+        let n = file
+            .read_at(&mut buf, 0)
+            .map_err(|source| CgroupError::Io { op: "read", path: self.path.join(name), source })?;
+        Ok(parse(std::str::from_utf8(&buf[..n]).unwrap_or("")))
     }
 
     /// Peak memory in bytes since the cgroup was created, where the host reports it

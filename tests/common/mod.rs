@@ -70,6 +70,12 @@ fn cgroup2_mount() -> PathBuf {
     PathBuf::from(line.split(' ').nth(4).unwrap())
 }
 
+/// Serves `resources` when the host can run privileged tests (see [`privileged`]); `None`
+/// means the test is skipped.
+pub fn serve_if_privileged(resources: &str) -> Option<Fcsup> {
+    privileged().then(|| Fcsup::serve(resources))
+}
+
 impl Fcsup {
     /// Serves an s.yaml whose `resources:` section is `resources`.
     pub fn serve(resources: &str) -> Fcsup {
