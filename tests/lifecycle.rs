@@ -115,6 +115,14 @@ fn instance_sees_fc_environment_and_a_private_root() {
     assert_eq!(v["code_writable"], false, "/code is mounted read-only");
     assert_ne!(v["pid"], 1, "the function runs under fcsup's init, not as PID 1");
     assert!(v["pid"].as_i64().unwrap() < 10, "the function is in its own PID namespace");
+    let r = f.invoke("env", r#"{"op":"headers"}"#);
+    let h = &r.json()["headers"];
+    assert_eq!(h["x-fc-request-id"], r.header("x-fc-request-id"));
+    assert_eq!(h["x-fc-instance-id"], r.header("x-fc-instance-id"));
+    assert_eq!(h["x-fc-control-path"], "/invoke");
+    assert_eq!(h["x-fc-function-name"], "env");
+    assert_eq!(h["x-fc-function-memory"], "1024");
+    assert_eq!(h["x-fc-function-type"], "0");
     f.stop_and_check_clean();
 }
 

@@ -183,13 +183,6 @@ async fn invoke(sup: &Arc<Supervisor>, req: Request<Incoming>, name: String, htt
             let failed = !http_trigger
                 && (reply.status == StatusCode::NOT_FOUND
                     || reply.headers.get("x-fc-status").is_some_and(|v| v.as_bytes() == b"404"));
-            let summary = format!(
-                "Duration: {:.2} ms, Billed Duration: {} ms, Memory Size: {} MB, Max Memory Used: {:.2} MB",
-                reply.duration.as_secs_f64() * 1000.0,
-                reply.duration.as_micros().div_ceil(1000),
-                pool.function.memory_mb,
-                reply.max_memory_mb
-            );
             let mut b = Response::builder();
             if http_trigger {
                 b = b.status(reply.status);
@@ -212,6 +205,13 @@ async fn invoke(sup: &Arc<Supervisor>, req: Request<Incoming>, name: String, htt
                 .body(Full::new(reply.body))
                 .expect("response");
             if tail {
+                let summary = format!(
+                    "Duration: {:.2} ms, Billed Duration: {} ms, Memory Size: {} MB, Max Memory Used: {:.2} MB",
+                    reply.duration.as_secs_f64() * 1000.0,
+                    reply.duration.as_micros().div_ceil(1000),
+                    pool.function.memory_mb,
+                    reply.max_memory_mb
+                );
                 let log = crate::logs::tail(&request_id, &reply.log, &summary);
                 if let Ok(v) = HeaderValue::from_str(&base64::engine::general_purpose::STANDARD.encode(log)) {
                     r.headers_mut().insert("x-fc-log-result", v);

@@ -67,14 +67,15 @@ pub fn environment(f: &Function, instance_id: &str) -> Vec<(String, String)> {
     env
 }
 
-/// Adds FC's common headers (fc-spec §1.2) to a request for the instance.
-pub fn common_headers(f: &Function, instance_id: &str, request_id: &str, control_path: &str, fn_type: &str, h: &mut HeaderMap) {
+/// FC's common headers (fc-spec §1.2) that are the same on every request to one instance,
+/// built once at spawn; [`add_request_headers`] adds them with the per-request ones.
+pub fn instance_headers(f: &Function, instance_id: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
     let mut set = |k: &'static str, v: &str| {
         if let Ok(v) = HeaderValue::from_str(v) {
             h.insert(k, v);
         }
     };
-    set("x-fc-request-id", request_id);
     set("x-fc-function-name", &f.name);
     set("x-fc-function-handler", &f.handler);
     set("x-fc-function-memory", &f.memory_mb.to_string());
@@ -84,11 +85,7 @@ pub fn common_headers(f: &Function, instance_id: &str, request_id: &str, control
     set("x-fc-qualifier", "LATEST");
     set("x-fc-version-id", "LATEST");
     set("x-fc-instance-id", instance_id);
-    set("x-fc-function-type", fn_type);
     set("x-fc-retry-count", "0");
-    if !control_path.is_empty() {
-        set("x-fc-control-path", control_path);
-    }
     if let Some(i) = &f.initializer {
         set("x-fc-function-initializer", &i.handler);
         set("x-fc-initialization-timeout", &i.timeout.as_secs().to_string());
@@ -99,6 +96,21 @@ pub fn common_headers(f: &Function, instance_id: &str, request_id: &str, control
     if let Some(p) = &f.pre_freeze {
         set("x-fc-instance-lifecycle-pre-freeze-handler", &p.handler);
     }
+    h
+}
+
+/// Adds the instance's common headers plus the request id, control path and function type.
+pub fn add_request_headers(base: &HeaderMap, request_id: &str, control_path: &'static str, fn_type: &'static str, h: &mut HeaderMap) {
+    for (k, v) in base {
+        h.insert(k.clone(), v.clone());
+    }
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert("x-fc-request-id", v);
+    }
+    if !control_path.is_empty() {
+        h.insert("x-fc-control-path", HeaderValue::from_static(control_path));
+    }
+    h.insert("x-fc-function-type", HeaderValue::from_static(fn_type));
 }
 
 impl Instance {
@@ -120,7 +132,7 @@ impl Instance {
             .body(Full::new(bytes::Bytes::new()))
             .map_err(|e| e.to_string())?;
         let control = if kind == HookKind::Initialize { "/initialize" } else { "" };
-        common_headers(f, &self.id, &request_id, control, fn_type, req.headers_mut());
+        add_request_headers(&self.fc_headers, &request_id, control, fn_type, req.headers_mut());
         self.log.begin(&request_id);
         tracing::info!(function = %f.name, instance = %self.id, request_id, "FC {marker} Start");
         let call = async {

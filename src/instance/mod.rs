@@ -208,6 +208,8 @@ pub struct Instance {
     init_failures: AtomicU64,
     /// Its output.
     pub log: Arc<InstanceLog>,
+    /// FC's common headers for this instance, built once.
+    fc_headers: HeaderMap,
 }
 
 /// What `GET /admin/instances` shows.
@@ -262,6 +264,7 @@ impl Instance {
         };
         tracing::debug!(instance = %id, clone_to_exec_us = child.clone_to_exec.as_micros() as u64, "spawned");
         let log = InstanceLog::new(&function.name, &id, host.echo_logs);
+        let fc_headers = hooks::instance_headers(&function, &id);
         log.attach(child.stdout, child.stderr);
         // SAFETY: the OwnedFd owns the pidfd for the AsyncFd's whole lifetime.
         let pidfd = unsafe { AsyncFd::register_with_interest(child.pidfd, tokio::io::Interest::READABLE) }
@@ -292,6 +295,7 @@ impl Instance {
             cold_start_us: AtomicU64::new(0),
             init_failures: AtomicU64::new(0),
             log,
+            fc_headers,
             function,
         });
         inst.watch_exit();
@@ -541,7 +545,7 @@ impl Instance {
         .body(Full::new(call.body.clone()))
         .map_err(|e| ProxyError::Failed(e.to_string()))?;
         let control = if call.http_trigger { "/http-invoke" } else { "/invoke" };
-        hooks::common_headers(&self.function, &self.id, &call.request_id, control, "0", req.headers_mut());
+        hooks::add_request_headers(&self.fc_headers, &call.request_id, control, "0", req.headers_mut());
         let send = async {
             let mut s = self.conns.take(&self.netns).await?;
             let resp = s.send_request(req).await.map_err(|e| e.to_string())?;
