@@ -138,7 +138,12 @@ impl Supervisor {
 
     /// Stops every instance (PreStop first), then removes the cgroup root and runtime dir.
     pub async fn shutdown(&self) {
-        crate::pool::futures_join_all(self.pools.values().map(|p| p.shutdown())).await;
+        let mut pools = tokio::task::JoinSet::new();
+        for pool in self.pools.values() {
+            let pool = pool.clone();
+            pools.spawn(async move { pool.shutdown().await });
+        }
+        while pools.join_next().await.is_some() {}
         // Instances retired in the background (crashed, reclaimed) may still be stopping.
         for _ in 0..200 {
             if self.host.cgroups.reap_leftovers().await.unwrap_or(0) == 0 {

@@ -236,30 +236,10 @@ impl Pool {
     pub async fn shutdown(&self) {
         let all: Vec<Arc<Instance>> = std::mem::take(&mut *self.members.lock().expect("pool"));
         self.global.live.fetch_sub(all.len(), Ordering::AcqRel);
-        let stops = all.iter().map(|i| i.stop());
-        futures_join_all(stops).await;
-    }
-}
-
-/// Awaits all futures concurrently (a tiny join_all, to avoid a dependency for one call).
-pub async fn futures_join_all<F: std::future::Future<Output = ()>>(futs: impl IntoIterator<Item = F>) {
-    let mut set = Vec::new();
-    for f in futs {
-        set.push(Box::pin(f));
-    }
-    let mut pending: Vec<_> = set.into_iter().map(Some).collect();
-    std::future::poll_fn(|cx| {
-        let mut done = true;
-        for slot in pending.iter_mut() {
-            if let Some(f) = slot {
-                if f.as_mut().poll(cx).is_ready() {
-                    *slot = None;
-                } else {
-                    done = false;
-                }
-            }
+        let mut stops = tokio::task::JoinSet::new();
+        for inst in all {
+            stops.spawn(async move { inst.stop().await });
         }
-        if done { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
-    })
-    .await
+        while stops.join_next().await.is_some() {}
+    }
 }
