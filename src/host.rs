@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use crate::billing::Ledger;
 use crate::cgroup::CgroupRoot;
+use crate::logs::LogFiles;
 
 /// Shared, read-mostly context of one supervisor.
 #[derive(Debug)]
@@ -18,4 +19,6 @@ pub struct Host {
     pub echo_logs: bool,
     /// Billing ledger.
     pub ledger: Ledger,
+    /// Per-function log files.
+    pub log_files: LogFiles,
 }

@@ -14,6 +14,7 @@ pub mod host;
 pub mod instance;
 pub mod logs;
 pub mod pool;
+pub mod queue;
 pub mod sandbox;
 pub mod supervisor;
 pub mod util;

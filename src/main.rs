@@ -30,6 +30,9 @@ struct SupervisorArgs {
     /// Do not print the functions' output.
     #[arg(long)]
     quiet_functions: bool,
+    /// Write each function's output and hook markers to DIR/<function>.log.
+    #[arg(long, default_value = "/var/log/fcsup")]
+    log_dir: PathBuf,
     /// Keep the supervisor at normal priority (by default its threads run SCHED_FIFO so a
     /// thawed, busy instance cannot delay the next thaw or freeze).
     #[arg(long)]
@@ -42,6 +45,7 @@ impl SupervisorArgs {
             cgroup_root: self.cgroup_root.clone(),
             ledger: self.ledger.clone(),
             echo_logs: !self.quiet_functions,
+            log_dir: Some(self.log_dir.clone()),
             ..Options::default()
         }
     }
@@ -131,6 +135,17 @@ async fn shutdown_signal() {
     }
 }
 
+/// SIGHUP: re-reads the file; a bad file changes nothing.
+async fn reload(supervisor: &Supervisor, file: &std::path::Path) {
+    match Config::load(file) {
+        Ok(config) => match supervisor.reload(&config).await {
+            Ok(r) => tracing::info!(added = ?r.added, replaced = ?r.replaced, removed = ?r.removed, unchanged = ?r.unchanged, "reloaded {}", file.display()),
+            Err(e) => tracing::error!("reload of {} failed: {e}", file.display()),
+        },
+        Err(e) => tracing::error!("reload refused, the running configuration stays: {e}"),
+    }
+}
+
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve { file, sup } => {
@@ -145,7 +160,15 @@ async fn run(cli: Cli) -> Result<()> {
             );
             let (tx, rx) = tokio::sync::watch::channel(false);
             let server = tokio::spawn(fcsup::api::serve(listener, supervisor.clone(), rx));
-            shutdown_signal().await;
+            let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+            let stop = shutdown_signal();
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => break,
+                    _ = hangup.recv() => reload(&supervisor, &file).await,
+                }
+            }
             tracing::info!("shutting down: PreStop on every instance");
             let _ = tx.send(true);
             let _ = server.await;

@@ -1,19 +1,25 @@
 //! One running supervisor: discovers the cgroup hierarchy, claims its cgroup root (cleaning
 //! up whatever a previous run left there), builds a pool per function, and on shutdown stops
 //! every instance and removes the root and the runtime directory.
+//!
+//! A configuration change (SIGHUP re-reads the file; `PUT /admin/functions/NAME` sets one
+//! function) swaps in a new pool per changed function; the old pool drains: requests already
+//! on it finish there, then its instances get PreStop and stop (fc-spec §5.6).
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::billing::Ledger;
 use crate::cgroup::{CgroupError, CgroupRoot, Hierarchy};
-use crate::config::Config;
+use crate::config::{Config, Function};
+use crate::logs::LogFiles;
 use crate::host::Host;
 use crate::instance::{Instance, Snapshot, StartError};
 use crate::pool::{GlobalCount, Pool};
+use crate::queue::AsyncQueue;
 
 /// Errors starting a supervisor.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +65,8 @@ pub struct Options {
     pub ledger: Option<PathBuf>,
     /// Print function output.
     pub echo_logs: bool,
+    /// Directory of the per-function log files, if any.
+    pub log_dir: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -69,6 +77,7 @@ impl Default for Options {
             run_base: "/run/fcsup".into(),
             ledger: None,
             echo_logs: true,
+            log_dir: None,
         }
     }
 }
@@ -78,9 +87,28 @@ impl Default for Options {
 pub struct Supervisor {
     /// Shared context.
     pub host: Arc<Host>,
-    /// Pools by function name.
-    pub pools: BTreeMap<String, Arc<Pool>>,
+    pools: RwLock<BTreeMap<String, Arc<Pool>>>,
+    /// Pools replaced by a configuration change, still draining.
+    replaced: Mutex<Vec<Arc<Pool>>>,
+    global: Arc<GlobalCount>,
+    /// Directory that relative `code` paths resolve against.
+    pub config_base: PathBuf,
+    /// Async invocations.
+    pub async_queue: AsyncQueue,
     _lock: File,
+}
+
+/// What a configuration change did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Reloaded {
+    /// Functions added.
+    pub added: Vec<String>,
+    /// Functions whose instances were replaced.
+    pub replaced: Vec<String>,
+    /// Functions removed.
+    pub removed: Vec<String>,
+    /// Functions left as they were.
+    pub unchanged: Vec<String>,
 }
 
 impl Supervisor {
@@ -110,45 +138,117 @@ impl Supervisor {
         }
         let ledger_path = opts.ledger.clone();
         let ledger = Ledger::open(ledger_path.clone()).map_err(io("cannot open the ledger", &ledger_path.unwrap_or_default()))?;
-        let host = Arc::new(Host { cgroups, run_dir, rootfs_mountpoint: rootfs, echo_logs: opts.echo_logs, ledger });
+        let log_dir = opts.log_dir.clone();
+        let log_files = LogFiles::new(log_dir.clone()).map_err(io("cannot create the log directory", &log_dir.unwrap_or_default()))?;
+        let host = Arc::new(Host { cgroups, run_dir, rootfs_mountpoint: rootfs, echo_logs: opts.echo_logs, ledger, log_files });
         let global = GlobalCount::new(config.global.max_instances.unwrap_or(100));
         let mut pools = BTreeMap::new();
         for f in &config.functions {
             pools.insert(f.name.clone(), Pool::new(host.clone(), Arc::new(f.clone()), global.clone()));
         }
-        let sup = Arc::new(Supervisor { host, pools, _lock: lock });
-        for (name, pool) in &sup.pools {
+        let sup = Arc::new(Supervisor {
+            host,
+            pools: RwLock::new(pools),
+            replaced: Mutex::default(),
+            global,
+            config_base: config.base.clone(),
+            async_queue: AsyncQueue::default(),
+            _lock: lock,
+        });
+        for pool in sup.pools() {
             if let Err(source) = pool.start().await {
                 sup.shutdown().await;
-                return Err(SupervisorError::MinInstance { function: name.clone(), source });
+                return Err(SupervisorError::MinInstance { function: pool.function.name.clone(), source });
             }
         }
         Ok(sup)
     }
 
+    /// The pool of `name`.
+    pub fn pool(&self, name: &str) -> Option<Arc<Pool>> {
+        self.pools.read().expect("pools").get(name).cloned()
+    }
+
+    /// Every current pool.
+    pub fn pools(&self) -> Vec<Arc<Pool>> {
+        self.pools.read().expect("pools").values().cloned().collect()
+    }
+
+    /// Sets one function (create or replace, like FC's UpdateFunction): a new pool starts
+    /// (minimum instances ready before it takes requests), then the old one drains. If the
+    /// new pool cannot start, the old one stays.
+    pub async fn set_function(&self, f: Function) -> Result<bool, SupervisorError> {
+        let name = f.name.clone();
+        let pool = Pool::new(self.host.clone(), Arc::new(f), self.global.clone());
+        if let Err(source) = pool.start().await {
+            pool.shutdown().await;
+            return Err(SupervisorError::MinInstance { function: name, source });
+        }
+        let old = self.pools.write().expect("pools").insert(name, pool);
+        let existed = old.is_some();
+        if let Some(old) = old {
+            old.drain();
+            self.replaced.lock().expect("pools").push(old);
+        }
+        Ok(existed)
+    }
+
+    /// Applies a re-read configuration: changed functions get new instances, removed ones
+    /// drain, unchanged ones keep their warm instances.
+    pub async fn reload(&self, config: &Config) -> Result<Reloaded, SupervisorError> {
+        let mut done = Reloaded::default();
+        for f in &config.functions {
+            match self.pool(&f.name) {
+                Some(p) if *p.function == *f => done.unchanged.push(f.name.clone()),
+                Some(_) => {
+                    self.set_function(f.clone()).await?;
+                    done.replaced.push(f.name.clone());
+                }
+                None => {
+                    self.set_function(f.clone()).await?;
+                    done.added.push(f.name.clone());
+                }
+            }
+        }
+        let gone: Vec<String> =
+            self.pools.read().expect("pools").keys().filter(|n| config.function(n).is_none()).cloned().collect();
+        for name in gone {
+            if let Some(old) = self.pools.write().expect("pools").remove(&name) {
+                old.drain();
+                self.replaced.lock().expect("pools").push(old);
+                done.removed.push(name);
+            }
+        }
+        Ok(done)
+    }
+
     /// Every instance, for the admin API.
     pub fn instances(&self) -> Vec<Snapshot> {
-        self.pools.values().flat_map(|p| p.instances()).map(|i| i.snapshot()).collect()
+        self.all_instances().iter().map(|i| i.snapshot()).collect()
     }
 
     /// The instance with `id`.
     pub fn instance(&self, id: &str) -> Option<Arc<Instance>> {
-        self.pools.values().flat_map(|p| p.instances()).find(|i| i.id == id)
+        self.all_instances().into_iter().find(|i| i.id == id)
+    }
+
+    fn all_instances(&self) -> Vec<Arc<Instance>> {
+        self.pools().iter().flat_map(|p| p.instances()).collect()
     }
 
     /// Stops every instance (PreStop first), then removes the cgroup root and runtime dir.
     pub async fn shutdown(&self) {
+        self.async_queue.stop().await;
         let mut pools = tokio::task::JoinSet::new();
-        for pool in self.pools.values() {
-            let pool = pool.clone();
+        let replaced = std::mem::take(&mut *self.replaced.lock().expect("pools"));
+        for pool in self.pools().into_iter().chain(replaced) {
             pools.spawn(async move { pool.shutdown().await });
         }
         while pools.join_next().await.is_some() {}
-        // Instances retired in the background (crashed, reclaimed) may still be stopping.
-        for _ in 0..200 {
-            if self.host.cgroups.reap_leftovers().await.unwrap_or(0) == 0 {
-                break;
-            }
+        // Anything that escaped the pools (a bug) is killed rather than left behind.
+        let leaked = self.host.cgroups.reap_leftovers().await.unwrap_or(0);
+        if leaked > 0 {
+            tracing::error!("{leaked} instance cgroup(s) were still there at shutdown; killed");
         }
         if let Err(e) = self.host.cgroups.remove() {
             tracing::warn!("{e}");

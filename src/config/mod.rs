@@ -102,8 +102,20 @@ pub struct Props {
     pub custom_runtime_config: Option<CustomRuntimeConfig>,
     /// `instanceLifecycleConfig`.
     pub instance_lifecycle_config: Option<LifecycleConfig>,
+    /// `asyncInvokeConfig` (FC's PutAsyncInvokeConfig, kept with the function).
+    pub async_invoke_config: Option<AsyncInvokeConfig>,
     /// fcsup's own settings for this function.
     pub fcsup: Option<FunctionExt>,
+}
+
+/// `asyncInvokeConfig`: how Async invocations are retried.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AsyncInvokeConfig {
+    /// Retries after a function error (FC: 0 to 8, default 3).
+    pub max_async_retry_attempts: Option<u32>,
+    /// Seconds an event may wait (throttled) before it is dropped (default 86400).
+    pub max_async_event_age_in_seconds: Option<u64>,
 }
 
 /// `customRuntimeConfig`.
@@ -181,7 +193,7 @@ pub struct FunctionExt {
 }
 
 /// A hook with its resolved timeout.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Hook {
     /// Handler string (sent in headers).
     pub handler: String,
@@ -189,8 +201,25 @@ pub struct Hook {
     pub timeout: Duration,
 }
 
+/// `healthCheckConfig` with FC's defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    /// Path probed with GET; 200 ≤ status < 400 passes.
+    pub path: String,
+    /// Wait after the Initializer before the first probe.
+    pub initial_delay: Duration,
+    /// Between probes (only while the instance is thawed).
+    pub period: Duration,
+    /// Per probe.
+    pub timeout: Duration,
+    /// Consecutive failures that make the instance unhealthy.
+    pub failure_threshold: u32,
+    /// Consecutive successes that make it healthy again.
+    pub success_threshold: u32,
+}
+
 /// One function, resolved and validated: what the pool and instances work from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Function {
     /// Name used in URLs.
     pub name: String,
@@ -225,7 +254,11 @@ pub struct Function {
     /// PreFreeze.
     pub pre_freeze: Option<Hook>,
     /// Health check.
-    pub health_check: Option<HealthCheckConfig>,
+    pub health_check: Option<HealthCheck>,
+    /// Retries of an Async invocation after a function error.
+    pub async_retries: u32,
+    /// How long an Async invocation may wait before it is dropped.
+    pub async_max_age: Duration,
     /// Minimum instances.
     pub min_instances: usize,
     /// Maximum instances of this function.
@@ -247,6 +280,8 @@ pub struct Config {
     pub functions: Vec<Function>,
     /// Supervisor-wide settings.
     pub global: GlobalExt,
+    /// The file's directory: relative `code` paths resolve against it.
+    pub base: PathBuf,
 }
 
 impl Config {
@@ -291,7 +326,17 @@ impl Config {
             }
             functions.push(f);
         }
-        Ok(Config { functions, global: file.fcsup.unwrap_or_default() })
+        Ok(Config { functions, global: file.fcsup.unwrap_or_default(), base: base.to_path_buf() })
+    }
+
+    /// Parses one function's `props` (YAML or JSON) for `PUT /admin/functions/{name}`; relative
+    /// paths resolve against `base` (the served file's directory).
+    pub fn parse_function(text: &str, name: &str, base: &Path) -> Result<Function, ConfigError> {
+        let at = PathBuf::from(format!("PUT /admin/functions/{name}"));
+        let mut props: Props =
+            serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse { path: at.clone(), message: e.to_string() })?;
+        props.function_name = Some(name.to_string());
+        validate(&props, name, base).map_err(|(key, message)| ConfigError::Invalid { path: at, key, message })
     }
 
     /// The function called `name`.

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::{Function, Hook, HookConfig, Props};
+use super::{Function, HealthCheck, Hook, HookConfig, Props};
 
 type Invalid = (String, String);
 
@@ -100,11 +100,12 @@ pub fn validate(p: &Props, default_name: &str, base: &Path) -> Result<Function, 
     if port == 0 {
         return bad("customRuntimeConfig.port", "0 is not a port: use 1 to 65535 (default 9000)");
     }
+    let mut health_check = None;
     if let Some(hc) = &crc.health_check_config {
         let k = "customRuntimeConfig.healthCheckConfig";
-        if !hc.http_get_url.as_deref().is_some_and(|u| u.starts_with('/') && u.len() <= 2048) {
+        let Some(path) = hc.http_get_url.clone().filter(|u| u.starts_with('/') && u.len() <= 2048) else {
             return bad(&format!("{k}.httpGetUrl"), "required: a path starting with '/' (at most 2048 characters)");
-        }
+        };
         let ranges = [
             ("initialDelaySeconds", hc.initial_delay_seconds, 0, 120),
             ("periodSeconds", hc.period_seconds, 1, 120),
@@ -117,6 +118,23 @@ pub fn validate(p: &Props, default_name: &str, base: &Path) -> Result<Function, 
                 return bad(&format!("{k}.{field}"), format!("{v} is out of range: {lo} to {hi}"));
             }
         }
+        health_check = Some(HealthCheck {
+            path,
+            initial_delay: Duration::from_secs(hc.initial_delay_seconds.unwrap_or(0)),
+            period: Duration::from_secs(hc.period_seconds.unwrap_or(3)),
+            timeout: Duration::from_secs(hc.timeout_seconds.unwrap_or(1)),
+            failure_threshold: hc.failure_threshold.unwrap_or(3),
+            success_threshold: hc.success_threshold.unwrap_or(1),
+        });
+    }
+    let aic = p.async_invoke_config.clone().unwrap_or_default();
+    let async_retries = aic.max_async_retry_attempts.unwrap_or(3);
+    if async_retries > 8 {
+        return bad("asyncInvokeConfig.maxAsyncRetryAttempts", format!("{async_retries} is out of range: 0 to 8"));
+    }
+    let async_age = aic.max_async_event_age_in_seconds.unwrap_or(86400);
+    if !(1..=86400).contains(&async_age) {
+        return bad("asyncInvokeConfig.maxAsyncEventAgeInSeconds", format!("{async_age} is out of range: 1 to 86400"));
     }
     let lc = p.instance_lifecycle_config.clone().unwrap_or_default();
     let initializer = hook("instanceLifecycleConfig.initializer", &lc.initializer, 300)?;
@@ -152,7 +170,9 @@ pub fn validate(p: &Props, default_name: &str, base: &Path) -> Result<Function, 
         initializer,
         pre_stop,
         pre_freeze,
-        health_check: crc.health_check_config,
+        health_check,
+        async_retries,
+        async_max_age: Duration::from_secs(async_age),
         min_instances: ext.min_instances.unwrap_or(0),
         max_instances: ext.max_instances,
         idle_timeout: Duration::from_secs(idle),

@@ -133,6 +133,7 @@ impl Instance {
             .map_err(|e| e.to_string())?;
         let control = if kind == HookKind::Initialize { "/initialize" } else { "" };
         add_request_headers(&self.fc_headers, &request_id, control, fn_type, req.headers_mut());
+        self.log.note(&format!("FC {marker} Start RequestId: {request_id}"));
         self.log.begin(&request_id);
         tracing::info!(function = %f.name, instance = %self.id, request_id, "FC {marker} Start");
         let call = async {
@@ -148,6 +149,10 @@ impl Instance {
             Err(_) => Err(format!("{marker} hook timed out after {} seconds", hook.timeout.as_secs())),
         };
         self.log.end(&request_id);
+        match &r {
+            Ok(status) => self.log.note(&format!("FC {marker} End RequestId: {request_id}, Status: {}", status.as_u16())),
+            Err(e) => self.log.note(&format!("FC {marker} End RequestId: {request_id}, Error: {e}")),
+        }
         tracing::info!(function = %f.name, instance = %self.id, request_id, outcome = ?r, "FC {marker} End");
         r
     }

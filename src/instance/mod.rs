@@ -7,6 +7,7 @@
 //! waits for the freeze, then thaws it.
 
 mod conn;
+mod health;
 mod hooks;
 
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -19,7 +20,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::header::HeaderMap;
 use hyper::{Method, Request, StatusCode};
 use tokio::io::unix::AsyncFd;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch, Notify};
 
 use crate::billing::{Phase, WindowRecord};
 use crate::cgroup::{Cgroup, CgroupError, CpuStat, Limits};
@@ -28,6 +29,7 @@ use crate::host::Host;
 use crate::logs::InstanceLog;
 use crate::sandbox::{self, Child, Netns, SandboxError, SandboxSpec};
 use conn::Connections;
+use health::Health;
 pub use hooks::HookKind;
 
 /// Why an instance could not start.
@@ -60,6 +62,14 @@ pub enum StartError {
     /// The Initializer failed.
     #[error("{0}")]
     Initializer(String),
+    /// The first HTTP health check did not pass.
+    #[error("Function instance health check failed on port {port}: {detail}")]
+    HealthCheck {
+        /// Port.
+        port: u16,
+        /// The last probe's failure.
+        detail: String,
+    },
 }
 
 /// Why a request failed on an instance (mapped to FC's error shapes by the API).
@@ -79,6 +89,10 @@ pub enum InvokeError {
         /// Peak memory.
         max_memory_mb: f64,
     },
+    /// The client closed its connection (FC's 499); the instance is replaced when it serves
+    /// one request at a time and has no health check (fc-spec §5.7).
+    #[error("Invocation canceled by client")]
+    Canceled,
     /// The instance is gone (stopped between dispatch and send).
     #[error("the instance was stopped before the request could run; retry")]
     Gone,
@@ -156,6 +170,28 @@ pub struct Call {
     pub init_failures_seen: u64,
     /// The caller wants the request's log (`x-fc-log-type: Tail`): wait for its last lines.
     pub want_log: bool,
+    /// Resolves with `Ok` when the client went away (FC's 499).
+    pub canceled: Option<oneshot::Receiver<()>>,
+    /// Async retries so far (`x-fc-retry-count`).
+    pub retry_count: u32,
+}
+
+impl Call {
+    /// The same request for another attempt (Async retries).
+    pub fn again(&self) -> Call {
+        Call {
+            http_trigger: self.http_trigger,
+            request_id: self.request_id.clone(),
+            method: self.method.clone(),
+            path_and_query: self.path_and_query.clone(),
+            headers: self.headers.clone(),
+            body: self.body.clone(),
+            init_failures_seen: 0,
+            want_log: false,
+            canceled: None,
+            retry_count: self.retry_count + 1,
+        }
+    }
 }
 
 /// The instance's answer.
@@ -179,6 +215,15 @@ pub struct Reply {
     pub instance_id: String,
 }
 
+impl Reply {
+    /// Whether the function reported a failure: for API invokes, a 404 (or `x-fc-status: 404`)
+    /// from a custom runtime is FC's unhandled function error; an HTTP trigger passes any
+    /// status through.
+    pub fn is_function_error(&self, http_trigger: bool) -> bool {
+        !http_trigger && (self.status == StatusCode::NOT_FOUND || self.headers.get("x-fc-status").is_some_and(|v| v.as_bytes() == b"404"))
+    }
+}
+
 /// One function instance.
 #[derive(Debug)]
 pub struct Instance {
@@ -196,6 +241,12 @@ pub struct Instance {
     boot: watch::Sender<Boot>,
     exit: watch::Sender<Option<i32>>,
     state: Mutex<State>,
+    /// True while the cgroup is thawed (health probes run only then).
+    thawed: watch::Sender<bool>,
+    health: Mutex<Health>,
+    /// Signalled when an unhealthy instance froze with nothing in flight: nothing would ever
+    /// thaw it to see it recover, so the pool retires it.
+    pub sick: Notify,
     /// Request slots handed out by the pool (≤ concurrency).
     pub reserved: AtomicUsize,
     /// When last used (ms since epoch).
@@ -263,7 +314,7 @@ impl Instance {
             }
         };
         tracing::debug!(instance = %id, clone_to_exec_us = child.clone_to_exec.as_micros() as u64, "spawned");
-        let log = InstanceLog::new(&function.name, &id, host.echo_logs);
+        let log = InstanceLog::new(&function.name, &id, host.echo_logs, host.log_files.for_function(&function.name));
         let fc_headers = hooks::instance_headers(&function, &id);
         log.attach(child.stdout, child.stderr);
         // SAFETY: the OwnedFd owns the pidfd for the AsyncFd's whole lifetime.
@@ -288,6 +339,9 @@ impl Instance {
             boot: watch::channel(Boot::Pending).0,
             exit: watch::channel(None).0,
             state: Mutex::new(State::Starting),
+            thawed: watch::channel(true).0,
+            health: Mutex::new(Health::default()),
+            sick: Notify::new(),
             reserved: AtomicUsize::new(0),
             last_used_ms: AtomicU64::new(crate::util::now_ms()),
             created_ms: crate::util::now_ms(),
@@ -329,6 +383,9 @@ impl Instance {
             Ok(d) => {
                 self.cold_start_us.store(d.as_micros() as u64, Ordering::Relaxed);
                 self.boot.send_replace(Boot::Ready);
+                if let Some(hc) = &self.function.health_check {
+                    self.watch_health(hc.clone());
+                }
             }
             Err(e) => {
                 self.boot.send_replace(Boot::Failed(e.to_string()));
@@ -381,7 +438,15 @@ impl Instance {
             } else {
                 Ok(())
             };
+            let checked = match (&initialized, &self.function.health_check) {
+                (Ok(()), Some(hc)) => self.first_health_check(hc).await,
+                _ => Ok(()),
+            };
             self.close_window(&mut p);
+            if let Err(e) = checked {
+                p.stopping = true;
+                return Err(e);
+            }
             // On a 400/404 the instance stays: the requests that waited fail and the next one
             // retries the Initializer (fc-spec §5.2 REC); anything else ends the instance.
             if let (Err(e), true) = (initialized, p.stopping) {
@@ -456,7 +521,8 @@ impl Instance {
     }
 
     /// Runs one request: thaw, proxy, and freeze once nothing is in flight.
-    pub async fn invoke(self: &Arc<Self>, call: Call) -> Result<Reply, InvokeError> {
+    pub async fn invoke(self: &Arc<Self>, mut call: Call) -> Result<Reply, InvokeError> {
+        let canceled = call.canceled.take();
         self.wait_booted().await?;
         {
             let mut p = self.power.lock().await;
@@ -486,7 +552,20 @@ impl Instance {
         self.log.begin(&call.request_id);
         let started = Instant::now();
         let cpu0 = self.cgroup.cpu_stat().unwrap_or_default();
-        let result = self.proxy(&call).await;
+        // A client that goes away aborts the request only where FC would replace the instance;
+        // otherwise the handler runs to its end and the answer is dropped.
+        let replace_on_cancel = self.function.concurrency == 1 && self.function.health_check.is_none();
+        let mut was_canceled = false;
+        let result = {
+            let mut proxy = std::pin::pin!(self.proxy(&call));
+            tokio::select! {
+                r = &mut proxy => r,
+                () = client_gone(canceled) => {
+                    was_canceled = true;
+                    if replace_on_cancel { Err(ProxyError::Canceled) } else { proxy.await }
+                }
+            }
+        };
         let cpu = self.cgroup.cpu_stat().unwrap_or_default().since(&cpu0).usage_usec;
         let duration = started.elapsed();
         if call.want_log {
@@ -495,7 +574,18 @@ impl Instance {
         let log = self.log.end(&call.request_id);
         self.last_used_ms.store(crate::util::now_ms(), Ordering::Relaxed);
         let max_memory_mb = self.max_memory_mb();
+        if was_canceled {
+            self.log.note(&format!(
+                "FC Invoke End RequestId: {}, Error: Invocation canceled by client (duration: {}ms, maxMemoryUsage: {max_memory_mb:.2}MB)",
+                call.request_id,
+                duration.as_millis()
+            ));
+        }
         let result = match result {
+            Err(ProxyError::Canceled) => {
+                self.mark_stopping().await;
+                Err(InvokeError::Canceled)
+            }
             Ok((status, headers, body)) => {
                 Ok(Reply { status, headers, body, duration, cpu_usec: cpu, max_memory_mb, log, instance_id: self.id.clone() })
             }
@@ -546,6 +636,9 @@ impl Instance {
         .map_err(|e| ProxyError::Failed(e.to_string()))?;
         let control = if call.http_trigger { "/http-invoke" } else { "/invoke" };
         hooks::add_request_headers(&self.fc_headers, &call.request_id, control, "0", req.headers_mut());
+        if call.retry_count > 0 {
+            req.headers_mut().insert("x-fc-retry-count", call.retry_count.into());
+        }
         let send = async {
             let mut s = self.conns.take(&self.netns).await?;
             let resp = s.send_request(req).await.map_err(|e| e.to_string())?;
@@ -599,8 +692,12 @@ impl Instance {
         match self.cgroup.freeze().await {
             Ok(()) => {
                 p.frozen = true;
+                self.thawed.send_replace(false);
                 self.close_window(&mut p);
                 self.set_state(State::Frozen);
+                if !self.healthy() {
+                    self.sick.notify_one();
+                }
                 tracing::info!(function = %self.function.name, instance = %self.id, us = t.elapsed().as_micros() as u64, "frozen");
             }
             Err(e) => tracing::error!(instance = %self.id, "freeze failed: {e}"),
@@ -612,6 +709,7 @@ impl Instance {
             let t = Instant::now();
             self.cgroup.thaw().await.map_err(|e| InvokeError::Internal(format!("thaw failed: {e}")))?;
             p.frozen = false;
+            self.thawed.send_replace(true);
             tracing::info!(function = %self.function.name, instance = %self.id, us = t.elapsed().as_micros() as u64, "thawed");
         }
         Ok(())
@@ -715,6 +813,7 @@ impl Instance {
         if let Err(e) = self.cgroup.remove() {
             tracing::error!(instance = %self.id, "{e}");
         }
+        self.thawed.send_replace(false);
         self.set_state(State::Dead);
         tracing::info!(function = %self.function.name, instance = %self.id, "stopped");
     }
@@ -722,7 +821,18 @@ impl Instance {
 
 enum ProxyError {
     Timeout,
+    Canceled,
     Failed(String),
+}
+
+/// Resolves when the client has gone (the API sent on the channel); never otherwise.
+async fn client_gone(canceled: Option<oneshot::Receiver<()>>) {
+    if let Some(rx) = canceled {
+        if rx.await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending().await
 }
 
 fn ms(d: Duration) -> f64 {

@@ -1,10 +1,14 @@
 //! Function output: stdout and stderr read line by line, tagged with function, instance and
 //! request id, printed in fcsup's own output (as `s local` shows them), kept in a per-instance
-//! ring for the admin API, and collected per request for `x-fc-log-type: Tail`.
+//! ring for the admin API, appended to a per-function log file, and collected per request for
+//! `x-fc-log-type: Tail`. fcsup's own lines about an instance (hook markers, cancellations,
+//! health verdicts) go to the same places, so one file tells a function's whole story.
 
 use std::collections::{HashMap, VecDeque};
+use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -14,6 +18,44 @@ const RING_LINES: usize = 1000;
 /// Bytes of log returned with `x-fc-log-type: Tail` (FC returns the last 4 KB).
 pub const TAIL_BYTES: usize = 4096;
 
+/// The per-function log files (`<dir>/<function>.log`, appended, never truncated).
+#[derive(Debug, Default)]
+pub struct LogFiles {
+    dir: Option<PathBuf>,
+    open: Mutex<HashMap<String, Arc<Mutex<File>>>>,
+}
+
+impl LogFiles {
+    /// Log files under `dir` (created if missing); `None` keeps logs in memory only.
+    pub fn new(dir: Option<PathBuf>) -> std::io::Result<Self> {
+        if let Some(d) = &dir {
+            std::fs::create_dir_all(d)?;
+        }
+        Ok(LogFiles { dir, open: Mutex::default() })
+    }
+
+    /// The file of `function`, opened once and shared by its instances.
+    pub fn for_function(&self, function: &str) -> Option<Arc<Mutex<File>>> {
+        let dir = self.dir.as_ref()?;
+        let mut open = self.open.lock().expect("log files");
+        if let Some(f) = open.get(function) {
+            return Some(f.clone());
+        }
+        let path = dir.join(format!("{function}.log"));
+        match File::options().create(true).append(true).open(&path) {
+            Ok(f) => {
+                let f = Arc::new(Mutex::new(f));
+                open.insert(function.to_string(), f.clone());
+                Some(f)
+            }
+            Err(e) => {
+                tracing::warn!("cannot open {}: {e}; {function}'s output is kept in memory only", path.display());
+                None
+            }
+        }
+    }
+}
+
 /// One instance's log state.
 #[derive(Debug)]
 pub struct InstanceLog {
@@ -21,6 +63,7 @@ pub struct InstanceLog {
     instance: String,
     inner: Mutex<Inner>,
     echo: bool,
+    file: Option<Arc<Mutex<File>>>,
     /// Duplicates of the output pipes' read ends, to see whether output is still unread.
     pipes: Mutex<Vec<OwnedFd>>,
 }
@@ -35,13 +78,15 @@ struct Inner {
 }
 
 impl InstanceLog {
-    /// A log for one instance; `echo` prints lines to fcsup's stdout.
-    pub fn new(function: &str, instance: &str, echo: bool) -> Arc<Self> {
+    /// A log for one instance; `echo` prints lines to fcsup's stdout, `file` is the
+    /// function's log file.
+    pub fn new(function: &str, instance: &str, echo: bool, file: Option<Arc<Mutex<File>>>) -> Arc<Self> {
         Arc::new(InstanceLog {
             function: function.into(),
             instance: instance.into(),
             inner: Mutex::default(),
             echo,
+            file,
             pipes: Mutex::default(),
         })
     }
@@ -100,13 +145,27 @@ impl InstanceLog {
                 }
             }
         }
+        self.keep(&mut g, stream, &tag, line);
+    }
+
+    /// Records a line of fcsup's own about this instance: kept and echoed like the function's
+    /// output, never captured as a request's.
+    pub fn note(&self, line: &str) {
+        let mut g = self.inner.lock().expect("log lock");
+        self.keep(&mut g, "fcsup", "", line);
+    }
+
+    fn keep(&self, g: &mut Inner, stream: &str, tag: &str, line: &str) {
         let short = &self.instance[..self.instance.len().min(12)];
         let text = format!("[{}/{}]{}{} {}", self.function, short, if tag.is_empty() { "" } else { " " }, tag, line);
         if g.ring.len() == RING_LINES {
             g.ring.pop_front();
         }
-        g.ring.push_back(format!("{} {stream} {text}", crate::util::now_rfc3339()));
-        drop(g);
+        let stamped = format!("{} {stream} {text}", crate::util::now_rfc3339());
+        if let Some(f) = &self.file {
+            let _ = writeln!(f.lock().expect("log file"), "{stamped}");
+        }
+        g.ring.push_back(stamped);
         if self.echo {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{text}");
@@ -162,7 +221,7 @@ mod tests {
 
     #[test]
     fn lines_go_to_the_running_request() {
-        let log = InstanceLog::new("f", "c-1234", false);
+        let log = InstanceLog::new("f", "c-1234", false, None);
         log.line("stdout", "before");
         log.begin("r1");
         log.line("stdout", "hello");

@@ -2,9 +2,11 @@
 //! concurrency slot, the busiest first so idle ones stay frozen; when all are full a new
 //! instance starts (a cold start), unless the function's or the supervisor's instance cap is
 //! reached (429 `ResourceExhausted`, at once). Minimum instances start at boot; instances idle
-//! longer than `idleTimeout` are reclaimed with PreStop.
+//! longer than `idleTimeout` are reclaimed with PreStop. Unhealthy instances get no new
+//! requests; a pool replaced by a configuration change drains: its requests finish, then its
+//! instances stop.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +23,10 @@ pub struct Pool {
     members: Mutex<Vec<Arc<Instance>>>,
     /// Live instances across all pools, and their cap.
     global: Arc<GlobalCount>,
+    /// Instances out of rotation that are finishing their requests or stopping.
+    stopping: Mutex<tokio::task::JoinSet<()>>,
+    /// Set by shutdown: no new instance may start.
+    closed: AtomicBool,
 }
 
 /// The supervisor-wide instance count and cap.
@@ -60,7 +66,7 @@ pub struct Dispatched {
 impl Pool {
     /// A pool for `function`.
     pub fn new(host: Arc<Host>, function: Arc<Function>, global: Arc<GlobalCount>) -> Arc<Self> {
-        Arc::new(Pool { function, host, members: Mutex::new(Vec::new()), global })
+        Arc::new(Pool { function, host, members: Mutex::new(Vec::new()), global, stopping: Mutex::default(), closed: AtomicBool::new(false) })
     }
 
     /// Starts the minimum instances and waits until they are initialized and frozen, then
@@ -98,7 +104,9 @@ impl Pool {
         call.init_failures_seen = inst.init_failures();
         let result = inst.invoke(call).await;
         drop(slot);
-        if !inst.usable() {
+        if matches!(result, Err(InvokeError::Canceled)) {
+            self.replace(&inst);
+        } else if !inst.usable() {
             self.retire(&inst);
         }
         Dispatched { result, cold_start, instance_id: Some(inst.id.clone()) }
@@ -111,7 +119,7 @@ impl Pool {
         let mut members = self.members.lock().expect("pool");
         let best = members
             .iter()
-            .filter(|i| i.usable())
+            .filter(|i| i.usable() && i.healthy())
             .filter_map(|i| {
                 let r = i.reserved.load(Ordering::Acquire);
                 (r < conc).then_some((r, i))
@@ -128,7 +136,10 @@ impl Pool {
 
     /// Spawns one instance into `members` (the pool's lock held) and boots it in the background.
     fn add_locked(self: &Arc<Self>, members: &mut Vec<Arc<Instance>>) -> Result<Arc<Instance>, InvokeError> {
-        let live = members.iter().filter(|i| i.usable()).count();
+        if self.closed.load(Ordering::Acquire) {
+            return Err(InvokeError::Gone);
+        }
+        let live = members.iter().filter(|i| i.usable() && i.healthy()).count();
         if let Some(max) = self.function.max_instances {
             if live >= max {
                 return Err(InvokeError::Throttled(format!(
@@ -161,12 +172,22 @@ impl Pool {
                 }
                 return;
             }
-            // Whatever ends the process (crash, OOM kill), the instance leaves the pool.
-            let code = booting.exited().await;
-            if let Some(p) = pool.upgrade() {
-                if p.remove(&booting) {
-                    tracing::warn!(function = %p.function.name, instance = %booting.id, code, "instance exited");
-                    p.stop_detached(booting);
+            // Whatever ends the process (crash, OOM kill), the instance leaves the pool; so does
+            // one that froze unhealthy, since nothing would thaw it to see it recover.
+            tokio::select! {
+                code = booting.exited() => {
+                    if let Some(p) = pool.upgrade() {
+                        if p.remove(&booting) {
+                            tracing::warn!(function = %p.function.name, instance = %booting.id, code, "instance exited");
+                            p.stop_detached(booting);
+                        }
+                    }
+                }
+                () = booting.sick.notified() => {
+                    if let Some(p) = pool.upgrade() {
+                        tracing::warn!(function = %p.function.name, instance = %booting.id, "retiring unhealthy instance");
+                        p.retire(&booting);
+                    }
                 }
             }
         });
@@ -191,13 +212,44 @@ impl Pool {
         }
     }
 
+    /// Replaces an instance whose client went away (fc-spec §5.7): a new instance starts at
+    /// once and the old one is stopped when the new one is up.
+    fn replace(self: &Arc<Self>, old: &Arc<Instance>) {
+        if !self.remove(old) {
+            return;
+        }
+        let fresh = self.add_locked(&mut self.members.lock().expect("pool")).ok();
+        let old = old.clone();
+        let mut stopping = self.stopping.lock().expect("pool");
+        while stopping.try_join_next().is_some() {}
+        stopping.spawn(async move {
+            if let Some(f) = fresh {
+                let _ = f.wait_booted().await;
+            }
+            old.stop().await;
+        });
+    }
+
+    /// Stops `inst` once its requests finished; [`Pool::shutdown`] waits for it.
     fn stop_detached(&self, inst: Arc<Instance>) {
-        tokio::spawn(async move {
+        let mut stopping = self.stopping.lock().expect("pool");
+        while stopping.try_join_next().is_some() {}
+        stopping.spawn(async move {
             while inst.reserved.load(Ordering::Acquire) > 0 && inst.usable() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             inst.stop().await;
         });
+    }
+
+    /// Takes every instance out of rotation; each stops (PreStop first) once its requests
+    /// finished.
+    pub fn drain(&self) {
+        let all: Vec<Arc<Instance>> = std::mem::take(&mut *self.members.lock().expect("pool"));
+        self.global.live.fetch_sub(all.len(), Ordering::AcqRel);
+        for inst in all {
+            self.stop_detached(inst);
+        }
     }
 
     /// Reclaims instances idle past `idleTimeout` (keeping the minimum).
@@ -232,14 +284,18 @@ impl Pool {
         self.members.lock().expect("pool").clone()
     }
 
-    /// Stops every instance (PreStop first) and waits for them.
+    /// Stops every instance (PreStop first, once its requests finished) and waits for them;
+    /// the pool then stays empty.
     pub async fn shutdown(&self) {
-        let all: Vec<Arc<Instance>> = std::mem::take(&mut *self.members.lock().expect("pool"));
-        self.global.live.fetch_sub(all.len(), Ordering::AcqRel);
-        let mut stops = tokio::task::JoinSet::new();
-        for inst in all {
-            stops.spawn(async move { inst.stop().await });
-        }
+        self.closed.store(true, Ordering::Release);
+        self.reclaim_all().await;
+    }
+
+    /// Reclaims every instance now (PreStop first, once its requests finished) and waits
+    /// for them; later requests start new ones.
+    pub async fn reclaim_all(&self) {
+        self.drain();
+        let mut stops = std::mem::take(&mut *self.stopping.lock().expect("pool"));
         while stops.join_next().await.is_some() {}
     }
 }

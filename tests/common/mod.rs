@@ -94,6 +94,8 @@ impl Fcsup {
             .arg(&file)
             .args(["--listen", &format!("127.0.0.1:{port}"), "--cgroup-root", &cgroup_root, "--ledger"])
             .arg(dir.path().join("ledger.jsonl"))
+            .arg("--log-dir")
+            .arg(dir.path().join("logs"))
             .args(args)
             .env("FCSUP_LOG", "fcsup=debug")
             .stdout(Stdio::piped())
@@ -120,6 +122,23 @@ impl Fcsup {
             std::thread::sleep(Duration::from_millis(10));
         }
         f
+    }
+
+    /// The served s.yaml (rewrite it, then [`Fcsup::hangup`] to reload).
+    pub fn file(&self) -> PathBuf {
+        self.dir.path().join("s.yaml")
+    }
+
+    /// The per-function log file of `name`.
+    pub fn log_file(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join("logs").join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Sends SIGHUP (reload the file).
+    pub fn hangup(&self) {
+        let pid = self.child.as_ref().expect("running").id() as i32;
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(pid, libc::SIGHUP) };
     }
 
     /// All output lines so far.
@@ -295,6 +314,18 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
         }
         out.extend_from_slice(&b[nl + 2..nl + 2 + n]);
         b = &b[nl + 2 + n + 2..];
+    }
+}
+
+/// Polls `f` every 10 ms until it returns `Some`, failing after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -1,0 +1,174 @@
+//! FC 3.0 InvokeFunction and the HTTP trigger: Sync requests run on an instance and answer in
+//! FC's shapes; Async ones are queued and answered 202 at once. A Sync request runs in a task
+//! of its own, so a client that hangs up (FC's 499) cannot leave the instance half-used: the
+//! task finishes the request's bookkeeping and the instance decides what the hang-up means.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use hyper::{Request, Response, StatusCode};
+use tokio::sync::oneshot;
+
+use super::{fc_error, function_error, not_found, Resp};
+use crate::instance::{Call, InvokeError, Reply};
+use crate::pool::Dispatched;
+use crate::supervisor::Supervisor;
+
+/// Largest synchronous request body FC accepts (32 MB).
+const MAX_BODY: usize = 32 * 1024 * 1024;
+
+/// Tells the request's task that the client went away, unless disarmed first.
+struct HangUp(Option<oneshot::Sender<()>>);
+
+impl Drop for HangUp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Handles an invocation of function `name`.
+pub async fn invoke(sup: &Arc<Supervisor>, req: Request<Incoming>, name: String, http_trigger: bool, request_id: String) -> Resp {
+    let Some(pool) = sup.pool(&name) else { return not_found(&name, &request_id) };
+    let header = |k: &str| req.headers().get(k).map(|v| v.to_str().unwrap_or("").to_string());
+    let tail = header("x-fc-log-type").is_some_and(|v| v.eq_ignore_ascii_case("tail"));
+    let is_async = match header("x-fc-invocation-type") {
+        None => false,
+        Some(t) if t.eq_ignore_ascii_case("sync") => false,
+        Some(t) if t.eq_ignore_ascii_case("async") => true,
+        Some(t) => {
+            let msg = format!("x-fc-invocation-type {t:?} is invalid: Sync or Async");
+            return fc_error(StatusCode::BAD_REQUEST, "InvalidArgument", &msg, &request_id);
+        }
+    };
+    let task_id = header("x-fc-async-task-id").filter(|t| !t.is_empty());
+    let path_and_query = if http_trigger {
+        let full = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let after = &full["/http/".len() + name.len()..];
+        if after.is_empty() || after.starts_with('?') { format!("/{after}") } else { after.to_string() }
+    } else {
+        "/invoke".into()
+    };
+    if path_and_query.len() > 4096 {
+        return fc_error(StatusCode::BAD_REQUEST, "InvalidArgument", "path and query are longer than 4 KB", &request_id);
+    }
+    let limit = if is_async { crate::queue::MAX_BODY } else { MAX_BODY };
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            let msg = if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                format!("request body is larger than {} KB, FC's limit for {} invocations", limit / 1024, if is_async { "Async" } else { "Sync" })
+            } else {
+                format!("cannot read the request body: {e}")
+            };
+            return fc_error(StatusCode::BAD_REQUEST, "InvalidArgument", &msg, &request_id);
+        }
+    };
+    let mut call = Call {
+        http_trigger,
+        request_id: request_id.clone(),
+        method: parts.method,
+        path_and_query,
+        headers: parts.headers,
+        body,
+        init_failures_seen: 0,
+        want_log: tail && !is_async,
+        canceled: None,
+        retry_count: 0,
+    };
+    if is_async {
+        let id = task_id.clone().unwrap_or_else(|| request_id.clone());
+        if sup.async_queue.contains(&id) {
+            let msg = format!("async task {id} already exists");
+            return fc_error(StatusCode::CONFLICT, "AsyncTaskAlreadyExist", &msg, &request_id);
+        }
+        sup.async_queue.submit(sup, id, name, call);
+        let mut r = Response::builder().status(StatusCode::ACCEPTED).header("x-fc-request-id", &request_id);
+        if let Some(t) = &task_id {
+            r = r.header("x-fc-async-task-id", t);
+        }
+        return r.body(Full::new(Bytes::new())).expect("response");
+    }
+    let (tx, rx) = oneshot::channel();
+    call.canceled = Some(rx);
+    let mut hang_up = HangUp(Some(tx));
+    let run = pool.clone();
+    let task = tokio::spawn(async move { run.dispatch(call).await });
+    let d = match task.await {
+        Ok(d) => d,
+        Err(e) => Dispatched { result: Err(InvokeError::Internal(format!("the request's task failed: {e}"))), cold_start: false, instance_id: None },
+    };
+    hang_up.0 = None;
+    if matches!(d.result, Err(InvokeError::Canceled)) {
+        tracing::info!(function = %name, request_id, "client closed the request (499)");
+    }
+    respond(d, http_trigger, tail, &request_id, pool.function.memory_mb)
+}
+
+/// The response for a finished Sync request, in FC's shapes.
+fn respond(d: Dispatched, http_trigger: bool, tail: bool, request_id: &str, memory_mb: u64) -> Resp {
+    let mut resp = match d.result {
+        Ok(reply) => reply_response(reply, http_trigger, tail, request_id, memory_mb),
+        Err(InvokeError::Throttled(m)) => fc_error(StatusCode::TOO_MANY_REQUESTS, "ResourceExhausted", &m, request_id),
+        Err(InvokeError::Gone) => fc_error(StatusCode::SERVICE_UNAVAILABLE, "ResourceThrottled", &InvokeError::Gone.to_string(), request_id),
+        Err(InvokeError::Internal(m)) => fc_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError", &m, request_id),
+        Err(InvokeError::Canceled) => {
+            let status = StatusCode::from_u16(499).expect("499");
+            fc_error(status, "ClientClosedRequest", &InvokeError::Canceled.to_string(), request_id)
+        }
+        Err(e @ InvokeError::Initialization(_)) => function_error("InitializationError", &e.to_string()),
+        Err(e) => function_error("UnhandledInvocationError", &e.to_string()),
+    };
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert("x-fc-request-id", v);
+    }
+    if let Some(id) = d.instance_id.and_then(|i| HeaderValue::from_str(&i).ok()) {
+        h.insert("x-fc-instance-id", id);
+    }
+    h.insert("x-fcsup-cold-start", HeaderValue::from_static(if d.cold_start { "true" } else { "false" }));
+    resp
+}
+
+fn reply_response(reply: Reply, http_trigger: bool, tail: bool, request_id: &str, memory_mb: u64) -> Resp {
+    let mut b = Response::builder();
+    if http_trigger {
+        b = b.status(reply.status);
+        for (k, v) in &reply.headers {
+            let n = k.as_str();
+            if n.starts_with("x-fc-")
+                || matches!(n, "connection" | "content-length" | "date" | "keep-alive" | "server" | "upgrade" | "transfer-encoding")
+            {
+                continue;
+            }
+            b = b.header(k, v);
+        }
+    } else if reply.is_function_error(false) {
+        b = b.header("x-fc-error-type", "UnhandledInvocationError");
+    }
+    let billed_ms = reply.duration.as_micros().div_ceil(1000);
+    let mut r = b
+        .header("x-fc-invocation-duration", billed_ms.to_string())
+        .header("x-fc-max-memory-usage", format!("{:.2}", reply.max_memory_mb))
+        .header("x-fcsup-cpu-time-us", reply.cpu_usec.to_string())
+        .body(Full::new(reply.body))
+        .expect("response");
+    if tail {
+        let summary = format!(
+            "Duration: {:.2} ms, Billed Duration: {billed_ms} ms, Memory Size: {memory_mb} MB, Max Memory Used: {:.2} MB",
+            reply.duration.as_secs_f64() * 1000.0,
+            reply.max_memory_mb
+        );
+        let log = crate::logs::tail(request_id, &reply.log, &summary);
+        if let Ok(v) = HeaderValue::from_str(&base64::engine::general_purpose::STANDARD.encode(log)) {
+            r.headers_mut().insert("x-fc-log-result", v);
+        }
+    }
+    r
+}
