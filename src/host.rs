@@ -1,10 +1,13 @@
-//! What every instance shares: the cgroup root, the runtime directory, the ledger.
+//! What every instance shares: the cgroup root, the runtime directory, the ledger, logs and
+//! metrics.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::billing::Ledger;
 use crate::cgroup::CgroupRoot;
 use crate::logs::LogFiles;
+use crate::metrics::Metrics;
 
 /// Shared, read-mostly context of one supervisor.
 #[derive(Debug)]
@@ -18,7 +21,9 @@ pub struct Host {
     /// Print function output in fcsup's own output.
     pub echo_logs: bool,
     /// Billing ledger.
-    pub ledger: Ledger,
+    pub ledger: Arc<Ledger>,
     /// Per-function log files.
     pub log_files: LogFiles,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
 }

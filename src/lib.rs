@@ -13,6 +13,7 @@ pub mod demo;
 pub mod host;
 pub mod instance;
 pub mod logs;
+pub mod metrics;
 pub mod pool;
 pub mod queue;
 pub mod sandbox;

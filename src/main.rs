@@ -89,6 +89,21 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9100")]
         url: String,
     },
+    /// Per-function bill from the ledger: invocations, cold starts, billed ms, CPU ms, CU, cost.
+    Report {
+        /// Read this ledger file (JSON lines) instead of asking a running fcsup.
+        #[arg(long)]
+        ledger: Option<PathBuf>,
+        /// Address of the running fcsup.
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        url: String,
+        /// Only records starting at or after this time (ms since the epoch).
+        #[arg(long)]
+        since: Option<u64>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Probe the host: cgroup mode, freezer, namespaces, capabilities, GPU.
     Check {
         /// Print JSON.
@@ -223,6 +238,29 @@ async fn run(cli: Cli) -> Result<()> {
                     i["cold_start_ms"].as_f64().unwrap_or(0.0),
                     i["last_used"].as_str().unwrap_or("")
                 );
+            }
+            Ok(())
+        }
+        Command::Report { ledger, url, since, json } => {
+            let text = match &ledger {
+                Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
+                None => {
+                    let r = fcsup::client::request(&url, Method::GET, "/admin/ledger", &[], Bytes::new())
+                        .await
+                        .with_context(|| format!("cannot reach fcsup at {url} (or pass --ledger FILE)"))?;
+                    String::from_utf8_lossy(&r.body).into_owned()
+                }
+            };
+            let records: Vec<fcsup::billing::WindowRecord> = text
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .filter(|r: &fcsup::billing::WindowRecord| since.is_none_or(|s| r.start_ms >= s))
+                .collect();
+            let bills = fcsup::billing::report::summarize(&records);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&bills)?);
+            } else {
+                print!("{}", fcsup::billing::report::table(&bills));
             }
             Ok(())
         }

@@ -16,6 +16,7 @@ use crate::billing::Ledger;
 use crate::cgroup::{CgroupError, CgroupRoot, Hierarchy};
 use crate::config::{Config, Function};
 use crate::logs::LogFiles;
+use crate::metrics::Metrics;
 use crate::host::Host;
 use crate::instance::{Instance, Snapshot, StartError};
 use crate::pool::{GlobalCount, Pool};
@@ -140,7 +141,17 @@ impl Supervisor {
         let ledger = Ledger::open(ledger_path.clone()).map_err(io("cannot open the ledger", &ledger_path.unwrap_or_default()))?;
         let log_dir = opts.log_dir.clone();
         let log_files = LogFiles::new(log_dir.clone()).map_err(io("cannot create the log directory", &log_dir.unwrap_or_default()))?;
-        let host = Arc::new(Host { cgroups, run_dir, rootfs_mountpoint: rootfs, echo_logs: opts.echo_logs, ledger, log_files });
+        let ledger = Arc::new(ledger);
+        ledger.start_syncing();
+        let host = Arc::new(Host {
+            cgroups,
+            run_dir,
+            rootfs_mountpoint: rootfs,
+            echo_logs: opts.echo_logs,
+            ledger,
+            log_files,
+            metrics: Metrics::default(),
+        });
         let global = GlobalCount::new(config.global.max_instances.unwrap_or(100));
         let mut pools = BTreeMap::new();
         for f in &config.functions {
@@ -187,7 +198,7 @@ impl Supervisor {
         let old = self.pools.write().expect("pools").insert(name, pool);
         let existed = old.is_some();
         if let Some(old) = old {
-            old.drain();
+            old.close();
             self.replaced.lock().expect("pools").push(old);
         }
         Ok(existed)
@@ -214,7 +225,7 @@ impl Supervisor {
             self.pools.read().expect("pools").keys().filter(|n| config.function(n).is_none()).cloned().collect();
         for name in gone {
             if let Some(old) = self.pools.write().expect("pools").remove(&name) {
-                old.drain();
+                old.close();
                 self.replaced.lock().expect("pools").push(old);
                 done.removed.push(name);
             }
@@ -250,6 +261,7 @@ impl Supervisor {
         if leaked > 0 {
             tracing::error!("{leaked} instance cgroup(s) were still there at shutdown; killed");
         }
+        self.host.ledger.sync();
         if let Err(e) = self.host.cgroups.remove() {
             tracing::warn!("{e}");
         }

@@ -1,6 +1,7 @@
-//! Privileged tests of the phase ledger built so far (issue 5): the CPU billed for a window is
-//! the CPU the function burned, concurrent requests share one window, and the ledger file
-//! keeps every record.
+//! Privileged tests of billing (issue 5): the CPU billed for a window is the CPU the function
+//! burned, frozen time costs nothing, concurrent requests share one window, hooks have their
+//! own records, records are priced in FC's CU, the ledger survives restarts, and `/metrics`
+//! is valid Prometheus text.
 
 mod common;
 
@@ -63,14 +64,150 @@ fn concurrent_requests_share_one_window() {
 }
 
 #[test]
-fn ledger_file_keeps_every_record_across_restarts() {
+fn ledger_survives_a_restart_and_report_sums_it() {
     let Some(mut f) = serve_if_privileged(&fixture_props("persist", "")) else { return };
-    assert_eq!(f.invoke("persist", "{}").status, 200);
+    let first = f.invoke("persist", "{}");
+    assert_eq!(first.status, 200);
+    window_of(&f, first.header("x-fc-request-id"));
+    f.restart();
+    let second = f.invoke("persist", "{}");
+    window_of(&f, second.header("x-fc-request-id"));
+    // The new process serves the earlier run's records too.
+    window_of(&f, first.header("x-fc-request-id"));
     f.stop_and_check_clean();
     let path = f.dir.path().join("ledger.jsonl");
     let lines: Vec<serde_json::Value> =
         std::fs::read_to_string(&path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let phases: Vec<&str> = lines.iter().map(|l| l["phase"].as_str().unwrap()).collect();
-    assert!(phases.contains(&"initialize") && phases.contains(&"invoke"), "{phases:?}");
-    assert!(lines.iter().all(|l| l["function"] == "persist"));
+    assert_eq!(phases.iter().filter(|p| **p == "initialize").count(), 2, "{phases:?}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fcsup"))
+        .args(["report", "--json", "--ledger"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bill = &report[0];
+    assert_eq!((bill["function"].as_str(), bill["invocations"].as_u64(), bill["cold_starts"].as_u64()), (Some("persist"), Some(2), Some(2)));
+    let billed: u64 = lines.iter().map(|l| l["billed_ms"].as_u64().unwrap()).sum();
+    assert_eq!(bill["billed_ms"].as_u64().unwrap(), billed);
+}
+
+#[test]
+fn frozen_background_work_is_not_billed() {
+    let env = "environmentVariables: {FIXTURE_SPIN: '1'}";
+    let Some(mut f) = serve_if_privileged(&fixture_props("spinner", env)) else { return };
+    let cgroup = f.warm("spinner");
+    let frozen_usage = usage_usec(&cgroup);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(usage_usec(&cgroup), frozen_usage, "a thread spinning flat out used CPU while frozen");
+    let r = f.invoke("spinner", "{}");
+    let w = window_of(&f, r.header("x-fc-request-id"));
+    let (cpu, wall) = (w["cpu_us"].as_u64().unwrap(), w["wall_us"].as_u64().unwrap());
+    assert!(cpu <= 2 * wall + 1000, "the window holds only its own time: {cpu} us CPU in {wall} us (2 cores)");
+    assert!(cpu < 100_000, "the 500 ms idle gap leaked into the window: {cpu} us");
+    // Every µs the cgroup ever used is in exactly one record.
+    wait_frozen(&cgroup);
+    let id = r.header("x-fc-instance-id").to_string();
+    let total = usage_usec(&cgroup);
+    let billed: u64 = wait_for("the window to be recorded", Duration::from_secs(5), || {
+        let recs = ledger(&f);
+        let sum: u64 = recs.iter().filter(|r| r["instance"] == id.as_str()).map(|r| r["cpu_us"].as_u64().unwrap()).sum();
+        (sum == total).then_some(sum)
+    });
+    assert_eq!(billed, total);
+    f.stop_and_check_clean();
+}
+
+#[test]
+fn hooks_are_billed_as_their_own_phases() {
+    let extra = "instanceLifecycleConfig:\n  initializer: {handler: i, timeout: 5}\n  preFreeze: {handler: f, timeout: 5}\n  preStop: {handler: s, timeout: 5}";
+    let Some(mut f) = serve_if_privileged(&fixture_props("hooked", extra)) else { return };
+    let r = f.invoke("hooked", "{}");
+    let rid = r.header("x-fc-request-id").to_string();
+    let w = window_of(&f, &rid);
+    assert_eq!(w["phase"], "pre-freeze", "PreFreeze is billed in the window it ends: {w:#}");
+    assert_eq!(w["invocations"], 1);
+    f.stop_and_check_clean();
+    let recs: Vec<serde_json::Value> = std::fs::read_to_string(f.dir.path().join("ledger.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let phases: Vec<&str> = recs.iter().map(|r| r["phase"].as_str().unwrap()).collect();
+    assert_eq!(phases, ["initialize", "pre-freeze", "pre-stop"], "{recs:#?}");
+    assert_eq!(recs[0]["cold_start"], true);
+    assert_eq!((recs[0]["invocations"].as_u64(), recs[2]["invocations"].as_u64()), (Some(0), Some(0)), "hooks are not invocations");
+    let out = f.output();
+    let pos = |needle: &str| out.iter().position(|l| l.contains(needle)).unwrap_or_else(|| panic!("no {needle}"));
+    assert!(pos("EVENT invoke") < pos("EVENT pre-freeze"));
+}
+
+#[test]
+fn records_are_priced_in_fc_capacity_units() {
+    let Some(mut f) = serve_if_privileged(&fixture_props("priced", "")) else { return };
+    let r = f.invoke("priced", r#"{"op":"sleep","ms":20}"#);
+    let w = window_of(&f, r.header("x-fc-request-id"));
+    let secs = w["billed_ms"].as_f64().unwrap() / 1000.0;
+    // fixture: 1 vCPU, 1024 MB, 512 MB disk (free).
+    let expect = secs * 1.0 + secs * 1.0 * 0.15 + 75.0 / 10_000.0;
+    let cu = w["cu"]["total"].as_f64().unwrap();
+    assert!((cu - expect).abs() < 1e-9, "{cu} CU, expected {expect}: {w:#}");
+    assert!((w["cost_usd"].as_f64().unwrap() - cu * 0.00002).abs() < 1e-15);
+    assert_eq!(w["resource_mode"], "OnDemand");
+    let source = w["memory_source"].as_str().unwrap();
+    assert!(["memory.peak", "memory.max_usage_in_bytes"].contains(&source), "this host has a memory controller: {source}");
+    let peak = w["peak_memory_bytes"].as_u64().unwrap();
+    assert!(peak > 1 << 20, "a Python server uses more than 1 MB: {peak}");
+    f.stop_and_check_clean();
+}
+
+#[test]
+fn minimum_instance_frozen_time_is_billed_at_idle_rates() {
+    let Some(mut f) = serve_if_privileged(&fixture_props("provisioned", "fcsup: {minInstances: 1}")) else { return };
+    std::thread::sleep(Duration::from_millis(300));
+    let r = f.invoke("provisioned", "{}");
+    assert_eq!(r.header("x-fcsup-cold-start"), "false");
+    window_of(&f, r.header("x-fc-request-id"));
+    let idle: Vec<serde_json::Value> = ledger(&f).into_iter().filter(|r| r["phase"] == "idle").collect();
+    assert_eq!(idle.len(), 1, "{idle:#?}");
+    let w = &idle[0];
+    assert_eq!((w["resource_mode"].as_str(), w["cpu_us"].as_u64(), w["invocations"].as_u64()), (Some("Provision"), Some(0), Some(0)));
+    assert!(w["wall_us"].as_u64().unwrap() >= 300_000, "{w:#}");
+    assert_eq!(w["cu"]["vcpu"].as_f64(), Some(0.0), "idle vCPU is free");
+    assert!(w["cu"]["memory"].as_f64().unwrap() > 0.0, "memory is billed while provisioned");
+    f.stop_and_check_clean();
+}
+
+#[test]
+fn metrics_are_valid_prometheus_text() {
+    let Some(mut f) = serve_if_privileged(&fixture_props("measured", "")) else { return };
+    f.warm("measured");
+    let r = f.invoke("measured", r#"{"op":"fail"}"#);
+    window_of(&f, r.header("x-fc-request-id"));
+    let text = http(&f.addr, "GET", "/metrics", &[], b"").text();
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).unwrap_or_else(|e| panic!("{e}:\n{text}"));
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        let s = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"));
+        match &s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => *v,
+            prometheus_parse::Value::Histogram(h) => h.iter().map(|b| b.count).fold(0.0, f64::max),
+            other => panic!("{other:?}"),
+        }
+    };
+    let func = ("function", "measured");
+    assert_eq!(value("fcsup_invocations_total", &[func, ("outcome", "success")]), 1.0);
+    assert_eq!(value("fcsup_invocations_total", &[func, ("outcome", "UnhandledInvocationError")]), 1.0);
+    assert_eq!(value("fcsup_cold_starts_total", &[func]), 1.0);
+    assert!(value("fcsup_thaw_seconds", &[func]) >= 1.0, "one thaw observed");
+    assert!(value("fcsup_freeze_seconds", &[func]) >= 2.0, "two freezes observed");
+    assert!(value("fcsup_cpu_seconds_total", &[func, ("phase", "invoke")]) > 0.0);
+    assert!(value("fcsup_billed_seconds_total", &[func, ("phase", "initialize")]) > 0.0);
+    assert_eq!(value("fcsup_instances", &[func, ("state", "frozen")]), 1.0);
+    f.stop_and_check_clean();
 }

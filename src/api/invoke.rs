@@ -105,6 +105,7 @@ pub async fn invoke(sup: &Arc<Supervisor>, req: Request<Incoming>, name: String,
         Err(e) => Dispatched { result: Err(InvokeError::Internal(format!("the request's task failed: {e}"))), cold_start: false, instance_id: None },
     };
     hang_up.0 = None;
+    sup.host.metrics.invocation(&name, d.outcome(http_trigger));
     if matches!(d.result, Err(InvokeError::Canceled)) {
         tracing::info!(function = %name, request_id, "client closed the request (499)");
     }

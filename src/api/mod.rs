@@ -78,6 +78,14 @@ pub async fn handle(sup: &Arc<Supervisor>, req: Request<Incoming>) -> Resp {
         let name = rest.split('/').next().unwrap_or("").to_string();
         return invoke::invoke(sup, req, name, true, request_id).await;
     }
+    if method == Method::GET && path == "/metrics" {
+        let instances = sup.instances().into_iter().map(|i| (i.function, format!("{:?}", i.state).to_lowercase()));
+        let body = sup.host.metrics.render(instances);
+        return Response::builder()
+            .header("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
+            .body(Full::new(Bytes::from(body)))
+            .expect("response");
+    }
     if path.starts_with("/admin/") {
         if let Some(r) = admin::route(sup, req, &request_id).await {
             return r;

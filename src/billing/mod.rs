@@ -1,20 +1,24 @@
-//! The phase ledger: one record per active window of an instance (thaw → freeze) and per
-//! hook, with wall time, the CPU its cgroup used (`cpu.stat`) and FC's billed duration
-//! (1 ms granularity, rounded up). Concurrent requests on one instance share one window.
+//! Billing: one ledger record per active window of an instance (thaw → freeze) and per hook,
+//! with wall time, the CPU its cgroup used (`cpu.stat`), the window's peak memory, FC's billed
+//! duration (1 ms granularity, rounded up) and FC's capacity units and price. Concurrent
+//! requests on one instance share one window; provisioned (minimum) instances also get `idle`
+//! records for their frozen time (fc-spec §6).
 
-use std::fs::File;
-use std::io::Write;
-use std::path::PathBuf;
-use std::sync::Mutex;
+mod ledger;
+pub mod price;
+pub mod report;
+
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::cgroup::CpuStat;
+use crate::cgroup::{CpuStat, MemorySource};
 use crate::config::Function;
+pub use ledger::{Ledger, SYNC_INTERVAL};
+use price::Cu;
 
 /// The lifecycle phase a window is billed under.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
     /// Start and Initializer.
@@ -25,10 +29,48 @@ pub enum Phase {
     PreFreeze,
     /// PreStop hook.
     PreStop,
+    /// A provisioned instance's frozen time (billed at idle rates).
+    Idle,
+}
+
+impl Phase {
+    /// The name used in the ledger and in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Initialize => "initialize",
+            Phase::Invoke => "invoke",
+            Phase::PreFreeze => "pre-freeze",
+            Phase::PreStop => "pre-stop",
+            Phase::Idle => "idle",
+        }
+    }
+}
+
+/// FC's resource modes (`resourceMode` in its request metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum ResourceMode {
+    /// Started by a request, billed while active.
+    #[default]
+    OnDemand,
+    /// A minimum instance, billed from start to release.
+    Provision,
+}
+
+/// What was measured over one window.
+#[derive(Debug, Clone, Copy)]
+pub struct Usage {
+    /// Wall time.
+    pub wall: Duration,
+    /// CPU the cgroup used.
+    pub cpu: CpuStat,
+    /// Peak memory, bytes.
+    pub peak_memory_bytes: Option<u64>,
+    /// Where the memory figure comes from.
+    pub memory_source: MemorySource,
 }
 
 /// One ledger line.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WindowRecord {
     /// Instance id.
     pub instance: String,
@@ -36,8 +78,17 @@ pub struct WindowRecord {
     pub function: String,
     /// Phase.
     pub phase: Phase,
+    /// OnDemand or Provision.
+    #[serde(default)]
+    pub resource_mode: ResourceMode,
+    /// The window that started the instance (cold start + Initializer).
+    #[serde(default)]
+    pub cold_start: bool,
     /// Requests served in the window.
     pub request_ids: Vec<String>,
+    /// Invocations billed (requests; hooks count none).
+    #[serde(default)]
+    pub invocations: u32,
     /// Start, ms since the epoch.
     pub start_ms: u64,
     /// Wall time, µs.
@@ -48,91 +99,70 @@ pub struct WindowRecord {
     pub cpu_user_us: u64,
     /// System CPU, µs.
     pub cpu_system_us: u64,
-    /// Peak memory of the instance, bytes, where the host reports it.
+    /// Peak memory in the window, bytes, where the host reports it.
     pub peak_memory_bytes: Option<u64>,
+    /// Where `peak_memory_bytes` comes from.
+    #[serde(default)]
+    pub memory_source: MemorySource,
     /// FC's billed duration: wall time rounded up to the ms.
     pub billed_ms: u64,
     /// Configured memory, MB.
     pub memory_mb: u64,
     /// Configured vCPUs.
     pub vcpu: f64,
+    /// Configured disk, MB.
+    #[serde(default)]
+    pub disk_mb: u64,
+    /// FC's capacity units for the window.
+    #[serde(default)]
+    pub cu: Cu,
+    /// The CPU really used, in CU (fcsup's measured bill).
+    #[serde(default)]
+    pub measured_cpu_cu: f64,
+    /// `cu.total` at the tier-1 price, USD.
+    #[serde(default)]
+    pub cost_usd: f64,
 }
 
 impl WindowRecord {
-    /// Builds a record.
+    /// Builds a record, pricing it.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         f: &Function,
         instance: &str,
         phase: Phase,
+        mode: ResourceMode,
+        cold_start: bool,
         request_ids: Vec<String>,
         start_ms: u64,
-        wall: Duration,
-        cpu: CpuStat,
-        peak_memory_bytes: Option<u64>,
+        usage: Usage,
     ) -> Self {
-        let wall_us = wall.as_micros() as u64;
+        let wall_us = usage.wall.as_micros() as u64;
+        let billed_ms = wall_us.div_ceil(1000);
+        let invocations = if matches!(phase, Phase::Invoke | Phase::PreFreeze) { request_ids.len() as u32 } else { 0 };
+        let cu = Cu::of(phase != Phase::Idle, f.cpu, f.memory_mb, f.disk_mb, billed_ms, invocations);
         WindowRecord {
             instance: instance.into(),
             function: f.name.clone(),
             phase,
+            resource_mode: mode,
+            cold_start,
             request_ids,
+            invocations,
             start_ms,
             wall_us,
-            cpu_us: cpu.usage_usec,
-            cpu_user_us: cpu.user_usec,
-            cpu_system_us: cpu.system_usec,
-            peak_memory_bytes,
-            billed_ms: wall_us.div_ceil(1000),
+            cpu_us: usage.cpu.usage_usec,
+            cpu_user_us: usage.cpu.user_usec,
+            cpu_system_us: usage.cpu.system_usec,
+            peak_memory_bytes: usage.peak_memory_bytes,
+            memory_source: usage.memory_source,
+            billed_ms,
             memory_mb: f.memory_mb,
             vcpu: f.cpu,
+            disk_mb: f.disk_mb,
+            measured_cpu_cu: price::measured_cpu_cu(usage.cpu.usage_usec),
+            cost_usd: price::usd(cu.total),
+            cu,
         }
-    }
-}
-
-/// The ledger: kept in memory for the admin API and appended to a JSON-lines file.
-#[derive(Debug, Default)]
-pub struct Ledger {
-    records: Mutex<Vec<WindowRecord>>,
-    file: Mutex<Option<File>>,
-}
-
-impl Ledger {
-    /// A ledger appending to `path` (created if missing, never rewritten).
-    pub fn open(path: Option<PathBuf>) -> std::io::Result<Self> {
-        let file = match path {
-            Some(p) => {
-                if let Some(d) = p.parent() {
-                    std::fs::create_dir_all(d)?;
-                }
-                Some(File::options().create(true).append(true).open(p)?)
-            }
-            None => None,
-        };
-        Ok(Ledger { records: Mutex::default(), file: Mutex::new(file) })
-    }
-
-    /// Appends one record.
-    pub fn record(&self, r: WindowRecord) {
-        if let Some(f) = self.file.lock().expect("ledger").as_mut() {
-            if let Ok(mut line) = serde_json::to_vec(&r) {
-                line.push(b'\n');
-                let _ = f.write_all(&line);
-            }
-        }
-        self.records.lock().expect("ledger").push(r);
-    }
-
-    /// Records matching the filters.
-    pub fn query(&self, function: Option<&str>, instance: Option<&str>, since_ms: Option<u64>) -> Vec<WindowRecord> {
-        self.records
-            .lock()
-            .expect("ledger")
-            .iter()
-            .filter(|r| function.is_none_or(|f| r.function == f))
-            .filter(|r| instance.is_none_or(|i| r.instance == i))
-            .filter(|r| since_ms.is_none_or(|s| r.start_ms >= s))
-            .cloned()
-            .collect()
     }
 }

@@ -6,6 +6,7 @@
 //! rate-limits those notifications (see `notes/cgroups.md` §3).
 //! On hybrid hosts the memory, pids and cpu limits go to the v1 hierarchies instead.
 
+mod memory;
 mod mount;
 mod stat;
 
@@ -16,6 +17,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub use memory::{MemoryMeter, MemorySource};
 pub use mount::{own_v1_paths, Hierarchy, Mode};
 pub use stat::{CpuStat, Events};
 use tokio::io::unix::AsyncFd;
@@ -219,8 +221,7 @@ impl CgroupRoot {
             let _ = cg.remove();
             return Err(e);
         }
-        let v1_peak = cg.v1_dirs.iter().map(|d| d.join("memory.max_usage_in_bytes"));
-        cg.peak = std::iter::once(cg.path.join("memory.peak")).chain(v1_peak).find_map(|p| File::open(p).ok());
+        cg.memory = MemoryMeter::open(&cg.path, &cg.v1_dirs);
         Ok(cg)
     }
 
@@ -289,7 +290,7 @@ pub struct Cgroup {
     freeze: File,
     events: EventsFd,
     cpu_stat: File,
-    peak: Option<File>,
+    memory: MemoryMeter,
     v1_dirs: Vec<PathBuf>,
     v1_procs: Vec<File>,
 }
@@ -318,7 +319,7 @@ impl Cgroup {
             EventsFd::Poll(events_file)
         };
         let dir = open_dir_fd(&path)?;
-        Ok(Cgroup { path, dir, freeze, events, cpu_stat, peak: None, v1_dirs: Vec::new(), v1_procs: Vec::new() })
+        Ok(Cgroup { path, dir, freeze, events, cpu_stat, memory: MemoryMeter::none(), v1_dirs: Vec::new(), v1_procs: Vec::new() })
     }
 
     /// The cgroup2 directory.
@@ -355,13 +356,9 @@ impl Cgroup {
         Ok(parse(std::str::from_utf8(&buf[..n]).unwrap_or("")))
     }
 
-    /// Peak memory in bytes since the cgroup was created, where the host reports it
-    /// (v2 `memory.peak`, or v1 `memory.max_usage_in_bytes`); read on every request, so the
-    /// file is opened once.
-    pub fn memory_peak(&self) -> Option<u64> {
-        let mut buf = [0u8; 32];
-        let n = self.peak.as_ref()?.read_at(&mut buf, 0).ok()?;
-        std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()
+    /// The instance's memory meter (peak per billing window; see [`MemoryMeter`]).
+    pub fn memory(&self) -> &MemoryMeter {
+        &self.memory
     }
 
     fn write_freeze(&self, frozen: bool) -> Result<()> {

@@ -22,7 +22,7 @@ use hyper::{Method, Request, StatusCode};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{oneshot, watch, Notify};
 
-use crate::billing::{Phase, WindowRecord};
+use crate::billing::{Phase, ResourceMode, Usage, WindowRecord};
 use crate::cgroup::{Cgroup, CgroupError, CpuStat, Limits};
 use crate::config::Function;
 use crate::host::Host;
@@ -139,6 +139,11 @@ struct Power {
     last_init_error: String,
     stopping: bool,
     window: Option<Window>,
+    /// A provisioned instance's frozen time, open while frozen.
+    idle: Option<Window>,
+    /// The frozen time that the last thaw ended, with the CPU read just before the thaw;
+    /// recorded after the request, off its path.
+    idle_ended: Option<(Window, Instant, CpuStat)>,
 }
 
 /// An active window (thaw → freeze), the unit of billing (fc-spec §6).
@@ -149,6 +154,7 @@ struct Window {
     cpu: CpuStat,
     phase: Phase,
     request_ids: Vec<String>,
+    cold_start: bool,
 }
 
 /// A request for the function.
@@ -259,6 +265,8 @@ pub struct Instance {
     init_failures: AtomicU64,
     /// Its output.
     pub log: Arc<InstanceLog>,
+    /// A minimum instance: billed from start to release (fc-spec §6), kept when idle.
+    pub provisioned: bool,
     /// FC's common headers for this instance, built once.
     fc_headers: HeaderMap,
 }
@@ -289,7 +297,7 @@ pub struct Snapshot {
 impl Instance {
     /// Creates the cgroup and starts the process (synchronous: a few hundred µs to a few ms).
     /// The instance then needs [`Instance::boot`].
-    pub fn spawn(host: &Arc<Host>, function: Arc<Function>) -> Result<Arc<Self>, StartError> {
+    pub fn spawn(host: &Arc<Host>, function: Arc<Function>, provisioned: bool) -> Result<Arc<Self>, StartError> {
         let created = Instant::now();
         let id = crate::util::instance_id();
         let limits = Limits {
@@ -335,6 +343,8 @@ impl Instance {
                 last_init_error: String::new(),
                 stopping: false,
                 window: None,
+                idle: None,
+                idle_ended: None,
             }),
             boot: watch::channel(Boot::Pending).0,
             exit: watch::channel(None).0,
@@ -349,6 +359,7 @@ impl Instance {
             cold_start_us: AtomicU64::new(0),
             init_failures: AtomicU64::new(0),
             log,
+            provisioned,
             fc_headers,
             function,
         });
@@ -382,6 +393,7 @@ impl Instance {
         match &r {
             Ok(d) => {
                 self.cold_start_us.store(d.as_micros() as u64, Ordering::Relaxed);
+                self.host.metrics.cold_start(&self.function.name, *d);
                 self.boot.send_replace(Boot::Ready);
                 if let Some(hc) = &self.function.health_check {
                     self.watch_health(hc.clone());
@@ -431,6 +443,7 @@ impl Instance {
                 cpu: CpuStat::default(),
                 phase: Phase::Initialize,
                 request_ids: Vec::new(),
+                cold_start: true,
             });
             let initialized = if self.function.initializer.is_some() {
                 self.set_state(State::Initializing);
@@ -442,7 +455,8 @@ impl Instance {
                 (Ok(()), Some(hc)) => self.first_health_check(hc).await,
                 _ => Ok(()),
             };
-            self.close_window(&mut p);
+            // The window stays open until the freeze confirms (or the stop ends it), so no
+            // CPU between here and the freeze goes unbilled.
             if let Err(e) = checked {
                 p.stopping = true;
                 return Err(e);
@@ -533,19 +547,21 @@ impl Instance {
                 if self.init_failures() > call.init_failures_seen {
                     return Err(InvokeError::Initialization(p.last_init_error.clone()));
                 }
+                self.switch_window(&mut p, Phase::Initialize);
                 self.thaw_locked(&mut p).await?;
-                self.close_window(&mut p);
-                p.window = Some(self.open_window(Phase::Initialize));
-                let r = self.initialize(&mut p).await;
-                self.close_window(&mut p);
-                if let Err(e) = r {
+                if let Err(e) = self.initialize(&mut p).await {
                     drop(p);
                     self.clone().spawn_freeze();
                     return Err(e);
                 }
             }
+            // The window opens before the thaw (while nothing runs) and closes after the
+            // freeze, so every µs of CPU the instance uses is in exactly one record.
+            self.switch_window(&mut p, Phase::Invoke);
             self.thaw_locked(&mut p).await?;
-            p.window.get_or_insert_with(|| self.open_window(Phase::Invoke)).request_ids.push(call.request_id.clone());
+            if let Some(w) = p.window.as_mut() {
+                w.request_ids.push(call.request_id.clone());
+            }
             p.in_flight += 1;
         }
         self.set_state(State::Active);
@@ -669,7 +685,7 @@ impl Instance {
     }
 
     fn max_memory_mb(&self) -> f64 {
-        self.cgroup.memory_peak().map(|b| b as f64 / 1024.0 / 1024.0).unwrap_or(0.0)
+        self.cgroup.memory().peak().map(|b| b as f64 / 1024.0 / 1024.0).unwrap_or(0.0)
     }
 
     fn spawn_freeze(self: Arc<Self>) {
@@ -691,9 +707,14 @@ impl Instance {
         let t = Instant::now();
         match self.cgroup.freeze().await {
             Ok(()) => {
+                let took = t.elapsed();
                 p.frozen = true;
                 self.thawed.send_replace(false);
+                self.host.metrics.freeze(&self.function.name, took);
                 self.close_window(&mut p);
+                if self.provisioned {
+                    p.idle = Some(self.new_window(Phase::Idle));
+                }
                 self.set_state(State::Frozen);
                 if !self.healthy() {
                     self.sick.notify_one();
@@ -706,8 +727,12 @@ impl Instance {
 
     async fn thaw_locked(&self, p: &mut Power) -> Result<(), InvokeError> {
         if p.frozen {
+            if let Some(w) = p.idle.take() {
+                p.idle_ended = Some((w, Instant::now(), self.cgroup.cpu_stat().unwrap_or_default()));
+            }
             let t = Instant::now();
             self.cgroup.thaw().await.map_err(|e| InvokeError::Internal(format!("thaw failed: {e}")))?;
+            self.host.metrics.thaw(&self.function.name, t.elapsed());
             p.frozen = false;
             self.thawed.send_replace(true);
             tracing::info!(function = %self.function.name, instance = %self.id, us = t.elapsed().as_micros() as u64, "thawed");
@@ -715,29 +740,62 @@ impl Instance {
         Ok(())
     }
 
-    fn open_window(&self, phase: Phase) -> Window {
+    fn new_window(&self, phase: Phase) -> Window {
         Window {
             start: Instant::now(),
             start_ms: crate::util::now_ms(),
             cpu: self.cgroup.cpu_stat().unwrap_or_default(),
             phase,
             request_ids: Vec::new(),
+            cold_start: false,
         }
     }
 
+    /// Makes the open window one of `phase`: an open window of another phase ends where the
+    /// new one starts (one cpu.stat read for both); one of the same phase is kept (concurrent
+    /// requests share it; PreFreeze keeps the requests' window).
+    fn switch_window(&self, p: &mut Power, phase: Phase) {
+        if p.window.as_ref().is_some_and(|w| w.phase == phase || (w.phase == Phase::PreFreeze && phase == Phase::Invoke)) {
+            return;
+        }
+        let next = self.new_window(phase);
+        if let Some(w) = p.window.take() {
+            let usage = Usage {
+                wall: next.start - w.start,
+                cpu: next.cpu.since(&w.cpu),
+                peak_memory_bytes: self.cgroup.memory().peak(),
+                memory_source: self.cgroup.memory().source(),
+            };
+            self.record(w, usage);
+            self.cgroup.memory().reset();
+        }
+        p.window = Some(next);
+    }
+
+    /// Records the open window (and a provisioned instance's frozen time that preceded it),
+    /// then starts the next window's memory peak.
     fn close_window(&self, p: &mut Power) {
+        if let Some((w, end, cpu)) = p.idle_ended.take() {
+            let usage = Usage { wall: end - w.start, cpu: cpu.since(&w.cpu), peak_memory_bytes: None, memory_source: Default::default() };
+            self.record(w, usage);
+        }
         let Some(w) = p.window.take() else { return };
-        let cpu = self.cgroup.cpu_stat().unwrap_or_default().since(&w.cpu);
-        self.host.ledger.record(WindowRecord::new(
-            &self.function,
-            &self.id,
-            w.phase,
-            w.request_ids,
-            w.start_ms,
-            w.start.elapsed(),
-            cpu,
-            self.cgroup.memory_peak(),
-        ));
+        let memory = self.cgroup.memory();
+        let usage = Usage {
+            wall: w.start.elapsed(),
+            cpu: self.cgroup.cpu_stat().unwrap_or_default().since(&w.cpu),
+            peak_memory_bytes: memory.peak(),
+            memory_source: memory.source(),
+        };
+        self.record(w, usage);
+        memory.reset();
+    }
+
+    fn record(&self, w: Window, usage: Usage) {
+        let mode = if self.provisioned { ResourceMode::Provision } else { ResourceMode::OnDemand };
+        let r = WindowRecord::new(&self.function, &self.id, w.phase, mode, w.cold_start, w.request_ids, w.start_ms, usage);
+        self.host.metrics.window(&r);
+        self.host.ledger.record(r);
     }
 
     fn set_state(&self, s: State) {
@@ -788,17 +846,22 @@ impl Instance {
         p.stopping = true;
         self.set_state(State::Stopping);
         let alive = self.exit.borrow().is_none();
+        if let Some(w) = p.idle.take() {
+            p.idle_ended = Some((w, Instant::now(), self.cgroup.cpu_stat().unwrap_or_default()));
+        }
         if alive {
+            let pre_stop = self.function.pre_stop.is_some() && matches!(*self.boot.borrow(), Boot::Ready);
+            if pre_stop {
+                self.switch_window(&mut p, Phase::PreStop);
+            }
             if p.frozen {
                 let _ = self.cgroup.thaw().await;
                 p.frozen = false;
             }
-            if self.function.pre_stop.is_some() && matches!(*self.boot.borrow(), Boot::Ready) {
-                self.close_window(&mut p);
-                p.window = Some(self.open_window(Phase::PreStop));
+            if pre_stop {
                 let _ = self.call_hook(HookKind::PreStop).await;
-                self.close_window(&mut p);
             }
+            self.close_window(&mut p);
             let _ = sandbox::pidfd_signal(self.pidfd.get_ref().as_raw_fd(), libc::SIGTERM);
             if self.wait_exit(self.function.stop_grace).await.is_none() {
                 tracing::warn!(instance = %self.id, "did not exit within {:?} of SIGTERM; killing", self.function.stop_grace);

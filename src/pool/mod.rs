@@ -63,6 +63,23 @@ pub struct Dispatched {
     pub instance_id: Option<String>,
 }
 
+impl Dispatched {
+    /// The outcome label for metrics: `success`, or FC's error type or code.
+    pub fn outcome(&self, http_trigger: bool) -> &'static str {
+        match &self.result {
+            Ok(r) if r.is_function_error(http_trigger) => "UnhandledInvocationError",
+            Ok(_) => "success",
+            Err(InvokeError::Initialization(_)) => "InitializationError",
+            Err(InvokeError::Timeout(_)) => "FunctionTimeoutError",
+            Err(InvokeError::Crashed { .. }) => "FunctionUnhandledError",
+            Err(InvokeError::Canceled) => "ClientClosedRequest",
+            Err(InvokeError::Throttled(_)) => "ResourceExhausted",
+            Err(InvokeError::Gone) => "ResourceThrottled",
+            Err(InvokeError::Internal(_)) => "InternalServerError",
+        }
+    }
+}
+
 impl Pool {
     /// A pool for `function`.
     pub fn new(host: Arc<Host>, function: Arc<Function>, global: Arc<GlobalCount>) -> Arc<Self> {
@@ -74,7 +91,7 @@ impl Pool {
     pub async fn start(self: &Arc<Self>) -> Result<(), StartError> {
         let mut boots = Vec::new();
         for _ in 0..self.function.min_instances {
-            let added = self.add_locked(&mut self.members.lock().expect("pool"));
+            let added = self.add_locked(&mut self.members.lock().expect("pool"), true);
             let inst = added.map_err(|e| StartError::Initializer(e.to_string()))?;
             boots.push(inst);
         }
@@ -87,6 +104,7 @@ impl Pool {
                 let Some(pool) = me.upgrade() else { return };
                 let period = (pool.function.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
                 pool.reclaim_idle();
+                pool.keep_minimum();
                 drop(pool);
                 tokio::time::sleep(period).await;
             }
@@ -122,20 +140,20 @@ impl Pool {
             .filter(|i| i.usable() && i.healthy())
             .filter_map(|i| {
                 let r = i.reserved.load(Ordering::Acquire);
-                (r < conc).then_some((r, i))
+                (r < conc).then_some(((i.provisioned, r), i))
             })
-            .max_by_key(|(r, _)| *r)
+            .max_by_key(|(key, _)| *key)
             .map(|(_, i)| i.clone());
         let (inst, cold) = match best {
             Some(inst) => (inst, false),
-            None => (self.add_locked(&mut members)?, true),
+            None => (self.add_locked(&mut members, false)?, true),
         };
         inst.reserved.fetch_add(1, Ordering::AcqRel);
         Ok((Slot(inst), cold))
     }
 
     /// Spawns one instance into `members` (the pool's lock held) and boots it in the background.
-    fn add_locked(self: &Arc<Self>, members: &mut Vec<Arc<Instance>>) -> Result<Arc<Instance>, InvokeError> {
+    fn add_locked(self: &Arc<Self>, members: &mut Vec<Arc<Instance>>, provisioned: bool) -> Result<Arc<Instance>, InvokeError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(InvokeError::Gone);
         }
@@ -155,7 +173,7 @@ impl Pool {
                 self.global.max
             )));
         }
-        let inst = match Instance::spawn(&self.host, self.function.clone()) {
+        let inst = match Instance::spawn(&self.host, self.function.clone(), provisioned) {
             Ok(i) => i,
             Err(e) => {
                 self.global.live.fetch_sub(1, Ordering::AcqRel);
@@ -218,7 +236,7 @@ impl Pool {
         if !self.remove(old) {
             return;
         }
-        let fresh = self.add_locked(&mut self.members.lock().expect("pool")).ok();
+        let fresh = self.add_locked(&mut self.members.lock().expect("pool"), old.provisioned).ok();
         let old = old.clone();
         let mut stopping = self.stopping.lock().expect("pool");
         while stopping.try_join_next().is_some() {}
@@ -252,21 +270,17 @@ impl Pool {
         }
     }
 
-    /// Reclaims instances idle past `idleTimeout` (keeping the minimum).
+    /// Reclaims on-demand instances idle past `idleTimeout` (minimum instances stay).
     pub fn reclaim_idle(&self) {
         let victims: Vec<Arc<Instance>> = {
             let mut m = self.members.lock().expect("pool");
-            let mut keep = self.function.min_instances;
             let mut victims = Vec::new();
             m.retain(|i| {
                 let idle = i.reserved.load(Ordering::Acquire) == 0 && i.idle_for() >= self.function.idle_timeout;
-                if idle && keep == 0 && i.usable() {
+                if idle && !i.provisioned && i.usable() {
                     victims.push(i.clone());
                     false
                 } else {
-                    if i.usable() && keep > 0 {
-                        keep -= 1;
-                    }
                     true
                 }
             });
@@ -279,6 +293,24 @@ impl Pool {
         }
     }
 
+    /// Starts minimum instances to replace any that crashed or were retired.
+    fn keep_minimum(self: &Arc<Self>) {
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let mut m = self.members.lock().expect("pool");
+        let live = m.iter().filter(|i| i.provisioned && i.usable()).count();
+        for _ in live..self.function.min_instances {
+            match self.add_locked(&mut m, true) {
+                Ok(i) => tracing::info!(function = %self.function.name, instance = %i.id, "starting a minimum instance"),
+                Err(e) => {
+                    tracing::warn!(function = %self.function.name, "cannot start a minimum instance: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
     /// Every instance (for the admin API).
     pub fn instances(&self) -> Vec<Arc<Instance>> {
         self.members.lock().expect("pool").clone()
@@ -287,8 +319,15 @@ impl Pool {
     /// Stops every instance (PreStop first, once its requests finished) and waits for them;
     /// the pool then stays empty.
     pub async fn shutdown(&self) {
-        self.closed.store(true, Ordering::Release);
+        self.close();
         self.reclaim_all().await;
+    }
+
+    /// Takes the pool out of service (replaced by a new configuration): no instance starts
+    /// any more, and the ones it has stop once their requests finished.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.drain();
     }
 
     /// Reclaims every instance now (PreStop first, once its requests finished) and waits

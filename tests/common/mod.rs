@@ -58,6 +58,8 @@ pub struct Fcsup {
     output: Arc<Mutex<Vec<String>>>,
     /// Every instance pid the test has seen, checked to be gone after fcsup exits.
     seen_pids: Mutex<std::collections::HashSet<i64>>,
+    /// Extra CLI arguments.
+    args: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -85,43 +87,63 @@ impl Fcsup {
     /// Serves the given whole file; `args` are extra CLI arguments.
     pub fn serve_file(yaml: &str, args: &[&str]) -> Fcsup {
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("s.yaml");
-        std::fs::write(&file, yaml).unwrap();
-        let port = free_port();
+        std::fs::write(dir.path().join("s.yaml"), yaml).unwrap();
         let cgroup_root = format!("fcsup-test-{}", uuid::Uuid::new_v4().simple());
+        let mut f = Fcsup {
+            child: None,
+            addr: String::new(),
+            cgroup_root,
+            dir,
+            output: Arc::default(),
+            seen_pids: Mutex::default(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+        };
+        f.spawn();
+        f
+    }
+
+    /// Starts `fcsup serve` on this test's file, ledger and log directory.
+    fn spawn(&mut self) {
+        let port = free_port();
+        let d = self.dir.path();
         let mut child = Command::new(env!("CARGO_BIN_EXE_fcsup"))
             .args(["serve", "-f"])
-            .arg(&file)
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--cgroup-root", &cgroup_root, "--ledger"])
-            .arg(dir.path().join("ledger.jsonl"))
+            .arg(d.join("s.yaml"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--cgroup-root", &self.cgroup_root, "--ledger"])
+            .arg(d.join("ledger.jsonl"))
             .arg("--log-dir")
-            .arg(dir.path().join("logs"))
-            .args(args)
+            .arg(d.join("logs"))
+            .args(&self.args)
             .env("FCSUP_LOG", "fcsup=debug")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn fcsup");
-        let output = Arc::new(Mutex::new(Vec::new()));
         for r in [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())] {
-            let out = output.clone();
+            let out = self.output.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(r).lines().map_while(Result::ok) {
                     out.lock().unwrap().push(line);
                 }
             });
         }
-        let addr = format!("127.0.0.1:{port}");
-        let mut f = Fcsup { child: Some(child), addr, cgroup_root, dir, output, seen_pids: Mutex::default() };
+        self.addr = format!("127.0.0.1:{port}");
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(&f.addr).is_err() {
-            if let Some(status) = f.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("fcsup exited with {status} before listening:\n{}", f.output().join("\n"));
+        while TcpStream::connect(&self.addr).is_err() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("fcsup exited with {status} before listening:\n{}", self.output().join("\n"));
             }
             assert!(Instant::now() < deadline, "fcsup did not listen within 60 s");
             std::thread::sleep(Duration::from_millis(10));
         }
-        f
+    }
+
+    /// Stops fcsup (checking it left nothing behind) and starts it again on the same file,
+    /// ledger and cgroup root.
+    pub fn restart(&mut self) {
+        self.stop_and_check_clean();
+        self.spawn();
     }
 
     /// The served s.yaml (rewrite it, then [`Fcsup::hangup`] to reload).

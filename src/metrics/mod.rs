@@ -1,0 +1,159 @@
+//! `GET /metrics` in Prometheus' text format: invocations and their outcomes, cold starts,
+//! freeze and thaw latency, CPU and billed time per function and phase, instances by state.
+//! Counters are updated where things happen; instance gauges are taken at scrape time.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use crate::billing::WindowRecord;
+
+/// `function`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FunctionLabel {
+    /// Function name.
+    pub function: String,
+}
+
+/// `function`, `outcome` (`success`, or FC's error type / code).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// Function name.
+    pub function: String,
+    /// `success`, `UnhandledInvocationError`, `InitializationError`, `ResourceExhausted`, …
+    pub outcome: String,
+}
+
+/// `function`, `phase`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    /// Function name.
+    pub function: String,
+    /// Ledger phase.
+    pub phase: String,
+}
+
+/// `function`, `state`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// Function name.
+    pub function: String,
+    /// Instance state.
+    pub state: String,
+}
+
+type FloatCounter = Counter<f64, AtomicU64>;
+
+fn latency() -> Histogram {
+    // 10 µs … ~0.3 s.
+    Histogram::new(exponential_buckets(10e-6, 2.0, 16))
+}
+
+fn start_latency() -> Histogram {
+    // 1 ms … ~32 s.
+    Histogram::new(exponential_buckets(1e-3, 2.0, 16))
+}
+
+/// Every metric fcsup exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    invocations: Family<OutcomeLabels, Counter>,
+    cold_starts: Family<FunctionLabel, Counter>,
+    cold_start_seconds: Family<FunctionLabel, Histogram, fn() -> Histogram>,
+    freeze_seconds: Family<FunctionLabel, Histogram, fn() -> Histogram>,
+    thaw_seconds: Family<FunctionLabel, Histogram, fn() -> Histogram>,
+    cpu_seconds: Family<PhaseLabels, FloatCounter>,
+    billed_seconds: Family<PhaseLabels, FloatCounter>,
+    capacity_units: Family<PhaseLabels, FloatCounter>,
+    instances: Family<StateLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut r = Registry::with_prefix("fcsup");
+        let invocations = Family::<OutcomeLabels, Counter>::default();
+        let cold_starts = Family::<FunctionLabel, Counter>::default();
+        let cold_start_seconds = Family::<FunctionLabel, Histogram, fn() -> Histogram>::new_with_constructor(start_latency);
+        let freeze_seconds = Family::<FunctionLabel, Histogram, fn() -> Histogram>::new_with_constructor(latency);
+        let thaw_seconds = Family::<FunctionLabel, Histogram, fn() -> Histogram>::new_with_constructor(latency);
+        let cpu_seconds = Family::<PhaseLabels, FloatCounter>::default();
+        let billed_seconds = Family::<PhaseLabels, FloatCounter>::default();
+        let capacity_units = Family::<PhaseLabels, FloatCounter>::default();
+        let instances = Family::<StateLabels, Gauge>::default();
+        r.register("invocations", "Invocations answered, by outcome", invocations.clone());
+        r.register("cold_starts", "Instances started (cold starts)", cold_starts.clone());
+        r.register_with_unit(
+            "cold_start",
+            "From cgroup creation to ready (listening, Initializer and first health check done)",
+            Unit::Seconds,
+            cold_start_seconds.clone(),
+        );
+        r.register_with_unit("freeze", "From writing cgroup.freeze to cgroup.events confirming frozen", Unit::Seconds, freeze_seconds.clone());
+        r.register_with_unit("thaw", "From writing cgroup.freeze to cgroup.events confirming thawed", Unit::Seconds, thaw_seconds.clone());
+        r.register_with_unit("cpu", "CPU the instances' cgroups used, by phase (cpu.stat)", Unit::Seconds, cpu_seconds.clone());
+        r.register_with_unit("billed", "FC-billed duration, by phase", Unit::Seconds, billed_seconds.clone());
+        r.register("capacity_units", "FC capacity units (CU), by phase", capacity_units.clone());
+        r.register("instances", "Instances by state", instances.clone());
+        Metrics {
+            registry: r,
+            invocations,
+            cold_starts,
+            cold_start_seconds,
+            freeze_seconds,
+            thaw_seconds,
+            cpu_seconds,
+            billed_seconds,
+            capacity_units,
+            instances,
+        }
+    }
+}
+
+impl Metrics {
+    /// One answered invocation.
+    pub fn invocation(&self, function: &str, outcome: &str) {
+        self.invocations.get_or_create(&OutcomeLabels { function: function.into(), outcome: outcome.into() }).inc();
+    }
+
+    /// One instance became ready after `took`.
+    pub fn cold_start(&self, function: &str, took: Duration) {
+        let l = FunctionLabel { function: function.into() };
+        self.cold_starts.get_or_create(&l).inc();
+        self.cold_start_seconds.get_or_create(&l).observe(took.as_secs_f64());
+    }
+
+    /// One confirmed freeze.
+    pub fn freeze(&self, function: &str, took: Duration) {
+        self.freeze_seconds.get_or_create(&FunctionLabel { function: function.into() }).observe(took.as_secs_f64());
+    }
+
+    /// One confirmed thaw.
+    pub fn thaw(&self, function: &str, took: Duration) {
+        self.thaw_seconds.get_or_create(&FunctionLabel { function: function.into() }).observe(took.as_secs_f64());
+    }
+
+    /// One ledger record.
+    pub fn window(&self, r: &WindowRecord) {
+        let l = PhaseLabels { function: r.function.clone(), phase: r.phase.as_str().into() };
+        self.cpu_seconds.get_or_create(&l).inc_by(r.cpu_us as f64 / 1e6);
+        self.billed_seconds.get_or_create(&l).inc_by(r.billed_ms as f64 / 1e3);
+        self.capacity_units.get_or_create(&l).inc_by(r.cu.total);
+    }
+
+    /// The text exposition, with instance gauges from `instances` (function, state).
+    pub fn render(&self, instances: impl IntoIterator<Item = (String, String)>) -> String {
+        self.instances.clear();
+        for (function, state) in instances {
+            self.instances.get_or_create(&StateLabels { function, state }).inc();
+        }
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
