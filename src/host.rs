@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::billing::Ledger;
 use crate::cgroup::CgroupRoot;
 use crate::logs::LogFiles;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Samples};
 
 /// Shared, read-mostly context of one supervisor.
 #[derive(Debug)]
@@ -26,4 +26,6 @@ pub struct Host {
     pub log_files: LogFiles,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// Raw latency samples (for `fcsup bench`).
+    pub samples: Samples,
 }

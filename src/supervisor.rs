@@ -16,7 +16,7 @@ use crate::billing::Ledger;
 use crate::cgroup::{CgroupError, CgroupRoot, Hierarchy};
 use crate::config::{Config, Function};
 use crate::logs::LogFiles;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Samples};
 use crate::host::Host;
 use crate::instance::{Instance, Snapshot, StartError};
 use crate::pool::{GlobalCount, Pool};
@@ -151,6 +151,7 @@ impl Supervisor {
             ledger,
             log_files,
             metrics: Metrics::default(),
+            samples: Samples::default(),
         });
         let global = GlobalCount::new(config.global.max_instances.unwrap_or(100));
         let mut pools = BTreeMap::new();

@@ -34,6 +34,7 @@ impl Drop for HangUp {
 
 /// Handles an invocation of function `name`.
 pub async fn invoke(sup: &Arc<Supervisor>, req: Request<Incoming>, name: String, http_trigger: bool, request_id: String) -> Resp {
+    let arrived = std::time::Instant::now();
     let Some(pool) = sup.pool(&name) else { return not_found(&name, &request_id) };
     let header = |k: &str| req.headers().get(k).map(|v| v.to_str().unwrap_or("").to_string());
     let tail = header("x-fc-log-type").is_some_and(|v| v.eq_ignore_ascii_case("tail"));
@@ -81,6 +82,7 @@ pub async fn invoke(sup: &Arc<Supervisor>, req: Request<Incoming>, name: String,
         want_log: tail && !is_async,
         canceled: None,
         retry_count: 0,
+        arrived,
     };
     if is_async {
         let id = task_id.clone().unwrap_or_else(|| request_id.clone());

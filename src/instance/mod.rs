@@ -157,6 +157,37 @@ struct Window {
     cold_start: bool,
 }
 
+/// When each step of an instance's start ended, in µs from its creation (the cold-start
+/// phases `fcsup bench` reports).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct StartTrace {
+    /// cgroup created (and limits written).
+    pub cgroup_us: u64,
+    /// clone3 called.
+    pub clone_us: u64,
+    /// The start command's execve succeeded.
+    pub exec_us: u64,
+    /// The port accepted a connection.
+    pub listening_us: u64,
+    /// Initializer (and first health check) done.
+    pub initialized_us: u64,
+    /// Ready for requests (frozen, or handed to the requests that waited).
+    pub ready_us: u64,
+}
+
+/// How a stop went, in µs from its beginning.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct StopTrace {
+    /// PreStop answered (or was skipped).
+    pub pre_stop_us: u64,
+    /// SIGTERM sent.
+    pub sigterm_us: u64,
+    /// The process was reaped.
+    pub reaped_us: u64,
+    /// The cgroup was removed.
+    pub removed_us: u64,
+}
+
 /// A request for the function.
 #[derive(Debug)]
 pub struct Call {
@@ -180,6 +211,8 @@ pub struct Call {
     pub canceled: Option<oneshot::Receiver<()>>,
     /// Async retries so far (`x-fc-retry-count`).
     pub retry_count: u32,
+    /// When fcsup received it.
+    pub arrived: Instant,
 }
 
 impl Call {
@@ -196,6 +229,7 @@ impl Call {
             want_log: false,
             canceled: None,
             retry_count: self.retry_count + 1,
+            arrived: Instant::now(),
         }
     }
 }
@@ -269,6 +303,8 @@ pub struct Instance {
     pub provisioned: bool,
     /// FC's common headers for this instance, built once.
     fc_headers: HeaderMap,
+    start_trace: Mutex<StartTrace>,
+    stop_trace: Mutex<Option<StopTrace>>,
 }
 
 /// What `GET /admin/instances` shows.
@@ -306,6 +342,7 @@ impl Instance {
             cpu_millis: Some((function.cpu * 1000.0).round() as u64),
         };
         let cgroup = host.cgroups.create(&id, &limits)?;
+        let cgroup_us = created.elapsed().as_micros() as u64;
         let spec = SandboxSpec {
             argv: function.command.clone(),
             env: hooks::environment(&function, &id),
@@ -320,6 +357,13 @@ impl Instance {
                 let _ = cgroup.remove();
                 return Err(e.into());
             }
+        };
+        let exec_us = created.elapsed().as_micros() as u64;
+        let start_trace = StartTrace {
+            cgroup_us,
+            clone_us: exec_us.saturating_sub(child.clone_to_exec.as_micros() as u64),
+            exec_us,
+            ..StartTrace::default()
         };
         tracing::debug!(instance = %id, clone_to_exec_us = child.clone_to_exec.as_micros() as u64, "spawned");
         let log = InstanceLog::new(&function.name, &id, host.echo_logs, host.log_files.for_function(&function.name));
@@ -361,6 +405,8 @@ impl Instance {
             log,
             provisioned,
             fc_headers,
+            start_trace: Mutex::new(start_trace),
+            stop_trace: Mutex::new(None),
             function,
         });
         inst.watch_exit();
@@ -432,6 +478,7 @@ impl Instance {
             self.conns.put(s);
         }
         let listening = self.created.elapsed();
+        self.start_trace.lock().expect("trace").listening_us = listening.as_micros() as u64;
         tracing::info!(function = %self.function.name, instance = %self.id, ms = ms(listening), "cold start: listening");
         {
             let mut p = self.power.lock().await;
@@ -467,8 +514,14 @@ impl Instance {
                 return Err(StartError::Initializer(e.to_string()));
             }
         }
+        self.start_trace.lock().expect("trace").initialized_us = self.created.elapsed().as_micros() as u64;
+        // Requests that waited for the start run at once; freezing first would only add a
+        // freeze and a thaw to their cold start.
+        if self.reserved.load(Ordering::Acquire) == 0 {
+            self.clone().freeze_if_idle().await;
+        }
         let ready = self.created.elapsed();
-        self.clone().freeze_if_idle().await;
+        self.start_trace.lock().expect("trace").ready_us = ready.as_micros() as u64;
         Ok(ready)
     }
 
@@ -558,7 +611,9 @@ impl Instance {
             // The window opens before the thaw (while nothing runs) and closes after the
             // freeze, so every µs of CPU the instance uses is in exactly one record.
             self.switch_window(&mut p, Phase::Invoke);
-            self.thaw_locked(&mut p).await?;
+            if self.thaw_locked(&mut p).await? {
+                self.host.samples.record("thaw_seen", call.arrived.elapsed());
+            }
             if let Some(w) = p.window.as_mut() {
                 w.request_ids.push(call.request_id.clone());
             }
@@ -711,6 +766,7 @@ impl Instance {
                 p.frozen = true;
                 self.thawed.send_replace(false);
                 self.host.metrics.freeze(&self.function.name, took);
+                self.host.samples.record("freeze", took);
                 self.close_window(&mut p);
                 if self.provisioned {
                     p.idle = Some(self.new_window(Phase::Idle));
@@ -719,25 +775,29 @@ impl Instance {
                 if !self.healthy() {
                     self.sick.notify_one();
                 }
-                tracing::info!(function = %self.function.name, instance = %self.id, us = t.elapsed().as_micros() as u64, "frozen");
+                tracing::debug!(function = %self.function.name, instance = %self.id, us = took.as_micros() as u64, "frozen");
             }
             Err(e) => tracing::error!(instance = %self.id, "freeze failed: {e}"),
         }
     }
 
-    async fn thaw_locked(&self, p: &mut Power) -> Result<(), InvokeError> {
+    /// Thaws if frozen; true when it did.
+    async fn thaw_locked(&self, p: &mut Power) -> Result<bool, InvokeError> {
         if p.frozen {
             if let Some(w) = p.idle.take() {
                 p.idle_ended = Some((w, Instant::now(), self.cgroup.cpu_stat().unwrap_or_default()));
             }
             let t = Instant::now();
             self.cgroup.thaw().await.map_err(|e| InvokeError::Internal(format!("thaw failed: {e}")))?;
-            self.host.metrics.thaw(&self.function.name, t.elapsed());
+            let took = t.elapsed();
+            self.host.metrics.thaw(&self.function.name, took);
+            self.host.samples.record("thaw", took);
             p.frozen = false;
             self.thawed.send_replace(true);
-            tracing::info!(function = %self.function.name, instance = %self.id, us = t.elapsed().as_micros() as u64, "thawed");
+            tracing::debug!(function = %self.function.name, instance = %self.id, us = took.as_micros() as u64, "thawed");
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     fn new_window(&self, phase: Phase) -> Window {
@@ -831,6 +891,16 @@ impl Instance {
         }
     }
 
+    /// The steps of its start.
+    pub fn start_trace(&self) -> StartTrace {
+        *self.start_trace.lock().expect("trace")
+    }
+
+    /// The steps of its stop, once stopped.
+    pub fn stop_trace(&self) -> Option<StopTrace> {
+        *self.stop_trace.lock().expect("trace")
+    }
+
     /// The cgroup (for the demo's and tests' look at `cgroup.events`).
     pub fn cgroup(&self) -> &Cgroup {
         &self.cgroup
@@ -839,6 +909,9 @@ impl Instance {
     /// Stops the instance: thaw, PreStop, SIGTERM, grace, `cgroup.kill`, cgroup removed.
     /// Safe to call more than once and on a process that already exited.
     pub async fn stop(&self) {
+        let t0 = Instant::now();
+        let since = |t: Instant| t.duration_since(t0).as_micros() as u64;
+        let mut trace = StopTrace::default();
         let mut p = self.power.lock().await;
         if *self.state.lock().expect("state") == State::Dead {
             return;
@@ -861,8 +934,10 @@ impl Instance {
             if pre_stop {
                 let _ = self.call_hook(HookKind::PreStop).await;
             }
+            trace.pre_stop_us = since(Instant::now());
             self.close_window(&mut p);
             let _ = sandbox::pidfd_signal(self.pidfd.get_ref().as_raw_fd(), libc::SIGTERM);
+            trace.sigterm_us = since(Instant::now());
             if self.wait_exit(self.function.stop_grace).await.is_none() {
                 tracing::warn!(instance = %self.id, "did not exit within {:?} of SIGTERM; killing", self.function.stop_grace);
             }
@@ -873,9 +948,12 @@ impl Instance {
             tracing::error!(instance = %self.id, "kill failed: {e}");
         }
         let _ = self.wait_exit(Duration::from_secs(5)).await;
+        trace.reaped_us = since(Instant::now());
         if let Err(e) = self.cgroup.remove() {
             tracing::error!(instance = %self.id, "{e}");
         }
+        trace.removed_us = since(Instant::now());
+        *self.stop_trace.lock().expect("trace") = Some(trace);
         self.thawed.send_replace(false);
         self.set_state(State::Dead);
         tracing::info!(function = %self.function.name, instance = %self.id, "stopped");

@@ -157,3 +157,30 @@ impl Metrics {
         out
     }
 }
+
+/// Raw latency samples for `fcsup bench` (off unless enabled: a serving fcsup keeps only the
+/// histograms).
+#[derive(Debug, Default)]
+pub struct Samples {
+    enabled: std::sync::atomic::AtomicBool,
+    data: std::sync::Mutex<std::collections::HashMap<&'static str, Vec<Duration>>>,
+}
+
+impl Samples {
+    /// Starts keeping samples.
+    pub fn enable(&self) {
+        self.enabled.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Keeps one sample of `kind` when enabled.
+    pub fn record(&self, kind: &'static str, d: Duration) {
+        if self.enabled.load(std::sync::atomic::Ordering::Relaxed) {
+            self.data.lock().expect("samples").entry(kind).or_default().push(d);
+        }
+    }
+
+    /// Takes the samples of `kind` kept so far.
+    pub fn take(&self, kind: &'static str) -> Vec<Duration> {
+        self.data.lock().expect("samples").remove(kind).unwrap_or_default()
+    }
+}
