@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod bench;
 pub mod billing;
 pub mod cgroup;
 pub mod check;

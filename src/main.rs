@@ -104,6 +104,37 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Benchmark cold starts, freeze/thaw, warm invokes and scale against crun, runc,
+    /// SIGSTOP and a plain process (release build; `cargo xtask bench` builds the fixture).
+    Bench {
+        /// Fewer samples: every row in about a minute.
+        #[arg(long)]
+        quick: bool,
+        /// Write every row's summary and the host facts as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write charts (cold-start phases, freeze/thaw distributions) as SVG.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+        /// The native fixture binary (default: fcsup-fixture next to this executable).
+        #[arg(long)]
+        fixture: Option<PathBuf>,
+        /// Measure fcsup and the plain process only.
+        #[arg(long)]
+        no_peers: bool,
+        /// Only these groups: cold, freeze, warm, scale (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
+    /// Runs one container runtime's bench rows and prints them as JSON (used by `bench`).
+    #[command(hide = true)]
+    BenchWorker {
+        runtime: String,
+        #[arg(long)]
+        fixture: PathBuf,
+        #[arg(long)]
+        quick: bool,
+    },
     /// Probe the host: cgroup mode, freezer, namespaces, capabilities, GPU.
     Check {
         /// Print JSON.
@@ -114,23 +145,33 @@ enum Command {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    // The bench's table is its output; the supervisor's per-instance lines would bury it.
+    let default_log = if matches!(cli.command, Command::Bench { .. } | Command::BenchWorker { .. }) { "fcsup=warn" } else { "fcsup=info" };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FCSUP_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("fcsup=info")),
+            tracing_subscriber::EnvFilter::try_from_env("FCSUP_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log)),
         )
         .with_writer(std::io::stderr)
         .init();
-    if let Command::Serve { sup, .. } | Command::Demo { sup, .. } = &cli.command {
-        if !sup.no_realtime {
-            realtime();
-        }
+    let realtime_wanted = match &cli.command {
+        Command::Serve { sup, .. } | Command::Demo { sup, .. } => !sup.no_realtime,
+        Command::Bench { .. } => true,
+        _ => false,
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if realtime_wanted {
+        realtime();
+        // A new thread does not keep its creator's policy when reset-on-fork is set, so every
+        // runtime thread sets it for itself.
+        builder.on_thread_start(realtime);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = builder.build()?;
     rt.block_on(run(cli))
 }
 
-/// SCHED_FIFO with reset-on-fork for every supervisor thread (they inherit it from main);
-/// function processes always start at SCHED_OTHER.
+/// SCHED_FIFO with reset-on-fork for the calling thread: the supervisor's control path runs
+/// before any thawed function thread; processes it starts begin at SCHED_OTHER.
 fn realtime() {
     let p = libc::sched_param { sched_priority: 10 };
     // SAFETY: sched_setscheduler on the calling thread with a valid param.
@@ -262,6 +303,19 @@ async fn run(cli: Cli) -> Result<()> {
             } else {
                 print!("{}", fcsup::billing::report::table(&bills));
             }
+            Ok(())
+        }
+        Command::Bench { quick, json, svg, fixture, no_peers, only } => {
+            let fixture = match fixture {
+                Some(f) => f,
+                None => std::env::current_exe()?.with_file_name("fcsup-fixture"),
+            };
+            fcsup::bench::run(fcsup::bench::BenchOptions { quick, json, svg, fixture, no_peers, only }).await?;
+            Ok(())
+        }
+        Command::BenchWorker { runtime, fixture, quick } => {
+            let out = fcsup::bench::worker(&runtime, &fixture, quick)?;
+            println!("{}", serde_json::to_string(&out)?);
             Ok(())
         }
         Command::Check { json } => {

@@ -1,6 +1,36 @@
-//! Small helpers shared by several modules: ids and timestamps.
+//! Small helpers shared by several modules: ids, timestamps, a fine-grained sleep.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+/// Sleeps with microsecond precision (tokio's timer ticks in milliseconds) on a timerfd.
+pub async fn fine_sleep(d: Duration) {
+    // SAFETY: timerfd_create with constant flags; the fd is owned below.
+    let fd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC) };
+    if fd < 0 {
+        return tokio::time::sleep(d).await;
+    }
+    // SAFETY: fresh fd owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let spec = libc::itimerspec {
+        it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+        it_value: libc::timespec { tv_sec: d.as_secs() as libc::time_t, tv_nsec: d.subsec_nanos().max(1) as libc::c_long },
+    };
+    // SAFETY: timerfd_settime with a valid itimerspec on our timerfd.
+    if unsafe { libc::timerfd_settime(fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) } != 0 {
+        return tokio::time::sleep(d).await;
+    }
+    // SAFETY: the OwnedFd stays owned by the AsyncFd until it is dropped.
+    match unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) } {
+        Ok(a) => {
+            let _ = a.readable().await;
+        }
+        Err(_) => tokio::time::sleep(d).await,
+    }
+}
 
 /// An FC 3.0 style request id: `1-<8 hex seconds>-<24 hex>`.
 pub fn request_id() -> String {

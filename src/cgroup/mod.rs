@@ -426,10 +426,10 @@ impl Cgroup {
                     };
                     tokio::select! {
                         _ = notified => {}
-                        _ = fine_sleep(recheck) => {}
+                        _ = crate::util::fine_sleep(recheck) => {}
                     }
                 }
-                EventsFd::Poll(_) => fine_sleep(recheck).await,
+                EventsFd::Poll(_) => crate::util::fine_sleep(recheck).await,
             }
         }
     }
@@ -443,31 +443,6 @@ impl Cgroup {
     }
 }
 
-/// Sleeps with microsecond precision (tokio's timer ticks in milliseconds) on a timerfd.
-async fn fine_sleep(d: Duration) {
-    // SAFETY: timerfd_create with constant flags; the fd is owned below.
-    let fd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC) };
-    if fd < 0 {
-        return tokio::time::sleep(d).await;
-    }
-    // SAFETY: fresh fd owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let spec = libc::itimerspec {
-        it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
-        it_value: libc::timespec { tv_sec: d.as_secs() as libc::time_t, tv_nsec: d.subsec_nanos().max(1) as libc::c_long },
-    };
-    // SAFETY: timerfd_settime with a valid itimerspec on our timerfd.
-    if unsafe { libc::timerfd_settime(fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) } != 0 {
-        return tokio::time::sleep(d).await;
-    }
-    // SAFETY: the OwnedFd stays owned by the AsyncFd until it is dropped.
-    match unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) } {
-        Ok(a) => {
-            let _ = a.readable().await;
-        }
-        Err(_) => tokio::time::sleep(d).await,
-    }
-}
 
 /// rmdir, retrying briefly: a cgroup whose last task just exited can still be busy.
 fn remove_dir_retrying(path: &Path) -> Result<()> {

@@ -328,6 +328,8 @@ pub struct Snapshot {
     pub last_used: String,
     /// Start to ready, ms.
     pub cold_start_ms: f64,
+    /// When each step of the start ended (µs from creation).
+    pub start_trace: StartTrace,
 }
 
 impl Instance {
@@ -455,7 +457,9 @@ impl Instance {
     async fn boot_inner(self: &Arc<Self>) -> Result<Duration, StartError> {
         let deadline = Instant::now() + self.function.start_timeout;
         let mut exit = self.exit.subscribe();
-        let mut backoff = Duration::from_micros(100);
+        // Polled: nothing tells a supervisor when a process starts listening. Fine-grained
+        // at first (a native server listens within a millisecond), then every 5 ms at most.
+        let mut backoff = Duration::from_micros(50);
         let stream = loop {
             if let Some(code) = *exit.borrow() {
                 return Err(self.exited_error(code));
@@ -464,7 +468,7 @@ impl Instance {
                 Ok(s) => break s,
                 Err(_) if Instant::now() < deadline => {
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = crate::util::fine_sleep(backoff) => {}
                         _ = exit.changed() => {}
                     }
                     backoff = (backoff * 3 / 2).min(Duration::from_millis(5));
@@ -888,7 +892,13 @@ impl Instance {
             created: crate::util::rfc3339_ms(self.created_ms),
             last_used: crate::util::rfc3339_ms(self.last_used_ms.load(Ordering::Relaxed)),
             cold_start_ms: self.cold_start_us.load(Ordering::Relaxed) as f64 / 1000.0,
+            start_trace: self.start_trace(),
         }
+    }
+
+    /// When it was created (the origin of its [`StartTrace`]).
+    pub fn created(&self) -> Instant {
+        self.created
     }
 
     /// The steps of its start.

@@ -1,4 +1,4 @@
-//! `cargo xtask ci | install`: project chores.
+//! `cargo xtask ci | bench | install`: project chores.
 
 use std::process::Command;
 
@@ -16,6 +16,14 @@ fn main() -> Result<()> {
     let task = std::env::args().nth(1).unwrap_or_default();
     match task.as_str() {
         "ci" => run(Command::new("bash").arg(".ci/run")),
+        "bench" => {
+            // fcsup in release; the native fixture static, so it also runs alone in a
+            // container rootfs (cargo rustc passes the flag to that one crate only).
+            run(Command::new("cargo").args(["build", "--release", "--bin", "fcsup"]))?;
+            run(Command::new("cargo").args(["rustc", "--release", "-p", "fcsup-fixture", "--", "-C", "target-feature=+crt-static"]))?;
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            run(Command::new("target/release/fcsup").arg("bench").args(args))
+        }
         "install" => {
             run(Command::new("cargo").args(["build", "--release", "--bin", "fcsup"]))?;
             run(Command::new("install").args(["-m", "0755", "target/release/fcsup", "/usr/local/bin/fcsup"]))?;
@@ -24,6 +32,6 @@ fn main() -> Result<()> {
             println!("installed; put your s.yaml at /etc/fcsup/s.yaml, then: systemctl daemon-reload && systemctl enable --now fcsup");
             Ok(())
         }
-        _ => bail!("usage: cargo xtask ci | install"),
+        _ => bail!("usage: cargo xtask ci | bench [--quick] [--json FILE] [--svg FILE] | install"),
     }
 }

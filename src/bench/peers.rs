@@ -1,0 +1,275 @@
+//! The peers, driven the way their users drive them: a plain fork+exec of the fixture (the
+//! floor), SIGSTOP/SIGCONT of its main pid (lambda-simulator), `crun`/`runc run` per call
+//! (`s local`) and `pause`/`resume` around each request (OpenWhisk).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::client::Conn;
+use super::{Plan, Raw};
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+/// The fixture started as a plain process on `port`.
+fn spawn_plain(cmd: &[String], cwd: &Path, port: u16, env: &[(&str, &str)]) -> std::io::Result<Child> {
+    Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .current_dir(cwd)
+        .env("FC_SERVER_PORT", port.to_string())
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+}
+
+fn kill_wait(mut c: Child) -> Duration {
+    let t = Instant::now();
+    let _ = c.kill();
+    let _ = c.wait();
+    t.elapsed()
+}
+
+/// Plain fork+exec of `cmd` to its first response, and kill-to-reaped.
+pub fn plain_cold(cmd: &[String], cwd: &Path, workload: &str, n: usize, raw: &mut Raw, tick: &dyn Fn()) -> anyhow::Result<()> {
+    for _ in 0..n {
+        let port = free_port();
+        let t = Instant::now();
+        let child = spawn_plain(cmd, cwd, port, &[])?;
+        let mut c = Conn::open_when_ready(&format!("127.0.0.1:{port}"), Instant::now() + Duration::from_secs(30))?;
+        c.post("/invoke", b"")?;
+        raw.push("plain", "cold_start", workload, t.elapsed().as_secs_f64() * 1e6);
+        drop(c);
+        raw.push("plain", "teardown", workload, kill_wait(child).as_secs_f64() * 1e6);
+        tick();
+    }
+    Ok(())
+}
+
+/// Direct requests to a running fixture, `gap` apart (the warm-invoke baseline), and
+/// closed-loop throughput.
+pub fn plain_warm(fixture: &Path, plan: &Plan, raw: &mut Raw, tick: &dyn Fn()) -> anyhow::Result<(f64, f64)> {
+    let port = free_port();
+    let child = spawn_plain(&[fixture.display().to_string()], Path::new("/"), port, &[])?;
+    let addr = format!("127.0.0.1:{port}");
+    let mut c = Conn::open_when_ready(&addr, Instant::now() + Duration::from_secs(10))?;
+    c.post("/invoke", b"")?;
+    for _ in 0..plan.warm_n {
+        std::thread::sleep(plan.warm_gap);
+        let t = Instant::now();
+        c.post("/invoke", b"")?;
+        raw.push("plain", "warm_invoke", "native", t.elapsed().as_secs_f64() * 1e6);
+        tick();
+    }
+    let c1 = super::fcsup::closed_loop(&addr, "/invoke", 1, plan.rps_duration)?;
+    let c16 = super::fcsup::closed_loop(&addr, "/invoke", 16, plan.rps_duration)?;
+    kill_wait(child);
+    Ok((c1, c16))
+}
+
+fn waitpid(pid: i32, flags: i32) {
+    let mut status = 0;
+    // SAFETY: waitpid on our own child with a valid status pointer.
+    unsafe { libc::waitpid(pid, &mut status, flags) };
+}
+
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid, sig) };
+}
+
+/// SIGSTOP/SIGCONT of the main pid around each request, confirmed by waitpid (the group
+/// stop completes when every thread stopped).
+pub fn sigstop(fixture: &Path, busy: usize, workload: &str, plan: &Plan, raw: &mut Raw, tick: &dyn Fn()) -> anyhow::Result<()> {
+    let port = free_port();
+    let threads = busy.to_string();
+    let child = spawn_plain(&[fixture.display().to_string()], Path::new("/"), port, &[("FIXTURE_BUSY_THREADS", &threads)])?;
+    let pid = child.id() as i32;
+    let mut c = Conn::open_when_ready(&format!("127.0.0.1:{port}"), Instant::now() + Duration::from_secs(10))?;
+    c.post("/invoke", b"")?;
+    signal(pid, libc::SIGSTOP);
+    waitpid(pid, libc::WUNTRACED);
+    for _ in 0..plan.freeze_n {
+        std::thread::sleep(plan.gap);
+        let t = Instant::now();
+        signal(pid, libc::SIGCONT);
+        waitpid(pid, libc::WCONTINUED);
+        raw.push("sigstop", "thaw", workload, t.elapsed().as_secs_f64() * 1e6);
+        c.post("/invoke", b"")?;
+        let t = Instant::now();
+        signal(pid, libc::SIGSTOP);
+        waitpid(pid, libc::WUNTRACED);
+        raw.push("sigstop", "freeze", workload, t.elapsed().as_secs_f64() * 1e6);
+        tick();
+    }
+    signal(pid, libc::SIGCONT);
+    kill_wait(child);
+    Ok(())
+}
+
+/// CPU ticks (user + system) of `pid`.
+fn cpu_ticks(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = s.rsplit_once(')').map(|(_, a)| a).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+/// Whether the fixture's child process keeps running while its parent is SIGSTOPped.
+pub fn sigstop_child_runs(fixture: &Path) -> anyhow::Result<bool> {
+    let port = free_port();
+    let child = spawn_plain(&[fixture.display().to_string()], Path::new("/"), port, &[("FIXTURE_CHILD", "1")])?;
+    let pid = child.id();
+    Conn::open_when_ready(&format!("127.0.0.1:{port}"), Instant::now() + Duration::from_secs(10))?;
+    let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let kid: u32 = kids.split_whitespace().next().and_then(|k| k.parse().ok()).ok_or_else(|| anyhow::anyhow!("the fixture started no child"))?;
+    signal(pid as i32, libc::SIGSTOP);
+    waitpid(pid as i32, libc::WUNTRACED);
+    let before = cpu_ticks(kid);
+    std::thread::sleep(Duration::from_millis(300));
+    let ran = cpu_ticks(kid) > before;
+    signal(kid as i32, libc::SIGKILL);
+    signal(pid as i32, libc::SIGCONT);
+    kill_wait(child);
+    Ok(ran)
+}
+
+/// An OCI runtime CLI (`crun` or `runc`) and the bundles it runs the fixture from.
+pub struct Runtime {
+    /// `crun` or `runc`.
+    pub name: String,
+    work: PathBuf,
+    fixture: PathBuf,
+    seq: u32,
+}
+
+impl Runtime {
+    /// The runtime `name` when installed, with a scratch directory.
+    pub fn find(name: &str, fixture: &Path) -> Option<Runtime> {
+        let ok = Command::new(name).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+        let work = std::env::temp_dir().join(format!("fcsup-bench-{name}-{}", std::process::id()));
+        ok.then(|| Runtime { name: name.into(), work, fixture: fixture.into(), seq: 0 })
+    }
+
+    fn cli(&self, args: &[&str]) -> std::io::Result<std::process::ExitStatus> {
+        Command::new(&self.name).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status()
+    }
+
+    /// A bundle: the runtime's own default spec (`<rt> spec`), with the static fixture as the
+    /// only file of a read-only rootfs, no terminal, and host networking (so the client
+    /// reaches it directly; fcsup's instances have their own network namespace, so this
+    /// favours the peer).
+    fn bundle(&mut self, port: u16, busy: usize) -> anyhow::Result<(PathBuf, String)> {
+        self.seq += 1;
+        let id = format!("fcsup-bench-{}-{}-{}", self.name, std::process::id(), self.seq);
+        let dir = self.work.join(&id);
+        let rootfs = dir.join("rootfs");
+        for d in ["proc", "dev", "sys", "tmp"] {
+            std::fs::create_dir_all(rootfs.join(d))?;
+        }
+        std::fs::copy(&self.fixture, rootfs.join("fcsup-fixture"))?;
+        let st = Command::new(&self.name).arg("spec").current_dir(&dir).status()?;
+        anyhow::ensure!(st.success(), "{} spec failed", self.name);
+        let path = dir.join("config.json");
+        let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+        spec["process"]["terminal"] = false.into();
+        spec["process"]["args"] = serde_json::json!(["/fcsup-fixture"]);
+        spec["process"]["env"] = serde_json::json!(["PATH=/", format!("FC_SERVER_PORT={port}"), format!("FIXTURE_BUSY_THREADS={busy}")]);
+        spec["root"]["readonly"] = true.into();
+        if let Some(ns) = spec["linux"]["namespaces"].as_array_mut() {
+            ns.retain(|n| n["type"] != "network");
+        }
+        std::fs::write(&path, serde_json::to_vec_pretty(&spec)?)?;
+        Ok((dir, id))
+    }
+
+    fn remove(&self, id: &str, dir: &Path) {
+        let _ = self.cli(&["kill", id, "KILL"]);
+        let _ = self.cli(&["delete", "-f", id]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// `<rt> run` per call to the first response (`s local`'s model), and teardown.
+    pub fn cold(&mut self, n: usize, raw: &mut Raw, tick: &dyn Fn()) -> anyhow::Result<()> {
+        for _ in 0..n {
+            let port = free_port();
+            let (dir, id) = self.bundle(port, 0)?;
+            let t = Instant::now();
+            let mut child = Command::new(&self.name)
+                .args(["run", "--bundle"])
+                .arg(&dir)
+                .arg(&id)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            let ready = Conn::open_when_ready(&format!("127.0.0.1:{port}"), Instant::now() + Duration::from_secs(30));
+            let answered = ready.and_then(|mut c| c.post("/invoke", b""));
+            if let Err(e) = answered {
+                let _ = child.kill();
+                let _ = child.wait();
+                self.remove(&id, &dir);
+                anyhow::bail!("{} run did not serve: {e}", self.name);
+            }
+            raw.push(&self.name, "cold_start", "native", t.elapsed().as_secs_f64() * 1e6);
+            let t = Instant::now();
+            let _ = self.cli(&["kill", &id, "KILL"]);
+            let _ = child.wait();
+            let _ = self.cli(&["delete", "-f", &id]);
+            raw.push(&self.name, "teardown", "native", t.elapsed().as_secs_f64() * 1e6);
+            let _ = std::fs::remove_dir_all(&dir);
+            tick();
+        }
+        Ok(())
+    }
+
+    /// A container started once, `resume` → request → `pause` per call (OpenWhisk's model):
+    /// each CLI call as a freeze/thaw sample, the three together as a warm invocation.
+    pub fn pause_resume(&mut self, busy: usize, workload: &str, plan: &Plan, raw: &mut Raw, tick: &dyn Fn()) -> anyhow::Result<()> {
+        let port = free_port();
+        let (dir, id) = self.bundle(port, busy)?;
+        let st = Command::new(&self.name)
+            .args(["run", "-d", "--bundle"])
+            .arg(&dir)
+            .arg(&id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        let result = (|| -> anyhow::Result<()> {
+            anyhow::ensure!(st.success(), "{} run -d failed", self.name);
+            let mut c = Conn::open_when_ready(&format!("127.0.0.1:{port}"), Instant::now() + Duration::from_secs(30))?;
+            c.post("/invoke", b"")?;
+            anyhow::ensure!(self.cli(&["pause", &id])?.success(), "{} pause failed", self.name);
+            for _ in 0..plan.freeze_n {
+                std::thread::sleep(plan.gap);
+                let t = Instant::now();
+                self.cli(&["resume", &id])?;
+                let resumed = t.elapsed();
+                c.post("/invoke", b"")?;
+                let t2 = Instant::now();
+                self.cli(&["pause", &id])?;
+                raw.push(&self.name, "thaw", workload, resumed.as_secs_f64() * 1e6);
+                raw.push(&self.name, "freeze", workload, t2.elapsed().as_secs_f64() * 1e6);
+                if busy == 0 {
+                    raw.push(&self.name, "warm_invoke", "native", t.elapsed().as_secs_f64() * 1e6);
+                }
+                tick();
+            }
+            let _ = self.cli(&["resume", &id]);
+            Ok(())
+        })();
+        self.remove(&id, &dir);
+        result
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
