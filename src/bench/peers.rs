@@ -159,10 +159,10 @@ impl Runtime {
         Command::new(&self.name).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status()
     }
 
-    /// A bundle: the runtime's own default spec (`<rt> spec`), with the static fixture as the
-    /// only file of a read-only rootfs, no terminal, and host networking (so the client
-    /// reaches it directly; fcsup's instances have their own network namespace, so this
-    /// favours the peer).
+    /// A bundle: the runtime's own default spec (`<rt> spec`), with the fixture in a read-only
+    /// rootfs that also binds the host's /usr and /lib* read-only (as fcsup's sandbox does),
+    /// no terminal, and host networking (so the client reaches it directly; fcsup's instances
+    /// have their own network namespace, so this favours the peer).
     fn bundle(&mut self, port: u16, busy: usize) -> anyhow::Result<(PathBuf, String)> {
         self.seq += 1;
         let id = format!("fcsup-bench-{}-{}-{}", self.name, std::process::id(), self.seq);
@@ -180,6 +180,15 @@ impl Runtime {
         spec["process"]["args"] = serde_json::json!(["/fcsup-fixture"]);
         spec["process"]["env"] = serde_json::json!(["PATH=/", format!("FC_SERVER_PORT={port}"), format!("FIXTURE_BUSY_THREADS={busy}")]);
         spec["root"]["readonly"] = true.into();
+        // The host's libraries, read-only as in fcsup's sandbox, for a fixture built dynamic.
+        if let Some(mounts) = spec["mounts"].as_array_mut() {
+            for d in ["/usr", "/lib", "/lib64"] {
+                if Path::new(d).is_dir() {
+                    std::fs::create_dir_all(rootfs.join(&d[1..]))?;
+                    mounts.push(serde_json::json!({"destination": d, "type": "bind", "source": d, "options": ["rbind", "ro"]}));
+                }
+            }
+        }
         if let Some(ns) = spec["linux"]["namespaces"].as_array_mut() {
             ns.retain(|n| n["type"] != "network");
         }

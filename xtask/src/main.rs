@@ -20,7 +20,7 @@ fn main() -> Result<()> {
             // fcsup in release; the native fixture static, so it also runs alone in a
             // container rootfs (cargo rustc passes the flag to that one crate only).
             run(Command::new("cargo").args(["build", "--release", "--bin", "fcsup"]))?;
-            run(Command::new("cargo").args(["rustc", "--release", "-p", "fcsup-fixture", "--", "-C", "target-feature=+crt-static"]))?;
+            run(Command::new("cargo").args(["rustc", "--release", "--bin", "fcsup-fixture", "--", "-C", "target-feature=+crt-static"]))?;
             let args: Vec<String> = std::env::args().skip(2).collect();
             run(Command::new("target/release/fcsup").arg("bench").args(args))
         }
