@@ -8,6 +8,7 @@ use crate::billing::Ledger;
 use crate::cgroup::CgroupRoot;
 use crate::logs::LogFiles;
 use crate::metrics::{Metrics, Samples};
+use crate::sandbox::NetnsPool;
 
 /// Shared, read-mostly context of one supervisor.
 #[derive(Debug)]
@@ -26,6 +27,8 @@ pub struct Host {
     pub log_files: LogFiles,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// Network namespaces made ahead of time.
+    pub netns: Arc<NetnsPool>,
     /// Raw latency samples (for `fcsup bench`).
     pub samples: Samples,
 }

@@ -21,6 +21,10 @@ use crate::host::Host;
 use crate::instance::{Instance, Snapshot, StartError};
 use crate::pool::{GlobalCount, Pool};
 use crate::queue::AsyncQueue;
+use crate::sandbox::NetnsPool;
+
+/// Network namespaces kept ready for cold starts.
+const NETNS_READY: usize = 4;
 
 /// Errors starting a supervisor.
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +156,7 @@ impl Supervisor {
             log_files,
             metrics: Metrics::default(),
             samples: Samples::default(),
+            netns: NetnsPool::new(NETNS_READY),
         });
         let global = GlobalCount::new(config.global.max_instances.unwrap_or(100));
         let mut pools = BTreeMap::new();

@@ -353,7 +353,14 @@ impl Instance {
             rootfs_mountpoint: host.rootfs_mountpoint.clone(),
             tmp_size_mb: function.disk_mb,
         };
-        let child: Child = match sandbox::spawn(&spec, cgroup.dir_fd(), &cgroup.v1_procs_fds()) {
+        let netns = match host.netns.take() {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = cgroup.remove();
+                return Err(StartError::Sandbox(SandboxError::Setup { op: "create a network namespace".into(), source: e }));
+            }
+        };
+        let child: Child = match sandbox::spawn(&spec, netns, cgroup.dir_fd(), &cgroup.v1_procs_fds()) {
             Ok(c) => c,
             Err(e) => {
                 let _ = cgroup.remove();

@@ -26,8 +26,8 @@ pub enum Op {
     Chdir(CString),
     /// Write `data` to an already-open fd (v1 `cgroup.procs`).
     WriteFd { fd: RawFd, data: &'static [u8] },
-    /// Bring `lo` up in the new network namespace.
-    LoopbackUp,
+    /// Join the network namespace open at this fd.
+    JoinNetns(RawFd),
     /// sethostname(2).
     Hostname(CString),
     /// Reset to SCHED_OTHER: a real-time supervisor must not hand its priority down.
@@ -50,7 +50,13 @@ pub struct Plan {
     pub err_fd: RawFd,
     /// Capabilities kept in the bounding set (bit mask).
     pub keep_caps: u64,
+    /// Stack for the function's vfork-style start, allocated in the parent (the child must
+    /// not allocate).
+    pub stack: Vec<u8>,
 }
+
+/// Stack size of the function's vfork-style start (it only makes syscalls).
+pub const START_STACK: usize = 64 * 1024;
 
 /// Step index reported when every exec candidate failed.
 pub const STEP_EXEC: u32 = u32::MAX;
@@ -124,7 +130,7 @@ pub fn run(plan: &Plan, exec: &ExecArgs) -> ! {
                 }
                 Op::Chdir(p) => check(libc::chdir(p.as_ptr()), e, i),
                 Op::WriteFd { fd, data } => check(libc::write(*fd, data.as_ptr().cast(), data.len()) as libc::c_int, e, i),
-                Op::LoopbackUp => loopback_up(e, i),
+                Op::JoinNetns(fd) => check(libc::setns(*fd, libc::CLONE_NEWNET), e, i),
                 Op::Hostname(h) => check(libc::sethostname(h.as_ptr(), h.as_bytes().len()), e, i),
                 Op::SchedOther => {
                     let p = libc::sched_param { sched_priority: 0 };
@@ -136,55 +142,68 @@ pub fn run(plan: &Plan, exec: &ExecArgs) -> ! {
     init(plan, exec)
 }
 
-fn loopback_up(e: RawFd, step: u32) {
-    // SAFETY: an ifreq on the stack, a throwaway socket; async-signal-safe syscalls only.
+/// What the function's start needs, on the init's stack.
+struct Start<'a> {
+    plan: &'a Plan,
+    exec: &'a ExecArgs,
+    old_mask: libc::sigset_t,
+}
+
+/// The function's side of the start: runs on its own stack in the init's memory (CLONE_VM |
+/// CLONE_VFORK, as posix_spawn does) until execve replaces it. No copy of the supervisor's
+/// address space is made for it, and none is torn down by its execve.
+extern "C" fn start_function(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` points to the init's `Start`, alive until this child execs or exits
+    // (CLONE_VFORK suspends the init until then); only async-signal-safe syscalls follow.
     unsafe {
-        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        check(s, e, step);
-        let mut req: libc::ifreq = std::mem::zeroed();
-        req.ifr_name[0] = b'l' as c_char;
-        req.ifr_name[1] = b'o' as c_char;
-        check(libc::ioctl(s, libc::SIOCGIFFLAGS, &mut req), e, step);
-        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        check(libc::ioctl(s, libc::SIOCSIFFLAGS, &mut req), e, step);
-        libc::close(s);
+        let st = &*(arg as *const Start);
+        let plan = st.plan;
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::sigprocmask(libc::SIG_SETMASK, &st.old_mask, std::ptr::null_mut());
+        libc::setsid();
+        for fd in 0..3 {
+            if plan.stdio[fd] != fd as RawFd {
+                libc::dup2(plan.stdio[fd], fd as RawFd);
+            }
+        }
+        // No supervisor fd may leak into the function.
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+        drop_capabilities(plan.keep_caps);
+        let mut errno = libc::ENOENT;
+        for path in &plan.exec_candidates {
+            libc::execve(path.as_ptr(), st.exec.argv.as_ptr(), st.exec.envp.as_ptr());
+            let err = sys::errno();
+            if err != libc::ENOENT {
+                errno = err;
+            }
+        }
+        fail(plan.err_fd, STEP_EXEC, errno)
     }
 }
 
-/// PID 1: fork the function, then forward signals and reap until it exits.
+/// PID 1: start the function, then forward signals and reap until it exits.
 fn init(plan: &Plan, exec: &ExecArgs) -> ! {
     let e = plan.err_fd;
-    // SAFETY: signal-mask and process calls on stack data only; the function side only execs.
+    // SAFETY: signal-mask, prctl and process calls on stack data and the plan's pre-allocated
+    // stack only.
     unsafe {
+        // The init holds a copy of the supervisor's memory: nothing in the instance, root or
+        // not, may read it through ptrace or /proc/1/mem.
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
         let mut all: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         let mut old: libc::sigset_t = std::mem::zeroed();
         libc::sigprocmask(libc::SIG_BLOCK, &all, &mut old);
-        let main = libc::fork();
+        let mut start = Start { plan, exec, old_mask: old };
+        let top = plan.stack.as_ptr().add(plan.stack.len()) as usize & !15;
+        let main = libc::clone(
+            start_function,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (&mut start as *mut Start).cast(),
+        );
         if main < 0 {
             fail(e, STEP_EXEC, sys::errno());
-        }
-        if main == 0 {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-            libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-            libc::setsid();
-            for fd in 0..3 {
-                if plan.stdio[fd] != fd as RawFd {
-                    libc::dup2(plan.stdio[fd], fd as RawFd);
-                }
-            }
-            // No supervisor fd may leak into the function.
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
-            drop_capabilities(plan.keep_caps);
-            let mut errno = libc::ENOENT;
-            for path in &plan.exec_candidates {
-                libc::execve(path.as_ptr(), exec.argv.as_ptr(), exec.envp.as_ptr());
-                let err = sys::errno();
-                if err != libc::ENOENT {
-                    errno = err;
-                }
-            }
-            fail(e, STEP_EXEC, errno);
         }
         // The init keeps no fd at all: the function's exec closes the error pipe for the parent.
         libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0);

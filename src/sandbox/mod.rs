@@ -1,13 +1,14 @@
 //! One function process in its own cgroup and namespaces.
 //!
-//! `clone3(CLONE_INTO_CGROUP | CLONE_PIDFD | NEWPID | NEWNS | NEWUTS | NEWIPC | NEWNET)` places
-//! the child atomically; the child builds a small root (read-only binds of the host's system
-//! directories, the code at `/code` read-only, a private `/tmp` and `/dev`, a fresh `/proc`),
-//! pivots into it, brings `lo` up and execs the start command under a minimal init
-//! ([`child`]). The supervisor reaches the function's port by creating sockets inside the
-//! instance's network namespace ([`Netns::socket`]).
+//! `clone3(CLONE_INTO_CGROUP | CLONE_PIDFD | NEWPID | NEWNS | NEWUTS | NEWIPC)` places the
+//! child atomically; the child joins its network namespace (made ahead of time, [`netns`]),
+//! builds a small root (read-only binds of the host's system directories, the code at `/code`
+//! read-only, a private `/tmp` and `/dev`, a fresh `/proc`), pivots into it and execs the
+//! start command under a minimal init ([`child`]). The supervisor reaches the function's
+//! port by creating sockets inside the instance's network namespace ([`Netns::socket`]).
 
 mod child;
+mod netns;
 mod sys;
 
 use std::ffi::CString;
@@ -17,7 +18,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use child::{ExecArgs, Op, Plan, STEP_EXEC};
+use child::{ExecArgs, Op, Plan, START_STACK, STEP_EXEC};
+pub use netns::{Netns, NetnsPool};
 pub use sys::{pidfd_signal, pidfd_try_wait};
 
 /// Errors of the sandbox.
@@ -106,14 +108,14 @@ pub struct Child {
 
 /// Spawns `spec` into the cgroup directory `cgroup_fd`; `v1_procs` are v1 `cgroup.procs`
 /// files the child writes itself into before anything else.
-pub fn spawn(spec: &SandboxSpec, cgroup_fd: RawFd, v1_procs: &[RawFd]) -> Result<Child, SandboxError> {
+pub fn spawn(spec: &SandboxSpec, netns: Netns, cgroup_fd: RawFd, v1_procs: &[RawFd]) -> Result<Child, SandboxError> {
     let (out_r, out_w) = sys::pipe_cloexec().map_err(setup("create stdout pipe"))?;
     let (err_r, err_w) = sys::pipe_cloexec().map_err(setup("create stderr pipe"))?;
     let (status_r, status_w) = sys::pipe_cloexec().map_err(setup("create status pipe"))?;
     let devnull = sys::open_ro(c"/dev/null").map_err(setup("open /dev/null"))?;
-    let plan = plan(spec, v1_procs, [devnull.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()], status_w.as_raw_fd())?;
+    let plan = plan(spec, netns.fd().as_raw_fd(), v1_procs, [devnull.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()], status_w.as_raw_fd())?;
     let exec = ExecArgs::new(&plan);
-    let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET) as u64;
+    let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64;
     let t0 = Instant::now();
     let (pid, pidfd) = match sys::clone3(flags, cgroup_fd).map_err(setup("clone3 the instance"))? {
         sys::Forked::Child => child::run(&plan, &exec),
@@ -137,10 +139,6 @@ pub fn spawn(spec: &SandboxSpec, cgroup_fd: RawFd, v1_procs: &[RawFd]) -> Result
         });
     }
     read.map_err(setup("read the instance's start status"))?;
-    let netns = Netns::open(pid).map_err(|e| {
-        let _ = sys::pidfd_signal(pidfd.as_raw_fd(), libc::SIGKILL);
-        setup(format!("open the network namespace of pid {pid}"))(e)
-    })?;
     Ok(Child { pid, pidfd, netns, stdout: out_r, stderr: err_r, clone_to_exec })
 }
 
@@ -165,12 +163,13 @@ fn path_c(p: &Path) -> Result<CString, SandboxError> {
 }
 
 /// Builds the child's steps and exec arguments.
-fn plan(spec: &SandboxSpec, v1_procs: &[RawFd], stdio: [RawFd; 3], err_fd: RawFd) -> Result<Plan, SandboxError> {
+fn plan(spec: &SandboxSpec, netns: RawFd, v1_procs: &[RawFd], stdio: [RawFd; 3], err_fd: RawFd) -> Result<Plan, SandboxError> {
     let root = &spec.rootfs_mountpoint;
     let under = |rel: &str| path_c(&root.join(rel));
     let mut ops: Vec<(Op, String)> = Vec::new();
     let mut push = |op: Op, what: String| ops.push((op, what));
     push(Op::SchedOther, "reset scheduling to SCHED_OTHER".into());
+    push(Op::JoinNetns(netns), "join the instance's network namespace".into());
     for fd in v1_procs {
         push(Op::WriteFd { fd: *fd, data: b"0" }, "join the v1 cgroups".into());
     }
@@ -235,7 +234,6 @@ fn plan(spec: &SandboxSpec, v1_procs: &[RawFd], stdio: [RawFd; 3], err_fd: RawFd
         mount(None, cstr("/")?, None, libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV, Some("mode=755,size=1m"))?,
         "make the root read-only".into(),
     );
-    push(Op::LoopbackUp, "bring up the loopback interface".into());
     push(Op::Hostname(cstr(&spec.hostname)?), "set the hostname".into());
     push(Op::Chdir(cstr("/code")?), "chdir to /code".into());
 
@@ -250,7 +248,7 @@ fn plan(spec: &SandboxSpec, v1_procs: &[RawFd], stdio: [RawFd; 3], err_fd: RawFd
         path.split(':').filter(|d| !d.is_empty()).map(|d| cstr(format!("{d}/{cmd}"))).collect::<Result<_, _>>()?
     };
     let keep_caps = KEEP_CAPS.iter().fold(0u64, |m, c| m | (1 << c));
-    Ok(Plan { ops, argv, envp, exec_candidates, stdio, err_fd, keep_caps })
+    Ok(Plan { ops, argv, envp, exec_candidates, stdio, err_fd, keep_caps, stack: vec![0; START_STACK] })
 }
 
 fn push_ro_bind(push: &mut impl FnMut(Op, String), host: &Path, dst: CString) -> Result<(), SandboxError> {
@@ -273,40 +271,3 @@ fn push_ro_bind(push: &mut impl FnMut(Op, String), host: &Path, dst: CString) ->
     Ok(())
 }
 
-/// An instance's network namespace, and the supervisor's own to return to.
-#[derive(Debug)]
-pub struct Netns {
-    ns: OwnedFd,
-}
-
-impl Netns {
-    fn open(pid: i32) -> io::Result<Self> {
-        let p = CString::new(format!("/proc/{pid}/ns/net")).expect("no NUL");
-        Ok(Netns { ns: sys::open_ro(&p)? })
-    }
-
-    /// A non-blocking TCP socket created inside the namespace, so connecting to
-    /// `127.0.0.1:port` reaches the function however many instances use that port.
-    pub fn socket(&self) -> io::Result<std::net::TcpStream> {
-        thread_local! {
-            static HOME: OwnedFd = sys::open_ro(c"/proc/thread-self/ns/net").expect("open own network namespace");
-        }
-        HOME.with(|home| {
-            sys::setns(self.ns.as_raw_fd(), libc::CLONE_NEWNET)?;
-            let sock = socket2_tcp();
-            sys::setns(home.as_raw_fd(), libc::CLONE_NEWNET).expect("return to the supervisor's network namespace");
-            sock
-        })
-    }
-}
-
-fn socket2_tcp() -> io::Result<std::net::TcpStream> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: socket(2); the fd is owned by the TcpStream below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fresh fd owned by nobody else.
-    Ok(unsafe { std::net::TcpStream::from_raw_fd(fd) })
-}

@@ -1,0 +1,143 @@
+//! Network namespaces: each instance gets a fresh one with only `lo`, made ahead of time.
+//!
+//! Creating a network namespace is the most expensive part of a clone (about 0.6 ms p50 and
+//! 3 ms p99 here, `notes/cgroups.md` §3), so a small pool is kept ready: a thread unshares a
+//! new namespace, brings `lo` up in it, keeps an fd to it and returns to its own. The child
+//! joins its namespace with `setns` as its first step. A namespace is never reused.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::sys;
+
+/// One network namespace, held open by an fd.
+#[derive(Debug)]
+pub struct Netns {
+    ns: OwnedFd,
+}
+
+thread_local! {
+    /// The calling thread's own network namespace, to return to.
+    static HOME: OwnedFd = sys::open_ro(c"/proc/thread-self/ns/net").expect("open own network namespace");
+}
+
+/// Runs `f` with the calling thread inside `ns`, then returns the thread to its own.
+fn inside<T>(ns: &OwnedFd, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    HOME.with(|home| {
+        sys::setns(ns.as_raw_fd(), libc::CLONE_NEWNET)?;
+        let r = f();
+        sys::setns(home.as_raw_fd(), libc::CLONE_NEWNET).expect("return to the supervisor's network namespace");
+        r
+    })
+}
+
+impl Netns {
+    /// A new namespace with `lo` up.
+    pub fn create() -> io::Result<Netns> {
+        HOME.with(|home| {
+            // SAFETY: unshare of the network namespace affects only the calling thread.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let made = sys::open_ro(c"/proc/thread-self/ns/net").and_then(|ns| loopback_up().map(|()| ns));
+            sys::setns(home.as_raw_fd(), libc::CLONE_NEWNET).expect("return to the supervisor's network namespace");
+            made.map(|ns| Netns { ns })
+        })
+    }
+
+    /// The fd the child joins with `setns`.
+    pub fn fd(&self) -> &OwnedFd {
+        &self.ns
+    }
+
+    /// A non-blocking TCP socket created inside the namespace, so connecting to
+    /// `127.0.0.1:port` reaches the function however many instances use that port.
+    pub fn socket(&self) -> io::Result<std::net::TcpStream> {
+        inside(&self.ns, tcp_socket)
+    }
+}
+
+fn tcp_socket() -> io::Result<std::net::TcpStream> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: socket(2); the fd is owned by the TcpStream below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh fd owned by nobody else.
+    Ok(unsafe { std::net::TcpStream::from_raw_fd(fd) })
+}
+
+/// Sets `lo` up in the calling thread's network namespace.
+fn loopback_up() -> io::Result<()> {
+    let s = tcp_socket()?;
+    // SAFETY: an ifreq on the stack; SIOCGIFFLAGS/SIOCSIFFLAGS on our socket.
+    unsafe {
+        let mut req: libc::ifreq = std::mem::zeroed();
+        req.ifr_name[0] = b'l' as libc::c_char;
+        req.ifr_name[1] = b'o' as libc::c_char;
+        if libc::ioctl(s.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &mut req) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Namespaces made ahead of time, refilled by a background thread.
+#[derive(Debug)]
+pub struct NetnsPool {
+    ready: Mutex<Vec<Netns>>,
+    target: usize,
+    refilling: AtomicBool,
+}
+
+impl NetnsPool {
+    /// A pool that keeps `target` namespaces ready (0: make each on demand).
+    pub fn new(target: usize) -> Arc<NetnsPool> {
+        let pool = Arc::new(NetnsPool { ready: Mutex::default(), target, refilling: AtomicBool::new(false) });
+        pool.refill();
+        pool
+    }
+
+    /// A ready namespace, or a new one when none is.
+    pub fn take(self: &Arc<Self>) -> io::Result<Netns> {
+        let ready = self.ready.lock().expect("netns pool").pop();
+        self.refill();
+        match ready {
+            Some(ns) => Ok(ns),
+            None => Netns::create(),
+        }
+    }
+
+    fn refill(self: &Arc<Self>) {
+        if self.target == 0 || self.refilling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new().name("fcsup-netns".into()).spawn(move || {
+            while let Some(pool) = me.upgrade() {
+                if pool.ready.lock().expect("netns pool").len() >= pool.target {
+                    pool.refilling.store(false, Ordering::Release);
+                    return;
+                }
+                match Netns::create() {
+                    Ok(ns) => pool.ready.lock().expect("netns pool").push(ns),
+                    Err(e) => {
+                        tracing::warn!("cannot prepare a network namespace: {e}");
+                        pool.refilling.store(false, Ordering::Release);
+                        return;
+                    }
+                }
+            }
+        });
+        if spawned.is_err() {
+            self.refilling.store(false, Ordering::Release);
+        }
+    }
+}
