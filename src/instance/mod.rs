@@ -471,16 +471,23 @@ impl Instance {
             if let Some(code) = *exit.borrow() {
                 return Err(self.exited_error(code));
             }
-            match self.conns.connect(&self.netns).await {
-                Ok(s) => break s,
-                Err(_) if Instant::now() < deadline => {
+            let attempt = self.netns.connect_ready(self.function.port).and_then(|s| {
+                s.map(|s| {
+                    s.set_nodelay(true)?;
+                    tokio::net::TcpStream::from_std(s)
+                })
+                .transpose()
+            });
+            match attempt {
+                Ok(Some(s)) => break s,
+                Ok(None) | Err(_) if Instant::now() < deadline => {
                     tokio::select! {
                         _ = crate::util::fine_sleep(backoff) => {}
                         _ = exit.changed() => {}
                     }
                     backoff = (backoff * 3 / 2).min(Duration::from_millis(5));
                 }
-                Err(_) => {
+                _ => {
                     return Err(StartError::NotListening { port: self.function.port, secs: self.function.start_timeout.as_secs() })
                 }
             }

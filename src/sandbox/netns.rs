@@ -12,10 +12,12 @@ use std::sync::{Arc, Mutex};
 
 use super::sys;
 
-/// One network namespace, held open by an fd.
+/// One network namespace, held open by an fd, with a socket already made inside it for the
+/// readiness check (so polling a starting instance needs no `setns`).
 #[derive(Debug)]
 pub struct Netns {
     ns: OwnedFd,
+    probe: Mutex<Option<std::net::TcpStream>>,
 }
 
 thread_local! {
@@ -41,10 +43,53 @@ impl Netns {
             if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
                 return Err(io::Error::last_os_error());
             }
-            let made = sys::open_ro(c"/proc/thread-self/ns/net").and_then(|ns| loopback_up().map(|()| ns));
+            let made = sys::open_ro(c"/proc/thread-self/ns/net").and_then(|ns| {
+                loopback_up()?;
+                let probe = tcp_socket()?;
+                probe.set_nonblocking(false)?;
+                // Bounds a connect to a full backlog (never expected at start).
+                probe.set_write_timeout(Some(std::time::Duration::from_millis(100)))?;
+                Ok((ns, probe))
+            });
             sys::setns(home.as_raw_fd(), libc::CLONE_NEWNET).expect("return to the supervisor's network namespace");
-            made.map(|ns| Netns { ns })
+            made.map(|(ns, probe)| Netns { ns, probe: Mutex::new(Some(probe)) })
         })
+    }
+
+    /// Tries once to connect to `127.0.0.1:port` in the namespace with the readiness socket:
+    /// `Ok(None)` while nothing listens (the socket is kept for the next try). On loopback the
+    /// connect completes or is refused at once.
+    pub fn connect_ready(&self, port: u16) -> io::Result<Option<std::net::TcpStream>> {
+        let mut slot = self.probe.lock().expect("probe socket");
+        let sock = match slot.take() {
+            Some(s) => s,
+            None => {
+                let s = self.socket()?;
+                s.set_nonblocking(false)?;
+                s
+            }
+        };
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr { s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be() },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: connect(2) on our socket with a sockaddr_in of the right size.
+        let r = unsafe {
+            libc::connect(sock.as_raw_fd(), (&addr as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t)
+        };
+        if r == 0 {
+            sock.set_nonblocking(true)?;
+            return Ok(Some(sock));
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ECONNREFUSED) {
+            // A refused TCP socket is back in CLOSE and may connect again.
+            *slot = Some(sock);
+            return Ok(None);
+        }
+        Err(e)
     }
 
     /// The fd the child joins with `setns`.
