@@ -305,6 +305,21 @@ pub struct Instance {
     fc_headers: HeaderMap,
     start_trace: Mutex<StartTrace>,
     stop_trace: Mutex<Option<StopTrace>>,
+    /// The init's stack and thread area (it shares the supervisor's memory): kept until the
+    /// init has exited.
+    init_stack: Mutex<Option<sandbox::InitStack>>,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        // Unmapping the memory of a running init would crash it; leak it instead (only an
+        // instance dropped without stop() gets here, which fcsup never does).
+        if self.exit.borrow().is_none() {
+            if let Some(s) = self.init_stack.lock().expect("init stack").take() {
+                std::mem::forget(s);
+            }
+        }
+    }
 }
 
 /// What `GET /admin/instances` shows.
@@ -416,6 +431,7 @@ impl Instance {
             fc_headers,
             start_trace: Mutex::new(start_trace),
             stop_trace: Mutex::new(None),
+            init_stack: Mutex::new(Some(child.init_stack)),
             function,
         });
         inst.watch_exit();

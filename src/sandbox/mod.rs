@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use child::{ExecArgs, Op, Plan, START_STACK, STEP_EXEC};
 pub use netns::{Netns, NetnsPool};
-pub use sys::{pidfd_signal, pidfd_try_wait};
+pub use sys::{pidfd_signal, pidfd_try_wait, InitStack};
 
 /// Errors of the sandbox.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +104,8 @@ pub struct Child {
     pub stderr: OwnedFd,
     /// From clone3 to the successful execve.
     pub clone_to_exec: Duration,
+    /// The init's memory; must outlive the init (drop it only once the instance has exited).
+    pub init_stack: InitStack,
 }
 
 /// Spawns `spec` into the cgroup directory `cgroup_fd`; `v1_procs` are v1 `cgroup.procs`
@@ -116,11 +118,11 @@ pub fn spawn(spec: &SandboxSpec, netns: Netns, cgroup_fd: RawFd, v1_procs: &[Raw
     let plan = plan(spec, netns.fd().as_raw_fd(), v1_procs, [devnull.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()], status_w.as_raw_fd())?;
     let exec = ExecArgs::new(&plan);
     let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64;
+    let init_stack = sys::InitStack::new().map_err(setup("map the init's stack"))?;
+    // Lives in this frame until the status pipe's EOF: the child reads it until then.
+    let init_args = InitArgs { plan: &plan, exec: &exec };
     let t0 = Instant::now();
-    let (pid, pidfd) = match sys::clone3(flags, cgroup_fd).map_err(setup("clone3 the instance"))? {
-        sys::Forked::Child => child::run(&plan, &exec),
-        sys::Forked::Parent(pid, fd) => (pid, fd),
-    };
+    let (pid, pidfd) = start_init(flags, cgroup_fd, &init_stack, &init_args)?;
     drop((status_w, out_w, err_w, devnull));
     let mut report = Vec::with_capacity(8);
     let read = std::fs::File::from(status_r).read_to_end(&mut report);
@@ -139,7 +141,37 @@ pub fn spawn(spec: &SandboxSpec, netns: Netns, cgroup_fd: RawFd, v1_procs: &[Raw
         });
     }
     read.map_err(setup("read the instance's start status"))?;
-    Ok(Child { pid, pidfd, netns, stdout: out_r, stderr: err_r, clone_to_exec })
+    Ok(Child { pid, pidfd, netns, stdout: out_r, stderr: err_r, clone_to_exec, init_stack })
+}
+
+/// What the init needs, on the spawning thread's stack (alive until the status pipe's EOF).
+struct InitArgs<'a> {
+    plan: &'a Plan,
+    exec: &'a ExecArgs,
+}
+
+extern "C" fn init_entry(arg: *mut libc::c_void) -> ! {
+    // SAFETY: `arg` points to the spawning frame's InitArgs, which outlives every use: the
+    // supervisor waits for the status pipe's EOF, which comes after the child's last use.
+    let a = unsafe { &*(arg as *const InitArgs) };
+    child::run(a.plan, a.exec)
+}
+
+/// Starts the init: sharing the supervisor's address space on x86-64 (no copy of it is made,
+/// so the supervisor takes no copy-on-write faults afterwards), fork-style elsewhere.
+fn start_init(flags: u64, cgroup_fd: RawFd, stack: &sys::InitStack, args: &InitArgs) -> Result<(i32, OwnedFd), SandboxError> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        sys::clone3_vm(flags, cgroup_fd, stack, init_entry, (args as *const InitArgs).cast_mut().cast()).map_err(setup("clone3 the instance"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = stack;
+        match sys::clone3(flags, cgroup_fd).map_err(setup("clone3 the instance"))? {
+            sys::Forked::Child => child::run(args.plan, args.exec),
+            sys::Forked::Parent(pid, fd) => Ok((pid, fd)),
+        }
+    }
 }
 
 fn wait_blocking(pidfd: &OwnedFd) -> io::Result<i32> {
