@@ -106,3 +106,15 @@ fn tail_log_returns_the_request_output_between_fc_markers() {
     assert!(log.contains("Billed Duration: ") && log.contains("Memory Size: 1024 MB"), "{log}");
     f.stop_and_check_clean();
 }
+
+#[test]
+fn server_listening_only_on_loopback_never_becomes_ready() {
+    let extra = "environmentVariables: {FIXTURE_BIND: 127.0.0.1}\nfcsup: {startTimeout: 1}";
+    let Some(mut f) = serve_if_privileged(&fixture_props("loopback", extra)) else { return };
+    let t = Instant::now();
+    let r = f.invoke("loopback", "{}");
+    assert_eq!(r.header("x-fc-error-type"), "InitializationError", "{}", r.text());
+    assert_eq!(r.json()["errorMessage"], "Function instance health check failed on port 9000 in 1 seconds");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    f.stop_and_check_clean();
+}

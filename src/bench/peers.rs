@@ -196,6 +196,17 @@ impl Runtime {
         Ok((dir, id))
     }
 
+    /// `<rt> run [-d] --bundle DIR ID`, quiet.
+    fn run_cmd(&self, detached: bool, dir: &Path, id: &str) -> Command {
+        let mut c = Command::new(&self.name);
+        c.arg("run");
+        if detached {
+            c.arg("-d");
+        }
+        c.arg("--bundle").arg(dir).arg(id).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        c
+    }
+
     fn remove(&self, id: &str, dir: &Path) {
         let _ = self.cli(&["kill", id, "KILL"]);
         let _ = self.cli(&["delete", "-f", id]);
@@ -208,14 +219,7 @@ impl Runtime {
             let port = free_port();
             let (dir, id) = self.bundle(port, 0)?;
             let t = Instant::now();
-            let mut child = Command::new(&self.name)
-                .args(["run", "--bundle"])
-                .arg(&dir)
-                .arg(&id)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()?;
+            let mut child = self.run_cmd(false, &dir, &id).spawn()?;
             let ready = Conn::open_when_ready(&format!("127.0.0.1:{port}"), Instant::now() + Duration::from_secs(30));
             let answered = ready.and_then(|mut c| c.post("/invoke", b""));
             if let Err(e) = answered {
@@ -241,14 +245,7 @@ impl Runtime {
     pub fn pause_resume(&mut self, busy: usize, workload: &str, plan: &Plan, raw: &mut Raw, tick: &dyn Fn()) -> anyhow::Result<()> {
         let port = free_port();
         let (dir, id) = self.bundle(port, busy)?;
-        let st = Command::new(&self.name)
-            .args(["run", "-d", "--bundle"])
-            .arg(&dir)
-            .arg(&id)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()?;
+        let st = self.run_cmd(true, &dir, &id).status()?;
         let result = (|| -> anyhow::Result<()> {
             anyhow::ensure!(st.success(), "{} run -d failed", self.name);
             let mut c = Conn::open_when_ready(&format!("127.0.0.1:{port}"), Instant::now() + Duration::from_secs(30))?;

@@ -1,6 +1,6 @@
 //! Kept-alive HTTP/1.1 connections into one instance's network namespace.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Mutex;
 
 use bytes::Bytes;
@@ -22,7 +22,7 @@ pub struct Connections {
 }
 
 impl Connections {
-    /// Connections to `127.0.0.1:port` inside the instance's namespace.
+    /// Connections to the instance's address and `port` inside its namespace.
     pub fn new(port: u16) -> Self {
         Connections { port, idle: Mutex::new(Vec::new()) }
     }
@@ -30,7 +30,7 @@ impl Connections {
     /// Connects once (a TCP connect, as FC's readiness check does).
     pub async fn connect(&self, netns: &Netns) -> std::io::Result<TcpStream> {
         let sock = TcpSocket::from_std_stream(netns.socket()?);
-        let stream = sock.connect(SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))).await?;
+        let stream = sock.connect(SocketAddr::from((crate::sandbox::INSTANCE_ADDR, self.port))).await?;
         stream.set_nodelay(true)?;
         Ok(stream)
     }
@@ -56,6 +56,17 @@ impl Connections {
         }
         let stream = self.connect(netns).await.map_err(|e| format!("connect to port {}: {e}", self.port))?;
         Self::handshake(stream).await.map_err(|e| format!("HTTP handshake on port {}: {e}", self.port))
+    }
+
+    /// Sends a bodyless request (hooks, health checks) on a kept-alive connection; the status.
+    pub async fn status_of(&self, netns: &Netns, req: hyper::Request<Full<Bytes>>) -> Result<hyper::StatusCode, String> {
+        use http_body_util::BodyExt;
+        let mut s = self.take(netns).await?;
+        let resp = s.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let _ = resp.into_body().collect().await;
+        self.put(s);
+        Ok(status)
     }
 
     /// Returns a connection for reuse.

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Request, StatusCode};
+use http_body_util::Full;
+use hyper::Request;
 
 use super::{Instance, StartError};
 use crate::config::HealthCheck;
@@ -55,15 +55,7 @@ impl Instance {
             .header("host", format!("127.0.0.1:{}", self.function.port))
             .body(Full::new(Bytes::new()))
             .map_err(|e| e.to_string())?;
-        let call = async {
-            let mut s = self.conns.take(&self.netns).await?;
-            let resp = s.send_request(req).await.map_err(|e| e.to_string())?;
-            let status = resp.status();
-            let _ = resp.into_body().collect().await;
-            self.conns.put(s);
-            Ok::<StatusCode, String>(status)
-        };
-        match tokio::time::timeout(hc.timeout, call).await {
+        match tokio::time::timeout(hc.timeout, self.conns.status_of(&self.netns, req)).await {
             Ok(Ok(s)) if (200..400).contains(&s.as_u16()) => Ok(()),
             Ok(Ok(s)) => Err(format!("GET {} answered HTTP {}", hc.path, s.as_u16())),
             Ok(Err(e)) => Err(format!("GET {}: {e}", hc.path)),

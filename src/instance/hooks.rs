@@ -1,7 +1,7 @@
 //! What the instance sees from fcsup: its environment (fc-spec §2), the common request headers
 //! (§1.2) and the lifecycle hooks (`POST /initialize`, `GET /pre-freeze`, `GET /pre-stop`).
 
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 
@@ -136,15 +136,7 @@ impl Instance {
         self.log.note(&format!("FC {marker} Start RequestId: {request_id}"));
         self.log.begin(&request_id);
         tracing::info!(function = %f.name, instance = %self.id, request_id, "FC {marker} Start");
-        let call = async {
-            let mut s = self.conns.take(&self.netns).await?;
-            let resp = s.send_request(req).await.map_err(|e| e.to_string())?;
-            let status = resp.status();
-            let _ = resp.into_body().collect().await;
-            self.conns.put(s);
-            Ok::<_, String>(status)
-        };
-        let r = match tokio::time::timeout(hook.timeout, call).await {
+        let r = match tokio::time::timeout(hook.timeout, self.conns.status_of(&self.netns, req)).await {
             Ok(r) => r,
             Err(_) => Err(format!("{marker} hook timed out after {} seconds", hook.timeout.as_secs())),
         };

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use child::{ExecArgs, Op, Plan, START_STACK, STEP_EXEC};
-pub use netns::{Netns, NetnsPool};
+pub use netns::{Netns, NetnsPool, INSTANCE_ADDR};
 pub use sys::{pidfd_signal, pidfd_try_wait, InitStack};
 
 /// Errors of the sandbox.

@@ -4,6 +4,10 @@
 //! 3 ms p99 here, `notes/cgroups.md` §3), so a small pool is kept ready: a thread unshares a
 //! new namespace, brings `lo` up in it, keeps an fd to it and returns to its own. The child
 //! joins its namespace with `setns` as its first step. A namespace is never reused.
+//!
+//! Besides `127.0.0.1`, `lo` carries [`INSTANCE_ADDR`], the instance's own address, and fcsup
+//! connects to that: like FC, a server that listens only on loopback never becomes ready
+//! (fc-spec §5.1), and one on `0.0.0.0` does.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -11,6 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::sys;
+
+/// The address fcsup reaches each instance at, inside its own network namespace.
+pub const INSTANCE_ADDR: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 9, 1);
 
 /// One network namespace, held open by an fd, with a socket already made inside it for the
 /// readiness check (so polling a starting instance needs no `setns`).
@@ -56,7 +63,7 @@ impl Netns {
         })
     }
 
-    /// Tries once to connect to `127.0.0.1:port` in the namespace with the readiness socket:
+    /// Tries once to connect to `INSTANCE_ADDR:port` in the namespace with the readiness socket:
     /// `Ok(None)` while nothing listens (the socket is kept for the next try). On loopback the
     /// connect completes or is refused at once.
     pub fn connect_ready(&self, port: u16) -> io::Result<Option<std::net::TcpStream>> {
@@ -72,7 +79,7 @@ impl Netns {
         let addr = libc::sockaddr_in {
             sin_family: libc::AF_INET as libc::sa_family_t,
             sin_port: port.to_be(),
-            sin_addr: libc::in_addr { s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be() },
+            sin_addr: libc::in_addr { s_addr: u32::from(INSTANCE_ADDR).to_be() },
             sin_zero: [0; 8],
         };
         // SAFETY: connect(2) on our socket with a sockaddr_in of the right size.
@@ -98,7 +105,7 @@ impl Netns {
     }
 
     /// A non-blocking TCP socket created inside the namespace, so connecting to
-    /// `127.0.0.1:port` reaches the function however many instances use that port.
+    /// `INSTANCE_ADDR:port` reaches the function however many instances use that port.
     pub fn socket(&self) -> io::Result<std::net::TcpStream> {
         inside(&self.ns, tcp_socket)
     }
@@ -115,23 +122,48 @@ fn tcp_socket() -> io::Result<std::net::TcpStream> {
     Ok(unsafe { std::net::TcpStream::from_raw_fd(fd) })
 }
 
-/// Sets `lo` up in the calling thread's network namespace.
-fn loopback_up() -> io::Result<()> {
-    let s = tcp_socket()?;
-    // SAFETY: an ifreq on the stack; SIOCGIFFLAGS/SIOCSIFFLAGS on our socket.
-    unsafe {
-        let mut req: libc::ifreq = std::mem::zeroed();
-        req.ifr_name[0] = b'l' as libc::c_char;
-        req.ifr_name[1] = b'o' as libc::c_char;
-        if libc::ioctl(s.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        if libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &mut req) != 0 {
-            return Err(io::Error::last_os_error());
-        }
+fn ifreq(name: &[u8]) -> libc::ifreq {
+    // SAFETY: ifreq is plain data; all-zero is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    req
+}
+
+fn ioctl(s: &std::net::TcpStream, op: libc::Ioctl, req: &mut libc::ifreq) -> io::Result<()> {
+    // SAFETY: an interface ioctl on our socket with a valid ifreq.
+    if unsafe { libc::ioctl(s.as_raw_fd(), op, req as *mut libc::ifreq) } != 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+fn set_addr(req: &mut libc::ifreq, addr: std::net::Ipv4Addr) {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr { s_addr: u32::from(addr).to_be() },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: ifru_addr is a sockaddr, which a sockaddr_in fits exactly.
+    unsafe { std::ptr::write((&mut req.ifr_ifru.ifru_addr as *mut libc::sockaddr).cast(), sin) };
+}
+
+/// Sets `lo` up in the calling thread's network namespace, with [`INSTANCE_ADDR`] on it.
+fn loopback_up() -> io::Result<()> {
+    let s = tcp_socket()?;
+    let mut lo = ifreq(b"lo");
+    ioctl(&s, libc::SIOCGIFFLAGS, &mut lo)?;
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    unsafe { lo.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    ioctl(&s, libc::SIOCSIFFLAGS, &mut lo)?;
+    let mut alias = ifreq(b"lo:fc");
+    set_addr(&mut alias, INSTANCE_ADDR);
+    ioctl(&s, libc::SIOCSIFADDR, &mut alias)?;
+    let mut mask = ifreq(b"lo:fc");
+    set_addr(&mut mask, std::net::Ipv4Addr::BROADCAST);
+    ioctl(&s, libc::SIOCSIFNETMASK, &mut mask)
 }
 
 /// Namespaces made ahead of time, refilled by a background thread.
