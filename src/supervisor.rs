@@ -204,10 +204,17 @@ impl Supervisor {
         let old = self.pools.write().expect("pools").insert(name, pool);
         let existed = old.is_some();
         if let Some(old) = old {
-            old.close();
-            self.replaced.lock().expect("pools").push(old);
+            self.retire_pool(old);
         }
         Ok(existed)
+    }
+
+    /// Keeps a replaced pool until its instances have stopped (shutdown waits for them).
+    fn retire_pool(&self, old: Arc<Pool>) {
+        old.close();
+        let mut replaced = self.replaced.lock().expect("pools");
+        replaced.retain(|p| !p.finished());
+        replaced.push(old);
     }
 
     /// Applies a re-read configuration: changed functions get new instances, removed ones
@@ -231,8 +238,7 @@ impl Supervisor {
             self.pools.read().expect("pools").keys().filter(|n| config.function(n).is_none()).cloned().collect();
         for name in gone {
             if let Some(old) = self.pools.write().expect("pools").remove(&name) {
-                old.close();
-                self.replaced.lock().expect("pools").push(old);
+                self.retire_pool(old);
                 done.removed.push(name);
             }
         }

@@ -135,7 +135,7 @@ impl Instance {
         add_request_headers(&self.fc_headers, &request_id, control, fn_type, req.headers_mut());
         self.log.note(&format!("FC {marker} Start RequestId: {request_id}"));
         self.log.begin(&request_id);
-        tracing::info!(function = %f.name, instance = %self.id, request_id, "FC {marker} Start");
+        tracing::debug!(function = %f.name, instance = %self.id, request_id, "FC {marker} Start");
         let r = match tokio::time::timeout(hook.timeout, self.conns.status_of(&self.netns, req)).await {
             Ok(r) => r,
             Err(_) => Err(format!("{marker} hook timed out after {} seconds", hook.timeout.as_secs())),
@@ -145,7 +145,7 @@ impl Instance {
             Ok(status) => self.log.note(&format!("FC {marker} End RequestId: {request_id}, Status: {}", status.as_u16())),
             Err(e) => self.log.note(&format!("FC {marker} End RequestId: {request_id}, Error: {e}")),
         }
-        tracing::info!(function = %f.name, instance = %self.id, request_id, outcome = ?r, "FC {marker} End");
+        tracing::debug!(function = %f.name, instance = %self.id, request_id, outcome = ?r, "FC {marker} End");
         r
     }
 }

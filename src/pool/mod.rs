@@ -311,6 +311,13 @@ impl Pool {
         }
     }
 
+    /// Whether a closed pool has nothing left to stop (it can be forgotten).
+    pub fn finished(&self) -> bool {
+        let mut stopping = self.stopping.lock().expect("pool");
+        while stopping.try_join_next().is_some() {}
+        self.closed.load(Ordering::Acquire) && stopping.is_empty() && self.members.lock().expect("pool").is_empty()
+    }
+
     /// Every instance (for the admin API).
     pub fn instances(&self) -> Vec<Arc<Instance>> {
         self.members.lock().expect("pool").clone()
