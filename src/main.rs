@@ -195,7 +195,15 @@ async fn shutdown_signal() {
 async fn reload(supervisor: &Supervisor, file: &std::path::Path) {
     match Config::load(file) {
         Ok(config) => match supervisor.reload(&config).await {
-            Ok(r) => tracing::info!(added = ?r.added, replaced = ?r.replaced, removed = ?r.removed, unchanged = ?r.unchanged, "reloaded {}", file.display()),
+            Ok(r) => tracing::info!(
+                added = ?r.added,
+                replaced = ?r.replaced,
+                rescaled = ?r.rescaled,
+                removed = ?r.removed,
+                unchanged = ?r.unchanged,
+                "reloaded {}",
+                file.display()
+            ),
             Err(e) => tracing::error!("reload of {} failed: {e}", file.display()),
         },
         Err(e) => tracing::error!("reload refused, the running configuration stays: {e}"),

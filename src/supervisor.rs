@@ -110,6 +110,8 @@ pub struct Reloaded {
     pub added: Vec<String>,
     /// Functions whose instances were replaced.
     pub replaced: Vec<String>,
+    /// Functions whose instance counts changed, instances kept.
+    pub rescaled: Vec<String>,
     /// Functions removed.
     pub removed: Vec<String>,
     /// Functions left as they were.
@@ -218,12 +220,19 @@ impl Supervisor {
     }
 
     /// Applies a re-read configuration: changed functions get new instances, removed ones
-    /// drain, unchanged ones keep their warm instances.
+    /// drain, unchanged ones keep their warm instances, and a change of minInstances,
+    /// maxInstances or idleTimeout alone is applied to the running instances.
     pub async fn reload(&self, config: &Config) -> Result<Reloaded, SupervisorError> {
         let mut done = Reloaded::default();
         for f in &config.functions {
             match self.pool(&f.name) {
-                Some(p) if *p.function == *f => done.unchanged.push(f.name.clone()),
+                Some(p) if p.function.same_instances_as(f) => {
+                    if p.rescale(f.scaling()) {
+                        done.rescaled.push(f.name.clone());
+                    } else {
+                        done.unchanged.push(f.name.clone());
+                    }
+                }
                 Some(_) => {
                     self.set_function(f.clone()).await?;
                     done.replaced.push(f.name.clone());

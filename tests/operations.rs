@@ -171,3 +171,23 @@ fn function_log_file_has_output_and_hook_markers() {
     let line = log.lines().find(|l| l.contains("hello from the handler")).unwrap_or_else(|| panic!("{log}"));
     assert!(line.contains(&rid), "the line is tagged with its request id: {line}");
 }
+
+#[test]
+fn sighup_lowering_min_instances_stops_only_the_surplus() {
+    let extra = "fcsup: {minInstances: 2}\ninstanceLifecycleConfig:\n  preStop: {handler: s, timeout: 3}";
+    let yaml = format!("edition: 3.0.0\nresources:\n{}", fixture_props("kept", extra));
+    let Some(mut f) = privileged().then(|| Fcsup::serve_file(&yaml, &[])) else { return };
+    let before: Vec<String> = f.instances().iter().map(|i| i["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(before.len(), 2);
+    std::fs::write(f.file(), yaml.replace("minInstances: 2", "minInstances: 1")).unwrap();
+    f.hangup();
+    f.wait_line("the reload", |l| l.contains("reloaded") && l.contains("rescaled"), Duration::from_secs(10));
+    f.wait_line("PreStop of the surplus instance", |l| l.contains("EVENT pre-stop"), Duration::from_secs(5));
+    let after = wait_for("one instance left", Duration::from_secs(5), || {
+        let a = f.instances();
+        (a.len() == 1).then_some(a)
+    });
+    assert!(before.iter().any(|id| after[0]["id"] == id.as_str()), "the kept instance is one of the two: {after:?}");
+    assert_eq!(f.output().iter().filter(|l| l.contains("EVENT pre-stop")).count(), 1);
+    f.stop_and_check_clean();
+}

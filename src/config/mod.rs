@@ -273,6 +273,32 @@ pub struct Function {
     pub pids_max: u64,
 }
 
+/// How many instances of a function run: changeable without replacing any instance.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scaling {
+    /// Minimum instances.
+    pub min_instances: usize,
+    /// Maximum instances of this function.
+    pub max_instances: Option<usize>,
+    /// Idle reclaim.
+    pub idle_timeout: Duration,
+}
+
+impl Function {
+    /// Its scaling settings.
+    pub fn scaling(&self) -> Scaling {
+        Scaling { min_instances: self.min_instances, max_instances: self.max_instances, idle_timeout: self.idle_timeout }
+    }
+
+    /// Whether `other` differs from it in scaling settings at most (its instances can stay).
+    pub fn same_instances_as(&self, other: &Function) -> bool {
+        let mut a = self.clone();
+        let s = other.scaling();
+        (a.min_instances, a.max_instances, a.idle_timeout) = (s.min_instances, s.max_instances, s.idle_timeout);
+        a == *other
+    }
+}
+
 /// Everything read from one file.
 #[derive(Debug, Clone, Default)]
 pub struct Config {

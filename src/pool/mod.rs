@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::config::Function;
+use crate::config::{Function, Scaling};
 use crate::host::Host;
 use crate::instance::{Call, Instance, InvokeError, Reply, StartError};
 
@@ -27,6 +27,8 @@ pub struct Pool {
     stopping: Mutex<tokio::task::JoinSet<()>>,
     /// Set by shutdown: no new instance may start.
     closed: AtomicBool,
+    /// How many instances run; a reload may change it in place.
+    scaling: Mutex<Scaling>,
 }
 
 /// The supervisor-wide instance count and cap.
@@ -83,14 +85,15 @@ impl Dispatched {
 impl Pool {
     /// A pool for `function`.
     pub fn new(host: Arc<Host>, function: Arc<Function>, global: Arc<GlobalCount>) -> Arc<Self> {
-        Arc::new(Pool { function, host, members: Mutex::new(Vec::new()), global, stopping: Mutex::default(), closed: AtomicBool::new(false) })
+        let scaling = Mutex::new(function.scaling());
+        Arc::new(Pool { function, host, members: Mutex::new(Vec::new()), global, stopping: Mutex::default(), closed: AtomicBool::new(false), scaling })
     }
 
     /// Starts the minimum instances and waits until they are initialized and frozen, then
     /// starts the idle reaper.
     pub async fn start(self: &Arc<Self>) -> Result<(), StartError> {
         let mut boots = Vec::new();
-        for _ in 0..self.function.min_instances {
+        for _ in 0..self.scaling().min_instances {
             let added = self.add_locked(&mut self.members.lock().expect("pool"), true);
             let inst = added.map_err(|e| StartError::Initializer(e.to_string()))?;
             boots.push(inst);
@@ -102,7 +105,7 @@ impl Pool {
         tokio::spawn(async move {
             loop {
                 let Some(pool) = me.upgrade() else { return };
-                let period = (pool.function.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+                let period = (pool.scaling().idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
                 pool.reclaim_idle();
                 pool.keep_minimum();
                 drop(pool);
@@ -158,7 +161,7 @@ impl Pool {
             return Err(InvokeError::Gone);
         }
         let live = members.iter().filter(|i| i.usable() && i.healthy()).count();
-        if let Some(max) = self.function.max_instances {
+        if let Some(max) = self.scaling().max_instances {
             if live >= max {
                 return Err(InvokeError::Throttled(format!(
                     "Reserve resource exceeded limit: function {} has {live} of its maxInstances {max} instances busy",
@@ -272,11 +275,12 @@ impl Pool {
 
     /// Reclaims on-demand instances idle past `idleTimeout` (minimum instances stay).
     pub fn reclaim_idle(&self) {
+        let idle_timeout = self.scaling().idle_timeout;
         let victims: Vec<Arc<Instance>> = {
             let mut m = self.members.lock().expect("pool");
             let mut victims = Vec::new();
             m.retain(|i| {
-                let idle = i.reserved.load(Ordering::Acquire) == 0 && i.idle_for() >= self.function.idle_timeout;
+                let idle = i.reserved.load(Ordering::Acquire) == 0 && i.idle_for() >= idle_timeout;
                 if idle && !i.provisioned && i.usable() {
                     victims.push(i.clone());
                     false
@@ -300,7 +304,7 @@ impl Pool {
         }
         let mut m = self.members.lock().expect("pool");
         let live = m.iter().filter(|i| i.provisioned && i.usable()).count();
-        for _ in live..self.function.min_instances {
+        for _ in live..self.scaling().min_instances {
             match self.add_locked(&mut m, true) {
                 Ok(i) => tracing::info!(function = %self.function.name, instance = %i.id, "starting a minimum instance"),
                 Err(e) => {
@@ -309,6 +313,36 @@ impl Pool {
                 }
             }
         }
+    }
+
+    /// The current scaling settings.
+    pub fn scaling(&self) -> Scaling {
+        *self.scaling.lock().expect("pool")
+    }
+
+    /// Applies new scaling settings to the running instances: surplus minimum instances are
+    /// stopped at once (PreStop first; idle ones before busy ones), missing ones started.
+    /// Returns whether anything changed.
+    pub fn rescale(self: &Arc<Self>, new: Scaling) -> bool {
+        let old = std::mem::replace(&mut *self.scaling.lock().expect("pool"), new);
+        if old == new {
+            return false;
+        }
+        let surplus: Vec<Arc<Instance>> = {
+            let mut m = self.members.lock().expect("pool");
+            let mut provisioned: Vec<Arc<Instance>> = m.iter().filter(|i| i.provisioned && i.usable()).cloned().collect();
+            provisioned.sort_by_key(|i| std::cmp::Reverse(i.reserved.load(Ordering::Acquire) == 0));
+            let surplus: Vec<Arc<Instance>> = provisioned.into_iter().skip(new.min_instances).collect();
+            m.retain(|i| !surplus.iter().any(|s| Arc::ptr_eq(s, i)));
+            surplus
+        };
+        for inst in surplus {
+            self.global.live.fetch_sub(1, Ordering::AcqRel);
+            tracing::info!(function = %self.function.name, instance = %inst.id, "minimum lowered: stopping a surplus instance");
+            self.stop_detached(inst);
+        }
+        self.keep_minimum();
+        true
     }
 
     /// Whether a closed pool has nothing left to stop (it can be forgotten).

@@ -143,7 +143,7 @@ impl AsyncQueue {
             t.order.push_back(id.clone());
             t.by_id.insert(id.clone(), status);
         }
-        let slots = sup.pool(&function).map(|p| self.slots_for(&function, p.function.concurrency * p.function.max_instances.unwrap_or(100)));
+        let slots = sup.pool(&function).map(|p| self.slots_for(&function, p.function.concurrency * p.scaling().max_instances.unwrap_or(100)));
         let sup = Arc::downgrade(sup);
         let mut running = self.running.lock().expect("queue");
         while running.try_join_next().is_some() {}
