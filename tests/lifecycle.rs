@@ -193,3 +193,28 @@ fn demo_runs_to_a_frozen_instance() {
     assert!(stdout.contains("PreStop"), "{stdout}");
     assert!(stdout.contains("no instance, cgroup or mount is left"), "{stdout}");
 }
+
+/// The CPU quota an instance runs under after it was frozen and thawed: its cgroup2
+/// `cpu.max` on unified hosts, its v1 `cpu.cfs_quota_us` on hybrid ones.
+fn cpu_quota_of(pid: i64, v2_cgroup: &str) -> String {
+    if let Ok(max) = std::fs::read_to_string(std::path::Path::new(v2_cgroup).join("cpu.max")) {
+        return max.split_whitespace().next().unwrap_or("").to_string();
+    }
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let rel = cgroups.lines().find_map(|l| l.split_once(":cpu:").map(|(_, p)| p.to_string())).expect("a v1 cpu cgroup");
+    std::fs::read_to_string(format!("/sys/fs/cgroup/cpu{rel}/cpu.cfs_quota_us")).unwrap().trim().to_string()
+}
+
+#[test]
+fn cpu_quota_is_back_after_each_freeze() {
+    // The quota is lifted while freezing (throttled tasks cannot reach the freezer) and must
+    // be in force again once frozen and while serving.
+    let props = fixture_props("quota", "").replace("memorySize: 1024\n      cpu: 1", "memorySize: 1024\n      cpu: 0.5");
+    let Some(mut f) = serve_if_privileged(&props) else { return };
+    let cgroup = f.warm("quota");
+    assert_eq!(f.invoke("quota", "{}").status, 200);
+    wait_frozen(&cgroup);
+    let pid = f.instances()[0]["pid"].as_i64().unwrap();
+    assert_eq!(cpu_quota_of(pid, &cgroup), "50000", "0.5 vCPU = 50 ms per 100 ms period");
+    f.stop_and_check_clean();
+}

@@ -191,7 +191,9 @@ impl CgroupRoot {
                     write_file(&cg.path.join("pids.max"), &p.to_string())?;
                 }
                 if let (Some(c), Enforcement::V2) = (limits.cpu_millis, self.caps.cpu) {
-                    write_file(&cg.path.join("cpu.max"), &format!("{} 100000", c * 100))?;
+                    let limited = format!("{} 100000", c * 100);
+                    write_file(&cg.path.join("cpu.max"), &limited)?;
+                    cg.cpu_quota = CpuQuota::open(&cg.path.join("cpu.max"), limited, "max 100000");
                 }
             }
             for (ctrl, root) in &self.v1 {
@@ -208,6 +210,9 @@ impl CgroupRoot {
                     write_file(&dir.join("cpu.cfs_period_us"), "100000")?;
                 }
                 write_file(&dir.join(file), &value)?;
+                if *ctrl == "cpu" {
+                    cg.cpu_quota = CpuQuota::open(&dir.join(file), value, "-1");
+                }
                 let procs = dir.join("cgroup.procs");
                 let f = File::options()
                     .write(true)
@@ -282,6 +287,26 @@ impl EventsFd {
     }
 }
 
+/// An instance's CPU quota file, kept open to lift the quota around a freeze.
+#[derive(Debug)]
+struct CpuQuota {
+    file: File,
+    limited: String,
+    unlimited: &'static str,
+}
+
+impl CpuQuota {
+    fn open(path: &Path, limited: String, unlimited: &'static str) -> Option<CpuQuota> {
+        File::options().write(true).open(path).ok().map(|file| CpuQuota { file, limited, unlimited })
+    }
+
+    /// Writes the quota (`limited`) or lifts it.
+    fn set(&self, limited: bool) {
+        let v = if limited { self.limited.as_bytes() } else { self.unlimited.as_bytes() };
+        let _ = self.file.write_at(v, 0);
+    }
+}
+
 /// One instance's cgroup, with its hot files kept open.
 #[derive(Debug)]
 pub struct Cgroup {
@@ -291,6 +316,7 @@ pub struct Cgroup {
     events: EventsFd,
     cpu_stat: File,
     memory: MemoryMeter,
+    cpu_quota: Option<CpuQuota>,
     v1_dirs: Vec<PathBuf>,
     v1_procs: Vec<File>,
 }
@@ -319,7 +345,7 @@ impl Cgroup {
             EventsFd::Poll(events_file)
         };
         let dir = open_dir_fd(&path)?;
-        Ok(Cgroup { path, dir, freeze, events, cpu_stat, memory: MemoryMeter::none(), v1_dirs: Vec::new(), v1_procs: Vec::new() })
+        Ok(Cgroup { path, dir, freeze, events, cpu_stat, memory: MemoryMeter::none(), cpu_quota: None, v1_dirs: Vec::new(), v1_procs: Vec::new() })
     }
 
     /// The cgroup2 directory.
@@ -372,8 +398,21 @@ impl Cgroup {
 
     /// Freezes every task and returns once `cgroup.events` says `frozen 1`.
     pub async fn freeze(&self) -> Result<()> {
-        self.write_freeze(true)?;
-        self.wait_for("frozen 1", |e| e.frozen || !e.populated).await.map(|_| ())
+        // Tasks throttled by a CPU quota cannot reach the freezer before the next CFS period
+        // (up to 100 ms with busy threads and a small `cpu`): the quota is lifted while freezing
+        // and put back once frozen.
+        if let Some(q) = &self.cpu_quota {
+            q.set(false);
+        }
+        let frozen = self.write_freeze(true).map(|()| ());
+        let frozen = match frozen {
+            Ok(()) => self.wait_for("frozen 1", |e| e.frozen || !e.populated).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Some(q) = &self.cpu_quota {
+            q.set(true);
+        }
+        frozen
     }
 
     /// Thaws and returns once `cgroup.events` says `frozen 0`.
