@@ -404,8 +404,7 @@ impl Cgroup {
         if let Some(q) = &self.cpu_quota {
             q.set(false);
         }
-        let frozen = self.write_freeze(true).map(|()| ());
-        let frozen = match frozen {
+        let frozen = match self.write_freeze(true) {
             Ok(()) => self.wait_for("frozen 1", |e| e.frozen || !e.populated).await.map(|_| ()),
             Err(e) => Err(e),
         };
