@@ -8,7 +8,7 @@ use crate::billing::Ledger;
 use crate::cgroup::CgroupRoot;
 use crate::logs::LogFiles;
 use crate::metrics::{Metrics, Samples};
-use crate::sandbox::NetnsPool;
+use crate::sandbox::{NetnsPool, RootTemplate};
 
 /// Shared, read-mostly context of one supervisor.
 #[derive(Debug)]
@@ -27,6 +27,8 @@ pub struct Host {
     pub log_files: LogFiles,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// The instances' root filesystem, built once (`None`: each instance builds its own).
+    pub root_template: Option<RootTemplate>,
     /// Network namespaces made ahead of time.
     pub netns: Arc<NetnsPool>,
     /// Raw latency samples (for `fcsup bench`).

@@ -21,7 +21,7 @@ use crate::host::Host;
 use crate::instance::{Instance, Snapshot, StartError};
 use crate::pool::{GlobalCount, Pool};
 use crate::queue::AsyncQueue;
-use crate::sandbox::NetnsPool;
+use crate::sandbox::{NetnsPool, RootTemplate};
 
 /// Network namespaces kept ready for cold starts.
 const NETNS_READY: usize = 4;
@@ -147,6 +147,13 @@ impl Supervisor {
         let ledger = Ledger::open(ledger_path.clone()).map_err(io("cannot open the ledger", &ledger_path.unwrap_or_default()))?;
         let log_dir = opts.log_dir.clone();
         let log_files = LogFiles::new(log_dir.clone()).map_err(io("cannot create the log directory", &log_dir.unwrap_or_default()))?;
+        let root_template = match RootTemplate::build(&rootfs) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!("cannot prepare the shared instance root ({e}); each instance builds its own");
+                None
+            }
+        };
         let ledger = Arc::new(ledger);
         ledger.start_syncing();
         let host = Arc::new(Host {
@@ -159,6 +166,7 @@ impl Supervisor {
             metrics: Metrics::default(),
             samples: Samples::default(),
             netns: NetnsPool::new(NETNS_READY),
+            root_template,
         });
         let global = GlobalCount::new(config.global.max_instances.unwrap_or(100));
         let mut pools = BTreeMap::new();

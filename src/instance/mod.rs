@@ -375,7 +375,7 @@ impl Instance {
                 return Err(StartError::Sandbox(SandboxError::Setup { op: "create a network namespace".into(), source: e }));
             }
         };
-        let child: Child = match sandbox::spawn(&spec, netns, cgroup.dir_fd(), &cgroup.v1_procs_fds()) {
+        let child: Child = match sandbox::spawn(&spec, host.root_template.as_ref(), netns, cgroup.dir_fd(), &cgroup.v1_procs_fds()) {
             Ok(c) => c,
             Err(e) => {
                 let _ = cgroup.remove();

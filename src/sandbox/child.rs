@@ -28,6 +28,12 @@ pub enum Op {
     WriteFd { fd: RawFd, data: &'static [u8] },
     /// Join the network namespace open at this fd.
     JoinNetns(RawFd),
+    /// Join the mount namespace open at this fd (the prepared root).
+    JoinMountNs(RawFd),
+    /// Take a private copy of the current mount namespace.
+    UnshareMountNs,
+    /// Attach the detached mount tree at `fd` on `dst` (move_mount).
+    MoveMount { fd: RawFd, dst: CString },
     /// sethostname(2).
     Hostname(CString),
     /// Reset to SCHED_OTHER: a real-time supervisor must not hand its priority down.
@@ -57,6 +63,9 @@ pub struct Plan {
 
 /// Stack size of the function's vfork-style start (it only makes syscalls).
 pub const START_STACK: usize = 64 * 1024;
+
+/// `move_mount` flag: the source is the fd itself.
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 
 /// Step index reported when every exec candidate failed.
 pub const STEP_EXEC: u32 = u32::MAX;
@@ -131,6 +140,13 @@ pub fn run(plan: &Plan, exec: &ExecArgs) -> ! {
                 Op::Chdir(p) => check(libc::chdir(p.as_ptr()), e, i),
                 Op::WriteFd { fd, data } => check(libc::write(*fd, data.as_ptr().cast(), data.len()) as libc::c_int, e, i),
                 Op::JoinNetns(fd) => check(libc::setns(*fd, libc::CLONE_NEWNET), e, i),
+                Op::JoinMountNs(fd) => check(libc::setns(*fd, libc::CLONE_NEWNS), e, i),
+                Op::UnshareMountNs => check(libc::unshare(libc::CLONE_NEWNS), e, i),
+                Op::MoveMount { fd, dst } => check(
+                    libc::syscall(libc::SYS_move_mount, *fd, c"".as_ptr(), libc::AT_FDCWD, dst.as_ptr(), MOVE_MOUNT_F_EMPTY_PATH) as libc::c_int,
+                    e,
+                    i,
+                ),
                 Op::Hostname(h) => check(libc::sethostname(h.as_ptr(), h.as_bytes().len()), e, i),
                 Op::SchedOther => {
                     let p = libc::sched_param { sched_priority: 0 };

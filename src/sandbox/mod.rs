@@ -9,6 +9,7 @@
 
 mod child;
 mod netns;
+mod rootfs;
 mod sys;
 
 use std::ffi::CString;
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use child::{ExecArgs, Op, Plan, START_STACK, STEP_EXEC};
 pub use netns::{Netns, NetnsPool, INSTANCE_ADDR};
+pub use rootfs::RootTemplate;
 pub use sys::{pidfd_signal, pidfd_try_wait, InitStack};
 
 /// Errors of the sandbox.
@@ -110,14 +112,29 @@ pub struct Child {
 
 /// Spawns `spec` into the cgroup directory `cgroup_fd`; `v1_procs` are v1 `cgroup.procs`
 /// files the child writes itself into before anything else.
-pub fn spawn(spec: &SandboxSpec, netns: Netns, cgroup_fd: RawFd, v1_procs: &[RawFd]) -> Result<Child, SandboxError> {
+/// With `template`, the child joins the prepared root (see [`rootfs`]); without it, or on a
+/// kernel without `open_tree`, it builds its root itself.
+pub fn spawn(spec: &SandboxSpec, template: Option<&RootTemplate>, netns: Netns, cgroup_fd: RawFd, v1_procs: &[RawFd]) -> Result<Child, SandboxError> {
     let (out_r, out_w) = sys::pipe_cloexec().map_err(setup("create stdout pipe"))?;
     let (err_r, err_w) = sys::pipe_cloexec().map_err(setup("create stderr pipe"))?;
     let (status_r, status_w) = sys::pipe_cloexec().map_err(setup("create status pipe"))?;
     let devnull = sys::open_ro(c"/dev/null").map_err(setup("open /dev/null"))?;
-    let plan = plan(spec, netns.fd().as_raw_fd(), v1_procs, [devnull.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()], status_w.as_raw_fd())?;
+    let code_tree = match template.map(|_| rootfs::detached_ro_tree(&spec.code_dir)) {
+        Some(Ok(tree)) => Some(tree),
+        Some(Err(e)) if e.raw_os_error() == Some(libc::ENOSYS) => None,
+        Some(Err(e)) => return Err(setup(format!("prepare {} for /code", spec.code_dir.display()))(e)),
+        None => None,
+    };
+    let root = match (template, &code_tree) {
+        (Some(t), Some(tree)) => Root::Join { ns: t.fd(), code: tree.as_raw_fd() },
+        _ => Root::Build,
+    };
+    let plan = plan(spec, root, netns.fd().as_raw_fd(), v1_procs, [devnull.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()], status_w.as_raw_fd())?;
     let exec = ExecArgs::new(&plan);
-    let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64;
+    let mut flags = (libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64;
+    if matches!(root, Root::Build) {
+        flags |= libc::CLONE_NEWNS as u64;
+    }
     let init_stack = sys::InitStack::new().map_err(setup("map the init's stack"))?;
     // Lives in this frame until the status pipe's EOF: the child reads it until then.
     let init_args = InitArgs { plan: &plan, exec: &exec };
@@ -194,17 +211,24 @@ fn path_c(p: &Path) -> Result<CString, SandboxError> {
     cstr(p.as_os_str().as_bytes())
 }
 
+/// How the child gets its root.
+#[derive(Debug, Clone, Copy)]
+enum Root {
+    /// Join the prepared skeleton's namespace (fd), unshare a copy, attach the code tree (fd).
+    Join { ns: RawFd, code: RawFd },
+    /// Build the whole root in a new mount namespace and pivot into it.
+    Build,
+}
+
 /// Builds the child's steps and exec arguments.
-fn plan(spec: &SandboxSpec, netns: RawFd, v1_procs: &[RawFd], stdio: [RawFd; 3], err_fd: RawFd) -> Result<Plan, SandboxError> {
-    let root = &spec.rootfs_mountpoint;
-    let under = |rel: &str| path_c(&root.join(rel));
+fn plan(spec: &SandboxSpec, root_how: Root, netns: RawFd, v1_procs: &[RawFd], stdio: [RawFd; 3], err_fd: RawFd) -> Result<Plan, SandboxError> {
     let mut ops: Vec<(Op, String)> = Vec::new();
     let mut push = |op: Op, what: String| ops.push((op, what));
     push(Op::SchedOther, "reset scheduling to SCHED_OTHER".into());
-    push(Op::JoinNetns(netns), "join the instance's network namespace".into());
     for fd in v1_procs {
         push(Op::WriteFd { fd: *fd, data: b"0" }, "join the v1 cgroups".into());
     }
+    push(Op::JoinNetns(netns), "join the instance's network namespace".into());
     let mount = |src: Option<&str>, dst: CString, fstype: Option<&str>, flags: libc::c_ulong, data: Option<&str>| {
         Ok::<_, SandboxError>(Op::Mount {
             src: src.map(cstr).transpose()?,
@@ -214,29 +238,44 @@ fn plan(spec: &SandboxSpec, netns: RawFd, v1_procs: &[RawFd], stdio: [RawFd; 3],
             data: data.map(cstr).transpose()?,
         })
     };
-    push(mount(None, cstr("/")?, None, libc::MS_REC | libc::MS_PRIVATE, None)?, "make / private".into());
-    push(
-        mount(Some("tmpfs"), path_c(root)?, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some("mode=755,size=1m"))?,
-        format!("mount the root tmpfs at {}", root.display()),
-    );
-    for dir in SYSTEM_DIRS {
-        let host = Path::new("/").join(dir);
-        let Ok(meta) = std::fs::symlink_metadata(&host) else { continue };
-        if meta.file_type().is_symlink() {
-            let target = std::fs::read_link(&host).map_err(setup(format!("read link {}", host.display())))?;
-            push(Op::Symlink { target: path_c(&target)?, path: under(dir)? }, format!("link /{dir}"));
-        } else if meta.is_dir() {
-            push_ro_bind(&mut push, &host, under(dir)?)?;
+    // `base` is where the root is while it is being filled in.
+    let base: PathBuf = match root_how {
+        Root::Join { ns, code } => {
+            push(Op::JoinMountNs(ns), "join the prepared root's mount namespace".into());
+            push(Op::UnshareMountNs, "copy the prepared root".into());
+            push(Op::MoveMount { fd: code, dst: cstr("/code")? }, format!("attach {} at /code", spec.code_dir.display()));
+            PathBuf::from("/")
         }
-    }
-    push_ro_bind(&mut push, &spec.code_dir, under("code")?)?;
-    push(Op::Mkdir { path: under("tmp")?, mode: 0o1777 }, "create /tmp".into());
+        Root::Build => {
+            let root = &spec.rootfs_mountpoint;
+            push(mount(None, cstr("/")?, None, libc::MS_REC | libc::MS_PRIVATE, None)?, "make / private".into());
+            push(
+                mount(Some("tmpfs"), path_c(root)?, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some("mode=755,size=1m"))?,
+                format!("mount the root tmpfs at {}", root.display()),
+            );
+            for dir in SYSTEM_DIRS {
+                let host = Path::new("/").join(dir);
+                let Ok(meta) = std::fs::symlink_metadata(&host) else { continue };
+                if meta.file_type().is_symlink() {
+                    let target = std::fs::read_link(&host).map_err(setup(format!("read link {}", host.display())))?;
+                    push(Op::Symlink { target: path_c(&target)?, path: path_c(&root.join(dir))? }, format!("link /{dir}"));
+                } else if meta.is_dir() {
+                    push_ro_bind(&mut push, &host, path_c(&root.join(dir))?)?;
+                }
+            }
+            push_ro_bind(&mut push, &spec.code_dir, path_c(&root.join("code"))?)?;
+            push(Op::Mkdir { path: path_c(&root.join("tmp"))?, mode: 0o1777 }, "create /tmp".into());
+            push(Op::Mkdir { path: path_c(&root.join("dev"))?, mode: 0o755 }, "create /dev".into());
+            push(Op::Mkdir { path: path_c(&root.join("proc"))?, mode: 0o555 }, "create /proc".into());
+            root.clone()
+        }
+    };
+    let under = |rel: &str| path_c(&base.join(rel));
     let tmp_opts = format!("mode=1777,size={}m", spec.tmp_size_mb);
     push(
         mount(Some("tmpfs"), under("tmp")?, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some(&tmp_opts))?,
         "mount the private /tmp".into(),
     );
-    push(Op::Mkdir { path: under("dev")?, mode: 0o755 }, "create /dev".into());
     push(
         mount(Some("tmpfs"), under("dev")?, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NOEXEC, Some("mode=755,size=64k"))?,
         "mount /dev".into(),
@@ -255,17 +294,20 @@ fn plan(spec: &SandboxSpec, netns: RawFd, v1_procs: &[RawFd], stdio: [RawFd; 3],
         mount(Some("shm"), under("dev/shm")?, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some("mode=1777,size=64m"))?,
         "mount /dev/shm".into(),
     );
-    push(Op::Mkdir { path: under("proc")?, mode: 0o555 }, "create /proc".into());
-    push(Op::Mkdir { path: under(".oldroot")?, mode: 0o700 }, "create the old-root mount point".into());
-    push(Op::PivotRoot { new_root: path_c(root)?, put_old: under(".oldroot")? }, "pivot_root into the instance root".into());
+    if let Root::Build = root_how {
+        push(Op::Mkdir { path: under(".oldroot")?, mode: 0o700 }, "create the old-root mount point".into());
+        push(Op::PivotRoot { new_root: path_c(&base)?, put_old: under(".oldroot")? }, "pivot_root into the instance root".into());
+    }
     push(
         mount(Some("proc"), cstr("/proc")?, Some("proc"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None)?,
         "mount /proc".into(),
     );
-    push(
-        mount(None, cstr("/")?, None, libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV, Some("mode=755,size=1m"))?,
-        "make the root read-only".into(),
-    );
+    if let Root::Build = root_how {
+        push(
+            mount(None, cstr("/")?, None, libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV, Some("mode=755,size=1m"))?,
+            "make the root read-only".into(),
+        );
+    }
     push(Op::Hostname(cstr(&spec.hostname)?), "set the hostname".into());
     push(Op::Chdir(cstr("/code")?), "chdir to /code".into());
 
