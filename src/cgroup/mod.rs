@@ -213,7 +213,10 @@ impl CgroupRoot {
                 if *ctrl == "cpu" {
                     cg.cpu_quota = CpuQuota::open(&dir.join(file), value, "-1");
                 }
-                let procs = dir.join("cgroup.procs");
+                // The child (single-threaded then) writes "0" to `tasks`, which moves just the
+                // calling thread: the kernel then skips the global threadgroup lock, whose first
+                // writer after a quiet spell waits for an RCU grace period (~10 ms here).
+                let procs = dir.join("tasks");
                 let f = File::options()
                     .write(true)
                     .open(&procs)
