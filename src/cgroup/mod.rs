@@ -71,7 +71,7 @@ pub const STATE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest re-check interval while waiting on `cgroup.events` (notifications are rate-limited).
 const RECHECK: Duration = Duration::from_millis(1);
 /// First re-check interval.
-const FIRST_RECHECK: Duration = Duration::from_micros(50);
+const FIRST_RECHECK: Duration = Duration::from_micros(25);
 
 /// Resource limits for one instance.
 #[derive(Debug, Clone, Copy, Default)]
@@ -320,6 +320,8 @@ pub struct Cgroup {
     cpu_stat: File,
     memory: MemoryMeter,
     cpu_quota: Option<CpuQuota>,
+    /// The re-check timer of [`Cgroup::wait_for`], made on first use.
+    timer: std::sync::OnceLock<Option<crate::util::FineTimer>>,
     v1_dirs: Vec<PathBuf>,
     v1_procs: Vec<File>,
 }
@@ -348,7 +350,7 @@ impl Cgroup {
             EventsFd::Poll(events_file)
         };
         let dir = open_dir_fd(&path)?;
-        Ok(Cgroup { path, dir, freeze, events, cpu_stat, memory: MemoryMeter::none(), cpu_quota: None, v1_dirs: Vec::new(), v1_procs: Vec::new() })
+        Ok(Cgroup { path, dir, freeze, events, cpu_stat, memory: MemoryMeter::none(), cpu_quota: None, timer: std::sync::OnceLock::new(), v1_dirs: Vec::new(), v1_procs: Vec::new() })
     }
 
     /// The cgroup2 directory.
@@ -446,6 +448,13 @@ impl Cgroup {
     pub async fn wait_for(&self, what: &'static str, done: impl Fn(Events) -> bool) -> Result<Events> {
         let start = Instant::now();
         let mut attempt = 0u32;
+        let timer = self.timer.get_or_init(|| crate::util::FineTimer::new().ok()).as_ref();
+        let recheck_after = |d: Duration| async move {
+            match timer {
+                Some(t) => t.sleep(d).await,
+                None => crate::util::fine_sleep(d).await,
+            }
+        };
         loop {
             let ev = self.events()?;
             if done(ev) {
@@ -455,8 +464,9 @@ impl Cgroup {
                 return Err(CgroupError::Timeout { path: self.path.clone(), what, timeout: STATE_TIMEOUT });
             }
             // Notifications come at most every 12 ms (HZ=250), so right after an earlier event
-            // only re-reading finds the change: first at 50 µs, doubling up to 1 ms.
-            let recheck = FIRST_RECHECK.saturating_mul(1 << attempt.min(5)).min(RECHECK);
+            // only re-reading finds the change: first after 25 µs, then 1.5× longer each time
+            // up to 1 ms (a freeze takes the kernel 40–200 µs).
+            let recheck = FIRST_RECHECK.mul_f64(1.5f64.powi(attempt.min(10) as i32)).min(RECHECK);
             attempt += 1;
             match &self.events {
                 EventsFd::Notify(a) => {
@@ -467,10 +477,10 @@ impl Cgroup {
                     };
                     tokio::select! {
                         _ = notified => {}
-                        _ = crate::util::fine_sleep(recheck) => {}
+                        _ = recheck_after(recheck) => {}
                     }
                 }
-                EventsFd::Poll(_) => crate::util::fine_sleep(recheck).await,
+                EventsFd::Poll(_) => recheck_after(recheck).await,
             }
         }
     }
