@@ -94,6 +94,25 @@ pub async fn run(mountinfo: &Path, cgroup_root: &str) -> Vec<Finding> {
         }
         Err(e) => out.push(f("fail", "cgroup root", e.to_string())),
     }
+    let scratch = std::env::temp_dir().join(format!("fcsup-check-root-{}", std::process::id()));
+    let root = std::fs::create_dir_all(&scratch).and_then(|()| crate::sandbox::probe_root(&scratch));
+    let _ = std::fs::remove_dir(&scratch);
+    out.push(match root {
+        Ok(()) => f("ok", "instance root", "prepared once, copied per instance; code attached with open_tree/move_mount"),
+        Err(e) => f("fail", "instance root", format!("cannot prepare it: {e} (needs open_tree and mount_setattr, Linux 5.12+)")),
+    });
+    let fifo = std::thread::spawn(|| {
+        let p = libc::sched_param { sched_priority: 10 };
+        // SAFETY: sched_setscheduler on this short-lived thread with a valid param.
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &p) == 0 }
+    })
+    .join()
+    .unwrap_or(false);
+    out.push(if fifo {
+        f("ok", "real-time priority", "SCHED_FIFO available for the control path")
+    } else {
+        f("warn", "real-time priority", "SCHED_FIFO refused: thaw latency will suffer under load (see --no-realtime)")
+    });
     let gpu = Path::new("/dev/nvidiactl").exists();
     let cdi = ["/etc/cdi", "/var/run/cdi"].iter().any(|d| std::fs::read_dir(d).map(|mut r| r.next().is_some()).unwrap_or(false));
     out.push(f("ok", "gpu", match (gpu, cdi) {

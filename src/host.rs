@@ -27,8 +27,8 @@ pub struct Host {
     pub log_files: LogFiles,
     /// Prometheus metrics.
     pub metrics: Metrics,
-    /// The instances' root filesystem, built once (`None`: each instance builds its own).
-    pub root_template: Option<RootTemplate>,
+    /// The instances' root filesystem, built once.
+    pub root_template: RootTemplate,
     /// Network namespaces made ahead of time.
     pub netns: Arc<NetnsPool>,
     /// Raw latency samples (for `fcsup bench`).

@@ -147,13 +147,7 @@ impl Supervisor {
         let ledger = Ledger::open(ledger_path.clone()).map_err(io("cannot open the ledger", &ledger_path.unwrap_or_default()))?;
         let log_dir = opts.log_dir.clone();
         let log_files = LogFiles::new(log_dir.clone()).map_err(io("cannot create the log directory", &log_dir.unwrap_or_default()))?;
-        let root_template = match RootTemplate::build(&rootfs) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                tracing::warn!("cannot prepare the shared instance root ({e}); each instance builds its own");
-                None
-            }
-        };
+        let root_template = RootTemplate::build(&rootfs).map_err(io("cannot prepare the instances' root under", &rootfs))?;
         let ledger = Arc::new(ledger);
         ledger.start_syncing();
         let host = Arc::new(Host {

@@ -365,7 +365,6 @@ impl Instance {
             env: hooks::environment(&function, &id),
             code_dir: function.code_dir.clone(),
             hostname: id.clone(),
-            rootfs_mountpoint: host.rootfs_mountpoint.clone(),
             tmp_size_mb: function.disk_mb,
         };
         let netns = match host.netns.take() {
@@ -375,7 +374,7 @@ impl Instance {
                 return Err(StartError::Sandbox(SandboxError::Setup { op: "create a network namespace".into(), source: e }));
             }
         };
-        let child: Child = match sandbox::spawn(&spec, host.root_template.as_ref(), netns, cgroup.dir_fd(), &cgroup.v1_procs_fds()) {
+        let child: Child = match sandbox::spawn(&spec, &host.root_template, netns, cgroup.dir_fd(), &cgroup.v1_procs_fds()) {
             Ok(c) => c,
             Err(e) => {
                 let _ = cgroup.remove();

@@ -20,8 +20,6 @@ pub enum Op {
     Symlink { target: CString, path: CString },
     /// mknod(2) of a character device.
     Mknod { path: CString, mode: libc::mode_t, dev: libc::dev_t },
-    /// pivot_root(2) into `new_root`, then detach the old root at `put_old` (relative to it).
-    PivotRoot { new_root: CString, put_old: CString },
     /// chdir(2).
     Chdir(CString),
     /// Write `data` to an already-open fd (v1 `cgroup.procs`).
@@ -131,12 +129,6 @@ pub fn run(plan: &Plan, exec: &ExecArgs) -> ! {
                 }
                 Op::Symlink { target, path } => check(libc::symlink(target.as_ptr(), path.as_ptr()), e, i),
                 Op::Mknod { path, mode, dev } => check(libc::mknod(path.as_ptr(), libc::S_IFCHR | *mode, *dev), e, i),
-                Op::PivotRoot { new_root, put_old } => {
-                    check(libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) as libc::c_int, e, i);
-                    check(libc::chdir(c"/".as_ptr()), e, i);
-                    check(libc::umount2(c"/.oldroot".as_ptr(), libc::MNT_DETACH), e, i);
-                    check(libc::rmdir(c"/.oldroot".as_ptr()), e, i);
-                }
                 Op::Chdir(p) => check(libc::chdir(p.as_ptr()), e, i),
                 Op::WriteFd { fd, data } => check(libc::write(*fd, data.as_ptr().cast(), data.len()) as libc::c_int, e, i),
                 Op::JoinNetns(fd) => check(libc::setns(*fd, libc::CLONE_NEWNET), e, i),

@@ -1,11 +1,12 @@
 //! One function process in its own cgroup and namespaces.
 //!
-//! `clone3(CLONE_INTO_CGROUP | CLONE_PIDFD | NEWPID | NEWNS | NEWUTS | NEWIPC)` places the
-//! child atomically; the child joins its network namespace (made ahead of time, [`netns`]),
-//! builds a small root (read-only binds of the host's system directories, the code at `/code`
-//! read-only, a private `/tmp` and `/dev`, a fresh `/proc`), pivots into it and execs the
-//! start command under a minimal init ([`child`]). The supervisor reaches the function's
-//! port by creating sockets inside the instance's network namespace ([`Netns::socket`]).
+//! `clone3(CLONE_INTO_CGROUP | CLONE_PIDFD | NEWPID | NEWUTS | NEWIPC)` places the child
+//! atomically (sharing the supervisor's memory on x86-64). The child joins its network
+//! namespace (made ahead of time, [`netns`]) and the prepared root's mount namespace
+//! ([`rootfs`]), unshares a copy of that small root, attaches its code read-only at `/code`,
+//! mounts a private `/tmp`, `/dev` and `/proc`, and execs the start command under a minimal
+//! init ([`child`]). The supervisor reaches the function's port by creating sockets inside the
+//! instance's network namespace ([`Netns::socket`]).
 
 mod child;
 mod netns;
@@ -78,9 +79,6 @@ pub struct SandboxSpec {
     pub code_dir: PathBuf,
     /// UTS hostname.
     pub hostname: String,
-    /// An empty host directory used as the mount point of the new root (in the child's own
-    /// mount namespace only; the host never sees the mounts).
-    pub rootfs_mountpoint: PathBuf,
     /// Size of the private `/tmp` in MiB.
     pub tmp_size_mb: u64,
 }
@@ -112,29 +110,18 @@ pub struct Child {
 
 /// Spawns `spec` into the cgroup directory `cgroup_fd`; `v1_procs` are v1 `cgroup.procs`
 /// files the child writes itself into before anything else.
-/// With `template`, the child joins the prepared root (see [`rootfs`]); without it, or on a
-/// kernel without `open_tree`, it builds its root itself.
-pub fn spawn(spec: &SandboxSpec, template: Option<&RootTemplate>, netns: Netns, cgroup_fd: RawFd, v1_procs: &[RawFd]) -> Result<Child, SandboxError> {
+/// The child joins the prepared root `template` (see [`rootfs`]) and attaches the code.
+pub fn spawn(spec: &SandboxSpec, template: &RootTemplate, netns: Netns, cgroup_fd: RawFd, v1_procs: &[RawFd]) -> Result<Child, SandboxError> {
     let (out_r, out_w) = sys::pipe_cloexec().map_err(setup("create stdout pipe"))?;
     let (err_r, err_w) = sys::pipe_cloexec().map_err(setup("create stderr pipe"))?;
     let (status_r, status_w) = sys::pipe_cloexec().map_err(setup("create status pipe"))?;
     let devnull = sys::open_ro(c"/dev/null").map_err(setup("open /dev/null"))?;
-    let code_tree = match template.map(|_| rootfs::detached_ro_tree(&spec.code_dir)) {
-        Some(Ok(tree)) => Some(tree),
-        Some(Err(e)) if e.raw_os_error() == Some(libc::ENOSYS) => None,
-        Some(Err(e)) => return Err(setup(format!("prepare {} for /code", spec.code_dir.display()))(e)),
-        None => None,
-    };
-    let root = match (template, &code_tree) {
-        (Some(t), Some(tree)) => Root::Join { ns: t.fd(), code: tree.as_raw_fd() },
-        _ => Root::Build,
-    };
+    let code_tree = rootfs::detached_ro_tree(&spec.code_dir).map_err(setup(format!("prepare {} for /code", spec.code_dir.display())))?;
+    let root = Root { ns: template.fd(), code: code_tree.as_raw_fd() };
     let plan = plan(spec, root, netns.fd().as_raw_fd(), v1_procs, [devnull.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()], status_w.as_raw_fd())?;
     let exec = ExecArgs::new(&plan);
-    let mut flags = (libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64;
-    if matches!(root, Root::Build) {
-        flags |= libc::CLONE_NEWNS as u64;
-    }
+    // No CLONE_NEWNS: the child joins the prepared root's namespace and unshares a copy.
+    let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64;
     let init_stack = sys::InitStack::new().map_err(setup("map the init's stack"))?;
     // Lives in this frame until the status pipe's EOF: the child reads it until then.
     let init_args = InitArgs { plan: &plan, exec: &exec };
@@ -159,6 +146,16 @@ pub fn spawn(spec: &SandboxSpec, template: Option<&RootTemplate>, netns: Netns, 
     }
     read.map_err(setup("read the instance's start status"))?;
     Ok(Child { pid, pidfd, netns, stdout: out_r, stderr: err_r, clone_to_exec, init_stack })
+}
+
+/// Whether this host can give instances their root the way [`spawn`] does: builds a skeleton
+/// under `scratch` (an empty directory; its mounts stay in a throwaway namespace) and clones
+/// a read-only tree of `scratch` with `open_tree`/`mount_setattr`.
+pub fn probe_root(scratch: &Path) -> io::Result<()> {
+    let template = RootTemplate::build(scratch)?;
+    let tree = rootfs::detached_ro_tree(scratch)?;
+    drop((tree, template));
+    Ok(())
 }
 
 /// What the init needs, on the spawning thread's stack (alive until the status pipe's EOF).
@@ -211,13 +208,11 @@ fn path_c(p: &Path) -> Result<CString, SandboxError> {
     cstr(p.as_os_str().as_bytes())
 }
 
-/// How the child gets its root.
+/// The prepared root's mount namespace (fd) and the detached code tree (fd).
 #[derive(Debug, Clone, Copy)]
-enum Root {
-    /// Join the prepared skeleton's namespace (fd), unshare a copy, attach the code tree (fd).
-    Join { ns: RawFd, code: RawFd },
-    /// Build the whole root in a new mount namespace and pivot into it.
-    Build,
+struct Root {
+    ns: RawFd,
+    code: RawFd,
 }
 
 /// Builds the child's steps and exec arguments.
@@ -238,38 +233,10 @@ fn plan(spec: &SandboxSpec, root_how: Root, netns: RawFd, v1_procs: &[RawFd], st
             data: data.map(cstr).transpose()?,
         })
     };
-    // `base` is where the root is while it is being filled in.
-    let base: PathBuf = match root_how {
-        Root::Join { ns, code } => {
-            push(Op::JoinMountNs(ns), "join the prepared root's mount namespace".into());
-            push(Op::UnshareMountNs, "copy the prepared root".into());
-            push(Op::MoveMount { fd: code, dst: cstr("/code")? }, format!("attach {} at /code", spec.code_dir.display()));
-            PathBuf::from("/")
-        }
-        Root::Build => {
-            let root = &spec.rootfs_mountpoint;
-            push(mount(None, cstr("/")?, None, libc::MS_REC | libc::MS_PRIVATE, None)?, "make / private".into());
-            push(
-                mount(Some("tmpfs"), path_c(root)?, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some("mode=755,size=1m"))?,
-                format!("mount the root tmpfs at {}", root.display()),
-            );
-            for dir in SYSTEM_DIRS {
-                let host = Path::new("/").join(dir);
-                let Ok(meta) = std::fs::symlink_metadata(&host) else { continue };
-                if meta.file_type().is_symlink() {
-                    let target = std::fs::read_link(&host).map_err(setup(format!("read link {}", host.display())))?;
-                    push(Op::Symlink { target: path_c(&target)?, path: path_c(&root.join(dir))? }, format!("link /{dir}"));
-                } else if meta.is_dir() {
-                    push_ro_bind(&mut push, &host, path_c(&root.join(dir))?)?;
-                }
-            }
-            push_ro_bind(&mut push, &spec.code_dir, path_c(&root.join("code"))?)?;
-            push(Op::Mkdir { path: path_c(&root.join("tmp"))?, mode: 0o1777 }, "create /tmp".into());
-            push(Op::Mkdir { path: path_c(&root.join("dev"))?, mode: 0o755 }, "create /dev".into());
-            push(Op::Mkdir { path: path_c(&root.join("proc"))?, mode: 0o555 }, "create /proc".into());
-            root.clone()
-        }
-    };
+    push(Op::JoinMountNs(root_how.ns), "join the prepared root's mount namespace".into());
+    push(Op::UnshareMountNs, "copy the prepared root".into());
+    push(Op::MoveMount { fd: root_how.code, dst: cstr("/code")? }, format!("attach {} at /code", spec.code_dir.display()));
+    let base = Path::new("/");
     let under = |rel: &str| path_c(&base.join(rel));
     let tmp_opts = format!("mode=1777,size={}m", spec.tmp_size_mb);
     push(
@@ -294,20 +261,10 @@ fn plan(spec: &SandboxSpec, root_how: Root, netns: RawFd, v1_procs: &[RawFd], st
         mount(Some("shm"), under("dev/shm")?, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some("mode=1777,size=64m"))?,
         "mount /dev/shm".into(),
     );
-    if let Root::Build = root_how {
-        push(Op::Mkdir { path: under(".oldroot")?, mode: 0o700 }, "create the old-root mount point".into());
-        push(Op::PivotRoot { new_root: path_c(&base)?, put_old: under(".oldroot")? }, "pivot_root into the instance root".into());
-    }
     push(
         mount(Some("proc"), cstr("/proc")?, Some("proc"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None)?,
         "mount /proc".into(),
     );
-    if let Root::Build = root_how {
-        push(
-            mount(None, cstr("/")?, None, libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV, Some("mode=755,size=1m"))?,
-            "make the root read-only".into(),
-        );
-    }
     push(Op::Hostname(cstr(&spec.hostname)?), "set the hostname".into());
     push(Op::Chdir(cstr("/code")?), "chdir to /code".into());
 
@@ -323,25 +280,5 @@ fn plan(spec: &SandboxSpec, root_how: Root, netns: RawFd, v1_procs: &[RawFd], st
     };
     let keep_caps = KEEP_CAPS.iter().fold(0u64, |m, c| m | (1 << c));
     Ok(Plan { ops, argv, envp, exec_candidates, stdio, err_fd, keep_caps, stack: vec![0; START_STACK] })
-}
-
-fn push_ro_bind(push: &mut impl FnMut(Op, String), host: &Path, dst: CString) -> Result<(), SandboxError> {
-    let shown = host.display().to_string();
-    push(Op::Mkdir { path: dst.clone(), mode: 0o755 }, format!("create the mount point for {shown}"));
-    push(
-        Op::Mount { src: Some(path_c(host)?), dst: dst.clone(), fstype: None, flags: libc::MS_BIND | libc::MS_REC, data: None },
-        format!("bind {shown}"),
-    );
-    push(
-        Op::Mount {
-            src: None,
-            dst,
-            fstype: None,
-            flags: libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
-            data: None,
-        },
-        format!("make {shown} read-only"),
-    );
-    Ok(())
 }
 
