@@ -104,6 +104,14 @@ fn check(r: libc::c_int, err_fd: RawFd, step: u32) {
 
 /// Runs in the cloned child; never returns.
 pub fn run(plan: &Plan, exec: &ExecArgs) -> ! {
+    // The supervisor's signal handlers were copied into this process: block every signal
+    // so none of them runs here (the function starts with an empty mask).
+    // SAFETY: sigprocmask with a stack sigset.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+    }
     let e = plan.err_fd;
     for (i, (op, _)) in plan.ops.iter().enumerate() {
         let i = i as u32;
@@ -154,7 +162,7 @@ pub fn run(plan: &Plan, exec: &ExecArgs) -> ! {
 struct Start<'a> {
     plan: &'a Plan,
     exec: &'a ExecArgs,
-    old_mask: libc::sigset_t,
+    function_mask: libc::sigset_t,
 }
 
 /// The function's side of the start: runs on its own stack in the init's memory (CLONE_VM |
@@ -167,7 +175,7 @@ extern "C" fn start_function(arg: *mut libc::c_void) -> libc::c_int {
         let st = &*(arg as *const Start);
         let plan = st.plan;
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        libc::sigprocmask(libc::SIG_SETMASK, &st.old_mask, std::ptr::null_mut());
+        libc::sigprocmask(libc::SIG_SETMASK, &st.function_mask, std::ptr::null_mut());
         libc::setsid();
         for fd in 0..3 {
             if plan.stdio[fd] != fd as RawFd {
@@ -198,11 +206,12 @@ fn init(plan: &Plan, exec: &ExecArgs) -> ! {
         // The init holds a copy of the supervisor's memory: nothing in the instance, root or
         // not, may read it through ptrace or /proc/1/mem.
         libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        // Every signal is blocked (see run()); the init takes them with sigwaitinfo.
         let mut all: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigprocmask(libc::SIG_BLOCK, &all, &mut old);
-        let mut start = Start { plan, exec, old_mask: old };
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        let mut start = Start { plan, exec, function_mask: none };
         let top = plan.stack.as_ptr().add(plan.stack.len()) as usize & !15;
         let main = libc::clone(
             start_function,
