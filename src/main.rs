@@ -275,13 +275,20 @@ async fn run(cli: Cli) -> Result<()> {
                 .await
                 .with_context(|| format!("cannot reach fcsup at {url}"))?;
             let list: Vec<serde_json::Value> = serde_json::from_slice(&r.body)?;
-            println!("{:<40} {:<16} {:<12} {:>8} {:>9} {:>12}  LAST USED", "INSTANCE", "FUNCTION", "STATE", "PID", "IN-FLIGHT", "COLD START");
+            println!("{:<34} {:<16} {:<20} {:>8} {:>9} {:>12}  LAST USED", "INSTANCE", "FUNCTION", "STATE", "PID", "IN-FLIGHT", "COLD START");
             for i in list {
+                let mut state = i["state"].as_str().unwrap_or("").to_string();
+                if i["healthy"] == false {
+                    state.push_str(",unhealthy");
+                }
+                if i["provisioned"] == true {
+                    state.push_str(",min");
+                }
                 println!(
-                    "{:<40} {:<16} {:<12} {:>8} {:>9} {:>10.1}ms  {}",
+                    "{:<34} {:<16} {:<20} {:>8} {:>9} {:>10.1}ms  {}",
                     i["id"].as_str().unwrap_or(""),
                     i["function"].as_str().unwrap_or(""),
-                    i["state"].as_str().unwrap_or(""),
+                    state,
                     i["pid"],
                     i["in_flight"],
                     i["cold_start_ms"].as_f64().unwrap_or(0.0),

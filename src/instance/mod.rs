@@ -337,6 +337,10 @@ pub struct Snapshot {
     pub cgroup: String,
     /// Requests in flight.
     pub in_flight: usize,
+    /// The health check's verdict (true without a health check).
+    pub healthy: bool,
+    /// A minimum (provisioned) instance.
+    pub provisioned: bool,
     /// Created (RFC 3339).
     pub created: String,
     /// Last used (RFC 3339).
@@ -918,6 +922,8 @@ impl Instance {
             pid: self.pid,
             cgroup: self.cgroup.path().display().to_string(),
             in_flight,
+            healthy: self.healthy(),
+            provisioned: self.provisioned,
             created: crate::util::rfc3339_ms(self.created_ms),
             last_used: crate::util::rfc3339_ms(self.last_used_ms.load(Ordering::Relaxed)),
             cold_start_ms: self.cold_start_us.load(Ordering::Relaxed) as f64 / 1000.0,
