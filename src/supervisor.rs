@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::billing::Ledger;
@@ -136,18 +136,37 @@ impl Supervisor {
         }
         let rootfs = run_dir.join("rootfs");
         std::fs::create_dir_all(&rootfs).map_err(io("cannot create", &rootfs))?;
-        let hier = Hierarchy::discover(&opts.mountinfo)?;
+        // Whatever fails from here leaves nothing behind: no cgroup root, no runtime directory.
+        let hier = Hierarchy::discover(&opts.mountinfo).map_err(|e| {
+            remove_run_dir(&run_dir);
+            SupervisorError::from(e)
+        })?;
         let self_cg = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-        let cgroups = CgroupRoot::open(&hier, &name, &self_cg)?;
-        let reaped = cgroups.reap_leftovers().await?;
-        if reaped > 0 {
-            tracing::warn!("removed {reaped} instance cgroup(s) left by a previous run");
+        let cgroups = CgroupRoot::open(&hier, &name, &self_cg).map_err(|e| {
+            remove_run_dir(&run_dir);
+            SupervisorError::from(e)
+        })?;
+        let prepared = async {
+            let reaped = cgroups.reap_leftovers().await?;
+            if reaped > 0 {
+                tracing::warn!("removed {reaped} instance cgroup(s) left by a previous run");
+            }
+            let ledger_path = opts.ledger.clone();
+            let ledger = Ledger::open(ledger_path.clone()).map_err(io("cannot open the ledger", &ledger_path.unwrap_or_default()))?;
+            let log_dir = opts.log_dir.clone();
+            let log_files = LogFiles::new(log_dir.clone()).map_err(io("cannot create the log directory", &log_dir.unwrap_or_default()))?;
+            let root_template = RootTemplate::build(&rootfs).map_err(io("cannot prepare the instances' root under", &rootfs))?;
+            Ok::<_, SupervisorError>((ledger, log_files, root_template))
         }
-        let ledger_path = opts.ledger.clone();
-        let ledger = Ledger::open(ledger_path.clone()).map_err(io("cannot open the ledger", &ledger_path.unwrap_or_default()))?;
-        let log_dir = opts.log_dir.clone();
-        let log_files = LogFiles::new(log_dir.clone()).map_err(io("cannot create the log directory", &log_dir.unwrap_or_default()))?;
-        let root_template = RootTemplate::build(&rootfs).map_err(io("cannot prepare the instances' root under", &rootfs))?;
+        .await;
+        let (ledger, log_files, root_template) = match prepared {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = cgroups.remove();
+                remove_run_dir(&run_dir);
+                return Err(e);
+            }
+        };
         let ledger = Arc::new(ledger);
         ledger.start_syncing();
         let host = Arc::new(Host {
@@ -288,11 +307,16 @@ impl Supervisor {
         if let Err(e) = self.host.cgroups.remove() {
             tracing::warn!("{e}");
         }
-        let _ = std::fs::remove_dir(&self.host.rootfs_mountpoint);
-        let _ = std::fs::remove_file(self.host.run_dir.join("lock"));
-        let _ = std::fs::remove_dir(&self.host.run_dir);
-        if let Some(base) = self.host.run_dir.parent() {
-            let _ = std::fs::remove_dir(base);
-        }
+        remove_run_dir(&self.host.run_dir);
+    }
+}
+
+/// Removes the runtime directory (`rootfs` mount point, lock file) and its base if empty.
+fn remove_run_dir(run_dir: &Path) {
+    let _ = std::fs::remove_dir(run_dir.join("rootfs"));
+    let _ = std::fs::remove_file(run_dir.join("lock"));
+    let _ = std::fs::remove_dir(run_dir);
+    if let Some(base) = run_dir.parent() {
+        let _ = std::fs::remove_dir(base);
     }
 }

@@ -218,3 +218,27 @@ fn cpu_quota_is_back_after_each_freeze() {
     assert_eq!(cpu_quota_of(pid, &cgroup), "50000", "0.5 vCPU = 50 ms per 100 ms period");
     f.stop_and_check_clean();
 }
+
+#[test]
+fn failed_start_leaves_no_cgroup_root_or_runtime_dir() {
+    if !privileged() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.yaml");
+    std::fs::write(&file, format!("edition: 3.0.0\nresources:\n{}", fixture_props("f", ""))).unwrap();
+    let root = format!("fcsup-test-{}", uuid::Uuid::new_v4().simple());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fcsup"))
+        .args(["serve", "-f"])
+        .arg(&file)
+        .args(["--listen", "127.0.0.1:0", "--cgroup-root", &root, "--log-dir", "/proc/fcsup-cannot-be-here"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot create the log directory /proc/fcsup-cannot-be-here"), "{err}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let cg2 = mounts.lines().find(|l| l.contains(" - cgroup2 ")).unwrap().split(' ').nth(4).unwrap().to_string();
+    assert!(!std::path::Path::new(&cg2).join(&root).exists(), "cgroup root left behind");
+    assert!(!std::path::Path::new("/run/fcsup").join(&root).exists(), "runtime directory left behind");
+}
