@@ -123,6 +123,9 @@ fn instance_sees_fc_environment_and_a_private_root() {
     assert_eq!(h["x-fc-function-name"], "env");
     assert_eq!(h["x-fc-function-memory"], "1024");
     assert_eq!(h["x-fc-function-type"], "0");
+    // FC's response headers for the caller.
+    assert!(r.header("x-fc-code-checksum").parse::<u64>().is_ok(), "{:?}", r.headers);
+    assert_eq!(r.header("x-fc-invocation-service-version"), "LATEST");
     f.stop_and_check_clean();
 }
 

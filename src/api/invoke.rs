@@ -111,7 +111,12 @@ pub async fn invoke(sup: &Arc<Supervisor>, req: Request<Incoming>, name: String,
     if matches!(d.result, Err(InvokeError::Canceled)) {
         tracing::info!(function = %name, request_id, "client closed the request (499)");
     }
-    respond(d, http_trigger, tail, &request_id, pool.function.memory_mb)
+    let mut resp = respond(d, http_trigger, tail, &request_id, pool.function.memory_mb);
+    if let Ok(v) = HeaderValue::from_str(&pool.function.code_checksum) {
+        resp.headers_mut().insert("x-fc-code-checksum", v);
+    }
+    resp.headers_mut().insert("x-fc-invocation-service-version", HeaderValue::from_static("LATEST"));
+    resp
 }
 
 /// The response for a finished Sync request, in FC's shapes.

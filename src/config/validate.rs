@@ -49,6 +49,10 @@ pub fn validate(p: &Props, default_name: &str, base: &Path) -> Result<Function, 
         Ok(d) if d.is_dir() => d,
         _ => return bad("code", format!("{} is not a directory (relative paths resolve against the file's directory)", code_dir.display())),
     };
+    let code_checksum = match super::code_checksum(&code_dir) {
+        Ok(c) => c,
+        Err(e) => return bad("code", format!("cannot read {}: {e}", code_dir.display())),
+    };
     let memory_mb = p.memory_size.unwrap_or(512);
     if !(128..=32768).contains(&memory_mb) || memory_mb % 64 != 0 {
         return bad("memorySize", format!("{memory_mb} is invalid: a multiple of 64 from 128 to 32768 (MB)"));
@@ -158,6 +162,7 @@ pub fn validate(p: &Props, default_name: &str, base: &Path) -> Result<Function, 
         runtime,
         region: p.region.clone().unwrap_or_else(|| "cn-hangzhou".into()),
         code_dir,
+        code_checksum,
         handler: p.handler.clone().unwrap_or_else(|| "index.handler".into()),
         command,
         port,
@@ -250,6 +255,22 @@ resources:
     fn reserved_env_prefix() {
         let e = parse(&GOOD.replace("GREETING: hi", "FC_X: hi")).unwrap_err().to_string();
         assert!(e.contains("environmentVariables.FC_X"), "{e}");
+    }
+
+    #[test]
+    fn code_checksum_follows_the_code() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("code/lib")).unwrap();
+        std::fs::write(dir.path().join("code/a.py"), "print(1)").unwrap();
+        std::fs::write(dir.path().join("code/lib/b.py"), "x = 2").unwrap();
+        let load = || Config::parse(GOOD, &PathBuf::from("s.yaml"), dir.path()).unwrap().functions.remove(0);
+        let first = load();
+        assert!(first.code_checksum.parse::<u64>().is_ok(), "{}", first.code_checksum);
+        assert_eq!(load(), first, "same code, same function");
+        std::fs::write(dir.path().join("code/lib/b.py"), "x = 3").unwrap();
+        let changed = load();
+        assert_ne!(changed.code_checksum, first.code_checksum);
+        assert_ne!(changed, first, "a reload sees changed code");
     }
 
     #[test]
