@@ -102,6 +102,8 @@ pub struct Props {
     pub custom_runtime_config: Option<CustomRuntimeConfig>,
     /// `instanceLifecycleConfig`.
     pub instance_lifecycle_config: Option<LifecycleConfig>,
+    /// `gpuConfig`: refused for now (fcsup does not wire GPUs into instances yet).
+    pub gpu_config: Option<serde::de::IgnoredAny>,
     /// `asyncInvokeConfig` (FC's PutAsyncInvokeConfig, kept with the function).
     pub async_invoke_config: Option<AsyncInvokeConfig>,
     /// fcsup's own settings for this function.

@@ -43,6 +43,9 @@ pub fn validate(p: &Props, default_name: &str, base: &Path) -> Result<Function, 
     if !matches!(runtime.as_str(), "custom" | "custom.debian10" | "custom.debian11" | "custom.debian12") {
         return bad("runtime", format!("{runtime:?} is not supported: fcsup runs custom runtimes (custom, custom.debian10/11/12)"));
     }
+    if p.gpu_config.is_some() {
+        return bad("gpuConfig", "GPU functions are not supported by this fcsup yet (no device wiring, no GPU billing); remove gpuConfig to run on CPU");
+    }
     let code = p.code.clone().unwrap_or_else(|| "./code".into());
     let code_dir = base.join(&code);
     let code_dir = match std::fs::canonicalize(&code_dir) {
@@ -271,6 +274,12 @@ resources:
         let changed = load();
         assert_ne!(changed.code_checksum, first.code_checksum);
         assert_ne!(changed, first, "a reload sees changed code");
+    }
+
+    #[test]
+    fn gpu_functions_are_refused_clearly() {
+        let e = parse(&GOOD.replace("      role:", "      gpuConfig: {gpuMemorySize: 16384, gpuType: fc.gpu.tesla.1}\n      role:")).unwrap_err().to_string();
+        assert!(e.contains("resources.hello.props.gpuConfig") && e.contains("not supported"), "{e}");
     }
 
     #[test]
