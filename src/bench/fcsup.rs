@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::client::Conn;
-use super::{Plan, Raw};
+use super::{Plan, Raw, Result};
 use crate::config::Config;
 use crate::supervisor::{Options, Supervisor};
 
@@ -45,7 +45,7 @@ fn invoke_path(function: &str) -> String {
 
 impl Rig {
     /// Starts a supervisor serving the fixtures under its own cgroup root.
-    pub async fn start(native_dir: &Path, python_dir: &Path) -> anyhow::Result<Rig> {
+    pub async fn start(native_dir: &Path, python_dir: &Path) -> Result<Rig> {
         let yaml = config_yaml(native_dir, python_dir);
         let config = Config::parse(&yaml, Path::new("bench.yaml"), Path::new("/"))?;
         let opts = Options { cgroup_root: format!("fcsup-bench-{}", std::process::id()), echo_logs: false, ..Options::default() };
@@ -72,30 +72,30 @@ impl Rig {
     }
 
     /// Sends one request to `function` on a kept-alive connection (blocking, off the runtime).
-    async fn post(&self, conn: Conn, function: &str, body: &'static [u8]) -> anyhow::Result<(Conn, Duration, String)> {
+    async fn post(&self, conn: Conn, function: &str, body: &'static [u8]) -> Result<(Conn, Duration, String)> {
         let path = invoke_path(function);
         tokio::task::spawn_blocking(move || {
             let mut conn = conn;
             let t = Instant::now();
             let a = conn.post(&path, body)?;
-            anyhow::ensure!(a.status == 200, "{path} answered HTTP {}", a.status);
+            ensure!(a.status == 200, "{path} answered HTTP {}", a.status);
             Ok((conn, t.elapsed(), a.instance))
         })
         .await?
     }
 
-    async fn conn(&self) -> anyhow::Result<Conn> {
+    async fn conn(&self) -> Result<Conn> {
         Ok(Conn::open(&self.addr)?)
     }
 
     /// Cold starts of `function` to the first response, phase by phase, and its teardown.
-    pub async fn cold_starts(&self, function: &str, workload: &str, n: usize, raw: &mut Raw, tick: &dyn Fn()) -> anyhow::Result<()> {
+    pub async fn cold_starts(&self, function: &str, workload: &str, n: usize, raw: &mut Raw, tick: &dyn Fn()) -> Result<()> {
         self.reclaim(function).await;
         let mut conn = self.conn().await?;
         for _ in 0..n {
             let (c, took, id) = self.post(conn, function, b"").await?;
             conn = c;
-            let inst = self.sup.instance(&id).ok_or_else(|| anyhow::anyhow!("instance {id} vanished"))?;
+            let inst = self.sup.instance(&id).ok_or_else(|| failed!("instance {id} vanished"))?;
             let t = inst.start_trace();
             let us = took.as_secs_f64() * 1e6;
             let phases = [
@@ -124,7 +124,7 @@ impl Rig {
 
     /// Freeze and thaw as fcsup confirms them, and thaw as a request sees it, with requests
     /// `gap` apart (longer than cgroup.events' 12 ms notification interval).
-    pub async fn freeze_thaw(&self, function: &str, workload: &str, plan: &Plan, raw: &mut Raw, tick: &dyn Fn()) -> anyhow::Result<()> {
+    pub async fn freeze_thaw(&self, function: &str, workload: &str, plan: &Plan, raw: &mut Raw, tick: &dyn Fn()) -> Result<()> {
         let mut conn = self.conn().await?;
         let (c, _, _) = self.post(conn, function, b"").await?;
         conn = c;
@@ -149,7 +149,7 @@ impl Rig {
     }
 
     /// Warm requests `gap` apart, each thawing and freezing the instance.
-    pub async fn warm(&self, plan: &Plan, raw: &mut Raw, tick: &dyn Fn()) -> anyhow::Result<()> {
+    pub async fn warm(&self, plan: &Plan, raw: &mut Raw, tick: &dyn Fn()) -> Result<()> {
         let mut conn = self.conn().await?;
         let (c, _, _) = self.post(conn, "native", b"").await?;
         conn = c;
@@ -167,7 +167,7 @@ impl Rig {
     }
 
     /// Closed-loop requests per second with `clients` connections for `secs`.
-    pub async fn throughput(&self, function: &str, clients: usize, plan: &Plan) -> anyhow::Result<f64> {
+    pub async fn throughput(&self, function: &str, clients: usize, plan: &Plan) -> Result<f64> {
         let addr = self.addr.clone();
         let path = invoke_path(function);
         let mut warm = self.conn().await?;
@@ -181,7 +181,7 @@ impl Rig {
 
     /// Starts `count` instances at once (requests that each hold one for a second); returns
     /// (seconds until all were ready, supervisor RSS per live instance in KiB).
-    pub async fn scale(&self, count: usize) -> anyhow::Result<(f64, f64)> {
+    pub async fn scale(&self, count: usize) -> Result<(f64, f64)> {
         for p in self.sup.pools() {
             p.reclaim_all().await;
         }
@@ -202,24 +202,24 @@ impl Rig {
             if done.len() >= count {
                 break done.into_iter().max().map(|t| t.duration_since(t0)).unwrap_or_default();
             }
-            anyhow::ensure!(Instant::now() < deadline, "only {} of {count} instances started within 60 s", done.len());
+            ensure!(Instant::now() < deadline, "only {} of {count} instances started within 60 s", done.len());
             tokio::time::sleep(Duration::from_millis(2)).await;
         };
         let rss = rss_kib();
         for c in clients {
-            let status = c.join().map_err(|_| anyhow::anyhow!("client thread panicked"))??;
-            anyhow::ensure!(status == 200, "a scale request answered HTTP {status}");
+            let status = c.join().map_err(|_| failed!("client thread panicked"))??;
+            ensure!(status == 200, "a scale request answered HTTP {status}");
         }
         self.reclaim("scale").await;
         Ok((ready.as_secs_f64(), (rss - rss0) / count as f64))
     }
 
     /// Whether a child process of a frozen instance keeps using CPU (it must not).
-    pub async fn child_runs_while_frozen(&self) -> anyhow::Result<bool> {
+    pub async fn child_runs_while_frozen(&self) -> Result<bool> {
         let conn = self.conn().await?;
         let (_, _, id) = self.post(conn, "child", b"").await?;
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let inst = self.sup.instance(&id).ok_or_else(|| anyhow::anyhow!("instance {id} vanished"))?;
+        let inst = self.sup.instance(&id).ok_or_else(|| failed!("instance {id} vanished"))?;
         let usage = || inst.cgroup().cpu_stat().map(|s| s.usage_usec).unwrap_or(0);
         let before = usage();
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -230,7 +230,7 @@ impl Rig {
 }
 
 /// `clients` threads each sending requests back to back for `dur`; requests per second.
-pub fn closed_loop(addr: &str, path: &str, clients: usize, dur: Duration) -> anyhow::Result<f64> {
+pub fn closed_loop(addr: &str, path: &str, clients: usize, dur: Duration) -> Result<f64> {
     let start = Instant::now() + Duration::from_millis(20);
     let handles: Vec<_> = (0..clients)
         .map(|_| {
@@ -249,7 +249,7 @@ pub fn closed_loop(addr: &str, path: &str, clients: usize, dur: Duration) -> any
         .collect();
     let mut total = 0;
     for h in handles {
-        total += h.join().map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+        total += h.join().map_err(|_| failed!("client thread panicked"))??;
     }
     Ok(total as f64 / dur.as_secs_f64())
 }

@@ -3,6 +3,45 @@
 //! process, SIGSTOP, `crun`, `runc`), printed as ratios to fcsup's figures. Every figure comes
 //! from this run; nothing is compared with numbers taken elsewhere.
 
+/// Why a bench run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// A measurement could not be taken; the message says which and why.
+    #[error("{0}")]
+    Failed(String),
+    /// An I/O error.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The supervisor under test failed.
+    #[error(transparent)]
+    Supervisor(#[from] crate::supervisor::SupervisorError),
+    /// The bench's own function configuration was refused.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The cgroup hierarchy could not be read.
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
+    /// A worker's output did not parse.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// A measuring task failed.
+    #[error(transparent)]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Results of the bench.
+pub type Result<T> = std::result::Result<T, BenchError>;
+
+macro_rules! failed {
+    ($($fmt:tt)+) => { $crate::bench::BenchError::Failed(format!($($fmt)+)) };
+}
+macro_rules! bail {
+    ($($fmt:tt)+) => { return Err(failed!($($fmt)+)) };
+}
+macro_rules! ensure {
+    ($cond:expr, $($fmt:tt)+) => { if !$cond { bail!($($fmt)+); } };
+}
+
 mod chart;
 mod client;
 mod fcsup;
@@ -187,10 +226,10 @@ fn progress(total: u64) -> ProgressBar {
 }
 
 /// Runs the suite and prints the table; writes JSON and SVG when asked.
-pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
-    anyhow::ensure!(
+pub async fn run(opts: BenchOptions) -> Result<Report> {
+    ensure!(
         opts.fixture.is_file(),
-        "the native fixture {} is missing: run `cargo xtask bench` (builds it static), or `cargo build --release -p fcsup-fixture` and pass --fixture",
+        "the native fixture {} is missing: run `cargo xtask bench` (builds it static), or `cargo build --release` (it builds target/release/fcsup-fixture) or pass --fixture",
         opts.fixture.display()
     );
     let plan = Plan::new(opts.quick);
@@ -212,7 +251,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-async fn run_in(opts: &BenchOptions, plan: &Plan, native_dir: &Path, python_dir: &Path) -> anyhow::Result<Report> {
+async fn run_in(opts: &BenchOptions, plan: &Plan, native_dir: &Path, python_dir: &Path) -> Result<Report> {
     let peers_on = !opts.no_peers;
     let total = (plan.cold_n * 2 + plan.python_n * 2 + plan.freeze_n * 2 + plan.warm_n * 2) as u64
         + if peers_on { (plan.freeze_n * 2 + (plan.peer_cold_n + plan.freeze_n * 3) * 2) as u64 } else { 0 };
@@ -257,7 +296,7 @@ async fn run_in(opts: &BenchOptions, plan: &Plan, native_dir: &Path, python_dir:
             raw.scalar("fcsup", "instance_starts_per_second", &format!("{} instances", plan.scale), "instances/s", plan.scale as f64 / secs);
             raw.scalar("fcsup", "supervisor_rss_per_instance", &format!("{} instances", plan.scale), "KiB", rss);
         }
-        anyhow::Ok(())
+        Ok::<(), BenchError>(())
     }
     .await;
     rig.shutdown().await;
@@ -311,7 +350,7 @@ async fn run_in(opts: &BenchOptions, plan: &Plan, native_dir: &Path, python_dir:
     Ok(report)
 }
 
-fn plain_rows(native: &[String], python: &[String], python_dir: &Path, plan: &Plan, raw: &mut Raw, tick: &dyn Fn()) -> anyhow::Result<()> {
+fn plain_rows(native: &[String], python: &[String], python_dir: &Path, plan: &Plan, raw: &mut Raw, tick: &dyn Fn()) -> Result<()> {
     peers::plain_cold(native, Path::new("/"), "native", plan.cold_n, raw, tick)?;
     peers::plain_cold(python, python_dir, "python", plan.python_n, raw, tick)
 }
@@ -325,7 +364,7 @@ pub struct WorkerOutput {
 /// crun's and runc's rows. crun refuses hybrid hosts whose cgroup2 lists controllers, so there
 /// it runs in a worker process inside a private mount namespace with cgroup2 unmounted
 /// (notes/peers.md, workaround A): no per-call wrapper cost is added to its figures.
-fn container_rows(name: &str, fixture: &Path, quick: bool) -> anyhow::Result<Option<WorkerOutput>> {
+fn container_rows(name: &str, fixture: &Path, quick: bool) -> Result<Option<WorkerOutput>> {
     if peers::Runtime::find(name, fixture).is_none() {
         return Ok(None);
     }
@@ -339,16 +378,16 @@ fn container_rows(name: &str, fixture: &Path, quick: bool) -> anyhow::Result<Opt
             cmd.arg("--quick");
         }
         let out = cmd.stderr(std::process::Stdio::inherit()).output()?;
-        anyhow::ensure!(out.status.success(), "the {name} worker failed ({})", out.status);
+        ensure!(out.status.success(), "the {name} worker failed ({})", out.status);
         return Ok(Some(serde_json::from_slice(&out.stdout)?));
     }
     worker(name, fixture, quick).map(Some)
 }
 
 /// Runs one container runtime's rows in this process (the `bench-worker` command).
-pub fn worker(name: &str, fixture: &Path, quick: bool) -> anyhow::Result<WorkerOutput> {
+pub fn worker(name: &str, fixture: &Path, quick: bool) -> Result<WorkerOutput> {
     let plan = Plan::new(quick);
-    let mut rt = peers::Runtime::find(name, fixture).ok_or_else(|| anyhow::anyhow!("{name} is not installed"))?;
+    let mut rt = peers::Runtime::find(name, fixture).ok_or_else(|| failed!("{name} is not installed"))?;
     let mut raw = Raw::default();
     let tick = || {};
     rt.cold(plan.peer_cold_n, &mut raw, &tick)?;

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::client::Conn;
-use super::{Plan, Raw};
+use super::{Plan, Raw, Result};
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
@@ -35,7 +35,7 @@ fn kill_wait(mut c: Child) -> Duration {
 }
 
 /// Plain fork+exec of `cmd` to its first response, and kill-to-reaped.
-pub fn plain_cold(cmd: &[String], cwd: &Path, workload: &str, n: usize, raw: &mut Raw, tick: &dyn Fn()) -> anyhow::Result<()> {
+pub fn plain_cold(cmd: &[String], cwd: &Path, workload: &str, n: usize, raw: &mut Raw, tick: &dyn Fn()) -> Result<()> {
     for _ in 0..n {
         let port = free_port();
         let t = Instant::now();
@@ -52,7 +52,7 @@ pub fn plain_cold(cmd: &[String], cwd: &Path, workload: &str, n: usize, raw: &mu
 
 /// Direct requests to a running fixture, `gap` apart (the warm-invoke baseline), and
 /// closed-loop throughput.
-pub fn plain_warm(fixture: &Path, plan: &Plan, raw: &mut Raw, tick: &dyn Fn()) -> anyhow::Result<(f64, f64)> {
+pub fn plain_warm(fixture: &Path, plan: &Plan, raw: &mut Raw, tick: &dyn Fn()) -> Result<(f64, f64)> {
     let port = free_port();
     let child = spawn_plain(&[fixture.display().to_string()], Path::new("/"), port, &[])?;
     let addr = format!("127.0.0.1:{port}");
@@ -84,7 +84,7 @@ fn signal(pid: i32, sig: i32) {
 
 /// SIGSTOP/SIGCONT of the main pid around each request, confirmed by waitpid (the group
 /// stop completes when every thread stopped).
-pub fn sigstop(fixture: &Path, busy: usize, workload: &str, plan: &Plan, raw: &mut Raw, tick: &dyn Fn()) -> anyhow::Result<()> {
+pub fn sigstop(fixture: &Path, busy: usize, workload: &str, plan: &Plan, raw: &mut Raw, tick: &dyn Fn()) -> Result<()> {
     let port = free_port();
     let threads = busy.to_string();
     let child = spawn_plain(&[fixture.display().to_string()], Path::new("/"), port, &[("FIXTURE_BUSY_THREADS", &threads)])?;
@@ -120,13 +120,13 @@ fn cpu_ticks(pid: u32) -> u64 {
 }
 
 /// Whether the fixture's child process keeps running while its parent is SIGSTOPped.
-pub fn sigstop_child_runs(fixture: &Path) -> anyhow::Result<bool> {
+pub fn sigstop_child_runs(fixture: &Path) -> Result<bool> {
     let port = free_port();
     let child = spawn_plain(&[fixture.display().to_string()], Path::new("/"), port, &[("FIXTURE_CHILD", "1")])?;
     let pid = child.id();
     Conn::open_when_ready(&format!("127.0.0.1:{port}"), Instant::now() + Duration::from_secs(10))?;
     let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    let kid: u32 = kids.split_whitespace().next().and_then(|k| k.parse().ok()).ok_or_else(|| anyhow::anyhow!("the fixture started no child"))?;
+    let kid: u32 = kids.split_whitespace().next().and_then(|k| k.parse().ok()).ok_or_else(|| failed!("the fixture started no child"))?;
     signal(pid as i32, libc::SIGSTOP);
     waitpid(pid as i32, libc::WUNTRACED);
     let before = cpu_ticks(kid);
@@ -163,7 +163,7 @@ impl Runtime {
     /// rootfs that also binds the host's /usr and /lib* read-only (as fcsup's sandbox does),
     /// no terminal, and host networking (so the client reaches it directly; fcsup's instances
     /// have their own network namespace, so this favours the peer).
-    fn bundle(&mut self, port: u16, busy: usize) -> anyhow::Result<(PathBuf, String)> {
+    fn bundle(&mut self, port: u16, busy: usize) -> Result<(PathBuf, String)> {
         self.seq += 1;
         let id = format!("fcsup-bench-{}-{}-{}", self.name, std::process::id(), self.seq);
         let dir = self.work.join(&id);
@@ -173,7 +173,7 @@ impl Runtime {
         }
         std::fs::copy(&self.fixture, rootfs.join("fcsup-fixture"))?;
         let st = Command::new(&self.name).arg("spec").current_dir(&dir).status()?;
-        anyhow::ensure!(st.success(), "{} spec failed", self.name);
+        ensure!(st.success(), "{} spec failed", self.name);
         let path = dir.join("config.json");
         let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
         spec["process"]["terminal"] = false.into();
@@ -214,7 +214,7 @@ impl Runtime {
     }
 
     /// `<rt> run` per call to the first response (`s local`'s model), and teardown.
-    pub fn cold(&mut self, n: usize, raw: &mut Raw, tick: &dyn Fn()) -> anyhow::Result<()> {
+    pub fn cold(&mut self, n: usize, raw: &mut Raw, tick: &dyn Fn()) -> Result<()> {
         for _ in 0..n {
             let port = free_port();
             let (dir, id) = self.bundle(port, 0)?;
@@ -226,7 +226,7 @@ impl Runtime {
                 let _ = child.kill();
                 let _ = child.wait();
                 self.remove(&id, &dir);
-                anyhow::bail!("{} run did not serve: {e}", self.name);
+                bail!("{} run did not serve: {e}", self.name);
             }
             raw.push(&self.name, "cold_start", "native", t.elapsed().as_secs_f64() * 1e6);
             let t = Instant::now();
@@ -242,15 +242,15 @@ impl Runtime {
 
     /// A container started once, `resume` → request → `pause` per call (OpenWhisk's model):
     /// each CLI call as a freeze/thaw sample, the three together as a warm invocation.
-    pub fn pause_resume(&mut self, busy: usize, workload: &str, plan: &Plan, raw: &mut Raw, tick: &dyn Fn()) -> anyhow::Result<()> {
+    pub fn pause_resume(&mut self, busy: usize, workload: &str, plan: &Plan, raw: &mut Raw, tick: &dyn Fn()) -> Result<()> {
         let port = free_port();
         let (dir, id) = self.bundle(port, busy)?;
         let st = self.run_cmd(true, &dir, &id).status()?;
-        let result = (|| -> anyhow::Result<()> {
-            anyhow::ensure!(st.success(), "{} run -d failed", self.name);
+        let result = (|| -> Result<()> {
+            ensure!(st.success(), "{} run -d failed", self.name);
             let mut c = Conn::open_when_ready(&format!("127.0.0.1:{port}"), Instant::now() + Duration::from_secs(30))?;
             c.post("/invoke", b"")?;
-            anyhow::ensure!(self.cli(&["pause", &id])?.success(), "{} pause failed", self.name);
+            ensure!(self.cli(&["pause", &id])?.success(), "{} pause failed", self.name);
             for _ in 0..plan.freeze_n {
                 std::thread::sleep(plan.gap);
                 let t = Instant::now();
