@@ -40,8 +40,28 @@ fn say(s: impl AsRef<str>) {
     println!("\x1b[1m==> {}\x1b[0m", s.as_ref());
 }
 
+/// Why the demo stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// Writing the examples, listening or talking to the front door failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The bundled s.yaml was refused (a bug).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The supervisor could not start.
+    #[error(transparent)]
+    Supervisor(#[from] crate::supervisor::SupervisorError),
+    /// Reading the instance's cgroup failed.
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
+    /// A step did not show what it should have.
+    #[error("{0}")]
+    Step(&'static str),
+}
+
 /// Runs the demo until Ctrl-C (or to the end of the walk-through with `no_wait`).
-pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>) -> Result<(), Box<dyn std::error::Error>> {
+pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>) -> Result<(), DemoError> {
     let dir = write_examples()?;
     let config = Config::load(&dir.join("s.yaml"))?;
     say(format!("serving the bundled example 'hello' from {}", dir.display()));
@@ -89,11 +109,11 @@ fn show(r: &client::Response) {
     println!("    body: {}", String::from_utf8_lossy(&r.body));
 }
 
-async fn walk_through(sup: &Arc<Supervisor>, addr: &str) -> Result<(), Box<dyn std::error::Error>> {
+async fn walk_through(sup: &Arc<Supervisor>, addr: &str) -> Result<(), DemoError> {
     say("first invocation: cold start (cgroup, clone3 into namespaces, port ready, Initializer)");
     let r = invoke(addr, "world", false).await?;
     show(&r);
-    let inst = sup.instance(r.header("x-fc-instance-id")).ok_or("the instance of the first call is gone")?;
+    let inst = sup.instance(r.header("x-fc-instance-id")).ok_or(DemoError::Step("the instance of the first call is gone"))?;
     let cg = inst.cgroup();
     let frozen = cg.wait_for("frozen 1", |e| e.frozen).await?;
     let before = cg.cpu_stat()?;

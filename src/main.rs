@@ -242,7 +242,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Demo { no_wait, sup } => {
             let opts = fcsup::demo::DemoOptions { listen: sup.listen.clone(), no_wait, supervisor: sup.options() };
-            fcsup::demo::run(opts, shutdown_signal()).await.map_err(|e| anyhow::anyhow!("{e}"))
+            Ok(fcsup::demo::run(opts, shutdown_signal()).await?)
         }
         Command::Invoke { name, data, tail, url } => {
             let body = match data.as_str() {
