@@ -5,6 +5,7 @@
 //! records for their frozen time (fc-spec §6).
 
 mod ledger;
+pub mod windows;
 pub mod price;
 pub mod report;
 

@@ -22,8 +22,9 @@ use hyper::{Method, Request, StatusCode};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{oneshot, watch, Notify};
 
+use crate::billing::windows::{Closed, Reading, Windows};
 use crate::billing::{Phase, ResourceMode, Usage, WindowRecord};
-use crate::cgroup::{Cgroup, CgroupError, CpuStat, Limits};
+use crate::cgroup::{Cgroup, CgroupError, Limits};
 use crate::config::Function;
 use crate::host::Host;
 use crate::logs::InstanceLog;
@@ -138,23 +139,8 @@ struct Power {
     /// The last Initializer error.
     last_init_error: String,
     stopping: bool,
-    window: Option<Window>,
-    /// A provisioned instance's frozen time, open while frozen.
-    idle: Option<Window>,
-    /// The frozen time that the last thaw ended, with the CPU read just before the thaw;
-    /// recorded after the request, off its path.
-    idle_ended: Option<(Window, Instant, CpuStat)>,
-}
-
-/// An active window (thaw → freeze), the unit of billing (fc-spec §6).
-#[derive(Debug)]
-struct Window {
-    start: Instant,
-    start_ms: u64,
-    cpu: CpuStat,
-    phase: Phase,
-    request_ids: Vec<String>,
-    cold_start: bool,
+    /// Billing windows (thaw → freeze, hooks, provisioned idle time).
+    windows: Windows,
 }
 
 /// When each step of an instance's start ended, in µs from its creation (the cold-start
@@ -413,9 +399,7 @@ impl Instance {
                 initialized: function.initializer.is_none(),
                 last_init_error: String::new(),
                 stopping: false,
-                window: None,
-                idle: None,
-                idle_ended: None,
+                windows: Windows::default(),
             }),
             boot: watch::channel(Boot::Pending).0,
             exit: watch::channel(None).0,
@@ -521,14 +505,7 @@ impl Instance {
             let mut p = self.power.lock().await;
             // The cold start and the Initializer are one `initialize` record, counted from the
             // instance's creation (a new cgroup's cpu.stat starts at zero).
-            p.window = Some(Window {
-                start: self.created,
-                start_ms: self.created_ms,
-                cpu: CpuStat::default(),
-                phase: Phase::Initialize,
-                request_ids: Vec::new(),
-                cold_start: true,
-            });
+            p.windows.start(self.created, self.created_ms);
             let initialized = if self.function.initializer.is_some() {
                 self.set_state(State::Initializing);
                 self.initialize(&mut p).await
@@ -651,9 +628,7 @@ impl Instance {
             if self.thaw_locked(&mut p).await? {
                 self.host.samples.record("thaw_seen", call.arrived.elapsed());
             }
-            if let Some(w) = p.window.as_mut() {
-                w.request_ids.push(call.request_id.clone());
-            }
+            p.windows.add_request(&call.request_id);
             p.in_flight += 1;
         }
         self.set_state(State::Active);
@@ -792,8 +767,7 @@ impl Instance {
         }
         // PreFreeze follows invocations (not the Initializer), and is billed inside the
         // window it ends (fc-spec §6).
-        if let Some(w) = p.window.as_mut().filter(|w| w.phase == Phase::Invoke && self.function.pre_freeze.is_some()) {
-            w.phase = Phase::PreFreeze;
+        if self.function.pre_freeze.is_some() && p.windows.pre_freeze() {
             let _ = self.call_hook(HookKind::PreFreeze).await;
         }
         let t = Instant::now();
@@ -804,10 +778,8 @@ impl Instance {
                 self.thawed.send_replace(false);
                 self.host.metrics.freeze(&self.function.name, took);
                 self.host.samples.record("freeze", took);
-                self.close_window(&mut p);
-                if self.provisioned {
-                    p.idle = Some(self.new_window(Phase::Idle));
-                }
+                let now = self.close_window(&mut p);
+                p.windows.frozen(now, self.provisioned);
                 self.set_state(State::Frozen);
                 if !self.healthy() {
                     self.sick.notify_one();
@@ -821,8 +793,8 @@ impl Instance {
     /// Thaws if frozen; true when it did.
     async fn thaw_locked(&self, p: &mut Power) -> Result<bool, InvokeError> {
         if p.frozen {
-            if let Some(w) = p.idle.take() {
-                p.idle_ended = Some((w, Instant::now(), self.cgroup.cpu_stat().unwrap_or_default()));
+            if p.windows.idle() {
+                p.windows.thawing(self.reading());
             }
             let t = Instant::now();
             self.cgroup.thaw().await.map_err(|e| InvokeError::Internal(format!("thaw failed: {e}")))?;
@@ -837,62 +809,46 @@ impl Instance {
         Ok(false)
     }
 
-    fn new_window(&self, phase: Phase) -> Window {
-        Window {
-            start: Instant::now(),
-            start_ms: crate::util::now_ms(),
-            cpu: self.cgroup.cpu_stat().unwrap_or_default(),
-            phase,
-            request_ids: Vec::new(),
-            cold_start: false,
-        }
+    /// The meters now.
+    fn reading(&self) -> Reading {
+        Reading { at: Instant::now(), at_ms: crate::util::now_ms(), cpu: self.cgroup.cpu_stat().unwrap_or_default() }
     }
 
-    /// Makes the open window one of `phase`: an open window of another phase ends where the
-    /// new one starts (one cpu.stat read for both); one of the same phase is kept (concurrent
-    /// requests share it; PreFreeze keeps the requests' window).
+    /// Makes the open billing window one of `phase` (see [`Windows::switch`]).
     fn switch_window(&self, p: &mut Power, phase: Phase) {
-        if p.window.as_ref().is_some_and(|w| w.phase == phase || (w.phase == Phase::PreFreeze && phase == Phase::Invoke)) {
-            return;
+        if let Some(c) = p.windows.switch(phase, || self.reading()) {
+            self.record(vec![c]);
         }
-        let next = self.new_window(phase);
-        if let Some(w) = p.window.take() {
-            let usage = Usage {
-                wall: next.start - w.start,
-                cpu: next.cpu.since(&w.cpu),
-                peak_memory_bytes: self.cgroup.memory().peak(),
-                memory_source: self.cgroup.memory().source(),
-            };
-            self.record(w, usage);
-            self.cgroup.memory().reset();
-        }
-        p.window = Some(next);
     }
 
-    /// Records the open window (and a provisioned instance's frozen time that preceded it),
-    /// then starts the next window's memory peak.
-    fn close_window(&self, p: &mut Power) {
-        if let Some((w, end, cpu)) = p.idle_ended.take() {
-            let usage = Usage { wall: end - w.start, cpu: cpu.since(&w.cpu), peak_memory_bytes: None, memory_source: Default::default() };
-            self.record(w, usage);
-        }
-        let Some(w) = p.window.take() else { return };
+    /// Closes the open window (and idle time a thaw ended) now; the reading taken.
+    fn close_window(&self, p: &mut Power) -> Reading {
+        let now = self.reading();
+        self.record(p.windows.close(now));
+        now
+    }
+
+    /// Records closed windows with the peak memory of the active ones, then starts the next
+    /// window's peak.
+    fn record(&self, closed: Vec<Closed>) {
         let memory = self.cgroup.memory();
-        let usage = Usage {
-            wall: w.start.elapsed(),
-            cpu: self.cgroup.cpu_stat().unwrap_or_default().since(&w.cpu),
-            peak_memory_bytes: memory.peak(),
-            memory_source: memory.source(),
-        };
-        self.record(w, usage);
-        memory.reset();
-    }
-
-    fn record(&self, w: Window, usage: Usage) {
         let mode = if self.provisioned { ResourceMode::Provision } else { ResourceMode::OnDemand };
-        let r = WindowRecord::new(&self.function, &self.id, w.phase, mode, w.cold_start, w.request_ids, w.start_ms, usage);
-        self.host.metrics.window(&r);
-        self.host.ledger.record(r);
+        let mut measured = false;
+        for c in closed {
+            let (peak_memory_bytes, memory_source) = if c.phase == Phase::Idle {
+                (None, Default::default())
+            } else {
+                measured = true;
+                (memory.peak(), memory.source())
+            };
+            let usage = Usage { wall: c.wall, cpu: c.cpu, peak_memory_bytes, memory_source };
+            let r = WindowRecord::new(&self.function, &self.id, c.phase, mode, c.cold_start, c.request_ids, c.start_ms, usage);
+            self.host.metrics.window(&r);
+            self.host.ledger.record(r);
+        }
+        if measured {
+            memory.reset();
+        }
     }
 
     fn set_state(&self, s: State) {
@@ -964,8 +920,8 @@ impl Instance {
         p.stopping = true;
         self.set_state(State::Stopping);
         let alive = self.exit.borrow().is_none();
-        if let Some(w) = p.idle.take() {
-            p.idle_ended = Some((w, Instant::now(), self.cgroup.cpu_stat().unwrap_or_default()));
+        if p.windows.idle() {
+            p.windows.thawing(self.reading());
         }
         if alive {
             let pre_stop = self.function.pre_stop.is_some() && matches!(*self.boot.borrow(), Boot::Ready);
