@@ -85,13 +85,14 @@ impl Windows {
 
     /// Makes the open window one of `phase`, closing one of another phase at `now` (the new
     /// one starts there). A window of the same phase is kept, and so is a PreFreeze window
-    /// when requests come (it is still theirs).
-    /// `now` is read only when a window opens.
+    /// when requests come (it is still theirs). A window opens only before a thaw, so idle
+    /// time ends at the same reading. `now` is read only when a window opens.
     pub fn switch(&mut self, phase: Phase, now: impl FnOnce() -> Reading) -> Option<Closed> {
         if self.open.as_ref().is_some_and(|w| w.phase == phase || (w.phase == Phase::PreFreeze && phase == Phase::Invoke)) {
             return None;
         }
         let now = now();
+        self.thawing(now);
         let closed = self.open.take().map(|w| w.close(&now));
         self.open = Some(Open { start: now, phase, request_ids: Vec::new(), cold_start: false });
         closed
@@ -129,7 +130,8 @@ impl Windows {
         }
     }
 
-    /// The instance is about to thaw (or stop) at `now`: its idle time ends there.
+    /// The instance is about to thaw (or stop) without opening a window: its idle time ends
+    /// at `now`.
     pub fn thawing(&mut self, now: Reading) {
         if let Some(w) = self.idle.take() {
             self.idle_ended = Some(w.close(&now));
@@ -199,8 +201,8 @@ mod tests {
         w.frozen(at(t, 0, 0), false);
         assert!(!w.idle());
         w.frozen(at(t, 0, 500), true);
-        w.thawing(at(t, 300, 500));
         w.switch(Phase::Invoke, || at(t, 300, 500));
+        assert!(!w.idle(), "opening a window ends the frozen time");
         let c = w.close(at(t, 302, 600));
         assert_eq!(c.len(), 2);
         assert_eq!((c[0].phase, c[0].wall, c[0].cpu.usage_usec), (Phase::Idle, Duration::from_millis(300), 0));

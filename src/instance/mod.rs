@@ -790,12 +790,10 @@ impl Instance {
         }
     }
 
-    /// Thaws if frozen; true when it did.
+    /// Thaws if frozen; true when it did. Callers open a billing window first (which ends a
+    /// provisioned instance's idle time at the same reading).
     async fn thaw_locked(&self, p: &mut Power) -> Result<bool, InvokeError> {
         if p.frozen {
-            if p.windows.idle() {
-                p.windows.thawing(self.reading());
-            }
             let t = Instant::now();
             self.cgroup.thaw().await.map_err(|e| InvokeError::Internal(format!("thaw failed: {e}")))?;
             let took = t.elapsed();
