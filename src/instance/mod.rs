@@ -289,6 +289,8 @@ pub struct Instance {
     pub provisioned: bool,
     /// FC's common headers for this instance, built once.
     fc_headers: HeaderMap,
+    /// Its function's freeze/thaw histograms, looked up once.
+    latencies: crate::metrics::Latencies,
     start_trace: Mutex<StartTrace>,
     stop_trace: Mutex<Option<StopTrace>>,
     /// The init's stack and thread area (it shares the supervisor's memory): kept until the
@@ -416,6 +418,7 @@ impl Instance {
             log,
             provisioned,
             fc_headers,
+            latencies: host.metrics.latencies(&function.name),
             start_trace: Mutex::new(start_trace),
             stop_trace: Mutex::new(None),
             init_stack: Mutex::new(Some(child.init_stack)),
@@ -776,7 +779,7 @@ impl Instance {
                 let took = t.elapsed();
                 p.frozen = true;
                 self.thawed.send_replace(false);
-                self.host.metrics.freeze(&self.function.name, took);
+                self.latencies.freeze(took);
                 self.host.samples.record("freeze", took);
                 let now = self.close_window(&mut p);
                 p.windows.frozen(now, self.provisioned);
@@ -797,7 +800,7 @@ impl Instance {
             let t = Instant::now();
             self.cgroup.thaw().await.map_err(|e| InvokeError::Internal(format!("thaw failed: {e}")))?;
             let took = t.elapsed();
-            self.host.metrics.thaw(&self.function.name, took);
+            self.latencies.thaw(took);
             self.host.samples.record("thaw", took);
             p.frozen = false;
             self.thawed.send_replace(true);

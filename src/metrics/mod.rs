@@ -128,14 +128,11 @@ impl Metrics {
         self.cold_start_seconds.get_or_create(&l).observe(took.as_secs_f64());
     }
 
-    /// One confirmed freeze.
-    pub fn freeze(&self, function: &str, took: Duration) {
-        self.freeze_seconds.get_or_create(&FunctionLabel { function: function.into() }).observe(took.as_secs_f64());
-    }
-
-    /// One confirmed thaw.
-    pub fn thaw(&self, function: &str, took: Duration) {
-        self.thaw_seconds.get_or_create(&FunctionLabel { function: function.into() }).observe(took.as_secs_f64());
+    /// The freeze and thaw histograms of `function`, looked up once (an instance keeps them,
+    /// so its thaw path neither allocates a label nor searches the family).
+    pub fn latencies(&self, function: &str) -> Latencies {
+        let l = FunctionLabel { function: function.into() };
+        Latencies { freeze: self.freeze_seconds.get_or_create(&l).clone(), thaw: self.thaw_seconds.get_or_create(&l).clone() }
     }
 
     /// One ledger record.
@@ -155,6 +152,25 @@ impl Metrics {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// One function's freeze and thaw histograms (handles to the registered series).
+#[derive(Debug, Clone)]
+pub struct Latencies {
+    freeze: Histogram,
+    thaw: Histogram,
+}
+
+impl Latencies {
+    /// One confirmed freeze.
+    pub fn freeze(&self, took: Duration) {
+        self.freeze.observe(took.as_secs_f64());
+    }
+
+    /// One confirmed thaw.
+    pub fn thaw(&self, took: Duration) {
+        self.thaw.observe(took.as_secs_f64());
     }
 }
 
