@@ -36,7 +36,7 @@ impl Drop for HangUp {
 pub async fn invoke(sup: &Arc<Supervisor>, req: Request<Incoming>, name: String, http_trigger: bool, request_id: String) -> Resp {
     let arrived = std::time::Instant::now();
     let Some(pool) = sup.pool(&name) else { return not_found(&name, &request_id) };
-    let header = |k: &str| req.headers().get(k).map(|v| v.to_str().unwrap_or("").to_string());
+    let header = |k: &str| req.headers().get(k).map(|v| v.to_str().unwrap_or(""));
     let tail = header("x-fc-log-type").is_some_and(|v| v.eq_ignore_ascii_case("tail"));
     let is_async = match header("x-fc-invocation-type") {
         None => false,
@@ -47,7 +47,7 @@ pub async fn invoke(sup: &Arc<Supervisor>, req: Request<Incoming>, name: String,
             return fc_error(StatusCode::BAD_REQUEST, "InvalidArgument", &msg, &request_id);
         }
     };
-    let task_id = header("x-fc-async-task-id").filter(|t| !t.is_empty());
+    let task_id = header("x-fc-async-task-id").filter(|t| !t.is_empty()).map(str::to_string);
     let path_and_query = if http_trigger {
         let full = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let after = &full["/http/".len() + name.len()..];
