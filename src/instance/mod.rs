@@ -280,7 +280,6 @@ pub struct Instance {
     /// Creation time (ms since epoch).
     pub created_ms: u64,
     created: Instant,
-    cold_start_us: AtomicU64,
     /// Failed Initializer attempts so far.
     init_failures: AtomicU64,
     /// Its output.
@@ -413,7 +412,6 @@ impl Instance {
             last_used_ms: AtomicU64::new(crate::util::now_ms()),
             created_ms: crate::util::now_ms(),
             created,
-            cold_start_us: AtomicU64::new(0),
             init_failures: AtomicU64::new(0),
             log,
             provisioned,
@@ -453,7 +451,6 @@ impl Instance {
         let r = self.boot_inner().await;
         match &r {
             Ok(d) => {
-                self.cold_start_us.store(d.as_micros() as u64, Ordering::Relaxed);
                 self.host.metrics.cold_start(&self.function.name, *d);
                 self.boot.send_replace(Boot::Ready);
                 if let Some(hc) = &self.function.health_check {
@@ -871,6 +868,7 @@ impl Instance {
 
     /// For the admin API.
     pub fn snapshot(&self) -> Snapshot {
+        let trace = self.start_trace();
         let in_flight = self.power.try_lock().map(|p| p.in_flight).unwrap_or(self.reserved.load(Ordering::Relaxed));
         Snapshot {
             id: self.id.clone(),
@@ -883,8 +881,8 @@ impl Instance {
             provisioned: self.provisioned,
             created: crate::util::rfc3339_ms(self.created_ms),
             last_used: crate::util::rfc3339_ms(self.last_used_ms.load(Ordering::Relaxed)),
-            cold_start_ms: self.cold_start_us.load(Ordering::Relaxed) as f64 / 1000.0,
-            start_trace: self.start_trace(),
+            cold_start_ms: trace.ready_us as f64 / 1000.0,
+            start_trace: trace,
         }
     }
 
