@@ -33,8 +33,6 @@ fn bench_quick_freeze_group_reports_rows_and_correctness() {
     let fcsup = report["correctness"].as_array().unwrap().iter().find(|c| c["system"] == "fcsup").unwrap();
     assert_eq!(fcsup["child_keeps_running_while_frozen"], false, "a frozen instance's child process must not run");
     // Nothing left behind: the bench's cgroup root is gone.
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let cg2 = mounts.lines().find(|l| l.contains(" - cgroup2 ")).unwrap().split(' ').nth(4).unwrap().to_string();
-    let left: Vec<_> = std::fs::read_dir(&cg2).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("fcsup-bench")).collect();
+    let left: Vec<_> = std::fs::read_dir(common::cgroup2_mount()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("fcsup-bench")).collect();
     assert!(left.is_empty(), "bench cgroups left: {left:?}");
 }

@@ -171,12 +171,7 @@ fn malformed_config_fails_at_start_naming_file_and_key() {
     if !privileged() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("s.yaml");
-    std::fs::write(&file, format!("resources:\n{}", fixture_props("bad", "memorySize: 100").replace("      memorySize: 1024\n", ""))).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fcsup")).args(["serve", "-f"]).arg(&file).output().unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = serve_failing(&format!("resources:\n{}", fixture_props("bad", "memorySize: 100").replace("      memorySize: 1024\n", "")), &[]);
     assert!(err.contains("s.yaml") && err.contains("resources.bad.props.memorySize") && err.contains("multiple of 64"), "{err}");
 }
 
@@ -227,21 +222,10 @@ fn failed_start_leaves_no_cgroup_root_or_runtime_dir() {
     if !privileged() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("s.yaml");
-    std::fs::write(&file, format!("edition: 3.0.0\nresources:\n{}", fixture_props("f", ""))).unwrap();
     let root = format!("fcsup-test-{}", uuid::Uuid::new_v4().simple());
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fcsup"))
-        .args(["serve", "-f"])
-        .arg(&file)
-        .args(["--listen", "127.0.0.1:0", "--cgroup-root", &root, "--log-dir", "/proc/fcsup-cannot-be-here"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let yaml = format!("edition: 3.0.0\nresources:\n{}", fixture_props("f", ""));
+    let err = serve_failing(&yaml, &["--listen", "127.0.0.1:0", "--cgroup-root", &root, "--log-dir", "/proc/fcsup-cannot-be-here"]);
     assert!(err.contains("cannot create the log directory /proc/fcsup-cannot-be-here"), "{err}");
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let cg2 = mounts.lines().find(|l| l.contains(" - cgroup2 ")).unwrap().split(' ').nth(4).unwrap().to_string();
-    assert!(!std::path::Path::new(&cg2).join(&root).exists(), "cgroup root left behind");
+    assert!(!cgroup2_mount().join(&root).exists(), "cgroup root left behind");
     assert!(!std::path::Path::new("/run/fcsup").join(&root).exists(), "runtime directory left behind");
 }

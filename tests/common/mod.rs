@@ -66,10 +66,22 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn cgroup2_mount() -> PathBuf {
+/// Where cgroup2 is mounted on this host.
+pub fn cgroup2_mount() -> PathBuf {
     let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let line = mi.lines().find(|l| l.contains(" - cgroup2 ")).expect("cgroup2 mount");
     PathBuf::from(line.split(' ').nth(4).unwrap())
+}
+
+/// Runs `fcsup serve` on the file `yaml` with extra `args`, expecting it to fail at start;
+/// returns its standard error.
+pub fn serve_failing(yaml: &str, args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fcsup")).args(["serve", "-f"]).arg(&file).args(args).output().unwrap();
+    assert!(!out.status.success(), "fcsup started on a file it should refuse");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Serves `resources` when the host can run privileged tests (see [`privileged`]); `None`
