@@ -605,7 +605,8 @@ impl Instance {
     pub async fn invoke(self: &Arc<Self>, mut call: Call) -> Result<Reply, InvokeError> {
         let canceled = call.canceled.take();
         self.wait_booted().await?;
-        {
+        // The reading that opened this request's window, when it opened one.
+        let opened = {
             let mut p = self.power.lock().await;
             if p.stopping || self.exit.borrow().is_some() {
                 return Err(InvokeError::Gone);
@@ -624,17 +625,20 @@ impl Instance {
             }
             // The window opens before the thaw (while nothing runs) and closes after the
             // freeze, so every µs of CPU the instance uses is in exactly one record.
-            self.switch_window(&mut p, Phase::Invoke);
+            let opened = self.switch_window(&mut p, Phase::Invoke);
             if self.thaw_locked(&mut p).await? {
                 self.host.samples.record("thaw_seen", call.arrived.elapsed());
             }
             p.windows.add_request(&call.request_id);
             p.in_flight += 1;
-        }
+            opened
+        };
         self.set_state(State::Active);
         self.log.begin(&call.request_id);
         let started = Instant::now();
-        let cpu0 = self.cgroup.cpu_stat().unwrap_or_default();
+        // The request's own CPU counts from its window's opening reading (taken while frozen,
+        // so it is the same figure), or from now when it joined an open window.
+        let cpu0 = opened.map(|r| r.cpu).unwrap_or_else(|| self.cgroup.cpu_stat().unwrap_or_default());
         // A client that goes away aborts the request only where FC would replace the instance;
         // otherwise the handler runs to its end and the answer is dropped.
         let replace_on_cancel = self.function.concurrency == 1 && self.function.health_check.is_none();
@@ -812,11 +816,19 @@ impl Instance {
         Reading { at: Instant::now(), at_ms: crate::util::now_ms(), cpu: self.cgroup.cpu_stat().unwrap_or_default() }
     }
 
-    /// Makes the open billing window one of `phase` (see [`Windows::switch`]).
-    fn switch_window(&self, p: &mut Power, phase: Phase) {
-        if let Some(c) = p.windows.switch(phase, || self.reading()) {
+    /// Makes the open billing window one of `phase` (see [`Windows::switch`]); the reading
+    /// a new window starts from, if one opened.
+    fn switch_window(&self, p: &mut Power, phase: Phase) -> Option<Reading> {
+        let mut opened = None;
+        let closed = p.windows.switch(phase, || {
+            let r = self.reading();
+            opened = Some(r);
+            r
+        });
+        if let Some(c) = closed {
             self.record(vec![c]);
         }
+        opened
     }
 
     /// Closes the open window (and idle time a thaw ended) now; the reading taken.
