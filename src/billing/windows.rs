@@ -78,11 +78,6 @@ impl Windows {
         self.open = Some(Open { start, phase: Phase::Initialize, request_ids: Vec::new(), cold_start: true });
     }
 
-    /// The open window's phase.
-    pub fn phase(&self) -> Option<Phase> {
-        self.open.as_ref().map(|w| w.phase)
-    }
-
     /// Makes the open window one of `phase`, closing one of another phase at `now` (the new
     /// one starts there). A window of the same phase is kept, and so is a PreFreeze window
     /// when requests come (it is still theirs). A window opens only before a thaw, so idle
