@@ -1,7 +1,5 @@
 //! Sample summaries: n, min, nearest-rank percentiles, max.
 
-use std::time::Duration;
-
 use serde::Serialize;
 
 /// One result row of `fcsup bench` (the JSON shape of issue 6).
@@ -47,12 +45,6 @@ impl Row {
             p99: rank(0.99),
             max: s[s.len() - 1],
         }
-    }
-
-    /// Summarises durations in µs.
-    pub fn micros(system: &str, metric: &str, workload: &str, samples: &[Duration]) -> Row {
-        let us: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e6).collect();
-        Row::new(system, metric, workload, "us", &us)
     }
 
     /// The row of quantile-wise differences `self − base` (added latency).
