@@ -46,6 +46,14 @@ pub async fn run(mountinfo: &Path, cgroup_root: &str) -> Vec<Finding> {
         let ok = Path::new(&format!("/proc/self/ns/{ns}")).exists();
         out.push(f(if ok { "ok" } else { "fail" }, &format!("namespace {ns}"), if ok { "available" } else { "missing from the kernel" }));
     }
+    match user_namespaces() {
+        Ok(()) => out.push(f("ok", "user namespaces", "available: each instance's root is an unprivileged id range on the host")),
+        Err(why) => out.push(f("fail", "user namespaces", format!("{why}: fcsup refuses to start unless --insecure-instances"))),
+    }
+    match seccomp() {
+        Ok(()) => out.push(f("ok", "seccomp", "filters available")),
+        Err(why) => out.push(f("fail", "seccomp", format!("{why}: fcsup refuses to start unless --insecure-instances"))),
+    }
     let hier = match Hierarchy::discover(mountinfo) {
         Ok(h) => h,
         Err(e) => {
@@ -122,4 +130,29 @@ pub async fn run(mountinfo: &Path, cgroup_root: &str) -> Vec<Finding> {
         (false, false) => "no GPU (functions run CPU-only)",
     }));
     out
+}
+
+/// Why this host cannot give instances a user namespace and a seccomp filter, if it cannot.
+pub fn isolation_missing() -> Option<String> {
+    let missing: Vec<String> = [user_namespaces(), seccomp()].into_iter().filter_map(Result::err).collect();
+    (!missing.is_empty()).then(|| missing.join("; "))
+}
+
+fn user_namespaces() -> Result<(), String> {
+    if !Path::new("/proc/self/ns/user").exists() {
+        return Err("user namespaces are not in this kernel".into());
+    }
+    match std::fs::read_to_string("/proc/sys/user/max_user_namespaces").ok().and_then(|v| v.trim().parse::<u64>().ok()) {
+        Some(0) => Err("user namespaces are disabled (user.max_user_namespaces = 0)".into()),
+        _ => Ok(()),
+    }
+}
+
+fn seccomp() -> Result<(), String> {
+    // SAFETY: prctl with integer arguments only.
+    let r = unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) };
+    if r < 0 {
+        return Err(format!("seccomp is not in this kernel ({})", std::io::Error::last_os_error()));
+    }
+    Ok(())
 }

@@ -8,7 +8,7 @@ use crate::billing::Ledger;
 use crate::cgroup::CgroupRoot;
 use crate::logs::LogFiles;
 use crate::metrics::{Metrics, Samples};
-use crate::sandbox::{NetnsPool, RootTemplate};
+use crate::sandbox::{Isolation, NetnsPool, RootTemplate};
 
 /// Shared, read-mostly context of one supervisor.
 #[derive(Debug)]
@@ -31,6 +31,8 @@ pub struct Host {
     pub root_template: RootTemplate,
     /// Network namespaces made ahead of time.
     pub netns: Arc<NetnsPool>,
+    /// User namespace ids and seccomp filter for every instance.
+    pub isolation: Isolation,
     /// Raw latency samples (for `fcsup bench`).
     pub samples: Samples,
 }

@@ -20,3 +20,4 @@ pub mod queue;
 pub mod sandbox;
 pub mod supervisor;
 pub mod util;
+pub mod watchdog;

@@ -37,6 +37,14 @@ struct SupervisorArgs {
     /// thawed, busy instance cannot delay the next thaw or freeze).
     #[arg(long)]
     no_realtime: bool,
+    /// Run functions as host root, without a user namespace or seccomp filter (only for hosts
+    /// that lack them; `fcsup check` tells).
+    #[arg(long)]
+    insecure_instances: bool,
+    /// First host uid/gid of the instances' id ranges (65536 ids each; 0 inside each instance
+    /// is an unprivileged id here).
+    #[arg(long, default_value_t = fcsup::sandbox::DEFAULT_ID_BASE)]
+    id_base: u32,
 }
 
 impl SupervisorArgs {
@@ -46,6 +54,8 @@ impl SupervisorArgs {
             ledger: self.ledger.clone(),
             echo_logs: !self.quiet_functions,
             log_dir: Some(self.log_dir.clone()),
+            insecure_instances: self.insecure_instances,
+            id_base: self.id_base,
             ..Options::default()
         }
     }
@@ -135,6 +145,12 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// Kills a supervisor's instances once it has exited (started by the supervisor itself).
+    #[command(hide = true)]
+    Watchdog {
+        /// The supervisor's cgroup2 root.
+        root: PathBuf,
+    },
     /// Probe the host: cgroup mode, freezer, namespaces, capabilities, GPU.
     Check {
         /// Print JSON.
@@ -145,6 +161,9 @@ enum Command {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Command::Watchdog { root } = &cli.command {
+        return Ok(fcsup::watchdog::run(root)?);
+    }
     // The bench's table is its output; the supervisor's per-instance lines would bury it.
     let default_log = if matches!(cli.command, Command::Bench { .. } | Command::BenchWorker { .. }) { "fcsup=warn" } else { "fcsup=info" };
     tracing_subscriber::fmt()
@@ -333,6 +352,7 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string(&out)?);
             Ok(())
         }
+        Command::Watchdog { .. } => unreachable!("handled before the runtime starts"),
         Command::Check { json } => {
             let findings = fcsup::check::run(std::path::Path::new("/proc/self/mountinfo"), "fcsup").await;
             if json {

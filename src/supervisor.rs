@@ -21,7 +21,7 @@ use crate::host::Host;
 use crate::instance::{Instance, Snapshot, StartError};
 use crate::pool::{GlobalCount, Pool};
 use crate::queue::AsyncQueue;
-use crate::sandbox::{NetnsPool, RootTemplate};
+use crate::sandbox::{Isolation, NetnsPool, RootTemplate};
 
 /// Network namespaces kept ready for cold starts.
 const NETNS_READY: usize = 4;
@@ -46,6 +46,9 @@ pub enum SupervisorError {
     /// Another fcsup uses the same cgroup root.
     #[error("another fcsup is running with cgroup root '{0}'; stop it or pass a different --cgroup-root")]
     Busy(String),
+    /// The host cannot isolate instances and `--insecure-instances` was not given.
+    #[error("this host cannot isolate instances: {0}; fix that, or pass --insecure-instances to run functions as host root without a user namespace and seccomp filter")]
+    Isolation(String),
     /// A minimum instance failed to start.
     #[error("function {function}: a minimum instance failed to start: {source}")]
     MinInstance {
@@ -72,6 +75,10 @@ pub struct Options {
     pub echo_logs: bool,
     /// Directory of the per-function log files, if any.
     pub log_dir: Option<PathBuf>,
+    /// Run functions without a user namespace and seccomp filter (hosts that lack them).
+    pub insecure_instances: bool,
+    /// First host uid/gid of the instances' id ranges.
+    pub id_base: u32,
 }
 
 impl Default for Options {
@@ -83,6 +90,8 @@ impl Default for Options {
             ledger: None,
             echo_logs: true,
             log_dir: None,
+            insecure_instances: false,
+            id_base: crate::sandbox::DEFAULT_ID_BASE,
         }
     }
 }
@@ -100,6 +109,8 @@ pub struct Supervisor {
     pub config_base: PathBuf,
     /// Async invocations.
     pub async_queue: AsyncQueue,
+    /// Kills the instances if this process dies without stopping them ([`crate::watchdog`]).
+    watchdog: Mutex<Option<std::process::Child>>,
     _lock: File,
 }
 
@@ -134,6 +145,12 @@ impl Supervisor {
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(SupervisorError::Busy(name));
         }
+        let isolation = isolation(opts)?;
+        // The supervisor outlives its functions: the kernel's OOM killer never picks it (nor
+        // an instance's init, which shares its memory); functions reset their own score.
+        if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
+            tracing::warn!("cannot exempt fcsup from the OOM killer: {e}");
+        }
         let rootfs = run_dir.join("rootfs");
         std::fs::create_dir_all(&rootfs).map_err(io("cannot create", &rootfs))?;
         // Whatever fails from here leaves nothing behind: no cgroup root, no runtime directory.
@@ -167,6 +184,13 @@ impl Supervisor {
                 return Err(e);
             }
         };
+        let watchdog = match crate::watchdog::spawn(cgroups.path()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!("cannot start the watchdog ({e}): instances would outlive a killed fcsup until its next start");
+                None
+            }
+        };
         let ledger = Arc::new(ledger);
         ledger.start_syncing();
         let host = Arc::new(Host {
@@ -179,6 +203,7 @@ impl Supervisor {
             metrics: Metrics::default(),
             samples: Samples::default(),
             netns: NetnsPool::new(NETNS_READY),
+            isolation,
             root_template,
         });
         let global = GlobalCount::new(config.global.max_instances.unwrap_or(100));
@@ -193,6 +218,7 @@ impl Supervisor {
             global,
             config_base: config.base.clone(),
             async_queue: AsyncQueue::default(),
+            watchdog: Mutex::new(watchdog),
             _lock: lock,
         });
         for pool in sup.pools() {
@@ -308,7 +334,23 @@ impl Supervisor {
             tracing::warn!("{e}");
         }
         remove_run_dir(&self.host.run_dir);
+        if let Some(mut w) = self.watchdog.lock().expect("watchdog").take() {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
     }
+}
+
+/// The isolation this host allows, or why not (refused unless `--insecure-instances`).
+fn isolation(opts: &Options) -> Result<Isolation, SupervisorError> {
+    if opts.insecure_instances {
+        tracing::warn!("--insecure-instances: functions run as host root, without a user namespace or seccomp filter");
+        return Ok(Isolation::none());
+    }
+    if let Some(missing) = crate::check::isolation_missing() {
+        return Err(SupervisorError::Isolation(missing));
+    }
+    Isolation::full(opts.id_base).map_err(|e| SupervisorError::Isolation(e.to_string()))
 }
 
 /// Removes the runtime directory (`rootfs` mount point, lock file) and its base if empty.

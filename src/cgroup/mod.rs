@@ -387,6 +387,17 @@ impl Cgroup {
         Ok(parse(std::str::from_utf8(&buf[..n]).unwrap_or("")))
     }
 
+    /// How many processes the kernel's OOM killer has killed in this cgroup (cgroup2
+    /// `memory.events`, or v1 `memory.oom_control` on hybrid hosts; 0 where neither exists).
+    pub fn oom_kills(&self) -> u64 {
+        let count = |path: PathBuf| {
+            std::fs::read_to_string(path).ok().and_then(|t| t.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse::<u64>().ok()))
+        };
+        count(self.path.join("memory.events"))
+            .or_else(|| self.v1_dirs.iter().find_map(|d| count(d.join("memory.oom_control"))))
+            .unwrap_or(0)
+    }
+
     /// The instance's memory meter (peak per billing window; see [`MemoryMeter`]).
     pub fn memory(&self) -> &MemoryMeter {
         &self.memory

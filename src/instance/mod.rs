@@ -11,7 +11,7 @@ mod health;
 mod hooks;
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -85,6 +85,16 @@ pub enum InvokeError {
     /// The process died mid-request.
     #[error("Process exited unexpectedly before completing request (duration: {duration_ms}ms, maxMemoryUsage: {max_memory_mb:.2}MB)")]
     Crashed {
+        /// Time from request start.
+        duration_ms: u64,
+        /// Peak memory.
+        max_memory_mb: f64,
+    },
+    /// The process was killed by the kernel's OOM killer at the function's memory limit.
+    #[error("Function instance ran out of memory: the kernel killed it at its memory limit of {limit_mb} MB (memorySize) before completing the request (duration: {duration_ms}ms, maxMemoryUsage: {max_memory_mb:.2}MB)")]
+    OutOfMemory {
+        /// The function's memorySize.
+        limit_mb: u64,
         /// Time from request start.
         duration_ms: u64,
         /// Peak memory.
@@ -295,6 +305,10 @@ pub struct Instance {
     /// The init's stack and thread area (it shares the supervisor's memory): kept until the
     /// init has exited.
     init_stack: Mutex<Option<sandbox::InitStack>>,
+    /// Whether the kernel's OOM killer had killed a process in it when it exited.
+    oom_killed: AtomicBool,
+    /// The host ids of its user namespace, free for another instance once this one is gone.
+    ids: Option<sandbox::IdRange>,
 }
 
 impl Drop for Instance {
@@ -320,6 +334,8 @@ pub struct Snapshot {
     pub state: State,
     /// Host pid of its init.
     pub pid: i32,
+    /// The host uid/gid that is root inside (absent when instances run as host root).
+    pub host_uid: Option<u32>,
     /// cgroup2 path.
     pub cgroup: String,
     /// Requests in flight.
@@ -365,7 +381,7 @@ impl Instance {
                 return Err(StartError::Sandbox(SandboxError::Setup { op: "create a network namespace".into(), source: e }));
             }
         };
-        let child: Child = match sandbox::spawn(&spec, &host.root_template, netns, cgroup.dir_fd(), &cgroup.v1_procs_fds()) {
+        let child: Child = match sandbox::spawn(&spec, &host.root_template, netns, cgroup.dir_fd(), &cgroup.v1_procs_fds(), &host.isolation) {
             Ok(c) => c,
             Err(e) => {
                 let _ = cgroup.remove();
@@ -420,6 +436,8 @@ impl Instance {
             start_trace: Mutex::new(start_trace),
             stop_trace: Mutex::new(None),
             init_stack: Mutex::new(Some(child.init_stack)),
+            ids: child.ids,
+            oom_killed: AtomicBool::new(false),
             function,
         });
         inst.watch_exit();
@@ -435,6 +453,8 @@ impl Instance {
                 match sandbox::pidfd_try_wait(pidfd.get_ref().as_raw_fd()) {
                     Ok(Some(status)) => {
                         if let Some(me) = me.upgrade() {
+                            // Read before anyone learns of the exit (and removes the cgroup).
+                            me.oom_killed.store(me.cgroup.oom_kills() > 0, Ordering::Release);
                             me.exit.send_replace(Some(status));
                         }
                         return;
@@ -684,8 +704,14 @@ impl Instance {
                 Err(InvokeError::Timeout(self.function.timeout.as_secs()))
             }
             Err(ProxyError::Failed(e)) => {
+                let duration_ms = duration.as_millis() as u64;
                 if self.wait_exit(Duration::from_millis(200)).await.is_some() {
-                    Err(InvokeError::Crashed { duration_ms: duration.as_millis() as u64, max_memory_mb })
+                    if self.oom_killed.load(Ordering::Acquire) {
+                        self.log.note(&format!("FC Invoke End RequestId: {}, Error: out of memory (memorySize {} MB)", call.request_id, self.function.memory_mb));
+                        Err(InvokeError::OutOfMemory { limit_mb: self.function.memory_mb, duration_ms, max_memory_mb })
+                    } else {
+                        Err(InvokeError::Crashed { duration_ms, max_memory_mb })
+                    }
                 } else {
                     Err(InvokeError::Internal(format!("request to the function failed: {e}")))
                 }
@@ -887,6 +913,7 @@ impl Instance {
             function: self.function.name.clone(),
             state: self.state(),
             pid: self.pid,
+            host_uid: self.ids.as_ref().map(|r| r.first),
             cgroup: self.cgroup.path().display().to_string(),
             in_flight,
             healthy: self.healthy(),

@@ -74,6 +74,7 @@ impl Dispatched {
             Err(InvokeError::Initialization(_)) => "InitializationError",
             Err(InvokeError::Timeout(_)) => "FunctionTimeoutError",
             Err(InvokeError::Crashed { .. }) => "FunctionUnhandledError",
+            Err(InvokeError::OutOfMemory { .. }) => "FunctionOOMError",
             Err(InvokeError::Canceled) => "ClientClosedRequest",
             Err(InvokeError::Throttled(_)) => "ResourceExhausted",
             Err(InvokeError::Gone) => "ResourceThrottled",

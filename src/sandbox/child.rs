@@ -36,6 +36,23 @@ pub enum Op {
     Hostname(CString),
     /// Reset to SCHED_OTHER: a real-time supervisor must not hand its priority down.
     SchedOther,
+    /// Take a cgroup namespace rooted at the instance's cgroups (after joining the v1 ones),
+    /// so `/proc/self/cgroup` shows `/`, not the supervisor's layout.
+    UnshareCgroupNs,
+    /// Bind `/dev/null` over a `/proc` file that reveals or controls the host (as runc masks
+    /// them); a file this kernel lacks is skipped.
+    Mask(CString),
+    /// Bind a `/proc` path over itself and make it read-only; a missing path is skipped.
+    ReadOnly(CString),
+    /// Enter a new user namespace, then ask the supervisor (a [`STEP_USERNS_MAP`] report on the
+    /// error pipe) to write its uid/gid maps, and wait on `sync_r` until it has. Last step:
+    /// everything before it needs the host's capabilities.
+    UserNs {
+        /// Read end of the supervisor's go-ahead.
+        sync_r: RawFd,
+        /// The child's copy of the write end, closed first so a dead supervisor reads as EOF.
+        sync_w: RawFd,
+    },
 }
 
 /// Everything the child needs, prepared in the parent.
@@ -57,6 +74,11 @@ pub struct Plan {
     /// Stack for the function's vfork-style start, allocated in the parent (the child must
     /// not allocate).
     pub stack: Vec<u8>,
+    /// Whether the init entered a user namespace ([`Op::UserNs`]): the function then becomes
+    /// uid/gid 0 of it (an unprivileged id on the host) with no supplementary groups.
+    pub userns: bool,
+    /// seccomp filters installed, in order, just before the function's execve.
+    pub seccomp: Option<std::sync::Arc<super::isolation::Filters>>,
 }
 
 /// Stack size of the function's vfork-style start (it only makes syscalls).
@@ -67,6 +89,12 @@ const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 
 /// Step index reported when every exec candidate failed.
 pub const STEP_EXEC: u32 = u32::MAX;
+/// Step index reported when the function could not take its ids in the user namespace.
+pub const STEP_IDS: u32 = u32::MAX - 1;
+/// Step index reported when the seccomp filter could not be installed.
+pub const STEP_SECCOMP: u32 = u32::MAX - 2;
+/// Not a failure: the init has entered its user namespace and waits for its id maps.
+pub const STEP_USERNS_MAP: u32 = u32::MAX - 3;
 
 fn ptrs(v: &[CString]) -> Vec<*const c_char> {
     v.iter().map(|c| c.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
@@ -85,14 +113,33 @@ impl ExecArgs {
     }
 }
 
-fn fail(err_fd: RawFd, step: u32, errno: i32) -> ! {
+/// Writes one 8-byte report (step, errno) on the error pipe.
+fn report(err_fd: RawFd, step: u32, errno: i32) {
     let mut msg = [0u8; 8];
     msg[..4].copy_from_slice(&step.to_ne_bytes());
     msg[4..].copy_from_slice(&errno.to_ne_bytes());
-    // SAFETY: write(2) of a stack buffer, then _exit(2); both async-signal-safe.
-    unsafe {
-        libc::write(err_fd, msg.as_ptr().cast(), msg.len());
-        libc::_exit(127)
+    // SAFETY: write(2) of a stack buffer; async-signal-safe.
+    unsafe { libc::write(err_fd, msg.as_ptr().cast(), msg.len()) };
+}
+
+fn fail(err_fd: RawFd, step: u32, errno: i32) -> ! {
+    report(err_fd, step, errno);
+    // SAFETY: _exit(2) is async-signal-safe.
+    unsafe { libc::_exit(127) }
+}
+
+/// Binds `src` on `dst`; `Ok(false)` when `dst` does not exist on this kernel.
+///
+/// # Safety
+/// Both pointers must be NUL-terminated strings alive for the call.
+unsafe fn bind(src: *const c_char, dst: *const c_char, flags: libc::c_ulong) -> Result<bool, i32> {
+    // SAFETY: the caller passes valid C strings.
+    if unsafe { libc::mount(src, dst, std::ptr::null(), libc::MS_BIND | flags, std::ptr::null()) } == 0 {
+        return Ok(true);
+    }
+    match sys::errno() {
+        libc::ENOENT => Ok(false),
+        e => Err(e),
     }
 }
 
@@ -152,6 +199,30 @@ pub fn run(plan: &Plan, exec: &ExecArgs) -> ! {
                     let p = libc::sched_param { sched_priority: 0 };
                     check(libc::sched_setscheduler(0, libc::SCHED_OTHER, &p), e, i);
                 }
+                Op::UnshareCgroupNs => check(libc::unshare(libc::CLONE_NEWCGROUP), e, i),
+                Op::Mask(path) => {
+                    if let Err(errno) = bind(c"/dev/null".as_ptr(), path.as_ptr(), 0) {
+                        fail(e, i, errno);
+                    }
+                }
+                Op::ReadOnly(path) => match bind(path.as_ptr(), path.as_ptr(), libc::MS_REC) {
+                    Ok(true) => {
+                        let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+                        check(libc::mount(std::ptr::null(), path.as_ptr(), std::ptr::null(), flags, std::ptr::null()), e, i);
+                    }
+                    Ok(false) => {}
+                    Err(errno) => fail(e, i, errno),
+                },
+                Op::UserNs { sync_r, sync_w } => {
+                    libc::close(*sync_w);
+                    check(libc::unshare(libc::CLONE_NEWUSER), e, i);
+                    report(e, STEP_USERNS_MAP, 0);
+                    let mut go = [0u8; 1];
+                    if libc::read(*sync_r, go.as_mut_ptr().cast(), 1) != 1 {
+                        fail(e, i, libc::EPIPE);
+                    }
+                    libc::close(*sync_r);
+                }
             }
         }
     }
@@ -174,6 +245,18 @@ extern "C" fn start_function(arg: *mut libc::c_void) -> libc::c_int {
     unsafe {
         let st = &*(arg as *const Start);
         let plan = st.plan;
+        // The supervisor (and so the init, which shares its memory) is exempt from the OOM
+        // killer; the function must be its first choice again. A vfork-style child's value is
+        // its own (not shared with the init). Written while still host root, which owns the
+        // /proc files of a process that is not dumpable yet.
+        let fd = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd >= 0 {
+            libc::write(fd, b"0".as_ptr().cast(), 1);
+            libc::close(fd);
+        }
+        if plan.userns && (libc::setgroups(0, std::ptr::null()) != 0 || libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0) {
+            fail(plan.err_fd, STEP_IDS, sys::errno());
+        }
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         libc::sigprocmask(libc::SIG_SETMASK, &st.function_mask, std::ptr::null_mut());
         libc::setsid();
@@ -185,6 +268,13 @@ extern "C" fn start_function(arg: *mut libc::c_void) -> libc::c_int {
         // No supervisor fd may leak into the function.
         libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
         drop_capabilities(plan.keep_caps);
+        if let Some(filters) = &plan.seccomp {
+            for f in filters.programs() {
+                if seccompiler::apply_filter(f).is_err() {
+                    fail(plan.err_fd, STEP_SECCOMP, sys::errno());
+                }
+            }
+        }
         let mut errno = libc::ENOENT;
         for path in &plan.exec_candidates {
             libc::execve(path.as_ptr(), st.exec.argv.as_ptr(), st.exec.envp.as_ptr());

@@ -9,18 +9,20 @@
 //! instance's network namespace ([`Netns::socket`]).
 
 mod child;
+mod isolation;
 mod netns;
 mod rootfs;
 mod sys;
 
 use std::ffi::CString;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use child::{ExecArgs, Op, Plan, START_STACK, STEP_EXEC};
+use child::{ExecArgs, Op, Plan, START_STACK, STEP_EXEC, STEP_IDS, STEP_SECCOMP, STEP_USERNS_MAP};
+pub use isolation::{IdRange, IdRanges, Isolation, DEFAULT_ID_BASE, IDS_PER_INSTANCE};
 pub use netns::{Netns, NetnsPool, INSTANCE_ADDR};
 pub use rootfs::RootTemplate;
 pub use sys::{pidfd_signal, pidfd_try_wait, InitStack};
@@ -106,19 +108,47 @@ pub struct Child {
     pub clone_to_exec: Duration,
     /// The init's memory; must outlive the init (drop it only once the instance has exited).
     pub init_stack: InitStack,
+    /// The host ids of its user namespace (none with `--insecure-instances`); keep until the
+    /// instance has exited.
+    pub ids: Option<IdRange>,
 }
 
 /// Spawns `spec` into the cgroup directory `cgroup_fd`; `v1_procs` are v1 `cgroup.procs`
 /// files the child writes itself into before anything else.
 /// The child joins the prepared root `template` (see [`rootfs`]) and attaches the code.
-pub fn spawn(spec: &SandboxSpec, template: &RootTemplate, netns: Netns, cgroup_fd: RawFd, v1_procs: &[RawFd]) -> Result<Child, SandboxError> {
+pub fn spawn(
+    spec: &SandboxSpec,
+    template: &RootTemplate,
+    netns: Netns,
+    cgroup_fd: RawFd,
+    v1_procs: &[RawFd],
+    isolation: &Isolation,
+) -> Result<Child, SandboxError> {
     let (out_r, out_w) = sys::pipe_cloexec().map_err(setup("create stdout pipe"))?;
     let (err_r, err_w) = sys::pipe_cloexec().map_err(setup("create stderr pipe"))?;
     let (status_r, status_w) = sys::pipe_cloexec().map_err(setup("create status pipe"))?;
+    let ids = isolation.ids.as_ref().map(|r| r.take()).transpose().map_err(setup("reserve the instance's host ids"))?;
+    let sync = match &ids {
+        Some(ids) => {
+            // The function's root owns its output pipes, so it can reopen /dev/stdout (as runc does).
+            for w in [&out_w, &err_w] {
+                sys::fchown(w.as_raw_fd(), ids.first).map_err(setup("hand the output pipes to the instance's root"))?;
+            }
+            Some(sys::pipe_cloexec().map_err(setup("create the user namespace pipe"))?)
+        }
+        None => None,
+    };
     let devnull = sys::open_ro(c"/dev/null").map_err(setup("open /dev/null"))?;
     let code_tree = rootfs::detached_ro_tree(&spec.code_dir).map_err(setup(format!("prepare {} for /code", spec.code_dir.display())))?;
     let root = Root { ns: template.fd(), code: code_tree.as_raw_fd() };
-    let plan = plan(spec, root, netns.fd().as_raw_fd(), v1_procs, [devnull.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()], status_w.as_raw_fd())?;
+    let fds = Fds {
+        netns: netns.fd().as_raw_fd(),
+        stdio: [devnull.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
+        err: status_w.as_raw_fd(),
+        sync: sync.as_ref().map(|(r, w)| (r.as_raw_fd(), w.as_raw_fd())),
+    };
+    let mut plan = plan(spec, root, v1_procs, fds)?;
+    plan.seccomp = isolation.seccomp.clone();
     let exec = ExecArgs::new(&plan);
     // No CLONE_NEWNS: the child joins the prepared root's namespace and unshares a copy.
     let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64;
@@ -128,24 +158,68 @@ pub fn spawn(spec: &SandboxSpec, template: &RootTemplate, netns: Netns, cgroup_f
     let t0 = Instant::now();
     let (pid, pidfd) = start_init(flags, cgroup_fd, &init_stack, &init_args)?;
     drop((status_w, out_w, err_w, devnull));
-    let mut report = Vec::with_capacity(8);
-    let read = std::fs::File::from(status_r).read_to_end(&mut report);
-    let clone_to_exec = t0.elapsed();
-    if report.len() >= 8 {
-        let step = u32::from_ne_bytes(report[..4].try_into().expect("4 bytes"));
-        let errno = i32::from_ne_bytes(report[4..8].try_into().expect("4 bytes"));
+    let kill = |pidfd: &OwnedFd| {
         let _ = sys::pidfd_signal(pidfd.as_raw_fd(), libc::SIGKILL);
-        let _ = wait_blocking(&pidfd);
-        let source = io::Error::from_raw_os_error(errno);
-        let command = spec.argv.first().cloned().unwrap_or_default();
-        return Err(match step {
-            STEP_EXEC if errno == libc::ENOENT => SandboxError::CommandNotFound { command },
-            STEP_EXEC => SandboxError::Exec { command, source },
-            s => SandboxError::Child { step: plan.ops[s as usize].1.clone(), source },
-        });
+        let _ = wait_blocking(pidfd);
+    };
+    let mut status = std::fs::File::from(status_r);
+    let mut report = read_report(&mut status);
+    if let (Ok(Some((STEP_USERNS_MAP, _))), Some(ids), Some((_, sync_w))) = (&report, &ids, sync) {
+        // The init is in its user namespace, waiting: map it, then let it go on.
+        if let Err(e) = ids.write_maps(pid) {
+            kill(&pidfd);
+            return Err(SandboxError::Setup { op: "map the instance's user namespace".into(), source: e });
+        }
+        let go = std::fs::File::from(sync_w);
+        if let Err(e) = (&go).write_all(b"1") {
+            kill(&pidfd);
+            return Err(SandboxError::Setup { op: "resume the instance after mapping its ids".into(), source: e });
+        }
+        drop(go);
+        report = read_report(&mut status);
     }
-    read.map_err(setup("read the instance's start status"))?;
-    Ok(Child { pid, pidfd, netns, stdout: out_r, stderr: err_r, clone_to_exec, init_stack })
+    let clone_to_exec = t0.elapsed();
+    match report {
+        Ok(None) => Ok(Child { pid, pidfd, netns, stdout: out_r, stderr: err_r, clone_to_exec, init_stack, ids }),
+        Ok(Some((step, errno))) => {
+            kill(&pidfd);
+            let source = io::Error::from_raw_os_error(errno);
+            let command = spec.argv.first().cloned().unwrap_or_default();
+            Err(match step {
+                STEP_EXEC if errno == libc::ENOENT => SandboxError::CommandNotFound { command },
+                STEP_EXEC => SandboxError::Exec { command, source },
+                STEP_IDS => SandboxError::Child { step: "become root of the instance's user namespace".into(), source },
+                STEP_SECCOMP => SandboxError::Child { step: "install the seccomp filter".into(), source },
+                STEP_USERNS_MAP => SandboxError::Child { step: "enter a user namespace".into(), source },
+                s => SandboxError::Child { step: plan.ops.get(s as usize).map(|o| o.1.clone()).unwrap_or_default(), source },
+            })
+        }
+        Err(e) => {
+            kill(&pidfd);
+            Err(SandboxError::Setup { op: "read the instance's start status".into(), source: e })
+        }
+    }
+}
+
+/// Reads one 8-byte (step, errno) report from the child, or `None` at EOF (the function's
+/// execve closed the pipe: it started).
+fn read_report(status: &mut std::fs::File) -> io::Result<Option<(u32, i32)>> {
+    let mut msg = [0u8; 8];
+    let mut got = 0;
+    while got < msg.len() {
+        match status.read(&mut msg[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if got < msg.len() {
+        return Ok(None);
+    }
+    let step = u32::from_ne_bytes(msg[..4].try_into().expect("4 bytes"));
+    let errno = i32::from_ne_bytes(msg[4..].try_into().expect("4 bytes"));
+    Ok(Some((step, errno)))
 }
 
 /// Whether this host can give instances their root the way [`spawn`] does: builds a skeleton
@@ -215,15 +289,34 @@ struct Root {
     code: RawFd,
 }
 
+/// The supervisor's fds the child uses.
+#[derive(Debug, Clone, Copy)]
+struct Fds {
+    /// The network namespace to join.
+    netns: RawFd,
+    /// What becomes 0, 1, 2.
+    stdio: [RawFd; 3],
+    /// Write end of the status pipe.
+    err: RawFd,
+    /// The user namespace go-ahead pipe (read, write), when the instance gets one.
+    sync: Option<(RawFd, RawFd)>,
+}
+
+/// `/proc` files that reveal or control the host, covered with `/dev/null` (runc's list).
+const PROC_MASKED: &[&str] = &["/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug", "/proc/latency_stats"];
+/// `/proc` paths made read-only (runc's list).
+const PROC_READ_ONLY: &[&str] = &["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs"];
+
 /// Builds the child's steps and exec arguments.
-fn plan(spec: &SandboxSpec, root_how: Root, netns: RawFd, v1_procs: &[RawFd], stdio: [RawFd; 3], err_fd: RawFd) -> Result<Plan, SandboxError> {
+fn plan(spec: &SandboxSpec, root_how: Root, v1_procs: &[RawFd], fds: Fds) -> Result<Plan, SandboxError> {
     let mut ops: Vec<(Op, String)> = Vec::new();
     let mut push = |op: Op, what: String| ops.push((op, what));
     push(Op::SchedOther, "reset scheduling to SCHED_OTHER".into());
     for fd in v1_procs {
         push(Op::WriteFd { fd: *fd, data: b"0" }, "join the v1 cgroups".into());
     }
-    push(Op::JoinNetns(netns), "join the instance's network namespace".into());
+    push(Op::UnshareCgroupNs, "enter a cgroup namespace".into());
+    push(Op::JoinNetns(fds.netns), "join the instance's network namespace".into());
     let mount = |src: Option<&str>, dst: CString, fstype: Option<&str>, flags: libc::c_ulong, data: Option<&str>| {
         Ok::<_, SandboxError>(Op::Mount {
             src: src.map(cstr).transpose()?,
@@ -261,12 +354,23 @@ fn plan(spec: &SandboxSpec, root_how: Root, netns: RawFd, v1_procs: &[RawFd], st
         mount(Some("shm"), under("dev/shm")?, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some("mode=1777,size=64m"))?,
         "mount /dev/shm".into(),
     );
+    // hidepid: the function sees only the processes it could ptrace, so not the init (not
+    // dumpable), whose command line would be the supervisor's.
     push(
-        mount(Some("proc"), cstr("/proc")?, Some("proc"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None)?,
+        mount(Some("proc"), cstr("/proc")?, Some("proc"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, Some("hidepid=invisible"))?,
         "mount /proc".into(),
     );
+    for p in PROC_MASKED {
+        push(Op::Mask(cstr(p)?), format!("mask {p}"));
+    }
+    for p in PROC_READ_ONLY {
+        push(Op::ReadOnly(cstr(p)?), format!("make {p} read-only"));
+    }
     push(Op::Hostname(cstr(&spec.hostname)?), "set the hostname".into());
     push(Op::Chdir(cstr("/code")?), "chdir to /code".into());
+    if let Some((sync_r, sync_w)) = fds.sync {
+        push(Op::UserNs { sync_r, sync_w }, "enter a user namespace".into());
+    }
 
     let argv: Vec<CString> = spec.argv.iter().map(cstr).collect::<Result<_, _>>()?;
     let envp: Vec<CString> = spec.env.iter().map(|(k, v)| cstr(format!("{k}={v}"))).collect::<Result<_, _>>()?;
@@ -279,6 +383,17 @@ fn plan(spec: &SandboxSpec, root_how: Root, netns: RawFd, v1_procs: &[RawFd], st
         path.split(':').filter(|d| !d.is_empty()).map(|d| cstr(format!("{d}/{cmd}"))).collect::<Result<_, _>>()?
     };
     let keep_caps = KEEP_CAPS.iter().fold(0u64, |m, c| m | (1 << c));
-    Ok(Plan { ops, argv, envp, exec_candidates, stdio, err_fd, keep_caps, stack: vec![0; START_STACK] })
+    Ok(Plan {
+        ops,
+        argv,
+        envp,
+        exec_candidates,
+        stdio: fds.stdio,
+        err_fd: fds.err,
+        keep_caps,
+        stack: vec![0; START_STACK],
+        userns: fds.sync.is_some(),
+        seccomp: None,
+    })
 }
 

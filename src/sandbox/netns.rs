@@ -52,6 +52,7 @@ impl Netns {
             }
             let made = sys::open_ro(c"/proc/thread-self/ns/net").and_then(|ns| {
                 loopback_up()?;
+                unprivileged_ports()?;
                 let probe = tcp_socket()?;
                 probe.set_nonblocking(false)?;
                 // Bounds a connect to a full backlog (never expected at start).
@@ -120,6 +121,15 @@ fn tcp_socket() -> io::Result<std::net::TcpStream> {
     }
     // SAFETY: fresh fd owned by nobody else.
     Ok(unsafe { std::net::TcpStream::from_raw_fd(fd) })
+}
+
+/// The function's root holds no capability over this namespace (it belongs to the host's user
+/// namespace), yet FC functions may listen on port 80 and ping: every port and ICMP echo
+/// sockets are open to any uid here, as Docker sets them for rootless containers.
+fn unprivileged_ports() -> io::Result<()> {
+    // /proc/sys/net shows the calling thread's network namespace.
+    std::fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0")?;
+    std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647")
 }
 
 fn ifreq(name: &[u8]) -> libc::ifreq {

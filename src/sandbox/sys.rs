@@ -224,3 +224,12 @@ pub fn open_ro(path: &std::ffi::CStr) -> io::Result<OwnedFd> {
 pub fn errno() -> i32 {
     io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
+
+/// `fchown(fd, id, id)`.
+pub fn fchown(fd: RawFd, id: u32) -> io::Result<()> {
+    // SAFETY: fchown on an fd we own; no memory is passed.
+    if unsafe { libc::fchown(fd, id, id) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -30,6 +30,19 @@ pub fn privileged() -> bool {
     false
 }
 
+/// The hostile fixture function's code directory (tries to escape; see its server.py).
+pub fn hostile_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/functions/hostile")
+}
+
+/// A `props` block for the hostile fixture with `memory_mb` of memory.
+pub fn hostile_props(name: &str, memory_mb: u64) -> String {
+    format!(
+        "  {name}:\n    component: fc3\n    props:\n      code: {}\n      memorySize: {memory_mb}\n      timeout: 30\n      customRuntimeConfig:\n        command: [/usr/bin/python3, server.py]\n",
+        hostile_dir().display()
+    )
+}
+
 /// The fixture function's code directory.
 pub fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/functions/fixture")
@@ -151,6 +164,20 @@ impl Fcsup {
         }
     }
 
+    /// Kills fcsup with SIGKILL (no shutdown at all) and reaps it; `restart_after_kill` then
+    /// starts it again on the same cgroup root.
+    pub fn kill_hard(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Starts fcsup again after [`Fcsup::kill_hard`].
+    pub fn restart_after_kill(&mut self) {
+        assert!(self.child.is_none(), "fcsup still runs");
+        self.spawn();
+    }
+
     /// Stops fcsup (checking it left nothing behind) and starts it again on the same file,
     /// ledger and cgroup root.
     pub fn restart(&mut self) {
@@ -242,6 +269,11 @@ impl Fcsup {
     /// The cgroup2 directory of the supervisor root.
     pub fn root_path(&self) -> PathBuf {
         cgroup2_mount().join(&self.cgroup_root)
+    }
+
+    /// fcsup's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
     }
 
     /// Sends SIGTERM and waits for a clean exit; returns the whole output.

@@ -1,0 +1,105 @@
+"""Test fixture: a hostile function. `{"op": "probe"}` tries what a function must not be able
+to do to the host and reports each outcome; `{"op": "alloc", "mb": N}` allocates until the
+memory limit stops it; `{"op": "burn"}` spins; every other body is echoed."""
+import ctypes
+import errno
+import json
+import os
+import socket
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def attempt(fn):
+    try:
+        r = fn()
+        return {"ok": True, "value": r}
+    except Exception as e:  # noqa: BLE001 - every failure is the answer
+        return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+
+
+def syscall_errno(r):
+    if r == 0:
+        return 0
+    return ctypes.get_errno()
+
+
+def write(path, data):
+    with open(path, "w") as f:
+        f.write(data)
+
+
+def read(path, n=4096):
+    with open(path, "rb") as f:
+        return f.read(n).decode(errors="replace")
+
+
+def bind(port):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port))
+    s.close()
+    return port
+
+
+def probe():
+    status = read("/proc/self/status", 65536)
+    field = lambda k: next((l.split(":", 1)[1].strip() for l in status.splitlines() if l.startswith(k + ":")), None)
+    os.makedirs("/tmp/m", exist_ok=True)
+    return {
+        "uid": os.getuid(),
+        "gid": os.getgid(),
+        "groups": os.getgroups(),
+        "seccomp": field("Seccomp"),
+        "cap_eff": field("CapEff"),
+        "write_printk_ratelimit": attempt(lambda: write("/proc/sys/kernel/printk_ratelimit", "7")),
+        "write_core_pattern": attempt(lambda: write("/proc/sys/kernel/core_pattern", "|/tmp/x")),
+        "read_shadow": attempt(lambda: read("/etc/shadow")),
+        "read_kcore": attempt(lambda: len(read("/proc/kcore", 16))),
+        "unshare_user_errno": syscall_errno(libc.unshare(0x10000000)),
+        "unshare_mount_errno": syscall_errno(libc.unshare(0x00020000)),
+        "mount_errno": syscall_errno(libc.mount(b"tmpfs", b"/tmp/m", b"tmpfs", 0, None)),
+        "proc1_cmdline": attempt(lambda: read("/proc/1/cmdline")),
+        "self_cgroup": read("/proc/self/cgroup"),
+        "bind_80": attempt(lambda: bind(80)),
+        "open_dev_stdout": attempt(lambda: open("/dev/stdout", "w").close()),
+        "ptrace_errno": syscall_errno(libc.ptrace(16, 1, None, None)),  # PTRACE_ATTACH to pid 1
+        "write_tmp": attempt(lambda: write("/tmp/ok", "x")),
+    }
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def reply(self, code, obj):
+        data = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        req = json.loads(body or b"{}")
+        op = req.get("op")
+        if op == "probe":
+            return self.reply(200, probe())
+        if op == "alloc":
+            hog = []
+            for _ in range(req.get("mb", 1024)):
+                hog.append(bytearray(1024 * 1024))  # zero-filled: every page touched
+            return self.reply(200, {"allocated_mb": len(hog)})
+        return self.reply(200, req)
+
+    def do_GET(self):
+        self.reply(200, {})
+
+    def log_message(self, *args):
+        pass
+
+
+if __name__ == "__main__":
+    ThreadingHTTPServer(("0.0.0.0", int(os.environ.get("FC_SERVER_PORT", "9000"))), Handler).serve_forever()

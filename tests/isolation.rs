@@ -1,0 +1,94 @@
+//! The instance is a box: a hostile function is root only inside it, cannot reach host-wide
+//! kernel settings, cannot take the supervisor down by running out of memory, and dies with a
+//! supervisor that is killed outright.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+
+/// The host pids of every process in the instance behind `cgroup`.
+fn instance_pids(cgroup: &str) -> Vec<i32> {
+    std::fs::read_to_string(Path::new(cgroup).join("cgroup.procs")).unwrap().lines().filter_map(|l| l.parse().ok()).collect()
+}
+
+fn status_field(pid: i32, key: &str) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines().find_map(|l| l.strip_prefix(&format!("{key}:"))).unwrap_or_default().trim().to_string()
+}
+
+#[test]
+fn function_is_root_only_inside_its_box() {
+    let Some(mut f) = serve_if_privileged(&hostile_props("h", 512)) else { return };
+    let r = f.invoke("h", r#"{"op":"probe"}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let p = r.json();
+    // Root inside, as FC functions expect; no supplementary groups of the host's root.
+    assert_eq!(p["uid"], 0, "{p}");
+    assert_eq!(p["gid"], 0, "{p}");
+    assert_eq!(p["groups"], serde_json::json!([]), "{p}");
+    assert_eq!(p["seccomp"], "2", "a seccomp filter is installed: {p}");
+    for key in ["write_printk_ratelimit", "write_core_pattern", "read_shadow", "read_kcore", "proc1_cmdline"] {
+        assert_eq!(p[key]["ok"], false, "{key} must fail: {p}");
+    }
+    assert_eq!(p["unshare_user_errno"], libc::EPERM, "no nested user namespace: {p}");
+    assert_ne!(p["unshare_mount_errno"], 0, "{p}");
+    assert_ne!(p["mount_errno"], 0, "{p}");
+    assert_ne!(p["ptrace_errno"], 0, "the init cannot be traced: {p}");
+    let cgroup = p["self_cgroup"].as_str().unwrap();
+    assert!(cgroup.lines().all(|l| l.ends_with(":/")), "/proc/self/cgroup hides the supervisor's layout: {cgroup}");
+    // What a function may do still works.
+    for key in ["bind_80", "open_dev_stdout", "write_tmp"] {
+        assert_eq!(p[key]["ok"], true, "{key} must work: {p}");
+    }
+    // From the host: the function runs as an unprivileged id of its own.
+    let inst = f.instances().into_iter().next().expect("one instance");
+    let host_uid = inst["host_uid"].as_u64().expect("host_uid in the admin view");
+    assert!(host_uid > 65535, "{inst}");
+    let function = instance_pids(inst["cgroup"].as_str().unwrap()).into_iter().find(|p| *p != inst["pid"].as_i64().unwrap() as i32).expect("the function's process");
+    let uids = status_field(function, "Uid");
+    assert!(uids.split_whitespace().all(|u| u == host_uid.to_string()), "function's host uids {uids}, expected {host_uid}");
+    assert_eq!(status_field(function, "Seccomp"), "2");
+    assert_eq!(status_field(function, "NoNewPrivs"), "1");
+    f.stop_and_check_clean();
+}
+
+#[test]
+fn out_of_memory_kills_the_instance_not_the_supervisor() {
+    let resources = hostile_props("hog", 128) + &hostile_props("bystander", 512);
+    let Some(mut f) = serve_if_privileged(&resources) else { return };
+    let fc_pid = f.pid();
+    assert_eq!(f.invoke("bystander", r#"{"op":"echo"}"#).status, 200);
+    let r = f.invoke("hog", r#"{"op":"alloc","mb":1024}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-fc-error-type"), "UnhandledInvocationError", "{}", r.text());
+    let msg = r.json()["errorMessage"].as_str().unwrap().to_string();
+    assert!(msg.contains("memory limit of 128 MB"), "{msg}");
+    // The supervisor and the other function live on; the hog gets a new instance.
+    assert!(Path::new(&format!("/proc/{fc_pid}")).exists(), "fcsup died");
+    assert_eq!(f.invoke("bystander", r#"{"op":"echo"}"#).status, 200);
+    let again = f.invoke("hog", r#"{"op":"echo"}"#);
+    assert_eq!(again.status, 200);
+    assert_eq!(again.header("x-fc-error-type"), "");
+    let metrics = http(&f.addr, "GET", "/metrics", &[], b"").text();
+    assert!(metrics.lines().any(|l| l.contains("FunctionOOMError") && l.contains("hog")), "{metrics}");
+    f.stop_and_check_clean();
+}
+
+#[test]
+fn instances_die_with_a_killed_supervisor() {
+    let Some(mut f) = serve_if_privileged(&fixture_props("fx", "")) else { return };
+    let cgroup = f.warm("fx");
+    let pids = instance_pids(&cgroup);
+    assert!(pids.len() >= 2, "init, function and its child: {pids:?}");
+    f.kill_hard();
+    // The issue's bound: gone within two seconds, with no restart.
+    wait_for("instance processes gone after fcsup's SIGKILL", Duration::from_secs(2), || {
+        pids.iter().all(|p| !Path::new(&format!("/proc/{p}")).exists()).then_some(())
+    });
+    // A restart removes what is left (the empty cgroups), and a clean stop leaves nothing.
+    f.restart_after_kill();
+    f.stop_and_check_clean();
+}
