@@ -87,7 +87,9 @@ fn parse(args: &[String]) -> Result<Opts> {
             _ => bail!("unknown option {a}; usage: {USAGE}"),
         }
     }
-    if o.parallel == 0 || o.clients == 0 || !(o.minutes >= 0.0) || o.minutes > 24.0 * 60.0 || !(o.sample_secs > 0.0) {
+    let minutes_ok = (0.0..=24.0 * 60.0).contains(&o.minutes);
+    let period_ok = o.sample_secs.is_finite() && o.sample_secs > 0.0;
+    if o.parallel == 0 || o.clients == 0 || !minutes_ok || !period_ok {
         bail!("bad option values; usage: {USAGE}");
     }
     Ok(o)
@@ -315,7 +317,6 @@ pub fn main(args: &[String]) -> Result<()> {
     let pid = child.id();
     let admin = Admin { sock: PathBuf::from(format!("/run/fcsup/{root}/admin.sock")), tcp: addr.clone() };
     let invoke = http::Target::Tcp(addr.clone());
-    let admin_via = admin.via();
     let t0 = Instant::now();
     let watch = Arc::new(Watch::default());
     *watch.phase.lock().expect("phase") = "start";
@@ -380,6 +381,8 @@ pub fn main(args: &[String]) -> Result<()> {
     // Idle again: the echo instances reclaimed.
     *watch.phase.lock().expect("phase") = "end";
     watch.instance_pids.lock().expect("pids").extend(admin.instance_pids());
+    // Asked late: the socket may appear after fcsup listens on TCP.
+    let admin_via = admin.via();
     for f in ECHO_FUNCTIONS {
         let _ = admin.call("POST", &format!("/admin/functions/{f}/reclaim"));
     }
