@@ -1,10 +1,12 @@
-//! `cargo xtask ci | bench | install`: project chores.
+//! `cargo xtask ci | bench | soak | install`: project chores.
+
+mod soak;
 
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed with {status}");
@@ -24,6 +26,7 @@ fn main() -> Result<()> {
             let args: Vec<String> = std::env::args().skip(2).collect();
             run(Command::new("target/release/fcsup").arg("bench").args(args))
         }
+        "soak" => soak::main(&std::env::args().skip(2).collect::<Vec<_>>()),
         "install" => {
             run(Command::new("cargo").args(["build", "--release", "--bin", "fcsup"]))?;
             run(Command::new("install").args(["-m", "0755", "target/release/fcsup", "/usr/local/bin/fcsup"]))?;
@@ -32,6 +35,6 @@ fn main() -> Result<()> {
             println!("installed; put your s.yaml at /etc/fcsup/s.yaml, then: systemctl daemon-reload && systemctl enable --now fcsup");
             Ok(())
         }
-        _ => bail!("usage: cargo xtask ci | bench [--quick] [--json FILE] [--svg FILE] | install"),
+        _ => bail!("usage: cargo xtask ci | bench [--quick] [--json FILE] [--svg FILE] | soak [--lifecycles N] [--minutes M] [--json FILE] | install"),
     }
 }
