@@ -160,6 +160,13 @@ enum Command {
 }
 
 fn main() -> Result<()> {
+    // An instance's init, re-executed to leave the supervisor's memory (see sandbox::child):
+    // nothing else of fcsup starts.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().as_deref() == Some(std::ffi::OsStr::new("instance-init")) {
+        let pid = args.next().and_then(|p| p.to_str()?.parse().ok()).unwrap_or(0);
+        fcsup::sandbox::instance_init(pid);
+    }
     let cli = Cli::parse();
     if let Command::Watchdog { root } = &cli.command {
         return Ok(fcsup::watchdog::run(root)?);

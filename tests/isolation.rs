@@ -74,6 +74,13 @@ fn out_of_memory_kills_the_instance_not_the_supervisor() {
     assert_eq!(again.header("x-fc-error-type"), "");
     let metrics = http(&f.addr, "GET", "/metrics", &[], b"").text();
     assert!(metrics.lines().any(|l| l.contains("FunctionOOMError") && l.contains("hog")), "{metrics}");
+    // Many small processes, each smaller than the supervisor: the OOM killer must still pick
+    // one of them (or the instance's small init), never the supervisor.
+    let r = f.invoke("hog", r#"{"op":"dd_hogs","n":48,"hold_s":1}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(Path::new(&format!("/proc/{fc_pid}")).exists(), "fcsup died of an instance's OOM");
+    assert_eq!(f.invoke("bystander", r#"{"op":"echo"}"#).status, 200);
+    assert_eq!(f.invoke("hog", r#"{"op":"echo"}"#).header("x-fc-error-type"), "");
     f.stop_and_check_clean();
 }
 

@@ -33,29 +33,41 @@ fn config_yaml(native_dir: &Path, python_dir: &Path) -> String {
 
 /// A supervisor and its front door, for the bench's lifetime.
 pub struct Rig {
+    /// The system name its rows carry: `fcsup`, or [`INSECURE`].
+    system: &'static str,
     sup: Arc<Supervisor>,
     addr: String,
     stop: tokio::sync::watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
 }
 
+/// The rows of a supervisor run with `--insecure-instances` (no user namespace, no seccomp):
+/// the baseline of the isolation's cost.
+pub const INSECURE: &str = "insecure";
+
 fn invoke_path(function: &str) -> String {
     format!("/2023-03-30/functions/{function}/invocations")
 }
 
 impl Rig {
-    /// Starts a supervisor serving the fixtures under its own cgroup root.
-    pub async fn start(native_dir: &Path, python_dir: &Path) -> Result<Rig> {
+    /// Starts a supervisor serving the fixtures under its own cgroup root; `insecure` runs
+    /// its instances without a user namespace and seccomp filter.
+    pub async fn start(native_dir: &Path, python_dir: &Path, insecure: bool) -> Result<Rig> {
         let yaml = config_yaml(native_dir, python_dir);
         let config = Config::parse(&yaml, Path::new("bench.yaml"), Path::new("/"))?;
-        let opts = Options { cgroup_root: format!("fcsup-bench-{}", std::process::id()), echo_logs: false, ..Options::default() };
+        let opts = Options {
+            cgroup_root: format!("fcsup-bench-{}", std::process::id()),
+            echo_logs: false,
+            insecure_instances: insecure,
+            ..Options::default()
+        };
         let sup = Supervisor::start(&config, &opts).await?;
         sup.host.samples.enable();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?.to_string();
         let (stop, rx) = tokio::sync::watch::channel(false);
         let server = tokio::spawn(crate::api::serve(listener, sup.clone(), rx));
-        Ok(Rig { sup, addr, stop, server })
+        Ok(Rig { system: if insecure { INSECURE } else { "fcsup" }, sup, addr, stop, server })
     }
 
     /// Stops every instance and removes the cgroup root.
@@ -106,16 +118,16 @@ impl Rig {
                 ("initialize", t.initialized_us.saturating_sub(t.listening_us) as f64),
                 ("respond", (us - t.initialized_us as f64).max(0.0)),
             ];
-            raw.push("fcsup", "cold_start", workload, us);
+            raw.push(self.system, "cold_start", workload, us);
             for (phase, v) in phases {
-                raw.push("fcsup", &format!("cold_start.{phase}"), workload, v);
+                raw.push(self.system, &format!("cold_start.{phase}"), workload, v);
             }
             self.reclaim(function).await;
             if let Some(s) = inst.stop_trace() {
-                raw.push("fcsup", "teardown", workload, s.removed_us as f64);
-                raw.push("fcsup", "teardown.pre_stop", workload, s.pre_stop_us as f64);
-                raw.push("fcsup", "teardown.sigterm_to_reaped", workload, s.reaped_us.saturating_sub(s.sigterm_us) as f64);
-                raw.push("fcsup", "teardown.cgroup_removed", workload, s.removed_us.saturating_sub(s.reaped_us) as f64);
+                raw.push(self.system, "teardown", workload, s.removed_us as f64);
+                raw.push(self.system, "teardown.pre_stop", workload, s.pre_stop_us as f64);
+                raw.push(self.system, "teardown.sigterm_to_reaped", workload, s.reaped_us.saturating_sub(s.sigterm_us) as f64);
+                raw.push(self.system, "teardown.cgroup_removed", workload, s.removed_us.saturating_sub(s.reaped_us) as f64);
             }
             tick();
         }

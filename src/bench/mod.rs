@@ -153,11 +153,16 @@ impl Raw {
     fn rows(&self) -> Vec<Row> {
         let mut rows: Vec<Row> = self.samples.iter().map(|((s, m, w), v)| Row::new(s, m, w, "us", v)).collect();
         // Added latency over the direct request / the plain process, quantile by quantile.
-        for (metric, added, workload) in [("warm_invoke", "warm_invoke_added", "native"), ("cold_start", "cold_start_added", "native")] {
-            if let Some(base) = rows.iter().find(|r| r.system == "plain" && r.metric == metric && r.workload == workload).cloned() {
+        // And the isolation's cost: fcsup's cold start over the same without a user namespace
+        // and seccomp filter.
+        let isolation = ("cold_start", "cold_start_isolation_cost", "native", fcsup::INSECURE, Some("fcsup"));
+        for (metric, added, workload, base_system, only) in
+            [("warm_invoke", "warm_invoke_added", "native", "plain", None), ("cold_start", "cold_start_added", "native", "plain", None), isolation]
+        {
+            if let Some(base) = rows.iter().find(|r| r.system == base_system && r.metric == metric && r.workload == workload).cloned() {
                 let more: Vec<Row> = rows
                     .iter()
-                    .filter(|r| r.system != "plain" && r.metric == metric && r.workload == workload)
+                    .filter(|r| r.system != base_system && only.is_none_or(|s| r.system == s) && r.metric == metric && r.workload == workload)
                     .map(|r| r.minus(&base, added))
                     .collect();
                 rows.extend(more);
@@ -253,7 +258,7 @@ pub async fn run(opts: BenchOptions) -> Result<Report> {
 
 async fn run_in(opts: &BenchOptions, plan: &Plan, native_dir: &Path, python_dir: &Path) -> Result<Report> {
     let peers_on = !opts.no_peers;
-    let total = (plan.cold_n * 2 + plan.python_n * 2 + plan.freeze_n * 2 + plan.warm_n * 2) as u64
+    let total = (plan.cold_n * 3 + plan.python_n * 2 + plan.freeze_n * 2 + plan.warm_n * 2) as u64
         + if peers_on { (plan.freeze_n * 2 + (plan.peer_cold_n + plan.freeze_n * 3) * 2) as u64 } else { 0 };
     let pb = progress(total);
     let tick = || pb.inc(1);
@@ -264,7 +269,7 @@ async fn run_in(opts: &BenchOptions, plan: &Plan, native_dir: &Path, python_dir:
     let python_cmd = vec!["/usr/bin/python3".to_string(), "server.py".to_string()];
 
     pb.set_message("fcsup: starting the supervisor");
-    let rig = fcsup::Rig::start(native_dir, python_dir).await?;
+    let rig = fcsup::Rig::start(native_dir, python_dir, false).await?;
     let measured = async {
         if opts.wants("cold") {
             pb.set_message("cold start: fcsup, native");
@@ -301,6 +306,13 @@ async fn run_in(opts: &BenchOptions, plan: &Plan, native_dir: &Path, python_dir:
     .await;
     rig.shutdown().await;
     measured?;
+    if opts.wants("cold") {
+        pb.set_message("cold start: fcsup --insecure-instances, native");
+        let rig = fcsup::Rig::start(native_dir, python_dir, true).await?;
+        let measured = rig.cold_starts("native", "native", plan.cold_n, &mut raw, &tick).await;
+        rig.shutdown().await;
+        measured?;
+    }
 
     pb.set_message("plain process");
     if opts.wants("cold") {
@@ -416,7 +428,7 @@ pub fn table(r: &Report) -> String {
     let mut keys: Vec<(String, String)> = r.results.iter().map(|x| (x.metric.clone(), x.workload.clone())).collect();
     keys.sort();
     keys.dedup();
-    let order = ["fcsup", "plain", "sigstop", "crun", "runc"];
+    let order = ["fcsup", fcsup::INSECURE, "plain", "sigstop", "crun", "runc"];
     for (metric, workload) in keys {
         let mut rows: Vec<&Row> = r.results.iter().filter(|x| x.metric == metric && x.workload == workload).collect();
         rows.sort_by_key(|x| order.iter().position(|o| *o == x.system).unwrap_or(9));

@@ -158,6 +158,9 @@ pub fn run(plan: &Plan, exec: &ExecArgs) -> ! {
         let mut all: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+        // Device nodes and directories get exactly the modes the plan gives (the function,
+        // not root on the host, must be able to write /dev/null).
+        libc::umask(0);
     }
     let e = plan.err_fd;
     for (i, (op, _)) in plan.ops.iter().enumerate() {
@@ -254,10 +257,11 @@ extern "C" fn start_function(arg: *mut libc::c_void) -> libc::c_int {
             libc::write(fd, b"0".as_ptr().cast(), 1);
             libc::close(fd);
         }
-        if plan.userns && (libc::setgroups(0, std::ptr::null()) != 0 || libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0) {
-            fail(plan.err_fd, STEP_IDS, sys::errno());
+        if let Err((step, errno)) = confine_ids(plan) {
+            fail(plan.err_fd, step, errno);
         }
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::umask(0o022);
         libc::sigprocmask(libc::SIG_SETMASK, &st.function_mask, std::ptr::null_mut());
         libc::setsid();
         for fd in 0..3 {
@@ -267,13 +271,8 @@ extern "C" fn start_function(arg: *mut libc::c_void) -> libc::c_int {
         }
         // No supervisor fd may leak into the function.
         libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
-        drop_capabilities(plan.keep_caps);
-        if let Some(filters) = &plan.seccomp {
-            for f in filters.programs() {
-                if seccompiler::apply_filter(f).is_err() {
-                    fail(plan.err_fd, STEP_SECCOMP, sys::errno());
-                }
-            }
+        if let Err((step, errno)) = confine_rest(plan) {
+            fail(plan.err_fd, step, errno);
         }
         let mut errno = libc::ENOENT;
         for path in &plan.exec_candidates {
@@ -296,9 +295,7 @@ fn init(plan: &Plan, exec: &ExecArgs) -> ! {
         // The init holds a copy of the supervisor's memory: nothing in the instance, root or
         // not, may read it through ptrace or /proc/1/mem.
         libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
-        // Every signal is blocked (see run()); the init takes them with sigwaitinfo.
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
+        // Every signal stays blocked (see run()); the init takes them with sigwaitinfo.
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
         let mut start = Start { plan, exec, function_mask: none };
@@ -312,8 +309,55 @@ fn init(plan: &Plan, exec: &ExecArgs) -> ! {
         if main < 0 {
             fail(e, STEP_EXEC, sys::errno());
         }
+        // Confined like the function before leaving for the small init (see exec_small_init).
+        // Last use of `plan`: the supervisor frees it once the error pipe is closed.
+        let confined = confine_ids(plan).is_ok() && confine_rest(plan).is_ok();
         // The init keeps no fd at all: the function's exec closes the error pipe for the parent.
         libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0);
+        if confined {
+            exec_small_init(main);
+        }
+        forward_and_reap(main)
+    }
+}
+
+/// The init leaves the supervisor's address space: confined exactly like the function (by the
+/// caller), it re-executes fcsup as a small program (`fcsup instance-init PID`, [`instance_init`]) that
+/// only forwards signals and reaps. Until then the init shares the supervisor's memory, so an
+/// OOM kill chosen by that memory's size would take the supervisor down; after it, the
+/// instance's memory cgroup holds nothing of the supervisor's. Returns only if the exec failed
+/// (the init then carries on in place).
+///
+/// # Safety
+/// Runs in the init, after the function has started: async-signal-safe calls only.
+unsafe fn exec_small_init(main: libc::pid_t) {
+    let mut pid = [0u8; 12];
+    let mut digits = [0u8; 10];
+    let (mut n, mut len) = (main as u32, 0);
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        pid[i] = digits[len - 1 - i];
+    }
+    let argv = [c"fcsup-init".as_ptr(), c"instance-init".as_ptr(), pid.as_ptr().cast(), std::ptr::null()];
+    let envp = [std::ptr::null::<c_char>()];
+    // SAFETY: NUL-terminated strings and arrays on this stack frame.
+    unsafe { libc::execve(c"/proc/self/exe".as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+}
+
+/// PID 1's work once the function runs: forward every signal to it, reap every process that
+/// ends, and exit with the function's status when it exits. Every signal must be blocked.
+pub fn forward_and_reap(main: libc::pid_t) -> ! {
+    // SAFETY: signal and process calls on stack data only.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
         loop {
             let mut info: libc::siginfo_t = std::mem::zeroed();
             let sig = libc::sigwaitinfo(&all, &mut info);
@@ -338,6 +382,42 @@ fn init(plan: &Plan, exec: &ExecArgs) -> ! {
             }
         }
     }
+}
+
+/// The body of `fcsup instance-init PID` (see [`exec_small_init`]): never returns.
+pub fn instance_init(main: libc::pid_t) -> ! {
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    forward_and_reap(main)
+}
+
+/// Becomes uid/gid 0 of the instance's user namespace, with no supplementary groups (no-op
+/// without one). `Err((step, errno))` names what failed.
+///
+/// # Safety
+/// Async-signal-safe calls only.
+unsafe fn confine_ids(plan: &Plan) -> Result<(), (u32, i32)> {
+    // SAFETY: id syscalls with integer arguments (setgroups with an empty list).
+    if plan.userns && unsafe { libc::setgroups(0, std::ptr::null()) != 0 || libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0 } {
+        return Err((STEP_IDS, sys::errno()));
+    }
+    Ok(())
+}
+
+/// A container's capabilities only, no_new_privs, and the seccomp filters.
+///
+/// # Safety
+/// Async-signal-safe calls only (applying a prepared filter allocates nothing).
+unsafe fn confine_rest(plan: &Plan) -> Result<(), (u32, i32)> {
+    drop_capabilities(plan.keep_caps);
+    if let Some(filters) = &plan.seccomp {
+        for f in filters.programs() {
+            if seccompiler::apply_filter(f).is_err() {
+                return Err((STEP_SECCOMP, sys::errno()));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Drops every capability outside `keep` from the bounding set and sets no_new_privs, so the

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use child::{ExecArgs, Op, Plan, START_STACK, STEP_EXEC, STEP_IDS, STEP_SECCOMP, STEP_USERNS_MAP};
+pub use child::instance_init;
 pub use isolation::{IdRange, IdRanges, Isolation, DEFAULT_ID_BASE, IDS_PER_INSTANCE};
 pub use netns::{Netns, NetnsPool, INSTANCE_ADDR};
 pub use rootfs::RootTemplate;

@@ -6,6 +6,8 @@ import errno
 import json
 import os
 import socket
+import subprocess
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -66,6 +68,8 @@ def probe():
         "open_dev_stdout": attempt(lambda: open("/dev/stdout", "w").close()),
         "ptrace_errno": syscall_errno(libc.ptrace(16, 1, None, None)),  # PTRACE_ATTACH to pid 1
         "write_tmp": attempt(lambda: write("/tmp/ok", "x")),
+        "write_dev_null": attempt(lambda: write("/dev/null", "x")),
+        "read_dev_urandom": attempt(lambda: len(read("/dev/urandom", 16))),
     }
 
 
@@ -87,6 +91,14 @@ class Handler(BaseHTTPRequestHandler):
         op = req.get("op")
         if op == "probe":
             return self.reply(200, probe())
+        if op == "dd_hogs":  # many small processes, each smaller than the supervisor
+            procs = [subprocess.Popen(["dd", "if=/dev/zero", "of=/dev/null", "bs=4M"], stderr=subprocess.DEVNULL) for _ in range(req.get("n", 48))]
+            time.sleep(req.get("hold_s", 1))
+            killed = sum(1 for p in procs if p.poll() == -9)
+            for p in procs:
+                p.kill()
+                p.wait()
+            return self.reply(200, {"started": len(procs), "oom_killed": killed})
         if op == "alloc":
             hog = []
             for _ in range(req.get("mb", 1024)):
