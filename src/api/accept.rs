@@ -6,7 +6,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -120,6 +120,7 @@ pub(super) async fn run<A: Acceptor>(listener: A, sup: Arc<Supervisor>, fd: Arc<
 
 /// When a connection last had no request in flight, and how many it has.
 struct Activity {
+    served: AtomicBool,
     in_flight: AtomicUsize,
     idle_since: Mutex<Instant>,
 }
@@ -129,6 +130,7 @@ struct InFlight(Arc<Activity>);
 
 impl InFlight {
     fn new(a: &Arc<Activity>) -> InFlight {
+        a.served.store(true, Ordering::SeqCst);
         a.in_flight.fetch_add(1, Ordering::SeqCst);
         InFlight(a.clone())
     }
@@ -141,9 +143,12 @@ impl Drop for InFlight {
     }
 }
 
-/// Resolves once the connection has had no request in flight for `idle`.
-async fn idle_for(a: &Activity, idle: Duration) {
+/// Resolves once the connection has had no request in flight for `idle`, or for `first` when
+/// it has not sent a request yet (hyper's header-read timer starts only with the first byte, so
+/// a silent connection is bounded here).
+async fn idle_for(a: &Activity, idle: Duration, first: Duration) {
     loop {
+        let idle = if a.served.load(Ordering::SeqCst) { idle } else { idle.min(first) };
         let wait = if a.in_flight.load(Ordering::SeqCst) > 0 {
             idle
         } else {
@@ -161,7 +166,7 @@ async fn connection<Io>(io: Io, _slot: OwnedSemaphorePermit, sup: Arc<Supervisor
 where
     Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Arc::new(Activity { in_flight: AtomicUsize::new(0), idle_since: Mutex::new(Instant::now()) });
+    let activity = Arc::new(Activity { served: AtomicBool::new(false), in_flight: AtomicUsize::new(0), idle_since: Mutex::new(Instant::now()) });
     let svc = {
         let (activity, fd) = (activity.clone(), fd.clone());
         hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -184,7 +189,7 @@ where
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => return,
-        _ = idle_for(&activity, limits.idle_timeout) => {}
+        _ = idle_for(&activity, limits.idle_timeout, limits.header_read_timeout) => {}
         _ = stop.wait_for(|s| *s) => {}
     }
     // An idle connection closes at once; one with a request in flight finishes it first.
