@@ -1,11 +1,13 @@
-//! A minimal HTTP/1.1 client for `fcsup invoke`, `fcsup ps` and the demo.
+//! A minimal HTTP/1.1 client for `fcsup invoke`, `fcsup ps`, `fcsup report` and the demo:
+//! over TCP, or over the admin Unix socket (where `/admin/` is served).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::HeaderMap;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, UnixStream};
 
 /// A response read whole.
 #[derive(Debug)]
@@ -27,12 +29,25 @@ impl Response {
 
 /// Sends one request to `addr` (host:port) and reads the whole response.
 pub async fn request(addr: &str, method: Method, path: &str, headers: &[(&str, &str)], body: Bytes) -> std::io::Result<Response> {
-    let err = |e: hyper::Error| std::io::Error::other(e.to_string());
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
+    send(stream, addr, method, path, headers, body).await
+}
+
+/// Sends one request over the Unix socket `socket` and reads the whole response.
+pub async fn request_unix(socket: &std::path::Path, method: Method, path: &str, headers: &[(&str, &str)], body: Bytes) -> std::io::Result<Response> {
+    let stream = UnixStream::connect(socket).await?;
+    send(stream, "localhost", method, path, headers, body).await
+}
+
+async fn send<S>(stream: S, host: &str, method: Method, path: &str, headers: &[(&str, &str)], body: Bytes) -> std::io::Result<Response>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let err = |e: hyper::Error| std::io::Error::other(e.to_string());
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(err)?;
     tokio::spawn(conn);
-    let mut req = Request::builder().method(method).uri(path).header("host", addr);
+    let mut req = Request::builder().method(method).uri(path).header("host", host);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }

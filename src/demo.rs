@@ -25,6 +25,8 @@ pub struct DemoOptions {
     pub no_wait: bool,
     /// Supervisor options.
     pub supervisor: Options,
+    /// The front door's limits and admin token.
+    pub front_door: Arc<crate::api::FrontDoor>,
 }
 
 /// Writes the bundled examples to a fresh directory.
@@ -65,11 +67,12 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
     let dir = write_examples()?;
     let config = Config::load(&dir.join("s.yaml"))?;
     say(format!("serving the bundled example 'hello' from {}", dir.display()));
-    let sup = Supervisor::start(&config, &opts.supervisor).await?;
     let listener = tokio::net::TcpListener::bind(&opts.listen).await?;
+    let sup = Supervisor::start(&config, &opts.supervisor).await?;
     let addr = listener.local_addr()?.to_string();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(crate::api::serve(listener, sup.clone(), stop_rx));
+    let server = tokio::spawn(crate::api::serve(listener, sup.clone(), opts.front_door.clone(), stop_rx.clone()));
+    let admin = sup.take_admin_listener().map(|l| tokio::spawn(crate::api::serve_admin(l, sup.clone(), opts.front_door.clone(), stop_rx)));
     let result = walk_through(&sup, &addr).await;
     if let Err(e) = &result {
         eprintln!("demo step failed: {e}");
@@ -78,13 +81,16 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
         say(format!("fcsup is serving on http://{addr}; try:"));
         println!("    curl -i -X POST http://{addr}/2023-03-30/functions/hello/invocations -d you");
         println!("    curl -i http://{addr}/http/hello/anything        # HTTP trigger");
-        println!("    curl http://{addr}/admin/instances");
+        println!("    curl --unix-socket {} http://fcsup/admin/instances   # admin: root only", sup.admin_socket.display());
         println!("  Ctrl-C stops every instance (PreStop first) and leaves nothing behind.");
         stop.await;
     }
     say("stopping: PreStop, SIGTERM, cgroup.kill, cgroup removed");
     let _ = stop_tx.send(true);
     let _ = server.await;
+    if let Some(a) = admin {
+        let _ = a.await;
+    }
     sup.shutdown().await;
     let left = sup.host.cgroups.path().exists();
     say(if left { "WARNING: the cgroup root is still present" } else { "done: no instance, cgroup or mount is left" });

@@ -3,6 +3,7 @@
 //! between requests, and its CPU time is read per phase from `cpu.stat`.
 #![warn(missing_docs)]
 
+pub mod admin_socket;
 pub mod api;
 pub mod bench;
 pub mod billing;

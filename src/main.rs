@@ -1,10 +1,13 @@
 //! The `fcsup` command line.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
+use fcsup::api::{AdminToken, FrontDoor, Limits};
 use fcsup::config::Config;
 use fcsup::supervisor::{Options, Supervisor};
 use hyper::Method;
@@ -45,6 +48,88 @@ struct SupervisorArgs {
     /// is an unprivileged id here).
     #[arg(long, default_value_t = fcsup::sandbox::DEFAULT_ID_BASE)]
     id_base: u32,
+    /// The admin socket, where /admin/ is served (default: /run/fcsup/<cgroup root>/admin.sock).
+    #[arg(long)]
+    admin_socket: Option<PathBuf>,
+    /// Also serve /admin/ on --listen to requests with `Authorization: Bearer <token>`, the
+    /// token being this file's content (trailing newline stripped; must not be world-readable).
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// The front door's limits (README: "Front door limits").
+#[derive(clap::Args, Clone)]
+struct LimitArgs {
+    /// Seconds a client has to send a request's line and headers.
+    #[arg(long, default_value_t = 10)]
+    header_read_timeout: u64,
+    /// Seconds after which a connection with no request in flight is closed (and a request
+    /// body that sends nothing is refused).
+    #[arg(long, default_value_t = 60)]
+    idle_timeout: u64,
+    /// Open connections per listener; beyond it new ones wait in the kernel's backlog.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// Request header bytes (FC: 8 KB); beyond it 400 InvalidArgument.
+    #[arg(long, default_value_t = 8192)]
+    max_header_bytes: usize,
+    /// Path and query bytes (FC: 4 KB); beyond it 400 InvalidArgument.
+    #[arg(long, default_value_t = 4096)]
+    max_path_bytes: usize,
+    /// Number of request headers; beyond it hyper answers 431.
+    #[arg(long, default_value_t = 100)]
+    max_headers: usize,
+    /// Sync invocation body bytes (FC: 32 MB); beyond it 400 InvalidArgument.
+    #[arg(long, default_value_t = 32 * 1024 * 1024)]
+    max_sync_body: usize,
+    /// Async invocation body bytes (FC: 128 KB); beyond it 400 InvalidArgument.
+    #[arg(long, default_value_t = 128 * 1024)]
+    max_async_body: usize,
+    /// MiB of request bodies held at once over all requests; beyond it 429 ResourceExhausted.
+    #[arg(long, default_value_t = 512)]
+    max_body_memory: usize,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            header_read_timeout: Duration::from_secs(self.header_read_timeout),
+            idle_timeout: Duration::from_secs(self.idle_timeout),
+            max_connections: fit_connections(self.max_connections),
+            max_header_bytes: self.max_header_bytes,
+            max_path_bytes: self.max_path_bytes,
+            max_headers: self.max_headers,
+            max_sync_body: self.max_sync_body,
+            max_async_body: self.max_async_body,
+            body_memory: self.max_body_memory.saturating_mul(1024 * 1024),
+        }
+    }
+}
+
+/// Raises the open-file limit to its hard limit and keeps the connection cap below it, so
+/// connections can never use the descriptors instances need (pipes, pidfds, cgroup files).
+fn fit_connections(wanted: usize) -> usize {
+    const RESERVED: u64 = 1024;
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return wanted;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        }
+    }
+    let room = lim.rlim_cur.saturating_sub(RESERVED).max(64) as usize;
+    if wanted > room {
+        tracing::warn!("--max-connections {wanted} lowered to {room}: the open-file limit is {}", lim.rlim_cur);
+        return room;
+    }
+    wanted
 }
 
 impl SupervisorArgs {
@@ -56,8 +141,57 @@ impl SupervisorArgs {
             log_dir: Some(self.log_dir.clone()),
             insecure_instances: self.insecure_instances,
             id_base: self.id_base,
+            admin_socket: self.admin_socket.clone(),
             ..Options::default()
         }
+    }
+
+    /// The front door's settings; fails on a bad token file.
+    fn front_door(&self) -> Result<Arc<FrontDoor>> {
+        let token = self.admin_token_file.as_deref().map(AdminToken::load).transpose()?;
+        Ok(FrontDoor::new(self.limits.limits(), token))
+    }
+}
+
+/// How the CLI reaches a running fcsup's `/admin/`.
+#[derive(clap::Args, Clone)]
+struct AdminArgs {
+    /// The running fcsup's admin socket (default: /run/fcsup/<cgroup root>/admin.sock).
+    #[arg(long)]
+    admin_socket: Option<PathBuf>,
+    /// The running fcsup's cgroup root (finds its admin socket).
+    #[arg(long, default_value = "fcsup", env = "FCSUP_CGROUP_ROOT")]
+    cgroup_root: String,
+    /// Ask over TCP instead (host:port), with the token of the server's --admin-token-file.
+    #[arg(long, requires = "admin_token_file")]
+    url: Option<String>,
+    /// The bearer token file for --url.
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+}
+
+impl AdminArgs {
+    /// `GET path` on the running fcsup; fails on anything but 2xx.
+    async fn get(&self, path: &str) -> Result<fcsup::client::Response> {
+        let r = match (&self.url, &self.admin_token_file) {
+            (Some(url), Some(file)) => {
+                let token = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+                let auth = format!("Bearer {}", token.trim_end_matches(['\n', '\r']));
+                fcsup::client::request(url, Method::GET, path, &[("authorization", &auth)], Bytes::new())
+                    .await
+                    .with_context(|| format!("cannot reach fcsup at {url}"))?
+            }
+            _ => {
+                let socket = self.admin_socket.clone().unwrap_or_else(|| fcsup::admin_socket::default_path(&self.cgroup_root));
+                fcsup::client::request_unix(&socket, Method::GET, path, &[], Bytes::new())
+                    .await
+                    .with_context(|| format!("cannot reach fcsup's admin socket {} (as root? --cgroup-root/--admin-socket?)", socket.display()))?
+            }
+        };
+        if !r.status.is_success() {
+            bail!("fcsup answered HTTP {}: {}", r.status.as_u16(), String::from_utf8_lossy(&r.body));
+        }
+        Ok(r)
     }
 }
 
@@ -93,20 +227,18 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9100")]
         url: String,
     },
-    /// List the instances of a running `fcsup serve`.
+    /// List the instances of a running `fcsup serve` (over its admin socket).
     Ps {
-        /// Address of the running fcsup.
-        #[arg(long, default_value = "127.0.0.1:9100")]
-        url: String,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Per-function bill from the ledger: invocations, cold starts, billed ms, CPU ms, CU, cost.
     Report {
         /// Read this ledger file (JSON lines) instead of asking a running fcsup.
         #[arg(long)]
         ledger: Option<PathBuf>,
-        /// Address of the running fcsup.
-        #[arg(long, default_value = "127.0.0.1:9100")]
-        url: String,
+        #[command(flatten)]
+        admin: AdminArgs,
         /// Only records starting at or after this time (ms since the epoch).
         #[arg(long)]
         since: Option<u64>,
@@ -240,16 +372,20 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve { file, sup } => {
             let config = Config::load(&file)?;
-            let supervisor = Supervisor::start(&config, &sup.options()).await?;
+            let front_door = sup.front_door()?;
+            // Bound before the supervisor starts: a port in use must not leave a cgroup root.
             let listener = tokio::net::TcpListener::bind(&sup.listen).await.with_context(|| format!("cannot listen on {}", sup.listen))?;
+            let supervisor = Supervisor::start(&config, &sup.options()).await?;
             tracing::info!(
-                "serving {} function(s) on http://{} (cgroup root {})",
+                "serving {} function(s) on http://{}, admin on {} (cgroup root {})",
                 config.functions.len(),
                 listener.local_addr()?,
+                supervisor.admin_socket.display(),
                 supervisor.host.cgroups.path().display()
             );
             let (tx, rx) = tokio::sync::watch::channel(false);
-            let server = tokio::spawn(fcsup::api::serve(listener, supervisor.clone(), rx));
+            let server = tokio::spawn(fcsup::api::serve(listener, supervisor.clone(), front_door.clone(), rx.clone()));
+            let admin = supervisor.take_admin_listener().map(|l| tokio::spawn(fcsup::api::serve_admin(l, supervisor.clone(), front_door, rx)));
             let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
             let stop = shutdown_signal();
             tokio::pin!(stop);
@@ -262,12 +398,15 @@ async fn run(cli: Cli) -> Result<()> {
             tracing::info!("shutting down: PreStop on every instance");
             let _ = tx.send(true);
             let _ = server.await;
+            if let Some(a) = admin {
+                let _ = a.await;
+            }
             supervisor.shutdown().await;
             tracing::info!("stopped; nothing left behind");
             Ok(())
         }
         Command::Demo { no_wait, sup } => {
-            let opts = fcsup::demo::DemoOptions { listen: sup.listen.clone(), no_wait, supervisor: sup.options() };
+            let opts = fcsup::demo::DemoOptions { listen: sup.listen.clone(), no_wait, supervisor: sup.options(), front_door: sup.front_door()? };
             Ok(fcsup::demo::run(opts, shutdown_signal()).await?)
         }
         Command::Invoke { name, data, tail, url } => {
@@ -296,10 +435,8 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Ps { url } => {
-            let r = fcsup::client::request(&url, Method::GET, "/admin/instances", &[], Bytes::new())
-                .await
-                .with_context(|| format!("cannot reach fcsup at {url}"))?;
+        Command::Ps { admin } => {
+            let r = admin.get("/admin/instances").await?;
             let list: Vec<serde_json::Value> = serde_json::from_slice(&r.body)?;
             println!("{:<34} {:<16} {:<20} {:>8} {:>9} {:>12}  LAST USED", "INSTANCE", "FUNCTION", "STATE", "PID", "IN-FLIGHT", "COLD START");
             for i in list {
@@ -323,13 +460,11 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Report { ledger, url, since, json } => {
+        Command::Report { ledger, admin, since, json } => {
             let text = match &ledger {
                 Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
                 None => {
-                    let r = fcsup::client::request(&url, Method::GET, "/admin/ledger", &[], Bytes::new())
-                        .await
-                        .with_context(|| format!("cannot reach fcsup at {url} (or pass --ledger FILE)"))?;
+                    let r = admin.get("/admin/ledger").await.context("(or pass --ledger FILE)")?;
                     String::from_utf8_lossy(&r.body).into_owned()
                 }
             };

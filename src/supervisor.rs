@@ -9,9 +9,11 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
+use crate::admin_socket;
 use crate::billing::Ledger;
 use crate::cgroup::{CgroupError, CgroupRoot, Hierarchy};
 use crate::config::{Config, Function};
@@ -79,6 +81,8 @@ pub struct Options {
     pub insecure_instances: bool,
     /// First host uid/gid of the instances' id ranges.
     pub id_base: u32,
+    /// The admin socket (default: `admin.sock` in the runtime directory).
+    pub admin_socket: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -92,6 +96,7 @@ impl Default for Options {
             log_dir: None,
             insecure_instances: false,
             id_base: crate::sandbox::DEFAULT_ID_BASE,
+            admin_socket: None,
         }
     }
 }
@@ -111,6 +116,9 @@ pub struct Supervisor {
     pub async_queue: AsyncQueue,
     /// Kills the instances if this process dies without stopping them ([`crate::watchdog`]).
     watchdog: Mutex<Option<std::process::Child>>,
+    /// Where the admin socket is.
+    pub admin_socket: PathBuf,
+    admin_listener: Mutex<Option<UnixListener>>,
     _lock: File,
 }
 
@@ -136,31 +144,39 @@ impl Supervisor {
             let path = path.clone();
             move |source| SupervisorError::Io { what, path, source }
         };
+        let isolation = isolation(opts)?;
         let name = opts.cgroup_root.trim_matches('/').to_string();
-        let run_dir = opts.run_base.join(name.replace('/', "_"));
-        std::fs::create_dir_all(&run_dir).map_err(io("cannot create", &run_dir))?;
+        let run_dir = admin_socket::run_dir(&opts.run_base, &name);
+        admin_socket::make_private_dir(&run_dir).map_err(io("cannot make a private runtime directory", &run_dir))?;
         let lock_path = run_dir.join("lock");
         let lock = File::create(&lock_path).map_err(io("cannot create", &lock_path))?;
         // SAFETY: flock on an fd we own.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(SupervisorError::Busy(name));
         }
-        let isolation = isolation(opts)?;
         // The supervisor outlives its functions: the kernel's OOM killer never picks it (nor
         // an instance's init, which shares its memory); functions reset their own score.
         if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
             tracing::warn!("cannot exempt fcsup from the OOM killer: {e}");
         }
+        let admin_path = opts.admin_socket.clone().unwrap_or_else(|| run_dir.join(admin_socket::FILE_NAME));
+        let admin_listener = admin_socket::bind(&admin_path).map_err(|e| {
+            remove_run_dir(&run_dir, None);
+            SupervisorError::Io { what: "cannot listen on the admin socket", path: admin_path.clone(), source: e }
+        })?;
         let rootfs = run_dir.join("rootfs");
-        std::fs::create_dir_all(&rootfs).map_err(io("cannot create", &rootfs))?;
+        std::fs::create_dir_all(&rootfs).map_err(|e| {
+            remove_run_dir(&run_dir, Some(&admin_path));
+            SupervisorError::Io { what: "cannot create", path: rootfs.clone(), source: e }
+        })?;
         // Whatever fails from here leaves nothing behind: no cgroup root, no runtime directory.
         let hier = Hierarchy::discover(&opts.mountinfo).map_err(|e| {
-            remove_run_dir(&run_dir);
+            remove_run_dir(&run_dir, Some(&admin_path));
             SupervisorError::from(e)
         })?;
         let self_cg = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         let cgroups = CgroupRoot::open(&hier, &name, &self_cg).map_err(|e| {
-            remove_run_dir(&run_dir);
+            remove_run_dir(&run_dir, Some(&admin_path));
             SupervisorError::from(e)
         })?;
         let prepared = async {
@@ -180,7 +196,7 @@ impl Supervisor {
             Ok(x) => x,
             Err(e) => {
                 let _ = cgroups.remove();
-                remove_run_dir(&run_dir);
+                remove_run_dir(&run_dir, Some(&admin_path));
                 return Err(e);
             }
         };
@@ -219,6 +235,8 @@ impl Supervisor {
             config_base: config.base.clone(),
             async_queue: AsyncQueue::default(),
             watchdog: Mutex::new(watchdog),
+            admin_socket: admin_path,
+            admin_listener: Mutex::new(Some(admin_listener)),
             _lock: lock,
         });
         for pool in sup.pools() {
@@ -228,6 +246,11 @@ impl Supervisor {
             }
         }
         Ok(sup)
+    }
+
+    /// The admin socket's listener, for `api::serve_admin` (once).
+    pub fn take_admin_listener(&self) -> Option<UnixListener> {
+        self.admin_listener.lock().expect("admin listener").take()
     }
 
     /// The pool of `name`.
@@ -333,7 +356,8 @@ impl Supervisor {
         if let Err(e) = self.host.cgroups.remove() {
             tracing::warn!("{e}");
         }
-        remove_run_dir(&self.host.run_dir);
+        self.admin_listener.lock().expect("admin listener").take();
+        remove_run_dir(&self.host.run_dir, Some(&self.admin_socket));
         if let Some(mut w) = self.watchdog.lock().expect("watchdog").take() {
             let _ = w.kill();
             let _ = w.wait();
@@ -353,8 +377,12 @@ fn isolation(opts: &Options) -> Result<Isolation, SupervisorError> {
     Isolation::full(opts.id_base).map_err(|e| SupervisorError::Isolation(e.to_string()))
 }
 
-/// Removes the runtime directory (`rootfs` mount point, lock file) and its base if empty.
-fn remove_run_dir(run_dir: &Path) {
+/// Removes the admin socket, the runtime directory (`rootfs` mount point, lock file) and its
+/// base if empty.
+fn remove_run_dir(run_dir: &Path, admin_socket: Option<&Path>) {
+    if let Some(p) = admin_socket {
+        admin_socket::remove(p);
+    }
     let _ = std::fs::remove_dir(run_dir.join("rootfs"));
     let _ = std::fs::remove_file(run_dir.join("lock"));
     let _ = std::fs::remove_dir(run_dir);

@@ -7,19 +7,17 @@ use std::sync::Arc;
 
 use base64::Engine;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Request, Response, StatusCode};
 use tokio::sync::oneshot;
 
-use super::{fc_error, function_error, not_found, Resp};
+use super::body::BodyError;
+use super::{fc_error, function_error, not_found, FrontDoor, Resp};
 use crate::instance::{Call, InvokeError, Reply};
 use crate::pool::Dispatched;
 use crate::supervisor::Supervisor;
-
-/// Largest synchronous request body FC accepts (32 MB).
-const MAX_BODY: usize = 32 * 1024 * 1024;
 
 /// Tells the request's task that the client went away, unless disarmed first.
 struct HangUp(Option<oneshot::Sender<()>>);
@@ -32,8 +30,10 @@ impl Drop for HangUp {
     }
 }
 
-/// Handles an invocation of function `name`.
-pub async fn invoke(sup: &Arc<Supervisor>, req: Request<Incoming>, name: String, http_trigger: bool, request_id: String) -> Resp {
+/// Handles an invocation of function `name`; `trigger` is the length of the name as it
+/// appeared in an HTTP trigger's path (before percent-decoding), `None` for InvokeFunction.
+pub async fn invoke(sup: &Arc<Supervisor>, fd: &FrontDoor, req: Request<Incoming>, name: String, trigger: Option<usize>, request_id: String) -> Resp {
+    let http_trigger = trigger.is_some();
     let arrived = std::time::Instant::now();
     let Some(pool) = sup.pool(&name) else { return not_found(&name, &request_id) };
     let header = |k: &str| req.headers().get(k).map(|v| v.to_str().unwrap_or(""));
@@ -48,28 +48,19 @@ pub async fn invoke(sup: &Arc<Supervisor>, req: Request<Incoming>, name: String,
         }
     };
     let task_id = header("x-fc-async-task-id").filter(|t| !t.is_empty()).map(str::to_string);
-    let path_and_query = if http_trigger {
+    let path_and_query = if let Some(raw_len) = trigger {
         let full = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let after = &full["/http/".len() + name.len()..];
+        let after = &full["/http/".len() + raw_len..];
         if after.is_empty() || after.starts_with('?') { format!("/{after}") } else { after.to_string() }
     } else {
         "/invoke".into()
     };
-    if path_and_query.len() > 4096 {
-        return fc_error(StatusCode::BAD_REQUEST, "InvalidArgument", "path and query are longer than 4 KB", &request_id);
-    }
-    let limit = if is_async { crate::queue::MAX_BODY } else { MAX_BODY };
+    let (limit, kind) = if is_async { (fd.limits.max_async_body, "Async") } else { (fd.limits.max_sync_body, "Sync") };
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, limit).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            let msg = if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                format!("request body is larger than {} KB, FC's limit for {} invocations", limit / 1024, if is_async { "Async" } else { "Sync" })
-            } else {
-                format!("cannot read the request body: {e}")
-            };
-            return fc_error(StatusCode::BAD_REQUEST, "InvalidArgument", &msg, &request_id);
-        }
+    let (body, budget) = match super::body::read(body, limit, kind, fd).await {
+        Ok(b) => b,
+        Err(e @ BodyError::Busy(_)) => return fc_error(StatusCode::TOO_MANY_REQUESTS, "ResourceExhausted", &e.to_string(), &request_id),
+        Err(e) => return fc_error(StatusCode::BAD_REQUEST, "InvalidArgument", &e.to_string(), &request_id),
     };
     let mut call = Call {
         http_trigger,
@@ -83,6 +74,7 @@ pub async fn invoke(sup: &Arc<Supervisor>, req: Request<Incoming>, name: String,
         canceled: None,
         retry_count: 0,
         arrived,
+        body_budget: budget.map(Arc::new),
     };
     if is_async {
         let id = task_id.clone().unwrap_or_else(|| request_id.clone());

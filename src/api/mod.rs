@@ -1,23 +1,24 @@
 //! The front door (hyper, HTTP/1.1): FC 3.0 InvokeFunction, the HTTP trigger path, fcsup's
 //! admin endpoints; errors in FC's shapes (fc-spec §3).
 
+mod accept;
 mod admin;
+mod body;
 mod errors;
 mod invoke;
+mod limits;
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
 pub use errors::{fc_error, function_error};
+pub use limits::{AdminToken, FrontDoor, FrontDoorError, Limits};
 use crate::supervisor::Supervisor;
 
 /// FC 3.0 API prefix.
@@ -26,39 +27,46 @@ const INVOKE_PREFIX: &str = "/2023-03-30/functions/";
 /// Response type of every handler.
 pub type Resp = Response<Full<Bytes>>;
 
-/// Serves until `stop` flips to true; open connections finish their current request.
-pub async fn serve(listener: TcpListener, sup: Arc<Supervisor>, mut stop: watch::Receiver<bool>) {
-    loop {
-        let (stream, _peer): (_, SocketAddr) = tokio::select! {
-            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
-            _ = stop.changed() => {
-                if *stop.borrow() { return } else { continue }
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let sup = sup.clone();
-        let mut stop = stop.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let sup = sup.clone();
-                async move { Ok::<_, Infallible>(handle(&sup, req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            let stopping = tokio::select! {
-                _ = conn.as_mut() => false,
-                _ = stop.wait_for(|s| *s) => true,
-            };
-            if stopping {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-            }
-        });
+/// Which listener a request came through: `/admin/` is served on the admin socket (root
+/// only, by its file mode) and on TCP only with the admin token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    /// The TCP front door: invocations, HTTP triggers, `/metrics`.
+    Public,
+    /// The admin Unix socket: everything.
+    Admin,
+}
+
+impl std::fmt::Display for Door {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Door::Public => "front door",
+            Door::Admin => "admin socket",
+        })
     }
 }
 
+/// Serves the TCP front door until `stop` flips to true; open connections finish their
+/// current request.
+pub async fn serve(listener: TcpListener, sup: Arc<Supervisor>, fd: Arc<FrontDoor>, stop: watch::Receiver<bool>) {
+    accept::run(listener, sup, fd, Door::Public, stop).await
+}
+
+/// Serves the admin socket (see [`Supervisor::take_admin_listener`]) until `stop` flips.
+pub async fn serve_admin(listener: std::os::unix::net::UnixListener, sup: Arc<Supervisor>, fd: Arc<FrontDoor>, stop: watch::Receiver<bool>) {
+    match UnixListener::from_std(listener) {
+        Ok(l) => accept::run(l, sup, fd, Door::Admin, stop).await,
+        Err(e) => tracing::error!("cannot serve the admin socket: {e}"),
+    }
+}
+
+/// Request headers' size as FC counts it: `name: value\r\n` each.
+fn header_bytes(req: &Request<Incoming>) -> usize {
+    req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum()
+}
+
 /// Routes one request.
-pub async fn handle(sup: &Arc<Supervisor>, req: Request<Incoming>) -> Resp {
+pub async fn handle(sup: &Arc<Supervisor>, fd: &FrontDoor, door: Door, req: Request<Incoming>) -> Resp {
     let request_id = req
         .headers()
         .get("x-fc-request-id")
@@ -66,17 +74,35 @@ pub async fn handle(sup: &Arc<Supervisor>, req: Request<Incoming>) -> Resp {
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .map(str::to_string)
         .unwrap_or_else(crate::util::request_id);
+    let limits = &fd.limits;
+    if header_bytes(&req) > limits.max_header_bytes {
+        let msg = format!("request headers are larger than {} bytes", limits.max_header_bytes);
+        return fc_error(StatusCode::BAD_REQUEST, "InvalidArgument", &msg, &request_id);
+    }
+    if req.uri().path_and_query().map_or(0, |p| p.as_str().len()) > limits.max_path_bytes {
+        let msg = format!("path and query are longer than {} bytes", limits.max_path_bytes);
+        return fc_error(StatusCode::BAD_REQUEST, "InvalidArgument", &msg, &request_id);
+    }
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     if let Some(rest) = path.strip_prefix(INVOKE_PREFIX) {
         return match (rest.strip_suffix("/invocations"), &method) {
-            (Some(name), &Method::POST) if !name.contains('/') => invoke::invoke(sup, req, name.to_string(), false, request_id).await,
+            (Some(raw), &Method::POST) if !raw.contains('/') => match decode_name(raw) {
+                Some(name) => invoke::invoke(sup, fd, req, name, None, request_id).await,
+                None => bad_name(&request_id),
+            },
             _ => fc_error(StatusCode::BAD_REQUEST, "PathNotSupported", &format!("{method} {path} is not supported"), &request_id),
         };
     }
     if let Some(rest) = path.strip_prefix("/http/") {
-        let name = rest.split('/').next().unwrap_or("").to_string();
-        return invoke::invoke(sup, req, name, true, request_id).await;
+        let raw = rest.split('/').next().unwrap_or("");
+        return match decode_name(raw) {
+            Some(name) => {
+                let raw_len = raw.len();
+                invoke::invoke(sup, fd, req, name, Some(raw_len), request_id).await
+            }
+            None => bad_name(&request_id),
+        };
     }
     if method == Method::GET && path == "/metrics" {
         let instances = sup.instances().into_iter().map(|i| (i.function, format!("{:?}", i.state).to_lowercase()));
@@ -86,12 +112,35 @@ pub async fn handle(sup: &Arc<Supervisor>, req: Request<Incoming>) -> Resp {
             .body(Full::new(Bytes::from(body)))
             .expect("response");
     }
-    if path.starts_with("/admin/") {
+    if path == "/admin" || path.starts_with("/admin/") {
+        // Decided on the head alone: a refused request's body is never read.
+        match (door, &fd.admin_token) {
+            (Door::Admin, _) => {}
+            (Door::Public, Some(token)) if token.admits(req.headers().get(hyper::header::AUTHORIZATION).map(|v| v.as_bytes())) => {}
+            (Door::Public, Some(_)) => {
+                let mut r = fc_error(StatusCode::UNAUTHORIZED, "Unauthorized", "/admin/ needs Authorization: Bearer <admin token>", &request_id);
+                r.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, hyper::header::HeaderValue::from_static("Bearer"));
+                return r;
+            }
+            (Door::Public, None) => {
+                let msg = format!("{method} {path} is served on fcsup's admin socket only");
+                return fc_error(StatusCode::NOT_FOUND, "PathNotSupported", &msg, &request_id);
+            }
+        }
         if let Some(r) = admin::route(sup, req, &request_id).await {
             return r;
         }
     }
     fc_error(StatusCode::NOT_FOUND, "PathNotSupported", &format!("{method} {path} is not an fcsup endpoint"), &request_id)
+}
+
+/// A function name from the URL, percent-decoded once; `None` when that is not UTF-8.
+fn decode_name(raw: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(raw).decode_utf8().ok().map(|n| n.into_owned())
+}
+
+fn bad_name(request_id: &str) -> Resp {
+    fc_error(StatusCode::BAD_REQUEST, "InvalidArgument", "the function name is not UTF-8 once percent-decoded", request_id)
 }
 
 fn not_found(name: &str, request_id: &str) -> Resp {

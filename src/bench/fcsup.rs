@@ -66,7 +66,7 @@ impl Rig {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?.to_string();
         let (stop, rx) = tokio::sync::watch::channel(false);
-        let server = tokio::spawn(crate::api::serve(listener, sup.clone(), rx));
+        let server = tokio::spawn(crate::api::serve(listener, sup.clone(), crate::api::FrontDoor::new(crate::api::Limits::default(), None), rx));
         Ok(Rig { system: if insecure { INSECURE } else { "fcsup" }, sup, addr, stop, server })
     }
 

@@ -209,6 +209,9 @@ pub struct Call {
     pub retry_count: u32,
     /// When fcsup received it.
     pub arrived: Instant,
+    /// The body's share of the front door's in-flight body budget, given back when the last
+    /// attempt of this request is dropped.
+    pub body_budget: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
 }
 
 impl Call {
@@ -226,6 +229,7 @@ impl Call {
             canceled: None,
             retry_count: self.retry_count + 1,
             arrived: Instant::now(),
+            body_budget: self.body_budget.clone(),
         }
     }
 }

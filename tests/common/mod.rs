@@ -1,13 +1,15 @@
 //! Harness for the privileged tests: runs the real `fcsup serve` binary with its own cgroup
-//! root, talks HTTP to it, reads its output, and checks that nothing is left behind.
+//! root, talks HTTP to it (`/admin/` over its admin Unix socket, everything else over TCP),
+//! reads its output, and checks that nothing is left behind.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 /// True when the host can run privileged tests; otherwise prints why and returns false,
@@ -66,6 +68,8 @@ pub fn fixture_props(name: &str, extra: &str) -> String {
 pub struct Fcsup {
     child: Option<Child>,
     pub addr: String,
+    /// Its admin socket (`/admin/` is served there).
+    pub admin_socket: PathBuf,
     pub cgroup_root: String,
     pub dir: tempfile::TempDir,
     output: Arc<Mutex<Vec<String>>>,
@@ -74,6 +78,20 @@ pub struct Fcsup {
     /// Extra CLI arguments.
     args: Vec<String>,
 }
+
+/// Whether `GET /metrics` on `addr` gets an answer.
+fn answers(addr: &str) -> bool {
+    let Ok(mut s) = TcpStream::connect(addr) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+    let mut out = Vec::new();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").is_ok()
+        && s.read_to_end(&mut out).is_ok()
+        && out.starts_with(b"HTTP/1.1 200")
+}
+
+/// The admin socket of each fcsup this harness started, by its TCP address: [`http`] sends
+/// `/admin/` requests for that address there.
+static ADMIN_SOCKETS: LazyLock<Mutex<HashMap<String, PathBuf>>> = LazyLock::new(Mutex::default);
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -114,9 +132,14 @@ impl Fcsup {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("s.yaml"), yaml).unwrap();
         let cgroup_root = format!("fcsup-test-{}", uuid::Uuid::new_v4().simple());
+        let admin_socket = match args.iter().position(|a| *a == "--admin-socket") {
+            Some(i) => PathBuf::from(args[i + 1]),
+            None => Path::new("/run/fcsup").join(&cgroup_root).join("admin.sock"),
+        };
         let mut f = Fcsup {
             child: None,
             addr: String::new(),
+            admin_socket,
             cgroup_root,
             dir,
             output: Arc::default(),
@@ -154,8 +177,11 @@ impl Fcsup {
         }
         self.addr = format!("127.0.0.1:{port}");
         self.child = Some(child);
+        ADMIN_SOCKETS.lock().unwrap().insert(self.addr.clone(), self.admin_socket.clone());
         let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(&self.addr).is_err() {
+        // fcsup binds its port before it starts the supervisor (minimum instances…), so a
+        // connection alone does not mean ready: an answer does.
+        while !answers(&self.addr) || UnixStream::connect(&self.admin_socket).is_err() {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("fcsup exited with {status} before listening:\n{}", self.output().join("\n"));
             }
@@ -247,9 +273,14 @@ impl Fcsup {
         http(&self.addr, "POST", &format!("/2023-03-30/functions/{name}/invocations"), headers, body.as_bytes())
     }
 
+    /// A request on the admin socket.
+    pub fn admin(&self, method: &str, path: &str, body: &[u8]) -> Resp {
+        http_unix(&self.admin_socket, method, path, &[], body)
+    }
+
     /// `GET /admin/instances` (their pids are remembered for [`Fcsup::stop_and_check_clean`]).
     pub fn instances(&self) -> Vec<serde_json::Value> {
-        let list: Vec<serde_json::Value> = serde_json::from_slice(&http(&self.addr, "GET", "/admin/instances", &[], b"").body).unwrap();
+        let list: Vec<serde_json::Value> = serde_json::from_slice(&self.admin("GET", "/admin/instances", b"").body).unwrap();
         self.seen_pids.lock().unwrap().extend(list.iter().filter_map(|i| i["pid"].as_i64()));
         list
     }
@@ -300,6 +331,7 @@ impl Fcsup {
         self.instances();
         let out = self.stop();
         assert!(!self.root_path().exists(), "cgroup root {} left behind", self.root_path().display());
+        assert!(!self.admin_socket.exists(), "admin socket {} left behind", self.admin_socket.display());
         for pid in self.seen_pids.lock().unwrap().iter() {
             assert!(!Path::new(&format!("/proc/{pid}")).exists(), "instance process {pid} left behind");
         }
@@ -342,11 +374,33 @@ impl Resp {
     }
 }
 
-/// One HTTP/1.1 request with `Connection: close`.
+/// One HTTP/1.1 request with `Connection: close`: over TCP to `addr`, except that `/admin/`
+/// paths of an fcsup this harness started go to its admin socket.
 pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
-    let mut s = TcpStream::connect(addr).unwrap();
+    if path.starts_with("/admin") {
+        if let Some(sock) = ADMIN_SOCKETS.lock().unwrap().get(addr).cloned() {
+            return http_unix(&sock, method, path, headers, body);
+        }
+    }
+    http_tcp(addr, method, path, headers, body)
+}
+
+/// One request over TCP, whatever the path.
+pub fn http_tcp(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+    let s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    exchange(s, addr, method, path, headers, body)
+}
+
+/// One request over the Unix socket `socket`.
+pub fn http_unix(socket: &Path, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+    let s = UnixStream::connect(socket).unwrap_or_else(|e| panic!("cannot connect to {}: {e}", socket.display()));
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    exchange(s, "localhost", method, path, headers, body)
+}
+
+fn exchange(mut s: impl Read + Write, host: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -355,6 +409,11 @@ pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body
     s.write_all(body).unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
+    parse_response(&raw)
+}
+
+/// Parses a whole HTTP/1.1 response (chunked bodies decoded).
+pub fn parse_response(raw: &[u8]) -> Resp {
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("HTTP header end");
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.lines();

@@ -1,0 +1,72 @@
+//! The admin socket: `/admin/` (which can run code as root) is served on a Unix socket that
+//! only root can open — mode 0600, by default inside the supervisor's 0700 runtime directory —
+//! instead of on a TCP port that every local user can reach.
+
+use std::io::ErrorKind;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+/// The socket's name inside the runtime directory.
+pub const FILE_NAME: &str = "admin.sock";
+
+/// The runtime directory of a supervisor with cgroup root `cgroup_root` under `run_base`.
+pub fn run_dir(run_base: &Path, cgroup_root: &str) -> PathBuf {
+    run_base.join(cgroup_root.trim_matches('/').replace('/', "_"))
+}
+
+/// Where `fcsup serve --cgroup-root NAME` listens for admin requests by default.
+pub fn default_path(cgroup_root: &str) -> PathBuf {
+    run_dir(Path::new("/run/fcsup"), cgroup_root).join(FILE_NAME)
+}
+
+/// Makes `dir` private: a directory (not a link) owned by us, mode 0700.
+pub fn make_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let m = std::fs::symlink_metadata(dir)?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !m.is_dir() || m.uid() != me {
+        let why = format!("{} is not a directory owned by uid {me}", dir.display());
+        return Err(std::io::Error::new(ErrorKind::PermissionDenied, why));
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Binds the socket with mode 0600. A stale socket (nobody accepts on it: a crashed run) is
+/// replaced; a live one, or anything that is not a socket, is an error.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if UnixStream::connect(path).is_ok() {
+                let why = format!("{} is in use by a running fcsup", path.display());
+                return Err(std::io::Error::new(ErrorKind::AddrInUse, why));
+            }
+            std::fs::remove_file(path)?;
+        }
+        Ok(_) => {
+            let why = format!("{} exists and is not a socket", path.display());
+            return Err(std::io::Error::new(ErrorKind::AlreadyExists, why));
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    // The socket is created 0600 (no moment at which another user could connect); umask is
+    // per process, and this runs at start before anything else creates files.
+    // SAFETY: umask has no preconditions.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let listener = bound?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Removes the socket if it is still one.
+pub fn remove(path: &Path) {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(path);
+    }
+}
