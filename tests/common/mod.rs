@@ -175,6 +175,11 @@ impl Fcsup {
         unsafe { libc::kill(pid, libc::SIGHUP) };
     }
 
+    /// fcsup's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// All output lines so far.
     pub fn output(&self) -> Vec<String> {
         self.output.lock().unwrap().clone()
