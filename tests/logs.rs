@@ -95,3 +95,40 @@ fn a_flood_of_lines_rotates_the_log_and_printing_is_rate_limited() {
     assert!(total <= (keep + 1) * max, "log files hold {total} bytes: {files:?}");
     f.stop_and_check_clean();
 }
+
+#[test]
+fn output_flows_while_nobody_reads_fcsups_stdout() {
+    if !privileged() {
+        return;
+    }
+    // fcsup's stdout is a pipe nobody reads: once it is full, printing must not hold up the
+    // function (its log file still gets every line).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("s.yaml"), format!("edition: 3.0.0\nresources:\n{}", flood_props("unread", 600))).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let root = format!("fcsup-test-{}", uuid::Uuid::new_v4().simple());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fcsup"))
+        .args(["serve", "-f"])
+        .arg(dir.path().join("s.yaml"))
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--cgroup-root", &root, "--log-max-bytes", "1G", "--log-dir"])
+        .arg(dir.path().join("logs"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    wait_for("fcsup to listen", Duration::from_secs(60), || std::net::TcpStream::connect(&addr).ok());
+    let r = http(&addr, "POST", "/2023-03-30/functions/unread/invocations", &[], br#"{"op":"flood","bytes":20000000,"line":100}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.header("x-fc-error-type").is_empty(), "the function was held up: {}", r.text());
+    let log = dir.path().join("logs/unread.log");
+    wait_for("every line in the log file", Duration::from_secs(60), || {
+        let n = std::fs::read(&log).unwrap_or_default().split(|b| *b == b'\n').filter(|l| l.ends_with(b"xxxx")).count();
+        (n >= 20_000_000 / 100).then_some(())
+    });
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = wait_for("fcsup to exit", Duration::from_secs(30), || child.try_wait().unwrap());
+    assert!(status.success(), "fcsup exited with {status}");
+    assert!(!cgroup2_mount().join(&root).exists(), "cgroup root left behind");
+}
