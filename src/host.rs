@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::billing::Ledger;
 use crate::cgroup::CgroupRoot;
-use crate::logs::LogFiles;
+use crate::logs::{Echo, LogFiles};
 use crate::metrics::{Metrics, Samples};
 use crate::sandbox::{Isolation, NetnsPool, RootTemplate};
 
@@ -19,8 +19,8 @@ pub struct Host {
     pub run_dir: PathBuf,
     /// Empty directory that each instance mounts its root on, in its own mount namespace.
     pub rootfs_mountpoint: PathBuf,
-    /// Print function output in fcsup's own output.
-    pub echo_logs: bool,
+    /// Prints function output in fcsup's own output (`None`: quiet).
+    pub echo: Option<Arc<Echo>>,
     /// Billing ledger.
     pub ledger: Arc<Ledger>,
     /// Per-function log files.

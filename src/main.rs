@@ -36,6 +36,16 @@ struct SupervisorArgs {
     /// Write each function's output and hook markers to DIR/<function>.log.
     #[arg(long, default_value = "/var/log/fcsup")]
     log_dir: PathBuf,
+    /// Rotate a function's log file when it would pass this size (e.g. 65536, 64K, 64M, 1G).
+    #[arg(long, default_value = "64M", value_parser = log_max_bytes)]
+    log_max_bytes: u64,
+    /// Rotated log files kept per function besides the current one (f.log.1 … f.log.N).
+    #[arg(long, default_value_t = 4)]
+    log_max_files: u32,
+    /// Most lines of one function's output printed per second in fcsup's output (the rest are
+    /// counted; the log file gets every line).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    print_rate: u32,
     /// Keep the supervisor at normal priority (by default its threads run SCHED_FIFO so a
     /// thawed, busy instance cannot delay the next thaw or freeze).
     #[arg(long)]
@@ -142,6 +152,8 @@ impl SupervisorArgs {
             insecure_instances: self.insecure_instances,
             id_base: self.id_base,
             admin_socket: self.admin_socket.clone(),
+            log_rotation: fcsup::logs::Rotation { max_bytes: self.log_max_bytes, max_files: self.log_max_files },
+            print_rate: self.print_rate,
             ..Options::default()
         }
     }
@@ -193,6 +205,16 @@ impl AdminArgs {
         }
         Ok(r)
     }
+}
+
+/// `--log-max-bytes`: a size that holds at least a few whole lines.
+fn log_max_bytes(s: &str) -> Result<u64, String> {
+    let n = fcsup::logs::parse_size(s)?;
+    let min = 4 * fcsup::logs::MAX_LINE as u64;
+    if n < min {
+        return Err(format!("at least {min} bytes (4 lines of the longest kind)"));
+    }
+    Ok(n)
 }
 
 #[derive(Subcommand)]

@@ -17,7 +17,7 @@ use crate::admin_socket;
 use crate::billing::Ledger;
 use crate::cgroup::{CgroupError, CgroupRoot, Hierarchy};
 use crate::config::{Config, Function};
-use crate::logs::LogFiles;
+use crate::logs::{Echo, LogFiles, Rotation};
 use crate::metrics::{Metrics, Samples};
 use crate::host::Host;
 use crate::instance::{Instance, Snapshot, StartError};
@@ -83,6 +83,10 @@ pub struct Options {
     pub id_base: u32,
     /// The admin socket (default: `admin.sock` in the runtime directory).
     pub admin_socket: Option<PathBuf>,
+    /// When the log files rotate.
+    pub log_rotation: Rotation,
+    /// Most lines of one function's output printed per second.
+    pub print_rate: u32,
 }
 
 impl Default for Options {
@@ -97,6 +101,8 @@ impl Default for Options {
             insecure_instances: false,
             id_base: crate::sandbox::DEFAULT_ID_BASE,
             admin_socket: None,
+            log_rotation: Rotation::default(),
+            print_rate: 1000,
         }
     }
 }
@@ -187,7 +193,7 @@ impl Supervisor {
             let ledger_path = opts.ledger.clone();
             let ledger = Ledger::open(ledger_path.clone()).map_err(io("cannot open the ledger", &ledger_path.unwrap_or_default()))?;
             let log_dir = opts.log_dir.clone();
-            let log_files = LogFiles::new(log_dir.clone()).map_err(io("cannot create the log directory", &log_dir.unwrap_or_default()))?;
+            let log_files = LogFiles::new(log_dir.clone(), opts.log_rotation).map_err(io("cannot create the log directory", &log_dir.unwrap_or_default()))?;
             let root_template = RootTemplate::build(&rootfs).map_err(io("cannot prepare the instances' root under", &rootfs))?;
             Ok::<_, SupervisorError>((ledger, log_files, root_template))
         }
@@ -213,7 +219,7 @@ impl Supervisor {
             cgroups,
             run_dir,
             rootfs_mountpoint: rootfs,
-            echo_logs: opts.echo_logs,
+            echo: opts.echo_logs.then(|| Echo::start(opts.print_rate)),
             ledger,
             log_files,
             metrics: Metrics::default(),
@@ -353,6 +359,9 @@ impl Supervisor {
             tracing::error!("{leaked} instance cgroup(s) were still there at shutdown; killed");
         }
         self.host.ledger.sync();
+        if let Some(echo) = self.host.echo.clone() {
+            let _ = tokio::task::spawn_blocking(move || echo.flush(std::time::Duration::from_secs(2))).await;
+        }
         if let Err(e) = self.host.cgroups.remove() {
             tracing::warn!("{e}");
         }

@@ -1,10 +1,12 @@
-//! The ledger: records kept in memory for the admin API and metrics, and appended to a
-//! JSON-lines file that is never rewritten.
+//! The ledger: the last [`IN_MEMORY`] records kept in memory for the admin API, all of them
+//! appended to a JSON-lines file that is never rewritten. A query that reaches past the
+//! records in memory reads the file, so memory stays bounded however long fcsup runs (every
+//! record in memory was ~1 KB per instance lifecycle, without end).
 //!
 //! Durability: each record is written with one `write(2)` as it is made, so a crash of fcsup
 //! loses nothing; `fdatasync` runs at most every [`SYNC_INTERVAL`] while there are unsynced
 //! records and at shutdown, so a power loss loses at most that last second of records. On
-//! start the file's records are read back (a torn last line is skipped and fenced off with a
+//! start the file's last records are read back (a torn last line is skipped and fenced off with a
 //! newline), so `GET /admin/ledger` and `fcsup report` see earlier runs too.
 
 use std::collections::VecDeque;
@@ -21,37 +23,86 @@ use super::WindowRecord;
 /// Longest time a written record may stay unsynced.
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Records kept in memory (the file keeps all).
-const IN_MEMORY: usize = 100_000;
+pub const IN_MEMORY: usize = 10_000;
 
 /// The ledger.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Ledger {
-    records: Mutex<VecDeque<WindowRecord>>,
+    records: Mutex<Window>,
+    /// The file and its path (reopened for reading by queries past the window).
     file: Option<Arc<File>>,
+    path: Option<PathBuf>,
     dirty: Arc<AtomicBool>,
     /// Serialises writers so lines never interleave.
     write: Mutex<()>,
 }
 
+impl Default for Ledger {
+    fn default() -> Self {
+        Ledger::in_memory(IN_MEMORY)
+    }
+}
+
+/// The records in memory: the last `cap` made.
+#[derive(Debug)]
+struct Window {
+    records: VecDeque<WindowRecord>,
+    cap: usize,
+    /// Latest `start_ms` of a record that left the window (records close out of start order),
+    /// `None` while none has: a query from later on is answered from memory alone.
+    evicted_start_ms: Option<u64>,
+}
+
+impl Window {
+    fn push(&mut self, r: WindowRecord) {
+        if self.records.len() >= self.cap {
+            if let Some(old) = self.records.pop_front() {
+                self.evicted_start_ms = self.evicted_start_ms.max(Some(old.start_ms));
+            }
+        }
+        self.records.push_back(r);
+    }
+
+    /// Whether the records in memory hold every record starting at or after `since_ms`.
+    fn covers(&self, since_ms: Option<u64>) -> bool {
+        match (self.evicted_start_ms, since_ms) {
+            (None, _) => true,
+            (Some(e), Some(s)) => s > e,
+            (Some(_), None) => false,
+        }
+    }
+}
+
 impl Ledger {
     /// A ledger appending to `path` (created if missing), with the records already in it.
     pub fn open(path: Option<PathBuf>) -> std::io::Result<Self> {
-        let Some(path) = path else { return Ok(Ledger::default()) };
+        Self::open_keeping(path, IN_MEMORY)
+    }
+
+    /// A ledger without a file, keeping the last `cap` records.
+    fn in_memory(cap: usize) -> Self {
+        Ledger {
+            records: Mutex::new(Window { records: VecDeque::new(), cap, evicted_start_ms: None }),
+            file: None,
+            path: None,
+            dirty: Arc::default(),
+            write: Mutex::default(),
+        }
+    }
+
+    /// [`Ledger::open`] keeping the last `cap` records in memory.
+    fn open_keeping(path: Option<PathBuf>, cap: usize) -> std::io::Result<Self> {
+        let Some(path) = path else { return Ok(Ledger::in_memory(cap)) };
         if let Some(d) = path.parent() {
             std::fs::create_dir_all(d)?;
         }
         let mut file = File::options().create(true).read(true).append(true).open(&path)?;
-        let mut records = VecDeque::new();
+        let mut window = Ledger::in_memory(cap).records.into_inner().expect("ledger");
         let mut skipped = 0;
         for line in BufReader::new(&file).lines() {
             let line = line?;
             match serde_json::from_str::<WindowRecord>(&line) {
-                Ok(r) => {
-                    if records.len() == IN_MEMORY {
-                        records.pop_front();
-                    }
-                    records.push_back(r)
-                }
+                Ok(r) => window.push(r),
                 Err(_) if line.trim().is_empty() => {}
                 Err(_) => skipped += 1,
             }
@@ -69,7 +120,7 @@ impl Ledger {
                 file.write_all(b"\n")?;
             }
         }
-        Ok(Ledger { records: Mutex::new(records), file: Some(Arc::new(file)), ..Ledger::default() })
+        Ok(Ledger { records: Mutex::new(window), file: Some(Arc::new(file)), path: Some(path), ..Ledger::in_memory(cap) })
     }
 
     /// Appends one record.
@@ -84,11 +135,7 @@ impl Ledger {
                 self.dirty.store(true, Ordering::Release);
             }
         }
-        let mut recs = self.records.lock().expect("ledger");
-        if recs.len() == IN_MEMORY {
-            recs.pop_front();
-        }
-        recs.push_back(r);
+        self.records.lock().expect("ledger").push(r);
     }
 
     /// Flushes written records to disk if any are unsynced.
@@ -119,16 +166,84 @@ impl Ledger {
         });
     }
 
-    /// Records matching the filters.
+    /// Records matching the filters: from memory when it holds them all, else from the file
+    /// (records that left memory of a ledger without a file are gone).
     pub fn query(&self, function: Option<&str>, instance: Option<&str>, since_ms: Option<u64>) -> Vec<WindowRecord> {
-        self.records
-            .lock()
-            .expect("ledger")
-            .iter()
-            .filter(|r| function.is_none_or(|f| r.function == f))
-            .filter(|r| instance.is_none_or(|i| r.instance == i))
-            .filter(|r| since_ms.is_none_or(|s| r.start_ms >= s))
-            .cloned()
-            .collect()
+        let keep = |r: &WindowRecord| {
+            function.is_none_or(|f| r.function == f) && instance.is_none_or(|i| r.instance == i) && since_ms.is_none_or(|s| r.start_ms >= s)
+        };
+        {
+            let w = self.records.lock().expect("ledger");
+            if w.covers(since_ms) || self.file.is_none() {
+                return w.records.iter().filter(|r| keep(r)).cloned().collect();
+            }
+        }
+        match self.read_file() {
+            Ok(all) => all.into_iter().filter(|r| keep(r)).collect(),
+            Err(e) => {
+                tracing::error!("cannot read the ledger file: {e}; answering from the records in memory");
+                self.records.lock().expect("ledger").records.iter().filter(|r| keep(r)).cloned().collect()
+            }
+        }
+    }
+
+    /// Every record in the file, up to the last whole one written when called.
+    fn read_file(&self) -> std::io::Result<Vec<WindowRecord>> {
+        let (Some(f), Some(path)) = (&self.file, &self.path) else { return Ok(Vec::new()) };
+        let len = {
+            let _g = self.write.lock().expect("ledger");
+            f.metadata()?.len()
+        };
+        let mut out = Vec::new();
+        for line in BufReader::new(File::open(path)?.take(len)).lines() {
+            if let Ok(r) = serde_json::from_str::<WindowRecord>(&line?) {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::billing::{MemorySource, Phase, ResourceMode, Usage};
+    use crate::cgroup::CpuStat;
+
+    fn records(n: u64) -> Vec<WindowRecord> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("code")).unwrap();
+        let yaml = "resources:\n  f:\n    props: {code: ./code}\n";
+        let f = crate::config::Config::parse(yaml, std::path::Path::new("s.yaml"), dir.path()).unwrap().functions.remove(0);
+        let usage = Usage { wall: Duration::from_millis(1), cpu: CpuStat::default(), peak_memory_bytes: None, memory_source: MemorySource::None };
+        (0..n).map(|i| WindowRecord::new(&f, &format!("i{i}"), Phase::Invoke, ResourceMode::OnDemand, false, vec![], i, usage)).collect()
+    }
+
+    #[test]
+    fn memory_keeps_a_window_and_older_records_come_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.jsonl");
+        let ledger = Ledger::open_keeping(Some(path.clone()), 10).unwrap();
+        for r in records(25) {
+            ledger.record(r);
+        }
+        assert_eq!(ledger.records.lock().unwrap().records.len(), 10);
+        assert_eq!(ledger.query(None, None, None).len(), 25, "all of them, from the file");
+        assert_eq!(ledger.query(None, Some("i3"), None).len(), 1);
+        assert_eq!(ledger.query(None, None, Some(20)).len(), 5, "recent ones, from memory");
+        drop(ledger);
+        let reopened = Ledger::open_keeping(Some(path), 10).unwrap();
+        assert_eq!(reopened.records.lock().unwrap().records.len(), 10);
+        assert_eq!(reopened.query(None, None, Some(3)).len(), 22);
+    }
+
+    #[test]
+    fn without_a_file_only_the_window_is_kept() {
+        let ledger = Ledger::in_memory(10);
+        for r in records(25) {
+            ledger.record(r);
+        }
+        let got = ledger.query(None, None, None);
+        assert_eq!((got.len(), got[0].start_ms), (10, 15));
     }
 }

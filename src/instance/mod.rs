@@ -400,7 +400,12 @@ impl Instance {
             ..StartTrace::default()
         };
         tracing::debug!(instance = %id, clone_to_exec_us = child.clone_to_exec.as_micros() as u64, "spawned");
-        let log = InstanceLog::new(&function.name, &id, host.echo_logs, host.log_files.for_function(&function.name));
+        let log = InstanceLog::new(
+            &function.name,
+            &id,
+            host.echo.as_ref().map(|e| e.for_function(&function.name)),
+            host.log_files.for_function(&function.name),
+        );
         let fc_headers = hooks::instance_headers(&function, &id);
         log.attach(child.stdout, child.stderr);
         // SAFETY: the OwnedFd owns the pidfd for the AsyncFd's whole lifetime.

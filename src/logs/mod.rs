@@ -1,60 +1,32 @@
-//! Function output: stdout and stderr read line by line, tagged with function, instance and
+//! Function output: stdout and stderr split into lines (at most [`MAX_LINE`] bytes), tagged with function, instance and
 //! request id, printed in fcsup's own output (as `s local` shows them), kept in a per-instance
-//! ring for the admin API, appended to a per-function log file, and collected per request for
-//! `x-fc-log-type: Tail`. fcsup's own lines about an instance (hook markers, cancellations,
+//! ring for the admin API, appended to a per-function log file (rotated by size), and collected
+//! per request for `x-fc-log-type: Tail`. Memory for an instance's output is bounded: two
+//! read buffers, the ring, and the last few KB per request in flight. fcsup's own lines about an instance (hook markers, cancellations,
 //! health verdicts) go to the same places, so one file tells a function's whole story.
 
+mod echo;
+mod file;
+mod split;
+
 use std::collections::{HashMap, VecDeque};
-use std::fs::File;
-use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::AsyncReadExt;
 
-/// Lines kept per instance for `GET /admin/instances/{id}/logs`.
+pub use echo::{Echo, FunctionEcho};
+pub use file::{parse_size, LogFile, LogFiles, Rotation};
+pub use split::MAX_LINE;
+
+/// Lines kept per instance for `GET /admin/instances/{id}/logs`...
 const RING_LINES: usize = 1000;
+/// ... and at most this many bytes of them.
+const RING_BYTES: usize = 1 << 20;
 /// Bytes of log returned with `x-fc-log-type: Tail` (FC returns the last 4 KB).
 pub const TAIL_BYTES: usize = 4096;
-
-/// The per-function log files (`<dir>/<function>.log`, appended, never truncated).
-#[derive(Debug, Default)]
-pub struct LogFiles {
-    dir: Option<PathBuf>,
-    open: Mutex<HashMap<String, Arc<Mutex<File>>>>,
-}
-
-impl LogFiles {
-    /// Log files under `dir` (created if missing); `None` keeps logs in memory only.
-    pub fn new(dir: Option<PathBuf>) -> std::io::Result<Self> {
-        if let Some(d) = &dir {
-            std::fs::create_dir_all(d)?;
-        }
-        Ok(LogFiles { dir, open: Mutex::default() })
-    }
-
-    /// The file of `function`, opened once and shared by its instances.
-    pub fn for_function(&self, function: &str) -> Option<Arc<Mutex<File>>> {
-        let dir = self.dir.as_ref()?;
-        let mut open = self.open.lock().expect("log files");
-        if let Some(f) = open.get(function) {
-            return Some(f.clone());
-        }
-        let path = dir.join(format!("{function}.log"));
-        match File::options().create(true).append(true).open(&path) {
-            Ok(f) => {
-                let f = Arc::new(Mutex::new(f));
-                open.insert(function.to_string(), f.clone());
-                Some(f)
-            }
-            Err(e) => {
-                tracing::warn!("cannot open {}: {e}; {function}'s output is kept in memory only", path.display());
-                None
-            }
-        }
-    }
-}
+/// Appended to a piece of a line longer than [`MAX_LINE`] whose rest follows in the next one.
+pub const CONTINUES: &str = " [line continues]";
 
 /// One instance's log state.
 #[derive(Debug)]
@@ -62,8 +34,8 @@ pub struct InstanceLog {
     function: String,
     instance: String,
     inner: Mutex<Inner>,
-    echo: bool,
-    file: Option<Arc<Mutex<File>>>,
+    echo: Option<Arc<FunctionEcho>>,
+    file: Option<Arc<Mutex<LogFile>>>,
     /// Duplicates of the output pipes' read ends, to see whether output is still unread.
     pipes: Mutex<Vec<OwnedFd>>,
 }
@@ -73,14 +45,16 @@ struct Inner {
     /// Request ids in flight (and the hook running), in arrival order.
     current: Vec<String>,
     ring: VecDeque<String>,
+    /// Bytes in `ring`.
+    ring_bytes: usize,
     /// Per-request captured output, for Tail.
     captured: HashMap<String, Vec<u8>>,
 }
 
 impl InstanceLog {
-    /// A log for one instance; `echo` prints lines to fcsup's stdout, `file` is the
+    /// A log for one instance; `echo` prints lines in fcsup's stdout, `file` is the
     /// function's log file.
-    pub fn new(function: &str, instance: &str, echo: bool, file: Option<Arc<Mutex<File>>>) -> Arc<Self> {
+    pub fn new(function: &str, instance: &str, echo: Option<Arc<FunctionEcho>>, file: Option<Arc<Mutex<LogFile>>>) -> Arc<Self> {
         Arc::new(InstanceLog {
             function: function.into(),
             instance: instance.into(),
@@ -126,6 +100,17 @@ impl InstanceLog {
         g.captured.remove(request_id).unwrap_or_default()
     }
 
+    /// Records one piece of output as read from a pipe (see [`split`]): invalid UTF-8 is
+    /// replaced, and a piece whose line goes on gets [`CONTINUES`].
+    fn piece(&self, stream: &str, bytes: &[u8], continues: bool) {
+        let text = String::from_utf8_lossy(bytes);
+        if continues {
+            self.line(stream, &format!("{text}{CONTINUES}"));
+        } else {
+            self.line(stream, &text);
+        }
+    }
+
     /// Records one line written by the function.
     pub fn line(&self, stream: &str, line: &str) {
         let mut g = self.inner.lock().expect("log lock");
@@ -158,17 +143,17 @@ impl InstanceLog {
     fn keep(&self, g: &mut Inner, stream: &str, tag: &str, line: &str) {
         let short = &self.instance[..self.instance.len().min(12)];
         let text = format!("[{}/{}]{}{} {}", self.function, short, if tag.is_empty() { "" } else { " " }, tag, line);
-        if g.ring.len() == RING_LINES {
-            g.ring.pop_front();
-        }
         let stamped = format!("{} {stream} {text}", crate::util::now_rfc3339());
         if let Some(f) = &self.file {
-            let _ = writeln!(f.lock().expect("log file"), "{stamped}");
+            f.lock().expect("log file").write_line(&stamped);
         }
+        while !g.ring.is_empty() && (g.ring.len() == RING_LINES || g.ring_bytes + stamped.len() > RING_BYTES) {
+            g.ring_bytes -= g.ring.pop_front().map_or(0, |l| l.len());
+        }
+        g.ring_bytes += stamped.len();
         g.ring.push_back(stamped);
-        if self.echo {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{text}");
+        if let Some(echo) = &self.echo {
+            echo.print(text);
         }
     }
 
@@ -178,18 +163,26 @@ impl InstanceLog {
     }
 
     /// Starts readers for the function's stdout and stderr; they end when the pipes close.
+    /// Each keeps one fixed buffer and hands on lines as they come, so neither a line without
+    /// end nor a slow stdout of fcsup's holds up the function.
     pub fn attach(self: &Arc<Self>, stdout: OwnedFd, stderr: OwnedFd) {
         for (fd, name) in [(stdout, "stdout"), (stderr, "stderr")] {
             let log = self.clone();
             if let Ok(dup) = fd.try_clone() {
                 self.pipes.lock().expect("log lock").push(dup);
             }
-            let Ok(rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else { continue };
+            let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else { continue };
             tokio::spawn(async move {
-                let mut lines = BufReader::new(rx).lines();
-                while let Ok(Some(l)) = lines.next_line().await {
-                    log.line(name, &l);
+                let mut sp = split::Splitter::default();
+                loop {
+                    match rx.read_buf(sp.buf()).await {
+                        Ok(0) => break,
+                        Ok(_) => sp.split(|b, c| log.piece(name, b, c)),
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(_) => break,
+                    }
                 }
+                sp.finish(|b, c| log.piece(name, b, c));
             });
         }
     }
@@ -221,13 +214,24 @@ mod tests {
 
     #[test]
     fn lines_go_to_the_running_request() {
-        let log = InstanceLog::new("f", "c-1234", false, None);
+        let log = InstanceLog::new("f", "c-1234", None, None);
         log.line("stdout", "before");
         log.begin("r1");
         log.line("stdout", "hello");
         let got = log.end("r1");
         assert_eq!(got, b"hello\n");
         assert!(log.recent()[1].contains("[f/c-1234] r1 hello"), "{:?}", log.recent());
+    }
+
+    #[test]
+    fn the_ring_is_bounded_in_bytes_and_cut_lines_are_marked() {
+        let log = InstanceLog::new("f", "c-1", None, None);
+        for _ in 0..200 {
+            log.line("stdout", &"x".repeat(MAX_LINE));
+        }
+        assert!(log.recent().iter().map(String::len).sum::<usize>() <= RING_BYTES);
+        log.piece("stdout", b"abc", true);
+        assert!(log.recent().last().unwrap().ends_with(&format!("abc{CONTINUES}")));
     }
 
     #[test]

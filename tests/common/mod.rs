@@ -228,6 +228,11 @@ impl Fcsup {
         unsafe { libc::kill(pid, libc::SIGHUP) };
     }
 
+    /// fcsup's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// All output lines so far.
     pub fn output(&self) -> Vec<String> {
         self.output.lock().unwrap().clone()
@@ -300,11 +305,6 @@ impl Fcsup {
     /// The cgroup2 directory of the supervisor root.
     pub fn root_path(&self) -> PathBuf {
         cgroup2_mount().join(&self.cgroup_root)
-    }
-
-    /// fcsup's pid.
-    pub fn pid(&self) -> i32 {
-        self.child.as_ref().expect("running").id() as i32
     }
 
     /// Sends SIGTERM and waits for a clean exit; returns the whole output.
