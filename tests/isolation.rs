@@ -76,8 +76,10 @@ fn out_of_memory_kills_the_instance_not_the_supervisor() {
     assert!(metrics.lines().any(|l| l.contains("FunctionOOMError") && l.contains("hog")), "{metrics}");
     // Many small processes, each smaller than the supervisor: the OOM killer must still pick
     // one of them (or the instance's small init), never the supervisor.
-    let r = f.invoke("hog", r#"{"op":"dd_hogs","n":48,"hold_s":1}"#);
+    let r = f.invoke("hog", r#"{"op":"dd_hogs","n":40,"hold_s":1}"#);
+    // The server itself may be the one killed (then FC's OOM error), or only some dd.
     assert_eq!(r.status, 200, "{}", r.text());
+    assert!(["", "UnhandledInvocationError"].contains(&r.header("x-fc-error-type")), "{}", r.text());
     assert!(Path::new(&format!("/proc/{fc_pid}")).exists(), "fcsup died of an instance's OOM");
     assert_eq!(f.invoke("bystander", r#"{"op":"echo"}"#).status, 200);
     assert_eq!(f.invoke("hog", r#"{"op":"echo"}"#).header("x-fc-error-type"), "");

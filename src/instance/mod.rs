@@ -714,7 +714,8 @@ impl Instance {
             }
             Err(ProxyError::Failed(e)) => {
                 let duration_ms = duration.as_millis() as u64;
-                if self.wait_exit(Duration::from_millis(200)).await.is_some() {
+                // A process dying at its memory limit can take a while to be reaped (reclaim first).
+                if self.wait_exit(Duration::from_secs(2)).await.is_some() {
                     if self.oom_killed.load(Ordering::Acquire) {
                         self.log.note(&format!("FC Invoke End RequestId: {}, Error: out of memory (memorySize {} MB)", call.request_id, self.function.memory_mb));
                         Err(InvokeError::OutOfMemory { limit_mb: self.function.memory_mb, duration_ms, max_memory_mb })
