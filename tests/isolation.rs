@@ -35,6 +35,7 @@ fn function_is_root_only_inside_its_box() {
     }
     assert_eq!(p["unshare_user_errno"], libc::EPERM, "no nested user namespace: {p}");
     assert_ne!(p["unshare_mount_errno"], 0, "{p}");
+    assert_eq!(p["clone3_errno"], libc::ENOSYS, "clone3 is refused so that libc falls back to clone: {p}");
     assert_ne!(p["mount_errno"], 0, "{p}");
     assert_ne!(p["ptrace_errno"], 0, "the init cannot be traced: {p}");
     let cgroup = p["self_cgroup"].as_str().unwrap();
@@ -51,6 +52,12 @@ fn function_is_root_only_inside_its_box() {
     let uids = status_field(function, "Uid");
     assert!(uids.split_whitespace().all(|u| u == host_uid.to_string()), "function's host uids {uids}, expected {host_uid}");
     assert_eq!(status_field(function, "Seccomp"), "2");
+    // The init has left the supervisor's memory for the small fcsup-init, confined alike.
+    let init = inst["pid"].as_i64().unwrap() as i32;
+    let exe = std::fs::read_link(format!("/proc/{init}/exe")).unwrap();
+    assert!(exe.ends_with("fcsup-init"), "the init runs {}", exe.display());
+    assert_eq!(status_field(init, "Seccomp"), "2");
+    assert!(status_field(init, "Uid").split_whitespace().all(|u| u == host_uid.to_string()));
     assert_eq!(status_field(function, "NoNewPrivs"), "1");
     f.stop_and_check_clean();
 }

@@ -77,8 +77,10 @@ pub struct Plan {
     /// Whether the init entered a user namespace ([`Op::UserNs`]): the function then becomes
     /// uid/gid 0 of it (an unprivileged id on the host) with no supplementary groups.
     pub userns: bool,
-    /// seccomp filters installed, in order, just before the function's execve.
+    /// The seccomp filter, installed just before the function's (and the init's) execve.
     pub seccomp: Option<std::sync::Arc<super::isolation::Filters>>,
+    /// fd of the small init program (`fcsup-init`) the init re-executes, or -1 (fcsup itself).
+    pub init_program: RawFd,
 }
 
 /// Stack size of the function's vfork-style start (it only makes syscalls).
@@ -257,9 +259,6 @@ extern "C" fn start_function(arg: *mut libc::c_void) -> libc::c_int {
             libc::write(fd, b"0".as_ptr().cast(), 1);
             libc::close(fd);
         }
-        if let Err((step, errno)) = confine_ids(plan) {
-            fail(plan.err_fd, step, errno);
-        }
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         libc::umask(0o022);
         libc::sigprocmask(libc::SIG_SETMASK, &st.function_mask, std::ptr::null_mut());
@@ -271,7 +270,7 @@ extern "C" fn start_function(arg: *mut libc::c_void) -> libc::c_int {
         }
         // No supervisor fd may leak into the function.
         libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
-        if let Err((step, errno)) = confine_rest(plan) {
+        if let Err((step, errno)) = Confinement::of(plan).apply() {
             fail(plan.err_fd, step, errno);
         }
         let mut errno = libc::ENOENT;
@@ -309,28 +308,35 @@ fn init(plan: &Plan, exec: &ExecArgs) -> ! {
         if main < 0 {
             fail(e, STEP_EXEC, sys::errno());
         }
-        // Confined like the function before leaving for the small init (see exec_small_init).
         // Last use of `plan`: the supervisor frees it once the error pipe is closed.
-        let confined = confine_ids(plan).is_ok() && confine_rest(plan).is_ok();
-        // The init keeps no fd at all: the function's exec closes the error pipe for the parent.
-        libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0);
-        if confined {
-            exec_small_init(main);
+        let confinement = Confinement::of(plan);
+        let program = plan.init_program;
+        // The init keeps no fd but its program's (close-on-exec): the function's exec closes
+        // the error pipe for the parent, so the init's own confinement below runs while the
+        // function starts, off the supervisor's path.
+        if program > 0 {
+            libc::syscall(libc::SYS_close_range, 0u32, (program - 1) as u32, 0);
+            libc::syscall(libc::SYS_close_range, (program + 1) as u32, u32::MAX, 0);
+        } else {
+            libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0);
+        }
+        if confinement.apply().is_ok() {
+            exec_small_init(main, program);
         }
         forward_and_reap(main)
     }
 }
 
 /// The init leaves the supervisor's address space: confined exactly like the function (by the
-/// caller), it re-executes fcsup as a small program (`fcsup instance-init PID`, [`instance_init`]) that
-/// only forwards signals and reaps. Until then the init shares the supervisor's memory, so an
+/// caller), it executes a small program (`fcsup-init instance-init PID`, or fcsup itself with
+/// the same arguments; both run [`instance_init`]) that only forwards signals and reaps. Until then the init shares the supervisor's memory, so an
 /// OOM kill chosen by that memory's size would take the supervisor down; after it, the
 /// instance's memory cgroup holds nothing of the supervisor's. Returns only if the exec failed
 /// (the init then carries on in place).
 ///
 /// # Safety
 /// Runs in the init, after the function has started: async-signal-safe calls only.
-unsafe fn exec_small_init(main: libc::pid_t) {
+unsafe fn exec_small_init(main: libc::pid_t, program: RawFd) {
     let mut pid = [0u8; 12];
     let mut digits = [0u8; 10];
     let (mut n, mut len) = (main as u32, 0);
@@ -347,8 +353,13 @@ unsafe fn exec_small_init(main: libc::pid_t) {
     }
     let argv = [c"fcsup-init".as_ptr(), c"instance-init".as_ptr(), pid.as_ptr().cast(), std::ptr::null()];
     let envp = [std::ptr::null::<c_char>()];
-    // SAFETY: NUL-terminated strings and arrays on this stack frame.
-    unsafe { libc::execve(c"/proc/self/exe".as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    // SAFETY: NUL-terminated strings and arrays on this stack frame; `program` is an O_PATH fd.
+    unsafe {
+        if program > 0 {
+            libc::syscall(libc::SYS_execveat, program, c"".as_ptr(), argv.as_ptr(), envp.as_ptr(), libc::AT_EMPTY_PATH);
+        }
+        libc::execve(c"/proc/self/exe".as_ptr(), argv.as_ptr(), envp.as_ptr());
+    }
 }
 
 /// PID 1's work once the function runs: forward every signal to it, reap every process that
@@ -391,33 +402,43 @@ pub fn instance_init(main: libc::pid_t) -> ! {
     forward_and_reap(main)
 }
 
-/// Becomes uid/gid 0 of the instance's user namespace, with no supplementary groups (no-op
-/// without one). `Err((step, errno))` names what failed.
-///
-/// # Safety
-/// Async-signal-safe calls only.
-unsafe fn confine_ids(plan: &Plan) -> Result<(), (u32, i32)> {
-    // SAFETY: id syscalls with integer arguments (setgroups with an empty list).
-    if plan.userns && unsafe { libc::setgroups(0, std::ptr::null()) != 0 || libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0 } {
-        return Err((STEP_IDS, sys::errno()));
-    }
-    Ok(())
+/// How a process of the instance is confined before its execve, copied out of the plan so the
+/// init can use it after the supervisor has freed the plan (the filter itself is owned by the
+/// supervisor for its whole life).
+#[derive(Clone, Copy)]
+struct Confinement {
+    userns: bool,
+    keep_caps: u64,
+    filter: Option<(*const seccompiler::sock_filter, usize)>,
 }
 
-/// A container's capabilities only, no_new_privs, and the seccomp filters.
-///
-/// # Safety
-/// Async-signal-safe calls only (applying a prepared filter allocates nothing).
-unsafe fn confine_rest(plan: &Plan) -> Result<(), (u32, i32)> {
-    drop_capabilities(plan.keep_caps);
-    if let Some(filters) = &plan.seccomp {
-        for f in filters.programs() {
-            if seccompiler::apply_filter(f).is_err() {
+impl Confinement {
+    fn of(plan: &Plan) -> Confinement {
+        let filter = plan.seccomp.as_ref().map(|f| (f.program().as_ptr(), f.program().len()));
+        Confinement { userns: plan.userns, keep_caps: plan.keep_caps, filter }
+    }
+
+    /// Becomes uid/gid 0 of the instance's user namespace with no supplementary groups (no-op
+    /// without one), keeps a container's capabilities only, sets no_new_privs and installs the
+    /// seccomp filter. `Err((step, errno))` names what failed.
+    ///
+    /// # Safety
+    /// Async-signal-safe calls only; the filter must still be alive.
+    unsafe fn apply(self) -> Result<(), (u32, i32)> {
+        // SAFETY: id syscalls with integer arguments (setgroups with an empty list).
+        if self.userns && unsafe { libc::setgroups(0, std::ptr::null()) != 0 || libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0 } {
+            return Err((STEP_IDS, sys::errno()));
+        }
+        drop_capabilities(self.keep_caps);
+        if let Some((ptr, len)) = self.filter {
+            // SAFETY: the supervisor keeps the program alive (Host::isolation) while instances run.
+            let program = unsafe { std::slice::from_raw_parts(ptr, len) };
+            if seccompiler::apply_filter(program).is_err() {
                 return Err((STEP_SECCOMP, sys::errno()));
             }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Drops every capability outside `keep` from the bounding set and sets no_new_privs, so the

@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use seccompiler::{BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule};
@@ -40,18 +41,37 @@ pub struct Isolation {
     pub ids: Option<Arc<IdRanges>>,
     /// The seccomp filter; `None` runs functions without one (`--insecure-instances`).
     pub seccomp: Option<Arc<Filters>>,
+    /// The small program an instance's init re-executes to leave the supervisor's memory
+    /// (`fcsup-init` next to this executable, opened once); without it the init re-executes
+    /// fcsup itself (`fcsup instance-init`), which costs more at every start.
+    pub init_program: Option<Arc<OwnedFd>>,
 }
 
 impl Isolation {
     /// Full isolation with id ranges from `base`.
     pub fn full(base: u32) -> io::Result<Isolation> {
-        Ok(Isolation { ids: Some(Arc::new(IdRanges::new(base)?)), seccomp: Some(Arc::new(Filters::build()?)) })
+        let init_program = init_program();
+        Ok(Isolation { ids: Some(Arc::new(IdRanges::new(base)?)), seccomp: Some(Arc::new(Filters::build()?)), init_program })
     }
 
     /// No user namespace and no seccomp filter.
     pub fn none() -> Isolation {
-        Isolation::default()
+        Isolation { init_program: init_program(), ..Isolation::default() }
     }
+}
+
+/// `fcsup-init` next to the running executable, opened for execution only.
+fn init_program() -> Option<Arc<OwnedFd>> {
+    let path = std::env::current_exe().ok()?.with_file_name("fcsup-init");
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: open(2) with a valid C string; the fd is owned below.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+    if fd < 0 {
+        tracing::warn!("{} not found: each instance's init re-executes fcsup itself instead (slower starts)", path.display());
+        return None;
+    }
+    // SAFETY: a fresh fd owned by nobody else.
+    Some(Arc::new(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
 /// The free id ranges, handed out oldest-freed first so a range is reused as late as possible.
@@ -104,10 +124,10 @@ impl Drop for IdRange {
     }
 }
 
-/// The compiled seccomp programs, installed in order.
+/// The compiled seccomp program.
 #[derive(Debug)]
 pub struct Filters {
-    programs: Vec<BpfProgram>,
+    program: BpfProgram,
 }
 
 /// Syscalls refused with `EPERM` whatever their arguments.
@@ -161,7 +181,7 @@ const DENIED_X86: &[i64] = &[];
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
 impl Filters {
-    /// Compiles the filters for this architecture.
+    /// Compiles the filter for this architecture.
     pub fn build() -> io::Result<Filters> {
         let err = |e: seccompiler::Error| io::Error::other(format!("seccomp filter: {e}"));
         let arch = std::env::consts::ARCH.try_into().map_err(|e: seccompiler::BackendError| io::Error::other(format!("seccomp filter: {e}")))?;
@@ -173,40 +193,38 @@ impl Filters {
         deny.insert(libc::SYS_unshare, newuser().map_err(err)?);
         deny.insert(libc::SYS_clone, newuser().map_err(err)?);
         let eperm = SeccompFilter::new(deny, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch).map_err(|e| err(e.into()))?;
-        let no_clone3 = SeccompFilter::new(
-            BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
-            SeccompAction::Allow,
-            SeccompAction::Errno(libc::ENOSYS as u32),
-            arch,
-        )
-        .map_err(|e| err(e.into()))?;
-        let mut programs: Vec<BpfProgram> = vec![eperm.try_into().map_err(|e: seccompiler::BackendError| err(e.into()))?];
-        programs.push(no_clone3.try_into().map_err(|e: seccompiler::BackendError| err(e.into()))?);
-        if cfg!(target_arch = "x86_64") {
-            programs.push(no_x32());
-        }
-        Ok(Filters { programs })
+        let eperm: BpfProgram = eperm.try_into().map_err(|e: seccompiler::BackendError| err(e.into()))?;
+        // One program (each filter attached costs the kernel a pass over every syscall number):
+        // the ENOSYS cases first, then seccompiler's program, whose jumps are all relative.
+        let mut program = enosys_prefix();
+        program.extend(eperm);
+        Ok(Filters { program })
     }
 
-    /// The programs, in the order they are installed.
-    pub fn programs(&self) -> &[BpfProgram] {
-        &self.programs
+    /// The program.
+    pub fn program(&self) -> &[seccompiler::sock_filter] {
+        &self.program
     }
 }
 
-/// `ENOSYS` for every x32 syscall number (same audit arch as x86-64, so the main filter's
-/// architecture check lets them through under other numbers).
-fn no_x32() -> BpfProgram {
+/// `ENOSYS` for `clone3` (its flags live in memory the filter cannot read; libc then falls
+/// back to `clone`, whose flags it can) and, on x86-64, for every x32 syscall number (same
+/// audit arch as x86-64, so the architecture check would let them through under other
+/// numbers).
+fn enosys_prefix() -> BpfProgram {
     use seccompiler::sock_filter;
     const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
     const JGE_K: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
     const RET_K: u16 = 0x06; // BPF_RET | BPF_K
     let ins = |code, jt, jf, k| sock_filter { code, jt, jf, k };
+    let x32 = if cfg!(target_arch = "x86_64") { X32_SYSCALL_BIT } else { u32::MAX };
     vec![
         ins(LD_W_ABS, 0, 0, 0), // seccomp_data.nr
-        ins(JGE_K, 0, 1, X32_SYSCALL_BIT),
+        ins(JGE_K, 2, 0, x32),
+        ins(JEQ_K, 1, 0, libc::SYS_clone3 as u32),
+        ins(0x05, 0, 0, 1), // BPF_JMP | BPF_JA: over the return
         ins(RET_K, 0, 0, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
-        ins(RET_K, 0, 0, libc::SECCOMP_RET_ALLOW),
     ]
 }
 
@@ -235,9 +253,8 @@ mod tests {
     }
 
     #[test]
-    fn filters_compile() {
+    fn filter_compiles() {
         let f = Filters::build().unwrap();
-        assert!(f.programs().len() >= 2);
-        assert!(f.programs().iter().all(|p| !p.is_empty() && p.len() < 4096));
+        assert!(f.program().len() > 10 && f.program().len() < 4096);
     }
 }

@@ -150,6 +150,7 @@ pub fn spawn(
     };
     let mut plan = plan(spec, root, v1_procs, fds)?;
     plan.seccomp = isolation.seccomp.clone();
+    plan.init_program = isolation.init_program.as_ref().map_or(-1, |f| f.as_raw_fd());
     let exec = ExecArgs::new(&plan);
     // No CLONE_NEWNS: the child joins the prepared root's namespace and unshares a copy.
     let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64;
@@ -395,6 +396,7 @@ fn plan(spec: &SandboxSpec, root_how: Root, v1_procs: &[RawFd], fds: Fds) -> Res
         stack: vec![0; START_STACK],
         userns: fds.sync.is_some(),
         seccomp: None,
+        init_program: -1,
     })
 }
 

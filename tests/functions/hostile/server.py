@@ -60,6 +60,7 @@ def probe():
         "read_shadow": attempt(lambda: read("/etc/shadow")),
         "read_kcore": attempt(lambda: len(read("/proc/kcore", 16))),
         "unshare_user_errno": syscall_errno(libc.unshare(0x10000000)),
+        "clone3_errno": syscall_errno(libc.syscall(435, None, 0)),
         "unshare_mount_errno": syscall_errno(libc.unshare(0x00020000)),
         "mount_errno": syscall_errno(libc.mount(b"tmpfs", b"/tmp/m", b"tmpfs", 0, None)),
         "proc1_cmdline": attempt(lambda: read("/proc/1/cmdline")),

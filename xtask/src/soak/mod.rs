@@ -300,7 +300,7 @@ pub fn main(args: &[String]) -> Result<()> {
         bail!("the soak runs fcsup, which needs root");
     }
     if opts.build {
-        crate::run(Command::new("cargo").args(["build", "--release", "--bin", "fcsup"]))?;
+        crate::run(Command::new("cargo").args(["build", "--release", "--bin", "fcsup", "--bin", "fcsup-init"]))?;
         crate::run(Command::new("cargo").args(["rustc", "--release", "--bin", "fcsup-fixture", "--", "-C", "target-feature=+crt-static"]))?;
     }
     let dir = std::env::temp_dir().join(format!("fcsup-soak-{}", std::process::id()));
