@@ -15,7 +15,26 @@ pub fn free_port() -> u16 {
 }
 
 /// The fixture started as a plain process on `port`.
-fn spawn_plain(cmd: &[String], cwd: &Path, port: u16, env: &[(&str, &str)]) -> std::io::Result<Child> {
+/// A plain fixture process in a process group of its own: dropping it kills the group (the
+/// fixture and any child it started), however the measurement ended.
+struct Plain(Child);
+
+impl Plain {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Plain {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of the process group we created; the group id is the child's pid.
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_plain(cmd: &[String], cwd: &Path, port: u16, env: &[(&str, &str)]) -> std::io::Result<Plain> {
+    use std::os::unix::process::CommandExt;
     Command::new(&cmd[0])
         .args(&cmd[1..])
         .current_dir(cwd)
@@ -24,13 +43,15 @@ fn spawn_plain(cmd: &[String], cwd: &Path, port: u16, env: &[(&str, &str)]) -> s
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .process_group(0)
         .spawn()
+        .map(Plain)
 }
 
-fn kill_wait(mut c: Child) -> Duration {
+/// Kills the fixture (and its group) and reaps it: how long that took.
+fn kill_wait(p: Plain) -> Duration {
     let t = Instant::now();
-    let _ = c.kill();
-    let _ = c.wait();
+    drop(p);
     t.elapsed()
 }
 
@@ -125,8 +146,18 @@ pub fn sigstop_child_runs(fixture: &Path) -> Result<bool> {
     let child = spawn_plain(&[fixture.display().to_string()], Path::new("/"), port, &[("FIXTURE_CHILD", "1")])?;
     let pid = child.id();
     Conn::open_when_ready(&format!("127.0.0.1:{port}"), Instant::now() + Duration::from_secs(10))?;
-    let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    let kid: u32 = kids.split_whitespace().next().and_then(|k| k.parse().ok()).ok_or_else(|| failed!("the fixture started no child"))?;
+    // The fixture may start listening before its child is forked.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let kid: u32 = loop {
+        let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        if let Some(k) = kids.split_whitespace().next().and_then(|k| k.parse().ok()) {
+            break k;
+        }
+        if Instant::now() > deadline {
+            return Err(failed!("the fixture started no child"));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
     signal(pid as i32, libc::SIGSTOP);
     waitpid(pid as i32, libc::WUNTRACED);
     let before = cpu_ticks(kid);
