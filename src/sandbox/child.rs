@@ -425,8 +425,17 @@ impl Confinement {
     /// # Safety
     /// Async-signal-safe calls only; the filter must still be alive.
     unsafe fn apply(self) -> Result<(), (u32, i32)> {
+        // Raw syscalls, not libc's wrappers: those broadcast the change to every thread glibc
+        // knows of (the supervisor's, whose memory this process shares), under a lock the
+        // supervisor's threads also take: a deadlock, and a wrong change of their ids.
         // SAFETY: id syscalls with integer arguments (setgroups with an empty list).
-        if self.userns && unsafe { libc::setgroups(0, std::ptr::null()) != 0 || libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0 } {
+        let failed = self.userns
+            && unsafe {
+                libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) != 0
+                    || libc::syscall(libc::SYS_setresgid, 0, 0, 0) != 0
+                    || libc::syscall(libc::SYS_setresuid, 0, 0, 0) != 0
+            };
+        if failed {
             return Err((STEP_IDS, sys::errno()));
         }
         drop_capabilities(self.keep_caps);
