@@ -160,11 +160,6 @@ impl Supervisor {
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(SupervisorError::Busy(name));
         }
-        // The supervisor outlives its functions: the kernel's OOM killer never picks it (nor
-        // an instance's init, which shares its memory); functions reset their own score.
-        if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
-            tracing::warn!("cannot exempt fcsup from the OOM killer: {e}");
-        }
         let admin_path = opts.admin_socket.clone().unwrap_or_else(|| run_dir.join(admin_socket::FILE_NAME));
         let admin_listener = admin_socket::bind(&admin_path).map_err(|e| {
             remove_run_dir(&run_dir, None);

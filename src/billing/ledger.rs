@@ -96,7 +96,11 @@ impl Ledger {
         if let Some(d) = path.parent() {
             std::fs::create_dir_all(d)?;
         }
-        let mut file = File::options().create(true).read(true).append(true).open(&path)?;
+        // The bill says what ran and when: readable by root and the file's group only.
+        let mut file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            File::options().create(true).read(true).append(true).mode(0o640).custom_flags(libc::O_NOFOLLOW).open(&path)?
+        };
         let mut window = Ledger::in_memory(cap).records.into_inner().expect("ledger");
         let mut skipped = 0;
         for line in BufReader::new(&file).lines() {

@@ -64,8 +64,11 @@ impl Connections {
         let mut s = self.take(netns).await?;
         let resp = s.send_request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status();
-        let _ = resp.into_body().collect().await;
-        self.put(s);
+        // Hooks and health checks answer with a status; a body past a few KB is not read, and
+        // the connection is dropped rather than reused.
+        if http_body_util::Limited::new(resp.into_body(), 64 * 1024).collect().await.is_ok() {
+            self.put(s);
+        }
         Ok(status)
     }
 

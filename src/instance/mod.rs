@@ -100,6 +100,12 @@ pub enum InvokeError {
         /// Peak memory.
         max_memory_mb: f64,
     },
+    /// The function answered with a body over FC's limit.
+    #[error("The function's response body is larger than {limit_mb} MB, the limit for a synchronous invocation")]
+    ResponseTooLarge {
+        /// The limit.
+        limit_mb: usize,
+    },
     /// The client closed its connection (FC's 499); the instance is replaced when it serves
     /// one request at a time and has no health check (fc-spec §5.7).
     #[error("Invocation canceled by client")]
@@ -705,6 +711,7 @@ impl Instance {
             Ok((status, headers, body)) => {
                 Ok(Reply { status, headers, body, duration, cpu_usec: cpu, max_memory_mb, log, instance_id: self.id.clone() })
             }
+            Err(ProxyError::TooLarge) => Err(InvokeError::ResponseTooLarge { limit_mb: MAX_RESPONSE_BYTES >> 20 }),
             Err(ProxyError::Timeout) => {
                 // fc-spec §8.8 REC: the hung instance is recycled when it serves one request at a time.
                 if self.function.concurrency == 1 {
@@ -763,15 +770,21 @@ impl Instance {
             req.headers_mut().insert("x-fc-retry-count", call.retry_count.into());
         }
         let send = async {
-            let mut s = self.conns.take(&self.netns).await?;
-            let resp = s.send_request(req).await.map_err(|e| e.to_string())?;
+            let mut s = self.conns.take(&self.netns).await.map_err(ProxyError::Failed)?;
+            let resp = s.send_request(req).await.map_err(|e| ProxyError::Failed(e.to_string()))?;
             let (parts, body) = resp.into_parts();
-            let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+            // Bounded while it streams in: a function must not make the supervisor hold more.
+            // Past the limit the connection is dropped, not reused.
+            let body = match http_body_util::Limited::new(body, MAX_RESPONSE_BYTES).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(ProxyError::TooLarge),
+                Err(e) => return Err(ProxyError::Failed(e.to_string())),
+            };
             self.conns.put(s);
-            Ok::<_, String>((parts.status, parts.headers, body))
+            Ok((parts.status, parts.headers, body))
         };
         match tokio::time::timeout(self.function.timeout, send).await {
-            Ok(r) => r.map_err(ProxyError::Failed),
+            Ok(r) => r,
             Err(_) => Err(ProxyError::Timeout),
         }
     }
@@ -1012,8 +1025,12 @@ impl Instance {
 enum ProxyError {
     Timeout,
     Canceled,
+    TooLarge,
     Failed(String),
 }
+
+/// FC's limit on a synchronous response body (its request limit too): 32 MB.
+const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
 
 /// Resolves when the client has gone (the API sent on the channel); never otherwise.
 async fn client_gone(canceled: Option<oneshot::Receiver<()>>) {

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::os::unix::fs::DirBuilderExt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -35,7 +36,12 @@ pub struct LogFile {
 
 impl LogFile {
     fn open(path: PathBuf, rotation: Rotation) -> std::io::Result<Self> {
-        let file = File::options().create(true).append(true).open(&path)?;
+        let file = private(File::options().create(true).append(true)).open(&path)?;
+        // A file left by an older fcsup may still be world-readable.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(std::fs::Permissions::from_mode(0o640))?;
+        }
         let size = file.metadata()?.len();
         Ok(LogFile { path, file: Some(file), size, rotation })
     }
@@ -75,7 +81,7 @@ impl LogFile {
             rename_if_there(&self.path, &numbered(1))?;
         }
         // Whatever went wrong above, output goes on into a fresh file (never past its size).
-        self.file = Some(File::options().create(true).write(true).truncate(true).open(&self.path)?);
+        self.file = Some(private(File::options().create(true).write(true).truncate(true)).open(&self.path)?);
         self.size = 0;
         Ok(())
     }
@@ -107,7 +113,7 @@ impl LogFiles {
     /// Log files under `dir` (created if missing); `None` keeps logs in memory only.
     pub fn new(dir: Option<PathBuf>, rotation: Rotation) -> std::io::Result<Self> {
         if let Some(d) = &dir {
-            std::fs::create_dir_all(d)?;
+            std::fs::DirBuilder::new().recursive(true).mode(0o750).create(d)?;
         }
         Ok(LogFiles { dir, rotation, open: Mutex::default() })
     }
@@ -185,4 +191,11 @@ mod tests {
         assert_eq!(parse_size("100"), Ok(100));
         assert!(parse_size("lots").is_err());
     }
+}
+
+/// Functions' output is theirs: log files are created 0640 (root and the log group), and a
+/// symlink planted where a log file goes is not followed.
+fn private(o: &mut std::fs::OpenOptions) -> &mut std::fs::OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    o.mode(0o640).custom_flags(libc::O_NOFOLLOW)
 }

@@ -75,6 +75,7 @@ impl Dispatched {
             Err(InvokeError::Timeout(_)) => "FunctionTimeoutError",
             Err(InvokeError::Crashed { .. }) => "FunctionUnhandledError",
             Err(InvokeError::OutOfMemory { .. }) => "FunctionOOMError",
+            Err(InvokeError::ResponseTooLarge { .. }) => "FunctionUnhandledError",
             Err(InvokeError::Canceled) => "ClientClosedRequest",
             Err(InvokeError::Throttled(_)) => "ResourceExhausted",
             Err(InvokeError::Gone) => "ResourceThrottled",

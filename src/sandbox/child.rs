@@ -250,15 +250,6 @@ extern "C" fn start_function(arg: *mut libc::c_void) -> libc::c_int {
     unsafe {
         let st = &*(arg as *const Start);
         let plan = st.plan;
-        // The supervisor (and so the init, which shares its memory) is exempt from the OOM
-        // killer; the function must be its first choice again. A vfork-style child's value is
-        // its own (not shared with the init). Written while still host root, which owns the
-        // /proc files of a process that is not dumpable yet.
-        let fd = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-        if fd >= 0 {
-            libc::write(fd, b"0".as_ptr().cast(), 1);
-            libc::close(fd);
-        }
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         libc::umask(0o022);
         libc::sigprocmask(libc::SIG_SETMASK, &st.function_mask, std::ptr::null_mut());

@@ -11,7 +11,7 @@
 //! The seccomp filter follows Docker's default profile in spirit, as a deny list (everything
 //! else is allowed, so no language runtime breaks on a syscall the list forgot): no mounts
 //! or new mount API, no namespaces of their own (`unshare`/`clone` with `CLONE_NEWUSER`,
-//! `setns`), no `clone3` (`ENOSYS`, so libc falls back to `clone`, whose flags the filter can
+//! `setns`), no `AF_VSOCK` sockets (not namespaced), no `clone3` (`ENOSYS`, so libc falls back to `clone`, whose flags the filter can
 //! read), no `bpf`, `perf_event_open`, `io_uring`, `userfaultfd`, kexec, module loading, keyrings,
 //! clock or swap changes, `open_by_handle_at`, `syslog`, `acct`, `quotactl`, `iopl`/`ioperm`;
 //! other architectures' syscalls kill the process and x32 numbers get `ENOSYS`. The
@@ -60,18 +60,47 @@ impl Isolation {
     }
 }
 
-/// `fcsup-init` next to the running executable, opened for execution only.
+/// `fcsup-init` next to the running executable, as a sealed private copy (a memfd) of mode
+/// 0711: a program the instance cannot read is not dumpable from its first instruction, so the
+/// function cannot ptrace its init in the moment between the init's execve and the init's own
+/// `PR_SET_DUMPABLE` (an installed copy of mode 0755 would leave that window open).
 fn init_program() -> Option<Arc<OwnedFd>> {
     let path = std::env::current_exe().ok()?.with_file_name("fcsup-init");
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
-    // SAFETY: open(2) with a valid C string; the fd is owned below.
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+    match private_copy(&path) {
+        Ok(fd) => Some(Arc::new(fd)),
+        Err(e) => {
+            tracing::warn!("cannot use {} ({e}): each instance's init re-executes fcsup itself instead (slower starts)", path.display());
+            None
+        }
+    }
+}
+
+fn private_copy(path: &std::path::Path) -> io::Result<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let bytes = std::fs::read(path)?;
+    const MFD_EXEC: libc::c_uint = 0x10;
+    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    // SAFETY: memfd_create with a static name; MFD_EXEC is refused by kernels before 6.3,
+    // which make every memfd executable anyway.
+    let mut fd = unsafe { libc::memfd_create(c"fcsup-init".as_ptr(), flags | MFD_EXEC) };
     if fd < 0 {
-        tracing::warn!("{} not found: each instance's init re-executes fcsup itself instead (slower starts)", path.display());
-        return None;
+        // SAFETY: as above.
+        fd = unsafe { libc::memfd_create(c"fcsup-init".as_ptr(), flags) };
+    }
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
     }
     // SAFETY: a fresh fd owned by nobody else.
-    Some(Arc::new(unsafe { OwnedFd::from_raw_fd(fd) }))
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut file = std::fs::File::from(fd);
+    std::io::Write::write_all(&mut file, &bytes)?;
+    let raw = file.as_raw_fd();
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: fchmod and fcntl on our fd with integer arguments.
+    if unsafe { libc::fchmod(raw, 0o711) } != 0 || unsafe { libc::fcntl(raw, libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(OwnedFd::from(file))
 }
 
 /// The free id ranges, handed out oldest-freed first so a range is reused as late as possible.
@@ -192,6 +221,12 @@ impl Filters {
         let mut deny: BTreeMap<i64, Vec<SeccompRule>> = DENIED.iter().chain(DENIED_X86).map(|n| (*n, Vec::new())).collect();
         deny.insert(libc::SYS_unshare, newuser().map_err(err)?);
         deny.insert(libc::SYS_clone, newuser().map_err(err)?);
+        // vsock addresses are not namespaced: a function could hold the host's ports or talk
+        // to the hypervisor (Docker's profile refuses AF_VSOCK too).
+        let vsock = || -> Result<Vec<SeccompRule>, seccompiler::Error> {
+            Ok(vec![SeccompRule::new(vec![SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, libc::AF_VSOCK as u64)?])?])
+        };
+        deny.insert(libc::SYS_socket, vsock().map_err(err)?);
         let eperm = SeccompFilter::new(deny, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch).map_err(|e| err(e.into()))?;
         let eperm: BpfProgram = eperm.try_into().map_err(|e: seccompiler::BackendError| err(e.into()))?;
         // One program (each filter attached costs the kernel a pass over every syscall number):

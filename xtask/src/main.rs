@@ -31,7 +31,7 @@ fn main() -> Result<()> {
             run(Command::new("cargo").args(["build", "--release", "--bin", "fcsup", "--bin", "fcsup-init"]))?;
             run(Command::new("install").args(["-m", "0755", "target/release/fcsup", "/usr/local/bin/fcsup"]))?;
             // The instances' small init: found next to fcsup.
-            run(Command::new("install").args(["-m", "0755", "target/release/fcsup-init", "/usr/local/bin/fcsup-init"]))?;
+            run(Command::new("install").args(["-m", "0711", "target/release/fcsup-init", "/usr/local/bin/fcsup-init"]))?;
             run(Command::new("install").args(["-m", "0644", "systemd/fcsup.service", "/etc/systemd/system/fcsup.service"]))?;
             run(Command::new("mkdir").args(["-p", "/etc/fcsup", "/var/lib/fcsup"]))?;
             println!("installed; put your s.yaml at /etc/fcsup/s.yaml, then: systemctl daemon-reload && systemctl enable --now fcsup");

@@ -69,6 +69,7 @@ def probe():
         "open_dev_stdout": attempt(lambda: open("/dev/stdout", "w").close()),
         "ptrace_errno": syscall_errno(libc.ptrace(16, 1, None, None)),  # PTRACE_ATTACH to pid 1
         "write_tmp": attempt(lambda: write("/tmp/ok", "x")),
+        "vsock": attempt(lambda: socket.socket(40, socket.SOCK_STREAM).close()),
         "write_dev_null": attempt(lambda: write("/dev/null", "x")),
         "read_dev_urandom": attempt(lambda: len(read("/dev/urandom", 16))),
     }
@@ -93,13 +94,25 @@ class Handler(BaseHTTPRequestHandler):
         if op == "probe":
             return self.reply(200, probe())
         if op == "dd_hogs":  # many small processes, each smaller than the supervisor
-            procs = [subprocess.Popen(["dd", "if=/dev/zero", "of=/dev/null", "bs=4M"], stderr=subprocess.DEVNULL) for _ in range(req.get("n", 48))]
+            procs = [subprocess.Popen(["dd", "if=/dev/zero", "of=/dev/null", "bs=" + str(req.get("bs_mb", 4)) + "M"], stderr=subprocess.DEVNULL) for _ in range(req.get("n", 48))]
             time.sleep(req.get("hold_s", 1))
             killed = sum(1 for p in procs if p.poll() == -9)
             for p in procs:
                 p.kill()
                 p.wait()
             return self.reply(200, {"started": len(procs), "oom_killed": killed})
+        if op == "big_response":  # more than FC's 32 MB, streamed
+            mb = req.get("mb", 64)
+            self.send_response(200)
+            self.send_header("Content-Length", str(mb * 1024 * 1024))
+            self.end_headers()
+            chunk = b"x" * (1024 * 1024)
+            try:
+                for _ in range(mb):
+                    self.wfile.write(chunk)
+            except OSError:
+                pass
+            return
         if op == "alloc":
             hog = []
             for _ in range(req.get("mb", 1024)):
