@@ -153,6 +153,13 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(1 << shift).ok_or_else(|| format!("'{s}' is too large"))
 }
 
+/// Functions' output is theirs: log files are created 0640 (root and the log group), and a
+/// symlink planted where a log file goes is not followed.
+fn private(o: &mut std::fs::OpenOptions) -> &mut std::fs::OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    o.mode(0o640).custom_flags(libc::O_NOFOLLOW)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,11 +198,4 @@ mod tests {
         assert_eq!(parse_size("100"), Ok(100));
         assert!(parse_size("lots").is_err());
     }
-}
-
-/// Functions' output is theirs: log files are created 0640 (root and the log group), and a
-/// symlink planted where a log file goes is not followed.
-fn private(o: &mut std::fs::OpenOptions) -> &mut std::fs::OpenOptions {
-    use std::os::unix::fs::OpenOptionsExt;
-    o.mode(0o640).custom_flags(libc::O_NOFOLLOW)
 }
