@@ -124,6 +124,28 @@ fn function_logs_and_the_ledger_are_not_world_readable() {
 }
 
 #[test]
+fn all_instances_together_cannot_take_every_pid_of_the_host() {
+    let Some(mut f) = serve_if_privileged(&fixture_props("fx", "")) else { return };
+    let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
+    // The root's pids.max, on cgroup2 or on the v1 pids hierarchy (hybrid hosts).
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let v1 = mi.lines().find(|l| l.contains(" - cgroup ") && l.split_whitespace().last().is_some_and(|o| o.split(',').any(|x| x == "pids")));
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let candidates: Vec<std::path::PathBuf> = match v1 {
+        Some(l) => {
+            let mnt = std::path::PathBuf::from(l.split(' ').nth(4).unwrap());
+            let base = own.lines().find_map(|l| l.split(':').nth(1).filter(|c| c.split(',').any(|x| x == "pids")).and(l.split(':').nth(2))).unwrap_or("/");
+            vec![mnt.join(base.trim_start_matches('/')).join(&f.cgroup_root), mnt.join(&f.cgroup_root)]
+        }
+        None => vec![f.root_path()],
+    };
+    let max = candidates.iter().find_map(|d| std::fs::read_to_string(d.join("pids.max")).ok()).expect("the root's pids.max");
+    let max: u64 = max.trim().parse().unwrap_or(u64::MAX);
+    assert!(max < pid_max, "root pids.max {max} vs pid_max {pid_max}");
+    f.stop_and_check_clean();
+}
+
+#[test]
 fn a_huge_response_is_refused_not_held_by_the_supervisor() {
     let Some(mut f) = serve_if_privileged(&hostile_props("big", 512)) else { return };
     let rss = || status_field(f.pid() as i32, "VmRSS").split_whitespace().next().unwrap().parse::<u64>().unwrap();

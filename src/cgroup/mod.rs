@@ -158,7 +158,28 @@ impl CgroupRoot {
                 }
             }
         }
-        Ok(CgroupRoot { v2, v1, caps, mode: hier.mode })
+        let root = CgroupRoot { v2, v1, caps, mode: hier.mode };
+        root.cap_tasks();
+        Ok(root)
+    }
+
+    /// Every instance has its own `pids.max`, but together they could still take every pid
+    /// of the host (100 instances × 1024 > the usual 32768): the root is capped at three
+    /// quarters of what the kernel allows, leaving the rest to the host.
+    fn cap_tasks(&self) {
+        let read = |p: &str| std::fs::read_to_string(p).ok().and_then(|v| v.trim().parse::<u64>().ok());
+        let Some(limit) = [read("/proc/sys/kernel/pid_max"), read("/proc/sys/kernel/threads-max")].into_iter().flatten().min() else { return };
+        let cap = (limit * 3 / 4).to_string();
+        let dir = match self.caps.pids {
+            Enforcement::V2 => Some(self.v2.clone()),
+            Enforcement::V1 => self.v1.iter().find(|(c, _)| *c == "pids").map(|(_, d)| d.clone()),
+            Enforcement::No => None,
+        };
+        if let Some(d) = dir {
+            if let Err(e) = std::fs::write(d.join("pids.max"), &cap) {
+                tracing::warn!("cannot cap the instances' tasks at {cap} in {}: {e}", d.display());
+            }
+        }
     }
 
     /// The root's cgroup2 directory.
