@@ -400,7 +400,7 @@ pub fn instance_init(main: libc::pid_t) -> ! {
 struct Confinement {
     userns: bool,
     keep_caps: u64,
-    filter: Option<(*const seccompiler::sock_filter, usize)>,
+    filter: Option<(*const libc::sock_filter, usize)>,
 }
 
 impl Confinement {
@@ -431,9 +431,10 @@ impl Confinement {
         }
         drop_capabilities(self.keep_caps);
         if let Some((ptr, len)) = self.filter {
-            // SAFETY: the supervisor keeps the program alive (Host::isolation) while instances run.
-            let program = unsafe { std::slice::from_raw_parts(ptr, len) };
-            if seccompiler::apply_filter(program).is_err() {
+            // The supervisor keeps the program alive (Host::isolation) while instances run.
+            let prog = libc::sock_fprog { len: len as u16, filter: ptr.cast_mut() };
+            // SAFETY: seccomp(2) with a program the kernel copies; no_new_privs is set above.
+            if unsafe { libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &prog as *const libc::sock_fprog) } != 0 {
                 return Err((STEP_SECCOMP, sys::errno()));
             }
         }

@@ -11,18 +11,18 @@
 //! The seccomp filter follows Docker's default profile in spirit, as a deny list (everything
 //! else is allowed, so no language runtime breaks on a syscall the list forgot): no mounts
 //! or new mount API, no namespaces of their own (`unshare`/`clone` with `CLONE_NEWUSER`,
-//! `setns`), no `AF_VSOCK` sockets (not namespaced), no `clone3` (`ENOSYS`, so libc falls back to `clone`, whose flags the filter can
-//! read), no `bpf`, `perf_event_open`, `io_uring`, `userfaultfd`, kexec, module loading, keyrings,
+//! `setns`), no `AF_VSOCK` sockets (not namespaced), no `clone3` (`ENOSYS`, so libc falls
+//! back to `clone`, whose flags the filter can read), no `bpf`, `perf_event_open`, `io_uring`, `userfaultfd`, kexec, module loading, keyrings,
 //! clock or swap changes, `open_by_handle_at`, `syslog`, `acct`, `quotactl`, `iopl`/`ioperm`;
-//! other architectures' syscalls kill the process and x32 numbers get `ENOSYS`. The
-//! filter is compiled once per supervisor with `seccompiler` (rust-vmm).
+//! syscalls of other architectures (i386 through int 0x80, x32 numbers) kill the process. The
+//! filter is compiled once per supervisor with libseccomp (as youki and runc do), as a binary
+//! tree: its attach at every start costs the kernel one short walk per syscall number.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule};
 
 /// Ids each instance owns (uid and gid alike): 0 … 65535 inside, like a full Linux system.
 pub const IDS_PER_INSTANCE: u32 = 65536;
@@ -156,7 +156,7 @@ impl Drop for IdRange {
 /// The compiled seccomp program.
 #[derive(Debug)]
 pub struct Filters {
-    program: BpfProgram,
+    program: Vec<libc::sock_filter>,
 }
 
 /// Syscalls refused with `EPERM` whatever their arguments.
@@ -192,7 +192,6 @@ const DENIED: &[i64] = &[
     libc::SYS_swapoff,
     libc::SYS_quotactl,
     libc::SYS_lookup_dcookie,
-    libc::SYS_vhangup,
     libc::SYS_settimeofday,
     libc::SYS_clock_settime,
     libc::SYS_clock_adjtime,
@@ -206,61 +205,56 @@ const DENIED_X86: &[i64] = &[libc::SYS_nfsservctl, libc::SYS_uselib, libc::SYS__
 #[cfg(not(target_arch = "x86_64"))]
 const DENIED_X86: &[i64] = &[];
 
-/// Syscall numbers at or above this are the x32 ABI's.
-const X32_SYSCALL_BIT: u32 = 0x4000_0000;
-
 impl Filters {
-    /// Compiles the filter for this architecture.
+    /// Compiles the filter for this architecture with libseccomp, shaped as a binary tree:
+    /// the kernel runs a new filter once per syscall number when it is attached (to cache
+    /// what it always allows), so a short walk per number makes every instance's start cheaper.
     pub fn build() -> io::Result<Filters> {
-        let err = |e: seccompiler::Error| io::Error::other(format!("seccomp filter: {e}"));
-        let arch = std::env::consts::ARCH.try_into().map_err(|e: seccompiler::BackendError| io::Error::other(format!("seccomp filter: {e}")))?;
-        let newuser = || -> Result<Vec<SeccompRule>, seccompiler::Error> {
-            let flag = libc::CLONE_NEWUSER as u64;
-            Ok(vec![SeccompRule::new(vec![SeccompCondition::new(0, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(flag), flag)?])?])
-        };
-        let mut deny: BTreeMap<i64, Vec<SeccompRule>> = DENIED.iter().chain(DENIED_X86).map(|n| (*n, Vec::new())).collect();
-        deny.insert(libc::SYS_unshare, newuser().map_err(err)?);
-        deny.insert(libc::SYS_clone, newuser().map_err(err)?);
+        use libseccomp::{ScmpAction, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall};
+        let err = |e: libseccomp::error::SeccompError| io::Error::other(format!("seccomp filter: {e}"));
+        let nr = |n: i64| ScmpSyscall::from(n as i32);
+        let eperm = ScmpAction::Errno(libc::EPERM);
+        let mut ctx = ScmpFilterContext::new(ScmpAction::Allow).map_err(err)?;
+        // Syscalls of another architecture (the i386 ABI through int 0x80) kill the process.
+        ctx.set_act_badarch(ScmpAction::KillProcess).map_err(err)?;
+        ctx.set_ctl_optimize(2).map_err(err)?;
+        // no_new_privs is set by the caller, in the order it chooses.
+        ctx.set_ctl_nnp(false).map_err(err)?;
+        for n in DENIED.iter().chain(DENIED_X86) {
+            ctx.add_rule(eperm, nr(*n)).map_err(err)?;
+        }
+        let newuser = libc::CLONE_NEWUSER as u64;
+        for n in [libc::SYS_unshare, libc::SYS_clone] {
+            ctx.add_rule_conditional(eperm, nr(n), &[ScmpArgCompare::new(0, ScmpCompareOp::MaskedEqual(newuser), newuser)]).map_err(err)?;
+        }
         // vsock addresses are not namespaced: a function could hold the host's ports or talk
         // to the hypervisor (Docker's profile refuses AF_VSOCK too).
-        let vsock = || -> Result<Vec<SeccompRule>, seccompiler::Error> {
-            Ok(vec![SeccompRule::new(vec![SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, libc::AF_VSOCK as u64)?])?])
-        };
-        deny.insert(libc::SYS_socket, vsock().map_err(err)?);
-        let eperm = SeccompFilter::new(deny, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch).map_err(|e| err(e.into()))?;
-        let eperm: BpfProgram = eperm.try_into().map_err(|e: seccompiler::BackendError| err(e.into()))?;
-        // One program (each filter attached costs the kernel a pass over every syscall number):
-        // the ENOSYS cases first, then seccompiler's program, whose jumps are all relative.
-        let mut program = enosys_prefix();
-        program.extend(eperm);
+        ctx.add_rule_conditional(eperm, nr(libc::SYS_socket), &[ScmpArgCompare::new(0, ScmpCompareOp::Equal, libc::AF_VSOCK as u64)]).map_err(err)?;
+        // clone3's flags live in memory the filter cannot read: ENOSYS, and libc falls back to
+        // clone, whose flags it can.
+        ctx.add_rule(ScmpAction::Errno(libc::ENOSYS), nr(libc::SYS_clone3)).map_err(err)?;
+        let (r, w) = super::sys::pipe_cloexec()?;
+        ctx.export_bpf(&w).map_err(err)?;
+        drop(w);
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::fs::File::from(r), &mut bytes)?;
+        let size = std::mem::size_of::<libc::sock_filter>();
+        let program = bytes
+            .chunks_exact(size)
+            .map(|c| libc::sock_filter {
+                code: u16::from_ne_bytes([c[0], c[1]]),
+                jt: c[2],
+                jf: c[3],
+                k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
+            })
+            .collect();
         Ok(Filters { program })
     }
 
     /// The program.
-    pub fn program(&self) -> &[seccompiler::sock_filter] {
+    pub fn program(&self) -> &[libc::sock_filter] {
         &self.program
     }
-}
-
-/// `ENOSYS` for `clone3` (its flags live in memory the filter cannot read; libc then falls
-/// back to `clone`, whose flags it can) and, on x86-64, for every x32 syscall number (same
-/// audit arch as x86-64, so the architecture check would let them through under other
-/// numbers).
-fn enosys_prefix() -> BpfProgram {
-    use seccompiler::sock_filter;
-    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
-    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
-    const JGE_K: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
-    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
-    let ins = |code, jt, jf, k| sock_filter { code, jt, jf, k };
-    let x32 = if cfg!(target_arch = "x86_64") { X32_SYSCALL_BIT } else { u32::MAX };
-    vec![
-        ins(LD_W_ABS, 0, 0, 0), // seccomp_data.nr
-        ins(JGE_K, 2, 0, x32),
-        ins(JEQ_K, 1, 0, libc::SYS_clone3 as u32),
-        ins(0x05, 0, 0, 1), // BPF_JMP | BPF_JA: over the return
-        ins(RET_K, 0, 0, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
-    ]
 }
 
 #[cfg(test)]
