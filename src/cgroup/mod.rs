@@ -343,6 +343,8 @@ pub struct Cgroup {
     cpu_quota: Option<CpuQuota>,
     /// The re-check timer of [`Cgroup::wait_for`], made on first use.
     timer: std::sync::OnceLock<Option<crate::util::FineTimer>>,
+    /// Whether a waiter is sleeping on `timer`.
+    timer_busy: std::sync::atomic::AtomicBool,
     v1_dirs: Vec<PathBuf>,
     v1_procs: Vec<File>,
 }
@@ -371,7 +373,7 @@ impl Cgroup {
             EventsFd::Poll(events_file)
         };
         let dir = open_dir_fd(&path)?;
-        Ok(Cgroup { path, dir, freeze, events, cpu_stat, memory: MemoryMeter::none(), cpu_quota: None, timer: std::sync::OnceLock::new(), v1_dirs: Vec::new(), v1_procs: Vec::new() })
+        Ok(Cgroup { path, dir, freeze, events, cpu_stat, memory: MemoryMeter::none(), cpu_quota: None, timer: std::sync::OnceLock::new(), timer_busy: Default::default(), v1_dirs: Vec::new(), v1_procs: Vec::new() })
     }
 
     /// The cgroup2 directory.
@@ -481,10 +483,17 @@ impl Cgroup {
         let start = Instant::now();
         let mut attempt = 0u32;
         let timer = self.timer.get_or_init(|| crate::util::FineTimer::new().ok()).as_ref();
+        let busy = &self.timer_busy;
+        // The cgroup's timerfd serves one waiter at a time: a second one (the demo watching an
+        // instance that fcsup is freezing) would re-arm it and take its expiry, leaving the
+        // first to wait forever. Whoever finds it taken sleeps on a timerfd of its own.
         let recheck_after = |d: Duration| async move {
             match timer {
-                Some(t) => t.sleep(d).await,
-                None => crate::util::fine_sleep(d).await,
+                Some(t) if !busy.swap(true, std::sync::atomic::Ordering::Acquire) => {
+                    let _release = TimerTaken(busy);
+                    t.sleep(d).await
+                }
+                _ => crate::util::fine_sleep(d).await,
             }
         };
         loop {
@@ -526,6 +535,15 @@ impl Cgroup {
     }
 }
 
+
+/// Gives the cgroup's timer back when its waiter ends or is dropped mid-sleep.
+struct TimerTaken<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for TimerTaken<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
 
 /// rmdir, retrying briefly: a cgroup whose last task just exited can still be busy.
 fn remove_dir_retrying(path: &Path) -> Result<()> {
