@@ -320,10 +320,10 @@ fn init(plan: &Plan, exec: &ExecArgs) -> ! {
 
 /// The init leaves the supervisor's address space: confined exactly like the function (by the
 /// caller), it executes a small program (`fcsup-init instance-init PID`, or fcsup itself with
-/// the same arguments; both run [`instance_init`]) that only forwards signals and reaps. Until then the init shares the supervisor's memory, so an
-/// OOM kill chosen by that memory's size would take the supervisor down; after it, the
-/// instance's memory cgroup holds nothing of the supervisor's. Returns only if the exec failed
-/// (the init then carries on in place).
+/// the same arguments; both run [`instance_init`]) that only forwards signals and reaps. Until
+/// then the init shares the supervisor's memory, so an OOM kill chosen by that memory's size
+/// would take the supervisor down; after it, the instance's memory cgroup holds nothing of the
+/// supervisor's. Returns only if the exec failed (the init then carries on in place).
 ///
 /// # Safety
 /// Runs in the init, after the function has started: async-signal-safe calls only.
