@@ -34,6 +34,7 @@ fn function_is_root_only_inside_its_box() {
         assert_eq!(p[key]["ok"], false, "{key} must fail: {p}");
     }
     assert_eq!(p["unshare_user_errno"], libc::EPERM, "no nested user namespace: {p}");
+    assert_eq!(p["vsock_high_bits_errno"], libc::EPERM, "AF_VSOCK with high bits in the domain: {p}");
     assert_ne!(p["unshare_mount_errno"], 0, "{p}");
     assert_eq!(p["clone3_errno"], libc::ENOSYS, "clone3 is refused so that libc falls back to clone: {p}");
     assert_ne!(p["mount_errno"], 0, "{p}");

@@ -228,8 +228,10 @@ impl Filters {
             ctx.add_rule_conditional(eperm, nr(n), &[ScmpArgCompare::new(0, ScmpCompareOp::MaskedEqual(newuser), newuser)]).map_err(err)?;
         }
         // vsock addresses are not namespaced: a function could hold the host's ports or talk
-        // to the hypervisor (Docker's profile refuses AF_VSOCK too).
-        ctx.add_rule_conditional(eperm, nr(libc::SYS_socket), &[ScmpArgCompare::new(0, ScmpCompareOp::Equal, libc::AF_VSOCK as u64)]).map_err(err)?;
+        // to the hypervisor (Docker's profile refuses AF_VSOCK too). The kernel reads the
+        // domain as an int, so only the low 32 bits are compared (a domain of
+        // 0x1_0000_0028 is AF_VSOCK to the kernel).
+        ctx.add_rule_conditional(eperm, nr(libc::SYS_socket), &[ScmpArgCompare::new(0, ScmpCompareOp::MaskedEqual(0xffff_ffff), libc::AF_VSOCK as u64)]).map_err(err)?;
         // clone3's flags live in memory the filter cannot read: ENOSYS, and libc falls back to
         // clone, whose flags it can.
         ctx.add_rule(ScmpAction::Errno(libc::ENOSYS), nr(libc::SYS_clone3)).map_err(err)?;

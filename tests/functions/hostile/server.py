@@ -45,6 +45,15 @@ def bind(port):
     return port
 
 
+def _vsock_high():
+    """socket(AF_VSOCK) with bits above the int the kernel reads set in the domain."""
+    fd = libc.syscall(41, ctypes.c_long(0x100000028), 1, 0)
+    if fd >= 0:
+        os.close(fd)
+        return 0
+    return -1
+
+
 def probe():
     status = read("/proc/self/status", 65536)
     field = lambda k: next((l.split(":", 1)[1].strip() for l in status.splitlines() if l.startswith(k + ":")), None)
@@ -70,6 +79,8 @@ def probe():
         "ptrace_errno": syscall_errno(libc.ptrace(16, 1, None, None)),  # PTRACE_ATTACH to pid 1
         "write_tmp": attempt(lambda: write("/tmp/ok", "x")),
         "vsock": attempt(lambda: socket.socket(40, socket.SOCK_STREAM).close()),
+        # the same with bits above the int the kernel reads: must be refused too
+        "vsock_high_bits_errno": syscall_errno(_vsock_high()),
         "write_dev_null": attempt(lambda: write("/dev/null", "x")),
         "read_dev_urandom": attempt(lambda: len(read("/dev/urandom", 16))),
     }
