@@ -315,7 +315,7 @@ pub struct Instance {
     /// The init's stack and thread area (it shares the supervisor's memory): kept until the
     /// init has exited.
     init_stack: Mutex<Option<sandbox::InitStack>>,
-    /// Whether the kernel's OOM killer had killed a process in it when it exited.
+    /// Whether the function was killed by the kernel's OOM killer.
     oom_killed: AtomicBool,
     /// The host ids of its user namespace, free for another instance once this one is gone.
     ids: Option<sandbox::IdRange>,
@@ -469,7 +469,10 @@ impl Instance {
                     Ok(Some(status)) => {
                         if let Some(me) = me.upgrade() {
                             // Read before anyone learns of the exit (and removes the cgroup).
-                            me.oom_killed.store(me.cgroup.oom_kills() > 0, Ordering::Release);
+                            // The function itself must have died by SIGKILL: an OOM kill of a
+                            // child it survived does not make a later crash an OOM.
+                            let killed = status == 128 + libc::SIGKILL && me.cgroup.oom_kills() > 0;
+                            me.oom_killed.store(killed, Ordering::Release);
                             me.exit.send_replace(Some(status));
                         }
                         return;
