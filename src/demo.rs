@@ -92,7 +92,7 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
         let _ = a.await;
     }
     sup.shutdown().await;
-    let left = sup.host.cgroups.path().exists();
+    let left = sup.launcher().cgroups().path().exists();
     say(if left { "WARNING: the cgroup root is still present" } else { "done: no instance, cgroup or mount is left" });
     let _ = std::fs::remove_dir_all(&dir);
     result

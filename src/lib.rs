@@ -12,7 +12,6 @@ pub mod check;
 pub mod client;
 pub mod config;
 pub mod demo;
-pub mod host;
 pub mod instance;
 pub mod logs;
 pub mod metrics;

@@ -403,7 +403,7 @@ async fn run(cli: Cli) -> Result<()> {
                 config.functions.len(),
                 listener.local_addr()?,
                 supervisor.admin_socket.display(),
-                supervisor.host.cgroups.path().display()
+                supervisor.launcher().cgroups().path().display()
             );
             let (tx, rx) = tokio::sync::watch::channel(false);
             let server = tokio::spawn(fcsup::api::serve(listener, supervisor.clone(), front_door.clone(), rx.clone()));

@@ -18,9 +18,7 @@ use crate::billing::Ledger;
 use crate::cgroup::{CgroupError, CgroupRoot, Hierarchy};
 use crate::config::{Config, Function};
 use crate::logs::{Echo, LogFiles, Rotation};
-use crate::metrics::{Metrics, Samples};
-use crate::host::Host;
-use crate::instance::{Instance, Snapshot, StartError};
+use crate::instance::{Instance, InvokeError, Launcher, Reporting, Snapshot};
 use crate::pool::{GlobalCount, Pool};
 use crate::queue::AsyncQueue;
 use crate::sandbox::{Isolation, NetnsPool, RootTemplate};
@@ -58,7 +56,7 @@ pub enum SupervisorError {
         function: String,
         /// The cause.
         #[source]
-        source: StartError,
+        source: InvokeError,
     },
 }
 
@@ -110,8 +108,10 @@ impl Default for Options {
 /// A running supervisor.
 #[derive(Debug)]
 pub struct Supervisor {
-    /// Shared context.
-    pub host: Arc<Host>,
+    /// Starts the instances (and owns the cgroup root).
+    launcher: Arc<Launcher>,
+    /// Runtime directory (`/run/fcsup/<name>`), removed at exit.
+    run_dir: PathBuf,
     pools: RwLock<BTreeMap<String, Arc<Pool>>>,
     /// Pools replaced by a configuration change, still draining.
     replaced: Mutex<Vec<Arc<Pool>>>,
@@ -210,26 +210,17 @@ impl Supervisor {
         };
         let ledger = Arc::new(ledger);
         ledger.start_syncing();
-        let host = Arc::new(Host {
-            cgroups,
-            run_dir,
-            rootfs_mountpoint: rootfs,
-            echo: opts.echo_logs.then(|| Echo::start(opts.print_rate)),
-            ledger,
-            log_files,
-            metrics: Metrics::default(),
-            samples: Samples::default(),
-            netns: NetnsPool::new(NETNS_READY),
-            isolation,
-            root_template,
-        });
+        let echo = opts.echo_logs.then(|| Echo::start(opts.print_rate));
+        let reporting = Arc::new(Reporting::new(ledger));
+        let launcher = Arc::new(Launcher::new(cgroups, NetnsPool::new(NETNS_READY), root_template, isolation, echo, log_files, reporting));
         let global = GlobalCount::new(config.global.max_instances.unwrap_or(100));
         let mut pools = BTreeMap::new();
         for f in &config.functions {
-            pools.insert(f.name.clone(), Pool::new(host.clone(), Arc::new(f.clone()), global.clone()));
+            pools.insert(f.name.clone(), Pool::new(launcher.clone(), Arc::new(f.clone()), global.clone()));
         }
         let sup = Arc::new(Supervisor {
-            host,
+            launcher,
+            run_dir,
             pools: RwLock::new(pools),
             replaced: Mutex::default(),
             global,
@@ -269,7 +260,7 @@ impl Supervisor {
     /// new pool cannot start, the old one stays.
     pub async fn set_function(&self, f: Function) -> Result<bool, SupervisorError> {
         let name = f.name.clone();
-        let pool = Pool::new(self.host.clone(), Arc::new(f), self.global.clone());
+        let pool = Pool::new(self.launcher.clone(), Arc::new(f), self.global.clone());
         if let Err(source) = pool.start().await {
             pool.shutdown().await;
             return Err(SupervisorError::MinInstance { function: name, source });
@@ -330,6 +321,16 @@ impl Supervisor {
         self.all_instances().iter().map(|i| i.snapshot()).collect()
     }
 
+    /// Where instances report: ledger, metrics, samples.
+    pub fn reporting(&self) -> &Arc<Reporting> {
+        self.launcher.reporting()
+    }
+
+    /// Starts the instances (and owns the cgroup root).
+    pub fn launcher(&self) -> &Launcher {
+        &self.launcher
+    }
+
     /// The instance with `id`.
     pub fn instance(&self, id: &str) -> Option<Arc<Instance>> {
         self.all_instances().into_iter().find(|i| i.id == id)
@@ -349,19 +350,19 @@ impl Supervisor {
         }
         while pools.join_next().await.is_some() {}
         // Anything that escaped the pools (a bug) is killed rather than left behind.
-        let leaked = self.host.cgroups.reap_leftovers().await.unwrap_or(0);
+        let leaked = self.launcher.cgroups().reap_leftovers().await.unwrap_or(0);
         if leaked > 0 {
             tracing::error!("{leaked} instance cgroup(s) were still there at shutdown; killed");
         }
-        self.host.ledger.sync();
-        if let Some(echo) = self.host.echo.clone() {
+        self.reporting().ledger().sync();
+        if let Some(echo) = self.launcher.echo().cloned() {
             let _ = tokio::task::spawn_blocking(move || echo.flush(std::time::Duration::from_secs(2))).await;
         }
-        if let Err(e) = self.host.cgroups.remove() {
+        if let Err(e) = self.launcher.cgroups().remove() {
             tracing::warn!("{e}");
         }
         self.admin_listener.lock().expect("admin listener").take();
-        remove_run_dir(&self.host.run_dir, Some(&self.admin_socket));
+        remove_run_dir(&self.run_dir, Some(&self.admin_socket));
         if let Some(mut w) = self.watchdog.lock().expect("watchdog").take() {
             let _ = w.kill();
             let _ = w.wait();

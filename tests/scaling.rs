@@ -90,6 +90,24 @@ fn retryable_initializer_failure_keeps_the_instance() {
     let r2 = f.invoke("init500", "{}");
     assert_ne!(r.header("x-fc-instance-id"), r2.header("x-fc-instance-id"), "5xx: the instance is replaced");
     f.stop_and_check_clean();
+
+    // 404 on the first call keeps the instance; 500 on the retry ends it, and the next
+    // request reaches a new instance (whose own Initializer answers 404 first again).
+    let extra = "environmentVariables: {FIXTURE_INIT_STATUS: '404,500'}\ninstanceLifecycleConfig:\n  initializer: {handler: i, timeout: 5}";
+    let mut f = Fcsup::serve(&fixture_props("init404500", extra));
+    let r = f.invoke("init404500", "{}");
+    assert_eq!(r.header("x-fc-error-type"), "InitializationError", "{}", r.text());
+    let r2 = f.invoke("init404500", "{}");
+    assert_eq!(r2.header("x-fc-error-type"), "InitializationError", "{}", r2.text());
+    assert!(r2.text().contains("HTTP 500"), "{}", r2.text());
+    assert_eq!(r.header("x-fc-instance-id"), r2.header("x-fc-instance-id"), "the 404 kept the instance for the retry");
+    for _ in 0..3 {
+        let r3 = f.invoke("init404500", "{}");
+        assert_ne!(r3.status, 503, "a stopped instance stayed in the pool: {}", r3.text());
+        assert_eq!(r3.header("x-fc-error-type"), "InitializationError", "{}", r3.text());
+        assert_ne!(r3.header("x-fc-instance-id"), r.header("x-fc-instance-id"), "after the 500 a new instance serves");
+    }
+    f.stop_and_check_clean();
 }
 
 #[test]

@@ -48,7 +48,7 @@ fn ledger(sup: &Supervisor, query: Option<&str>) -> Resp {
     let get = |k: &str| q.iter().find(|(qk, _)| qk == k).map(|(_, v)| v.as_str());
     let since = get("since").and_then(|v| v.parse().ok());
     let mut body = Vec::new();
-    for r in sup.host.ledger.query(get("function"), get("instance"), since) {
+    for r in sup.reporting().ledger().query(get("function"), get("instance"), since) {
         let _ = serde_json::to_writer(&mut body, &r);
         body.push(b'\n');
     }

@@ -69,7 +69,6 @@ pub async fn invoke(sup: &Arc<Supervisor>, fd: &FrontDoor, req: Request<Incoming
         path_and_query,
         headers: parts.headers,
         body,
-        init_failures_seen: 0,
         want_log: tail && !is_async,
         canceled: None,
         retry_count: 0,
@@ -96,10 +95,10 @@ pub async fn invoke(sup: &Arc<Supervisor>, fd: &FrontDoor, req: Request<Incoming
     let task = tokio::spawn(async move { run.dispatch(call).await });
     let d = match task.await {
         Ok(d) => d,
-        Err(e) => Dispatched { result: Err(InvokeError::Internal(format!("the request's task failed: {e}"))), cold_start: false, instance_id: None },
+        Err(e) => Dispatched { result: Err(crate::instance::Internal::from(e).into()), cold_start: false, instance_id: None },
     };
     hang_up.0 = None;
-    sup.host.metrics.invocation(&name, d.outcome(http_trigger));
+    sup.reporting().metrics().invocation(&name, d.outcome(http_trigger));
     if matches!(d.result, Err(InvokeError::Canceled)) {
         tracing::info!(function = %name, request_id, "client closed the request (499)");
     }
@@ -115,9 +114,9 @@ pub async fn invoke(sup: &Arc<Supervisor>, fd: &FrontDoor, req: Request<Incoming
 fn respond(d: Dispatched, http_trigger: bool, tail: bool, request_id: &str, memory_mb: u64) -> Resp {
     let mut resp = match d.result {
         Ok(reply) => reply_response(reply, http_trigger, tail, request_id, memory_mb),
-        Err(InvokeError::Throttled(m)) => fc_error(StatusCode::TOO_MANY_REQUESTS, "ResourceExhausted", &m, request_id),
+        Err(InvokeError::Throttled(m)) => fc_error(StatusCode::TOO_MANY_REQUESTS, "ResourceExhausted", &m.to_string(), request_id),
         Err(InvokeError::Gone) => fc_error(StatusCode::SERVICE_UNAVAILABLE, "ResourceThrottled", &InvokeError::Gone.to_string(), request_id),
-        Err(InvokeError::Internal(m)) => fc_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError", &m, request_id),
+        Err(InvokeError::Internal(m)) => fc_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError", &m.to_string(), request_id),
         Err(InvokeError::Canceled) => {
             let status = StatusCode::from_u16(499).expect("499");
             fc_error(status, "ClientClosedRequest", &InvokeError::Canceled.to_string(), request_id)

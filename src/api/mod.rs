@@ -106,7 +106,7 @@ pub async fn handle(sup: &Arc<Supervisor>, fd: &FrontDoor, door: Door, req: Requ
     }
     if method == Method::GET && path == "/metrics" {
         let instances = sup.instances().into_iter().map(|i| (i.function, format!("{:?}", i.state).to_lowercase()));
-        let body = sup.host.metrics.render(instances);
+        let body = sup.reporting().metrics().render(instances);
         return Response::builder()
             .header("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
             .body(Full::new(Bytes::from(body)))

@@ -62,7 +62,7 @@ impl Rig {
             ..Options::default()
         };
         let sup = Supervisor::start(&config, &opts).await?;
-        sup.host.samples.enable();
+        sup.reporting().samples().enable();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?.to_string();
         let (stop, rx) = tokio::sync::watch::channel(false);
@@ -142,7 +142,7 @@ impl Rig {
         conn = c;
         tokio::time::sleep(Duration::from_millis(50)).await;
         for k in ["freeze", "thaw", "thaw_seen"] {
-            self.sup.host.samples.take(k);
+            self.sup.reporting().samples().take(k);
         }
         for _ in 0..plan.freeze_n {
             tokio::time::sleep(plan.gap).await;
@@ -152,7 +152,7 @@ impl Rig {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         for (k, metric) in [("freeze", "freeze"), ("thaw", "thaw"), ("thaw_seen", "thaw_seen")] {
-            for d in self.sup.host.samples.take(k) {
+            for d in self.sup.reporting().samples().take(k) {
                 raw.push("fcsup", metric, workload, d.as_secs_f64() * 1e6);
             }
         }
@@ -165,7 +165,7 @@ impl Rig {
         let mut conn = self.conn().await?;
         let (c, _, _) = self.post(conn, "native", b"").await?;
         conn = c;
-        self.sup.host.samples.take("thaw");
+        self.sup.reporting().samples().take("thaw");
         for _ in 0..plan.warm_n {
             tokio::time::sleep(plan.warm_gap).await;
             let (c, took, _) = self.post(conn, "native", b"").await?;
@@ -173,7 +173,7 @@ impl Rig {
             raw.push("fcsup", "warm_invoke", "native", took.as_secs_f64() * 1e6);
             tick();
         }
-        let thaws = self.sup.host.samples.take("thaw").len();
+        let thaws = self.sup.reporting().samples().take("thaw").len();
         raw.note(format!("fcsup warm_invoke: {thaws} of {} requests found the instance frozen and thawed it", plan.warm_n));
         Ok(())
     }

@@ -1,18 +1,44 @@
-//! Kept-alive HTTP/1.1 connections into one instance's network namespace.
+//! Kept-alive HTTP/1.1 connections into one instance.
 
-use std::net::SocketAddr;
 use std::sync::Mutex;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
-use crate::sandbox::Netns;
+use super::Kernel;
 
 /// A sender for one connection.
 pub type Sender = SendRequest<Full<Bytes>>;
+
+/// Why a request could not be sent into the instance.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    /// Nothing accepted the connection.
+    #[error("connect to port {port}: {source}")]
+    Connect {
+        /// The function's port.
+        port: u16,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The connection was accepted but HTTP did not start.
+    #[error("HTTP handshake on port {port}: {source}")]
+    Handshake {
+        /// The function's port.
+        port: u16,
+        /// Why.
+        source: hyper::Error,
+    },
+    /// The request or its answer failed on the connection.
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+    /// The answer's body failed.
+    #[error("reading the answer: {0}")]
+    Body(Box<dyn std::error::Error + Send + Sync>),
+}
 
 /// The idle connections of one instance, and how to dial a new one.
 #[derive(Debug)]
@@ -22,17 +48,9 @@ pub struct Connections {
 }
 
 impl Connections {
-    /// Connections to the instance's address and `port` inside its namespace.
+    /// Connections to the instance's `port`.
     pub fn new(port: u16) -> Self {
         Connections { port, idle: Mutex::new(Vec::new()) }
-    }
-
-    /// Connects once (a TCP connect, as FC's readiness check does).
-    pub async fn connect(&self, netns: &Netns) -> std::io::Result<TcpStream> {
-        let sock = TcpSocket::from_std_stream(netns.socket()?);
-        let stream = sock.connect(SocketAddr::from((crate::sandbox::INSTANCE_ADDR, self.port))).await?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
     }
 
     /// Makes `stream` an HTTP/1.1 connection.
@@ -45,7 +63,7 @@ impl Connections {
     }
 
     /// An idle connection, or a new one.
-    pub async fn take(&self, netns: &Netns) -> Result<Sender, String> {
+    pub async fn take(&self, kernel: &impl Kernel) -> Result<Sender, ConnError> {
         loop {
             let s = self.idle.lock().expect("conn lock").pop();
             match s {
@@ -54,15 +72,16 @@ impl Connections {
                 None => break,
             }
         }
-        let stream = self.connect(netns).await.map_err(|e| format!("connect to port {}: {e}", self.port))?;
-        Self::handshake(stream).await.map_err(|e| format!("HTTP handshake on port {}: {e}", self.port))
+        let port = self.port;
+        let stream = kernel.connect(port).await.map_err(|source| ConnError::Connect { port, source })?;
+        Self::handshake(stream).await.map_err(|source| ConnError::Handshake { port, source })
     }
 
     /// Sends a bodyless request (hooks, health checks) on a kept-alive connection; the status.
-    pub async fn status_of(&self, netns: &Netns, req: hyper::Request<Full<Bytes>>) -> Result<hyper::StatusCode, String> {
+    pub async fn status_of(&self, kernel: &impl Kernel, req: hyper::Request<Full<Bytes>>) -> Result<hyper::StatusCode, ConnError> {
         use http_body_util::BodyExt;
-        let mut s = self.take(netns).await?;
-        let resp = s.send_request(req).await.map_err(|e| e.to_string())?;
+        let mut s = self.take(kernel).await?;
+        let resp = s.send_request(req).await?;
         let status = resp.status();
         // Hooks and health checks answer with a status; a body past a few KB is not read, and
         // the connection is dropped rather than reused.

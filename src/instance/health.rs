@@ -9,38 +9,31 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Request;
 
-use super::{Instance, StartError};
+use super::errors::ProbeError;
+use super::{Instance, Kernel, StartError};
 use crate::config::HealthCheck;
 
-/// Consecutive probe outcomes and the verdict they add up to.
-#[derive(Debug)]
+/// Consecutive probe outcomes (the verdict they add up to is kept in the lifecycle).
+#[derive(Debug, Default)]
 pub(super) struct Health {
-    pub(super) healthy: bool,
     successes: u32,
     failures: u32,
 }
 
-impl Default for Health {
-    fn default() -> Self {
-        Health { healthy: true, successes: 0, failures: 0 }
-    }
-}
-
 impl Health {
-    /// Counts one outcome; returns the new verdict when it changed.
-    fn record(&mut self, ok: bool, hc: &HealthCheck) -> Option<bool> {
+    /// Counts one outcome against the current verdict `healthy`; the new verdict when it
+    /// changed.
+    fn record(&mut self, ok: bool, healthy: bool, hc: &HealthCheck) -> Option<bool> {
         if ok {
             self.failures = 0;
             self.successes += 1;
-            if !self.healthy && self.successes >= hc.success_threshold {
-                self.healthy = true;
+            if !healthy && self.successes >= hc.success_threshold {
                 return Some(true);
             }
         } else {
             self.successes = 0;
             self.failures += 1;
-            if self.healthy && self.failures >= hc.failure_threshold {
-                self.healthy = false;
+            if healthy && self.failures >= hc.failure_threshold {
                 return Some(false);
             }
         }
@@ -48,18 +41,19 @@ impl Health {
     }
 }
 
-impl Instance {
+impl<K: Kernel> Instance<K> {
     /// One probe: GET the configured path within `timeout`; 200 ≤ status < 400 passes.
-    async fn probe(&self, hc: &HealthCheck) -> Result<(), String> {
+    async fn probe(&self, hc: &HealthCheck) -> Result<(), ProbeError> {
+        let path = || hc.path.clone();
         let req = Request::get(&hc.path)
             .header("host", format!("127.0.0.1:{}", self.function.port))
             .body(Full::new(Bytes::new()))
-            .map_err(|e| e.to_string())?;
-        match tokio::time::timeout(hc.timeout, self.conns.status_of(&self.netns, req)).await {
+            .map_err(|_| ProbeError::Invalid { path: path() })?;
+        match tokio::time::timeout(hc.timeout, self.conns.status_of(&self.kernel, req)).await {
             Ok(Ok(s)) if (200..400).contains(&s.as_u16()) => Ok(()),
-            Ok(Ok(s)) => Err(format!("GET {} answered HTTP {}", hc.path, s.as_u16())),
-            Ok(Err(e)) => Err(format!("GET {}: {e}", hc.path)),
-            Err(_) => Err(format!("GET {} did not answer within {} s", hc.path, hc.timeout.as_secs())),
+            Ok(Ok(s)) => Err(ProbeError::Status { path: path(), status: s.as_u16() }),
+            Ok(Err(source)) => Err(ProbeError::Conn { path: path(), source }),
+            Err(_) => Err(ProbeError::Timeout { path: path(), secs: hc.timeout.as_secs() }),
         }
     }
 
@@ -67,46 +61,49 @@ impl Instance {
     /// probes `periodSeconds` apart; the first pass makes the instance ready.
     pub(super) async fn first_health_check(&self, hc: &HealthCheck) -> Result<(), StartError> {
         tokio::time::sleep(hc.initial_delay).await;
-        let mut last = String::new();
-        for attempt in 0..hc.failure_threshold {
-            if attempt > 0 {
-                tokio::time::sleep(hc.period).await;
-            }
+        let mut attempt = 0;
+        loop {
             match self.probe(hc).await {
                 Ok(()) => return Ok(()),
-                Err(e) => last = e,
+                Err(detail) if attempt + 1 >= hc.failure_threshold => return Err(StartError::HealthCheck { port: self.function.port, detail }),
+                Err(_) => {}
             }
+            attempt += 1;
+            tokio::time::sleep(hc.period).await;
         }
-        Err(StartError::HealthCheck { port: self.function.port, detail: last })
     }
 
     /// Probes every `period` while the instance is thawed, abandoning any probe or wait that
     /// a freeze interrupts. Ends with the instance.
     pub(super) fn watch_health(self: &Arc<Self>, hc: HealthCheck) {
         let me = Arc::downgrade(self);
-        let mut thawed = self.thawed.subscribe();
+        let mut life = self.life.subscribe();
         tokio::spawn(async move {
             loop {
-                if thawed.wait_for(|t| *t).await.is_err() {
+                if life.wait_for(|l| !l.frozen()).await.is_err() {
                     return;
                 }
                 let froze = tokio::select! {
                     _ = tokio::time::sleep(hc.period) => false,
-                    r = thawed.wait_for(|t| !*t) => { if r.is_err() { return } true }
+                    r = life.wait_for(|l| l.frozen()) => { if r.is_err() { return } true }
                 };
                 if froze {
                     continue;
                 }
                 let Some(inst) = me.upgrade() else { return };
-                if !inst.usable() {
+                if inst.life.borrow().ending() {
                     return;
                 }
                 let outcome = tokio::select! {
                     r = inst.probe(&hc) => Some(r),
-                    _ = thawed.wait_for(|t| !*t) => None,
+                    _ = life.wait_for(|l| l.frozen()) => None,
                 };
                 let Some(outcome) = outcome else { continue };
-                let changed = inst.health.lock().expect("health").record(outcome.is_ok(), &hc);
+                let healthy = inst.healthy();
+                let changed = inst.health.lock().expect("health").record(outcome.is_ok(), healthy, &hc);
+                if let Some(verdict) = changed {
+                    inst.transition(|l| l.set_healthy(verdict));
+                }
                 match (changed, outcome) {
                     (Some(false), Err(e)) => {
                         tracing::warn!(function = %inst.function.name, instance = %inst.id, "unhealthy: {e}; no new requests go to it");
@@ -120,11 +117,6 @@ impl Instance {
                 }
             }
         });
-    }
-
-    /// Whether the last probes say the instance may take requests.
-    pub fn healthy(&self) -> bool {
-        self.health.lock().expect("health").healthy
     }
 }
 
@@ -148,14 +140,13 @@ mod tests {
     #[test]
     fn thresholds_count_consecutive_outcomes() {
         let mut h = Health::default();
-        assert_eq!(h.record(false, &hc()), None);
-        assert_eq!(h.record(false, &hc()), None);
-        assert_eq!(h.record(true, &hc()), None, "a pass resets the failure streak");
-        assert_eq!(h.record(false, &hc()), None);
-        assert_eq!(h.record(false, &hc()), None);
-        assert_eq!(h.record(false, &hc()), Some(false));
-        assert!(!h.healthy);
-        assert_eq!(h.record(true, &hc()), None);
-        assert_eq!(h.record(true, &hc()), Some(true));
+        assert_eq!(h.record(false, true, &hc()), None);
+        assert_eq!(h.record(false, true, &hc()), None);
+        assert_eq!(h.record(true, true, &hc()), None, "a pass resets the failure streak");
+        assert_eq!(h.record(false, true, &hc()), None);
+        assert_eq!(h.record(false, true, &hc()), None);
+        assert_eq!(h.record(false, true, &hc()), Some(false));
+        assert_eq!(h.record(true, false, &hc()), None);
+        assert_eq!(h.record(true, false, &hc()), Some(true));
     }
 }

@@ -5,7 +5,7 @@ use http_body_util::Full;
 use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 
-use super::Instance;
+use super::{HookError, Instance, Kernel};
 use crate::config::Function;
 
 /// A lifecycle hook.
@@ -113,9 +113,9 @@ pub fn add_request_headers(base: &HeaderMap, request_id: &str, control_path: &'s
     h.insert("x-fc-function-type", HeaderValue::from_static(fn_type));
 }
 
-impl Instance {
+impl<K: Kernel> Instance<K> {
     /// Calls a configured hook with its own request id and timeout; the status it answered.
-    pub(super) async fn call_hook(&self, kind: HookKind) -> Result<StatusCode, String> {
+    pub(super) async fn call_hook(&self, kind: HookKind) -> Result<StatusCode, HookError> {
         let f = &self.function;
         let hook = match kind {
             HookKind::Initialize => &f.initializer,
@@ -130,15 +130,15 @@ impl Instance {
             .uri(path)
             .header("host", format!("127.0.0.1:{}", f.port))
             .body(Full::new(bytes::Bytes::new()))
-            .map_err(|e| e.to_string())?;
+            .expect("a hook request is well-formed");
         let control = if kind == HookKind::Initialize { "/initialize" } else { "" };
         add_request_headers(&self.fc_headers, &request_id, control, fn_type, req.headers_mut());
         self.log.note(&format!("FC {marker} Start RequestId: {request_id}"));
         self.log.begin(&request_id);
         tracing::debug!(function = %f.name, instance = %self.id, request_id, "FC {marker} Start");
-        let r = match tokio::time::timeout(hook.timeout, self.conns.status_of(&self.netns, req)).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("{marker} hook timed out after {} seconds", hook.timeout.as_secs())),
+        let r = match tokio::time::timeout(hook.timeout, self.conns.status_of(&self.kernel, req)).await {
+            Ok(r) => r.map_err(HookError::from),
+            Err(_) => Err(HookError::Timeout { hook: marker, secs: hook.timeout.as_secs() }),
         };
         self.log.end(&request_id);
         match &r {

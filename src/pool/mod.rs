@@ -5,22 +5,27 @@
 //! longer than `idleTimeout` are reclaimed with PreStop. Unhealthy instances get no new
 //! requests; a pool replaced by a configuration change drains: its requests finish, then its
 //! instances stop.
+//!
+//! The pool owns membership and admission: a request holds a [`Ticket`] on its instance and a
+//! member holds a [`LivePermit`] on the supervisor's instance cap; each gives back what it
+//! took when dropped. An instance tells its pool when it should leave ([`Instance::retiring`]).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use crate::config::{Function, Scaling};
-use crate::host::Host;
-use crate::instance::{Call, Instance, InvokeError, Reply, StartError};
+use crate::instance::{Call, Instance, InvokeError, Launcher, Reply, Retire, Ticket};
 
 /// Instances of one function.
 #[derive(Debug)]
 pub struct Pool {
     /// The function.
     pub function: Arc<Function>,
-    host: Arc<Host>,
-    members: Mutex<Vec<Arc<Instance>>>,
+    launcher: Arc<Launcher>,
+    members: Mutex<Vec<Member>>,
     /// Live instances across all pools, and their cap.
     global: Arc<GlobalCount>,
     /// Instances out of rotation that are finishing their requests or stopping.
@@ -31,31 +36,58 @@ pub struct Pool {
     scaling: Mutex<Scaling>,
 }
 
-/// The supervisor-wide instance count and cap.
+/// One of the pool's instances, holding its place under the supervisor's cap.
+#[derive(Debug)]
+struct Member {
+    instance: Arc<Instance>,
+    _live: LivePermit,
+}
+
+/// A place under the supervisor's instance cap, given back on drop.
+pub type LivePermit = OwnedSemaphorePermit;
+
+/// The supervisor-wide instance cap (fc-spec §8.7 REC: default 100).
 #[derive(Debug)]
 pub struct GlobalCount {
-    live: AtomicUsize,
-    /// Cap (fc-spec §8.7 REC: default 100).
-    pub max: usize,
+    live: Arc<Semaphore>,
+    max: usize,
 }
 
 impl GlobalCount {
-    /// A counter with `max` as the cap.
+    /// A cap of `max` instances.
     pub fn new(max: usize) -> Arc<Self> {
-        Arc::new(GlobalCount { live: AtomicUsize::new(0), max })
+        Arc::new(GlobalCount { live: Arc::new(Semaphore::new(max)), max })
+    }
+
+    /// A place for one more instance, if the cap allows it.
+    fn take(&self) -> Result<LivePermit, Exhausted> {
+        self.live.clone().try_acquire_owned().map_err(|_| Exhausted::Supervisor { max: self.max })
     }
 }
 
-/// A request slot on an instance; released on drop.
-struct Slot(Arc<Instance>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.reserved.fetch_sub(1, Ordering::AcqRel);
-    }
+/// No instance may start for a request (FC's 429 `ResourceExhausted`).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Exhausted {
+    /// The function's `maxInstances` are busy.
+    #[error("Reserve resource exceeded limit: function {function} has {live} of its maxInstances {max} instances busy")]
+    Function {
+        /// The function.
+        function: String,
+        /// Its instances.
+        live: usize,
+        /// Its cap.
+        max: usize,
+    },
+    /// The supervisor runs its maximum.
+    #[error("Reserve resource exceeded limit: the supervisor runs its maximum of {max} instances")]
+    Supervisor {
+        /// The cap.
+        max: usize,
+    },
 }
 
 /// Outcome of a dispatched request.
+#[derive(Debug)]
 pub struct Dispatched {
     /// The reply or error.
     pub result: Result<Reply, InvokeError>,
@@ -86,22 +118,20 @@ impl Dispatched {
 
 impl Pool {
     /// A pool for `function`.
-    pub fn new(host: Arc<Host>, function: Arc<Function>, global: Arc<GlobalCount>) -> Arc<Self> {
+    pub fn new(launcher: Arc<Launcher>, function: Arc<Function>, global: Arc<GlobalCount>) -> Arc<Self> {
         let scaling = Mutex::new(function.scaling());
-        Arc::new(Pool { function, host, members: Mutex::new(Vec::new()), global, stopping: Mutex::default(), closed: AtomicBool::new(false), scaling })
+        Arc::new(Pool { function, launcher, members: Mutex::new(Vec::new()), global, stopping: Mutex::default(), closed: AtomicBool::new(false), scaling })
     }
 
     /// Starts the minimum instances and waits until they are initialized and frozen, then
     /// starts the idle reaper.
-    pub async fn start(self: &Arc<Self>) -> Result<(), StartError> {
+    pub async fn start(self: &Arc<Self>) -> Result<(), InvokeError> {
         let mut boots = Vec::new();
         for _ in 0..self.scaling().min_instances {
-            let added = self.add_locked(&mut self.members.lock().expect("pool"), true);
-            let inst = added.map_err(|e| StartError::Initializer(e.to_string()))?;
-            boots.push(inst);
+            boots.push(self.add_locked(&mut self.members.lock().expect("pool"), true)?);
         }
         for inst in boots {
-            inst.wait_booted().await.map_err(|e| StartError::Initializer(e.to_string()))?;
+            inst.wait_booted().await?;
         }
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -118,121 +148,92 @@ impl Pool {
     }
 
     /// Runs `call` on an instance.
-    pub async fn dispatch(self: &Arc<Self>, mut call: Call) -> Dispatched {
-        let (slot, cold_start) = match self.reserve() {
+    pub async fn dispatch(self: &Arc<Self>, call: Call) -> Dispatched {
+        let (ticket, cold_start) = match self.reserve() {
             Ok(x) => x,
             Err(e) => return Dispatched { result: Err(e), cold_start: false, instance_id: None },
         };
-        let inst = slot.0.clone();
-        call.init_failures_seen = inst.init_failures();
-        let result = inst.invoke(call).await;
-        drop(slot);
-        if matches!(result, Err(InvokeError::Canceled)) {
-            self.replace(&inst);
-        } else if !inst.usable() {
-            self.retire(&inst);
-        }
-        Dispatched { result, cold_start, instance_id: Some(inst.id.clone()) }
+        let instance_id = Some(ticket.instance().id.clone());
+        let result = ticket.invoke(call).await;
+        Dispatched { result, cold_start, instance_id }
     }
 
     /// Takes a slot on the busiest instance that has one, or on a new instance; both under
     /// one lock, so two requests never race for the last slot or both see "all full".
-    fn reserve(self: &Arc<Self>) -> Result<(Slot, bool), InvokeError> {
-        let conc = self.function.concurrency;
+    fn reserve(self: &Arc<Self>) -> Result<(Ticket, bool), InvokeError> {
         let mut members = self.members.lock().expect("pool");
-        let best = members
-            .iter()
-            .filter(|i| i.usable() && i.healthy())
-            .filter_map(|i| {
-                let r = i.reserved.load(Ordering::Acquire);
-                (r < conc).then_some(((i.provisioned, r), i))
-            })
-            .max_by_key(|(key, _)| *key)
-            .map(|(_, i)| i.clone());
-        let (inst, cold) = match best {
-            Some(inst) => (inst, false),
-            None => (self.add_locked(&mut members, false)?, true),
-        };
-        inst.reserved.fetch_add(1, Ordering::AcqRel);
-        Ok((Slot(inst), cold))
+        let busiest = members.iter().filter(|m| m.instance.has_slot()).max_by_key(|m| (m.instance.provisioned, m.instance.load()));
+        if let Some(ticket) = busiest.and_then(|m| m.instance.admit()) {
+            return Ok((ticket, false));
+        }
+        // The busiest filled up or stopped between the look and the admission: any other.
+        if let Some(ticket) = members.iter().find_map(|m| m.instance.admit()) {
+            return Ok((ticket, false));
+        }
+        let inst = self.add_locked(&mut members, false)?;
+        let ticket = inst.admit().ok_or(InvokeError::Gone)?;
+        Ok((ticket, true))
     }
 
-    /// Spawns one instance into `members` (the pool's lock held) and boots it in the background.
-    fn add_locked(self: &Arc<Self>, members: &mut Vec<Arc<Instance>>, provisioned: bool) -> Result<Arc<Instance>, InvokeError> {
+    /// Starts one instance into `members` (the pool's lock held), boots it in the background
+    /// and watches it until it should leave.
+    fn add_locked(self: &Arc<Self>, members: &mut Vec<Member>, provisioned: bool) -> Result<Arc<Instance>, InvokeError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(InvokeError::Gone);
         }
-        let live = members.iter().filter(|i| i.usable() && i.healthy()).count();
         if let Some(max) = self.scaling().max_instances {
+            let live = members.iter().filter(|m| m.instance.serving()).count();
             if live >= max {
-                return Err(InvokeError::Throttled(format!(
-                    "Reserve resource exceeded limit: function {} has {live} of its maxInstances {max} instances busy",
-                    self.function.name
-                )));
+                return Err(Exhausted::Function { function: self.function.name.clone(), live, max }.into());
             }
         }
-        if self.global.live.fetch_add(1, Ordering::AcqRel) >= self.global.max {
-            self.global.live.fetch_sub(1, Ordering::AcqRel);
-            return Err(InvokeError::Throttled(format!(
-                "Reserve resource exceeded limit: the supervisor runs its maximum of {} instances",
-                self.global.max
-            )));
-        }
-        let inst = match Instance::spawn(&self.host, self.function.clone(), provisioned) {
-            Ok(i) => i,
-            Err(e) => {
-                self.global.live.fetch_sub(1, Ordering::AcqRel);
-                return Err(InvokeError::Initialization(e.to_string()));
-            }
-        };
-        members.push(inst.clone());
+        let live = self.global.take()?;
+        let instance = self.launcher.launch(self.function.clone(), provisioned)?;
+        members.push(Member { instance: instance.clone(), _live: live });
         let pool = Arc::downgrade(self);
-        let booting = inst.clone();
+        let watched = instance.clone();
         tokio::spawn(async move {
-            if booting.boot().await.is_err() {
-                if let Some(p) = pool.upgrade() {
-                    p.retire(&booting);
-                }
-                return;
-            }
-            // Whatever ends the process (crash, OOM kill), the instance leaves the pool; so does
-            // one that froze unhealthy, since nothing would thaw it to see it recover.
-            tokio::select! {
-                code = booting.exited() => {
-                    if let Some(p) = pool.upgrade() {
-                        if p.remove(&booting) {
-                            tracing::warn!(function = %p.function.name, instance = %booting.id, code, "instance exited");
-                            p.stop_detached(booting);
-                        }
-                    }
-                }
-                () = booting.sick.notified() => {
-                    if let Some(p) = pool.upgrade() {
-                        tracing::warn!(function = %p.function.name, instance = %booting.id, "retiring unhealthy instance");
-                        p.retire(&booting);
-                    }
-                }
+            let _ = watched.boot().await;
+            let why = watched.retiring().await;
+            if let Some(p) = pool.upgrade() {
+                p.on_retiring(&watched, why);
             }
         });
-        Ok(inst)
+        Ok(instance)
     }
 
+    /// An instance said it should leave: whatever ended its process (crash, OOM kill), a
+    /// failed start or Initializer, a hung request, a client gone (replaced), or it froze
+    /// unhealthy (nothing would thaw it to see it recover).
+    fn on_retiring(self: &Arc<Self>, inst: &Arc<Instance>, why: Retire) {
+        match why {
+            Retire::Replace => self.replace(inst),
+            Retire::Exited(code) => {
+                if self.remove(inst) {
+                    tracing::warn!(function = %self.function.name, instance = %inst.id, code, "instance exited");
+                    self.stop_detached(inst.clone());
+                }
+            }
+            Retire::Unhealthy => {
+                if self.remove(inst) {
+                    tracing::warn!(function = %self.function.name, instance = %inst.id, "retiring unhealthy instance");
+                    self.stop_detached(inst.clone());
+                }
+            }
+            Retire::Broken => {
+                if self.remove(inst) {
+                    self.stop_detached(inst.clone());
+                }
+            }
+        }
+    }
+
+    /// Takes `inst` out of the pool (giving back its place under the cap); whether it was in.
     fn remove(&self, inst: &Arc<Instance>) -> bool {
         let mut m = self.members.lock().expect("pool");
         let before = m.len();
-        m.retain(|i| !Arc::ptr_eq(i, inst));
-        let removed = m.len() < before;
-        if removed {
-            self.global.live.fetch_sub(1, Ordering::AcqRel);
-        }
-        removed
-    }
-
-    /// Takes an unusable instance out of rotation and stops it once its requests finished.
-    fn retire(&self, inst: &Arc<Instance>) {
-        if self.remove(inst) {
-            self.stop_detached(inst.clone());
-        }
+        m.retain(|x| !Arc::ptr_eq(&x.instance, inst));
+        m.len() < before
     }
 
     /// Replaces an instance whose client went away (fc-spec §5.7): a new instance starts at
@@ -243,9 +244,7 @@ impl Pool {
         }
         let fresh = self.add_locked(&mut self.members.lock().expect("pool"), old.provisioned).ok();
         let old = old.clone();
-        let mut stopping = self.stopping.lock().expect("pool");
-        while stopping.try_join_next().is_some() {}
-        stopping.spawn(async move {
+        self.track_stop(async move {
             if let Some(f) = fresh {
                 let _ = f.wait_booted().await;
             }
@@ -255,48 +254,43 @@ impl Pool {
 
     /// Stops `inst` once its requests finished; [`Pool::shutdown`] waits for it.
     fn stop_detached(&self, inst: Arc<Instance>) {
-        let mut stopping = self.stopping.lock().expect("pool");
-        while stopping.try_join_next().is_some() {}
-        stopping.spawn(async move {
-            while inst.reserved.load(Ordering::Acquire) > 0 && inst.usable() {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+        self.track_stop(async move {
+            inst.drained().await;
             inst.stop().await;
         });
+    }
+
+    fn track_stop(&self, stop: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut stopping = self.stopping.lock().expect("pool");
+        while stopping.try_join_next().is_some() {}
+        stopping.spawn(stop);
     }
 
     /// Takes every instance out of rotation; each stops (PreStop first) once its requests
     /// finished.
     pub fn drain(&self) {
-        let all: Vec<Arc<Instance>> = std::mem::take(&mut *self.members.lock().expect("pool"));
-        self.global.live.fetch_sub(all.len(), Ordering::AcqRel);
-        for inst in all {
-            self.stop_detached(inst);
+        let all = std::mem::take(&mut *self.members.lock().expect("pool"));
+        for m in all {
+            self.stop_detached(m.instance);
         }
     }
 
     /// Reclaims on-demand instances idle past `idleTimeout` (minimum instances stay).
     pub fn reclaim_idle(&self) {
         let idle_timeout = self.scaling().idle_timeout;
-        let victims: Vec<Arc<Instance>> = {
-            let mut m = self.members.lock().expect("pool");
-            let mut victims = Vec::new();
-            m.retain(|i| {
-                let idle = i.reserved.load(Ordering::Acquire) == 0 && i.idle_for() >= idle_timeout;
-                if idle && !i.provisioned && i.usable() {
-                    victims.push(i.clone());
-                    false
-                } else {
-                    true
-                }
-            });
-            victims
-        };
+        let victims = self.take_members(|i| !i.provisioned && i.in_service() && i.load() == 0 && i.idle_for() >= idle_timeout);
         for v in victims {
-            self.global.live.fetch_sub(1, Ordering::AcqRel);
             tracing::info!(function = %self.function.name, instance = %v.id, "idle reclaim");
             self.stop_detached(v);
         }
+    }
+
+    /// Removes the members `pick` chooses; their instances.
+    fn take_members(&self, pick: impl Fn(&Instance) -> bool) -> Vec<Arc<Instance>> {
+        let mut m = self.members.lock().expect("pool");
+        let (taken, kept): (Vec<Member>, Vec<Member>) = std::mem::take(&mut *m).into_iter().partition(|x| pick(&x.instance));
+        *m = kept;
+        taken.into_iter().map(|x| x.instance).collect()
     }
 
     /// Starts minimum instances to replace any that crashed or were retired.
@@ -305,7 +299,7 @@ impl Pool {
             return;
         }
         let mut m = self.members.lock().expect("pool");
-        let live = m.iter().filter(|i| i.provisioned && i.usable()).count();
+        let live = m.iter().filter(|x| x.instance.provisioned && x.instance.in_service()).count();
         for _ in live..self.scaling().min_instances {
             match self.add_locked(&mut m, true) {
                 Ok(i) => tracing::info!(function = %self.function.name, instance = %i.id, "starting a minimum instance"),
@@ -331,15 +325,13 @@ impl Pool {
             return false;
         }
         let surplus: Vec<Arc<Instance>> = {
-            let mut m = self.members.lock().expect("pool");
-            let mut provisioned: Vec<Arc<Instance>> = m.iter().filter(|i| i.provisioned && i.usable()).cloned().collect();
-            provisioned.sort_by_key(|i| std::cmp::Reverse(i.reserved.load(Ordering::Acquire) == 0));
-            let surplus: Vec<Arc<Instance>> = provisioned.into_iter().skip(new.min_instances).collect();
-            m.retain(|i| !surplus.iter().any(|s| Arc::ptr_eq(s, i)));
-            surplus
+            let m = self.members.lock().expect("pool");
+            let mut provisioned: Vec<Arc<Instance>> = m.iter().map(|x| &x.instance).filter(|i| i.provisioned && i.in_service()).cloned().collect();
+            provisioned.sort_by_key(|i| std::cmp::Reverse(i.load() == 0));
+            provisioned.into_iter().skip(new.min_instances).collect()
         };
+        let surplus = self.take_members(|i| surplus.iter().any(|s| std::ptr::eq(&**s, i)));
         for inst in surplus {
-            self.global.live.fetch_sub(1, Ordering::AcqRel);
             tracing::info!(function = %self.function.name, instance = %inst.id, "minimum lowered: stopping a surplus instance");
             self.stop_detached(inst);
         }
@@ -356,7 +348,7 @@ impl Pool {
 
     /// Every instance (for the admin API).
     pub fn instances(&self) -> Vec<Arc<Instance>> {
-        self.members.lock().expect("pool").clone()
+        self.members.lock().expect("pool").iter().map(|m| m.instance.clone()).collect()
     }
 
     /// Stops every instance (PreStop first, once its requests finished) and waits for them;

@@ -175,7 +175,7 @@ impl AsyncQueue {
             });
             let next = call.again();
             let d = pool.dispatch(call).await;
-            sup.host.metrics.invocation(function, d.outcome(false));
+            sup.reporting().metrics().invocation(function, d.outcome(false));
             let attempt = self.record(id, d);
             call = next;
             let (delay, give_up) = match attempt {

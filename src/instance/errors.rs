@@ -1,0 +1,201 @@
+//! What can go wrong with an instance, typed; the messages are FC's where FC has one (they
+//! reach users as `errorMessage`). Mapping them to FC's error types and statuses is
+//! done once, elsewhere, for every caller.
+
+use std::sync::Arc;
+
+use super::conn::ConnError;
+use super::lifecycle::Refused;
+use crate::cgroup::CgroupError;
+use crate::sandbox::SandboxError;
+
+/// Why an instance could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The cgroup could not be made.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    /// The process could not be started.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    /// The process exited before listening.
+    #[error("Function instance exited unexpectedly(code {code}, message:{message}) with start command '{command}'")]
+    Exited {
+        /// Exit status.
+        code: i32,
+        /// strerror-like text.
+        message: String,
+        /// The start command.
+        command: String,
+    },
+    /// Nothing listened in time.
+    #[error("Function instance health check failed on port {port} in {secs} seconds")]
+    NotListening {
+        /// Port.
+        port: u16,
+        /// Deadline.
+        secs: u64,
+    },
+    /// The Initializer failed.
+    #[error(transparent)]
+    Initializer(Arc<InitError>),
+    /// The first HTTP health check did not pass.
+    #[error("Function instance health check failed on port {port}: {detail}")]
+    HealthCheck {
+        /// Port.
+        port: u16,
+        /// The last probe's failure.
+        detail: ProbeError,
+    },
+}
+
+/// How one HTTP health probe failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The configured path is not a valid request target.
+    #[error("GET {path}: not a valid path")]
+    Invalid {
+        /// Probed path.
+        path: String,
+    },
+    /// It answered with a status outside 200..400.
+    #[error("GET {path} answered HTTP {status}")]
+    Status {
+        /// Probed path.
+        path: String,
+        /// Its status.
+        status: u16,
+    },
+    /// No answer.
+    #[error("GET {path}: {source}")]
+    Conn {
+        /// Probed path.
+        path: String,
+        /// Why.
+        source: ConnError,
+    },
+    /// No answer in time.
+    #[error("GET {path} did not answer within {secs} s")]
+    Timeout {
+        /// Probed path.
+        path: String,
+        /// The probe's timeout.
+        secs: u64,
+    },
+}
+
+/// A lifecycle hook's call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    /// No answer within the hook's timeout.
+    #[error("{hook} hook timed out after {secs} seconds")]
+    Timeout {
+        /// The hook's log marker (`Initialize`, `PreFreeze`, `PreStop`).
+        hook: &'static str,
+        /// Its timeout.
+        secs: u64,
+    },
+    /// The call failed.
+    #[error(transparent)]
+    Conn(#[from] ConnError),
+}
+
+/// Why the Initializer failed (fc-spec §5.2).
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// It answered with a failing status.
+    #[error("Initializer failed: the instance answered POST /initialize with HTTP {0}")]
+    Status(u16),
+    /// It did not answer.
+    #[error("Initializer failed: {0}")]
+    Hook(#[from] HookError),
+}
+
+impl InitError {
+    /// A 400 or 404 keeps the instance for a retry on the next request (fc-spec §5.2 REC);
+    /// anything else ends it.
+    pub fn retryable(&self) -> bool {
+        matches!(self, InitError::Status(400 | 404))
+    }
+}
+
+/// A failure of fcsup itself while serving a request.
+#[derive(Debug, thiserror::Error)]
+pub enum Internal {
+    /// The cgroup could not be thawed.
+    #[error("thaw failed: {0}")]
+    Thaw(#[source] CgroupError),
+    /// The request could not be built from the client's.
+    #[error("the request could not be passed on: {0}")]
+    Build(#[from] hyper::http::Error),
+    /// The request could not be sent, and the instance did not die.
+    #[error("request to the function failed: {0}")]
+    Request(#[source] ConnError),
+    /// The task that ran the request ended abnormally.
+    #[error("the request's task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Why a request failed on an instance.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    /// Start or Initializer failed: HTTP 200 + `x-fc-error-type: InitializationError`.
+    #[error(transparent)]
+    Initialization(Arc<StartError>),
+    /// Ran past the function's timeout.
+    #[error("Function time out after {0} seconds")]
+    Timeout(u64),
+    /// The process died mid-request.
+    #[error("Process exited unexpectedly before completing request (duration: {duration_ms}ms, maxMemoryUsage: {max_memory_mb:.2}MB)")]
+    Crashed {
+        /// Time from request start.
+        duration_ms: u64,
+        /// Peak memory.
+        max_memory_mb: f64,
+    },
+    /// The process was killed by the kernel's OOM killer at the function's memory limit.
+    #[error("Function instance ran out of memory: the kernel killed it at its memory limit of {limit_mb} MB (memorySize) before completing the request (duration: {duration_ms}ms, maxMemoryUsage: {max_memory_mb:.2}MB)")]
+    OutOfMemory {
+        /// The function's memorySize.
+        limit_mb: u64,
+        /// Time from request start.
+        duration_ms: u64,
+        /// Peak memory.
+        max_memory_mb: f64,
+    },
+    /// The function answered with a body over FC's limit.
+    #[error("The function's response body is larger than {limit_mb} MB, the limit for a synchronous invocation")]
+    ResponseTooLarge {
+        /// The limit.
+        limit_mb: usize,
+    },
+    /// The client closed its connection (FC's 499); the instance is replaced when it serves
+    /// one request at a time and has no health check (fc-spec §5.7).
+    #[error("Invocation canceled by client")]
+    Canceled,
+    /// The instance is gone (stopped between dispatch and send).
+    #[error("the instance was stopped before the request could run; retry")]
+    Gone,
+    /// Too many instances.
+    #[error(transparent)]
+    Throttled(#[from] crate::pool::Exhausted),
+    /// An internal failure of fcsup.
+    #[error(transparent)]
+    Internal(#[from] Internal),
+}
+
+impl From<StartError> for InvokeError {
+    fn from(e: StartError) -> Self {
+        InvokeError::Initialization(Arc::new(e))
+    }
+}
+
+impl From<Refused> for InvokeError {
+    fn from(r: Refused) -> Self {
+        match r {
+            Refused::Gone => InvokeError::Gone,
+            Refused::StartFailed(e) => InvokeError::Initialization(e),
+            Refused::InitFailed(e) => StartError::Initializer(e).into(),
+        }
+    }
+}

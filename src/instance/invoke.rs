@@ -1,0 +1,203 @@
+//! One request on an admitted instance: thaw (and a retried Initializer) under the power
+//! lock, proxy the request into the instance, map what went wrong, and let the ticket's drop
+//! freeze the instance once nothing is admitted.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::HeaderMap;
+use hyper::{Method, Request, StatusCode};
+use tokio::sync::oneshot;
+
+use super::conn::ConnError;
+use super::lifecycle::Begin;
+use super::{hooks, Call, Instance, Internal, InvokeError, Kernel, Lifecycle, Reply, Retire, StartError, Ticket};
+use crate::billing::Phase;
+
+/// FC's limit on a synchronous response body (its request limit too): 32 MB.
+const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
+
+/// How sending a request into the instance ended badly.
+enum ProxyError {
+    Timeout,
+    Canceled,
+    TooLarge,
+    Build(hyper::http::Error),
+    Conn(ConnError),
+}
+
+impl<K: Kernel> Ticket<K> {
+    /// Runs one request on the instance: thaw, proxy, and (when this was the last admitted
+    /// request) PreFreeze and freeze once the ticket is given back.
+    pub async fn invoke(self, call: Call) -> Result<Reply, InvokeError> {
+        let inst = self.instance.clone();
+        inst.run(&self, call).await
+    }
+}
+
+impl<K: Kernel> Instance<K> {
+    async fn run(self: &Arc<Self>, ticket: &Ticket<K>, mut call: Call) -> Result<Reply, InvokeError> {
+        let canceled = call.canceled.take();
+        self.wait_booted().await?;
+        // The reading that opened this request's window, when it opened one.
+        let opened = {
+            let mut windows = self.power.lock().await;
+            loop {
+                let begin = self.life.borrow().begin(ticket.seen_init_failures);
+                match begin? {
+                    Begin::Initialize { thaw } => {
+                        self.switch_window(&mut windows, Phase::Initialize);
+                        if thaw {
+                            self.thaw_locked().await?;
+                        }
+                        self.initialize().await.map_err(|e| InvokeError::from(StartError::Initializer(e)))?;
+                    }
+                    Begin::Run { thaw } => {
+                        // The window opens before the thaw (while nothing runs) and closes
+                        // after the freeze, so every µs of CPU is in exactly one record.
+                        let opened = self.switch_window(&mut windows, Phase::Invoke);
+                        if thaw {
+                            self.thaw_locked().await?;
+                            self.reporting.samples().record("thaw_seen", call.arrived.elapsed());
+                        }
+                        windows.add_request(&call.request_id);
+                        self.transition(Lifecycle::run);
+                        break opened;
+                    }
+                }
+            }
+        };
+        let result = self.proxy_running(&call, canceled, opened.map(|r| r.cpu)).await;
+        self.transition(Lifecycle::ran);
+        result
+    }
+
+    /// Sends the request (the instance thawed, its run counted) and turns the outcome into a
+    /// reply or FC's error.
+    async fn proxy_running(&self, call: &Call, canceled: Option<oneshot::Receiver<()>>, cpu0: Option<crate::cgroup::CpuStat>) -> Result<Reply, InvokeError> {
+        self.log.begin(&call.request_id);
+        let started = Instant::now();
+        // The request's own CPU counts from its window's opening reading (taken while frozen,
+        // so it is the same figure), or from now when it joined an open window.
+        let cpu0 = cpu0.unwrap_or_else(|| self.kernel.cpu());
+        // A client that goes away aborts the request only where FC would replace the instance;
+        // otherwise the handler runs to its end and the answer is dropped.
+        let replace_on_cancel = self.function.concurrency == 1 && self.function.health_check.is_none();
+        let mut was_canceled = false;
+        let result = {
+            let mut proxy = std::pin::pin!(self.proxy(call));
+            tokio::select! {
+                r = &mut proxy => r,
+                () = client_gone(canceled) => {
+                    was_canceled = true;
+                    if replace_on_cancel { Err(ProxyError::Canceled) } else { proxy.await }
+                }
+            }
+        };
+        let cpu = self.kernel.cpu().since(&cpu0).usage_usec;
+        let duration = started.elapsed();
+        if call.want_log {
+            self.log.drain().await;
+        }
+        let log = self.log.end(&call.request_id);
+        self.last_used_ms.store(crate::util::now_ms(), Ordering::Relaxed);
+        let max_memory_mb = self.max_memory_mb();
+        if was_canceled {
+            self.log.note(&format!(
+                "FC Invoke End RequestId: {}, Error: Invocation canceled by client (duration: {}ms, maxMemoryUsage: {max_memory_mb:.2}MB)",
+                call.request_id,
+                duration.as_millis()
+            ));
+        }
+        match result {
+            Ok((status, headers, body)) => {
+                Ok(Reply { status, headers, body, duration, cpu_usec: cpu, max_memory_mb, log, instance_id: self.id.clone() })
+            }
+            Err(ProxyError::Canceled) => {
+                self.transition(|l| l.retire(Retire::Replace));
+                Err(InvokeError::Canceled)
+            }
+            Err(ProxyError::TooLarge) => Err(InvokeError::ResponseTooLarge { limit_mb: MAX_RESPONSE_BYTES >> 20 }),
+            Err(ProxyError::Timeout) => {
+                // fc-spec §8.8 REC: the hung instance is recycled when it serves one request at a time.
+                if self.function.concurrency == 1 {
+                    self.transition(|l| l.retire(Retire::Broken));
+                }
+                Err(InvokeError::Timeout(self.function.timeout.as_secs()))
+            }
+            Err(ProxyError::Build(e)) => Err(Internal::Build(e).into()),
+            Err(ProxyError::Conn(e)) => {
+                let duration_ms = duration.as_millis() as u64;
+                // A process dying at its memory limit can take a while to be reaped (reclaim first).
+                if self.wait_exit(Duration::from_secs(2)).await.is_none() {
+                    return Err(Internal::Request(e).into());
+                }
+                if self.kernel.exit().borrow().is_some_and(|e| e.oom_killed) {
+                    self.log.note(&format!("FC Invoke End RequestId: {}, Error: out of memory (memorySize {} MB)", call.request_id, self.function.memory_mb));
+                    Err(InvokeError::OutOfMemory { limit_mb: self.function.memory_mb, duration_ms, max_memory_mb })
+                } else {
+                    Err(InvokeError::Crashed { duration_ms, max_memory_mb })
+                }
+            }
+        }
+    }
+
+    async fn proxy(&self, call: &Call) -> Result<(StatusCode, HeaderMap, Bytes), ProxyError> {
+        let mut req = if call.http_trigger {
+            let mut r = Request::builder().method(call.method.clone()).uri(&call.path_and_query);
+            for (k, v) in &call.headers {
+                let n = k.as_str();
+                if n.starts_with("x-fc-") || n == "connection" || n == "keep-alive" || n == "host" || n == "content-length" {
+                    continue;
+                }
+                r = r.header(k, v);
+            }
+            r
+        } else {
+            Request::builder().method(Method::POST).uri("/invoke").header("content-type", "application/octet-stream")
+        }
+        .header("host", format!("127.0.0.1:{}", self.function.port))
+        .body(Full::new(call.body.clone()))
+        .map_err(ProxyError::Build)?;
+        let control = if call.http_trigger { "/http-invoke" } else { "/invoke" };
+        hooks::add_request_headers(&self.fc_headers, &call.request_id, control, "0", req.headers_mut());
+        if call.retry_count > 0 {
+            req.headers_mut().insert("x-fc-retry-count", call.retry_count.into());
+        }
+        let send = async {
+            let mut s = self.conns.take(&self.kernel).await.map_err(ProxyError::Conn)?;
+            let resp = s.send_request(req).await.map_err(|e| ProxyError::Conn(e.into()))?;
+            let (parts, body) = resp.into_parts();
+            // Bounded while it streams in: a function must not make the supervisor hold more.
+            // Past the limit the connection is dropped, not reused.
+            let body = match http_body_util::Limited::new(body, MAX_RESPONSE_BYTES).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(ProxyError::TooLarge),
+                Err(e) => return Err(ProxyError::Conn(ConnError::Body(e))),
+            };
+            self.conns.put(s);
+            Ok((parts.status, parts.headers, body))
+        };
+        match tokio::time::timeout(self.function.timeout, send).await {
+            Ok(r) => r,
+            Err(_) => Err(ProxyError::Timeout),
+        }
+    }
+
+    fn max_memory_mb(&self) -> f64 {
+        self.kernel.memory().peak().map(|b| b as f64 / 1024.0 / 1024.0).unwrap_or(0.0)
+    }
+}
+
+/// Resolves when the client has gone (the API sent on the channel); never otherwise.
+async fn client_gone(canceled: Option<oneshot::Receiver<()>>) {
+    if let Some(rx) = canceled {
+        if rx.await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending().await
+}

@@ -1,0 +1,194 @@
+//! The seam between an instance's lifecycle and the kernel: everything the instance does to
+//! its cgroup and its process goes through [`Kernel`]. [`Sandboxed`] is the real thing (a
+//! cgroup, a sandboxed process behind a pidfd, a network namespace); the unit tests put a
+//! recording fake in its place to check the lifecycle's orders without root.
+
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::unix::AsyncFd;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::cgroup::{Cgroup, CgroupError, CpuStat, MemoryMeter};
+use crate::sandbox::{self, Child, IdRange, InitStack, Netns};
+
+/// How the process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    /// As a shell shows it: the exit code, or 128 + the signal.
+    pub status: i32,
+    /// The kernel's OOM killer killed it (at the function's memory limit).
+    pub oom_killed: bool,
+}
+
+/// Where an instance lives on the host (for the admin API).
+#[derive(Debug, Clone)]
+pub struct Placement {
+    /// Host pid of its init.
+    pub pid: i32,
+    /// Its cgroup2 directory.
+    pub cgroup: String,
+    /// The host uid that is root inside (absent when instances run as host root).
+    pub host_uid: Option<u32>,
+}
+
+/// What an instance needs from the kernel.
+pub trait Kernel: Send + Sync + std::fmt::Debug + 'static {
+    /// Freezes the cgroup and waits until the kernel confirms it.
+    fn freeze(&self) -> impl Future<Output = Result<(), CgroupError>> + Send;
+    /// Thaws the cgroup.
+    fn thaw(&self) -> impl Future<Output = Result<(), CgroupError>> + Send;
+    /// The cgroup's CPU counters now.
+    fn cpu(&self) -> CpuStat;
+    /// The cgroup's memory meter.
+    fn memory(&self) -> &MemoryMeter;
+    /// Asks the function to stop (SIGTERM to its init, which forwards it).
+    fn terminate(&self);
+    /// Kills everything in the cgroup and waits until it is empty.
+    fn kill(&self) -> impl Future<Output = Result<(), CgroupError>> + Send;
+    /// Removes the cgroup (it must be empty).
+    fn remove(&self) -> Result<(), CgroupError>;
+    /// Holds `Some` once the process has exited.
+    fn exit(&self) -> watch::Receiver<Option<Exit>>;
+    /// Connects to `port` inside the instance if something listens there now (`None`: not
+    /// yet), without waiting.
+    fn try_connect(&self, port: u16) -> io::Result<Option<TcpStream>>;
+    /// Connects to `port` inside the instance.
+    fn connect(&self, port: u16) -> impl Future<Output = io::Result<TcpStream>> + Send;
+    /// Where it lives.
+    fn placement(&self) -> Placement;
+}
+
+/// A real instance: its cgroup, its sandboxed process and its network namespace.
+#[derive(Debug)]
+pub struct Sandboxed {
+    cgroup: Arc<Cgroup>,
+    pid: i32,
+    pidfd: Arc<AsyncFd<OwnedFd>>,
+    netns: Netns,
+    exit: watch::Sender<Option<Exit>>,
+    /// The init's stack and thread area (it shares the supervisor's memory): kept until the
+    /// init has exited.
+    init_stack: Mutex<Option<InitStack>>,
+    /// The host ids of its user namespace, free for another instance once this one is gone.
+    ids: Option<IdRange>,
+}
+
+impl Sandboxed {
+    /// Takes over a started child in `cgroup` and watches for its exit (needs a tokio
+    /// runtime); the read ends of its stdout and stderr are handed back for its log.
+    pub fn new(cgroup: Cgroup, child: Child) -> io::Result<(Self, OwnedFd, OwnedFd)> {
+        let Child { pid, pidfd, netns, stdout, stderr, init_stack, ids, .. } = child;
+        // SAFETY: the OwnedFd owns the pidfd for the AsyncFd's whole lifetime.
+        let pidfd = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
+        let me = Sandboxed {
+            cgroup: Arc::new(cgroup),
+            pid,
+            pidfd: Arc::new(pidfd),
+            netns,
+            exit: watch::channel(None).0,
+            init_stack: Mutex::new(Some(init_stack)),
+            ids,
+        };
+        me.watch_exit();
+        Ok((me, stdout, stderr))
+    }
+
+    /// The cgroup (for the demo's and tests' look at `cgroup.events`).
+    pub fn cgroup(&self) -> &Cgroup {
+        &self.cgroup
+    }
+
+    fn watch_exit(&self) {
+        let pidfd = self.pidfd.clone();
+        let tx = self.exit.clone();
+        let cgroup = self.cgroup.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok(mut g) = pidfd.readable().await else { return };
+                match sandbox::pidfd_try_wait(pidfd.get_ref().as_raw_fd()) {
+                    Ok(Some(status)) => {
+                        // Read before anyone learns of the exit (and removes the cgroup). The
+                        // function itself must have died by SIGKILL: an OOM kill of a child it
+                        // survived does not make a later crash an OOM.
+                        let oom_killed = status == 128 + libc::SIGKILL && cgroup.oom_kills() > 0;
+                        tx.send_replace(Some(Exit { status, oom_killed }));
+                        return;
+                    }
+                    Ok(None) => g.clear_ready(),
+                    Err(_) => return,
+                }
+            }
+        });
+    }
+}
+
+impl Drop for Sandboxed {
+    fn drop(&mut self) {
+        // Unmapping the memory of a running init would crash it; leak it instead (only an
+        // instance dropped without a stop gets here, which fcsup never does).
+        if self.exit.borrow().is_none() {
+            if let Some(s) = self.init_stack.lock().expect("init stack").take() {
+                std::mem::forget(s);
+            }
+        }
+    }
+}
+
+impl Kernel for Sandboxed {
+    async fn freeze(&self) -> Result<(), CgroupError> {
+        self.cgroup.freeze().await
+    }
+
+    async fn thaw(&self) -> Result<(), CgroupError> {
+        self.cgroup.thaw().await
+    }
+
+    fn cpu(&self) -> CpuStat {
+        self.cgroup.cpu_stat().unwrap_or_default()
+    }
+
+    fn memory(&self) -> &MemoryMeter {
+        self.cgroup.memory()
+    }
+
+    fn terminate(&self) {
+        let _ = sandbox::pidfd_signal(self.pidfd.get_ref().as_raw_fd(), libc::SIGTERM);
+    }
+
+    async fn kill(&self) -> Result<(), CgroupError> {
+        self.cgroup.kill().await
+    }
+
+    fn remove(&self) -> Result<(), CgroupError> {
+        self.cgroup.remove()
+    }
+
+    fn exit(&self) -> watch::Receiver<Option<Exit>> {
+        self.exit.subscribe()
+    }
+
+    fn try_connect(&self, port: u16) -> io::Result<Option<TcpStream>> {
+        match self.netns.connect_ready(port)? {
+            Some(s) => {
+                s.set_nodelay(true)?;
+                Ok(Some(TcpStream::from_std(s)?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn connect(&self, port: u16) -> io::Result<TcpStream> {
+        let sock = tokio::net::TcpSocket::from_std_stream(self.netns.socket()?);
+        let stream = sock.connect(std::net::SocketAddr::from((sandbox::INSTANCE_ADDR, port))).await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+
+    fn placement(&self) -> Placement {
+        Placement { pid: self.pid, cgroup: self.cgroup.path().display().to_string(), host_uid: self.ids.as_ref().map(|r| r.first) }
+    }
+}

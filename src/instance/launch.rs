@@ -1,0 +1,152 @@
+//! Making real instances: what every instance of one supervisor shares to start (the cgroup
+//! root, network namespaces made ahead, the root filesystem, the isolation settings, where
+//! output goes), and what it reports to (ledger, metrics, samples).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{hooks, Instance, Sandboxed, StartError, StartTrace};
+use crate::billing::{Ledger, WindowRecord};
+use crate::cgroup::{CgroupRoot, Limits};
+use crate::config::Function;
+use crate::logs::{Echo, InstanceLog, LogFiles};
+use crate::metrics::{Latencies, Metrics, Samples};
+use crate::sandbox::{self, Isolation, NetnsPool, RootTemplate, SandboxError, SandboxSpec};
+
+/// Where instances account for what they used: billing records, Prometheus metrics and the
+/// bench's raw samples.
+#[derive(Debug)]
+pub struct Reporting {
+    ledger: Arc<Ledger>,
+    metrics: Metrics,
+    samples: Samples,
+}
+
+impl Reporting {
+    /// Reports to `ledger`, with fresh metrics and samples.
+    pub fn new(ledger: Arc<Ledger>) -> Self {
+        Reporting { ledger, metrics: Metrics::default(), samples: Samples::default() }
+    }
+
+    /// The billing ledger.
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
+    }
+
+    /// The Prometheus metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The bench's raw latency samples.
+    pub fn samples(&self) -> &Samples {
+        &self.samples
+    }
+
+    /// A closed billing window: into the metrics and the ledger.
+    pub(super) fn window(&self, r: WindowRecord) {
+        self.metrics.window(&r);
+        self.ledger.record(r);
+    }
+
+    /// A function's freeze/thaw histograms.
+    pub(super) fn latencies(&self, function: &str) -> Latencies {
+        self.metrics.latencies(function)
+    }
+}
+
+/// Starts real instances: a cgroup with the function's limits, a sandboxed process in it.
+#[derive(Debug)]
+pub struct Launcher {
+    cgroups: CgroupRoot,
+    netns: Arc<NetnsPool>,
+    root_template: RootTemplate,
+    isolation: Isolation,
+    echo: Option<Arc<Echo>>,
+    log_files: LogFiles,
+    reporting: Arc<Reporting>,
+}
+
+impl Launcher {
+    /// A launcher under `cgroups`, its instances rooted at `root_template`, isolated by
+    /// `isolation`, their output echoed (when `echo`) and written to `log_files`.
+    pub fn new(
+        cgroups: CgroupRoot,
+        netns: Arc<NetnsPool>,
+        root_template: RootTemplate,
+        isolation: Isolation,
+        echo: Option<Arc<Echo>>,
+        log_files: LogFiles,
+        reporting: Arc<Reporting>,
+    ) -> Self {
+        Launcher { cgroups, netns, root_template, isolation, echo, log_files, reporting }
+    }
+
+    /// The root cgroup of every instance.
+    pub fn cgroups(&self) -> &CgroupRoot {
+        &self.cgroups
+    }
+
+    /// Where instances report.
+    pub fn reporting(&self) -> &Arc<Reporting> {
+        &self.reporting
+    }
+
+    /// The echo of function output in fcsup's own, if on.
+    pub fn echo(&self) -> Option<&Arc<Echo>> {
+        self.echo.as_ref()
+    }
+
+    /// Creates the cgroup and starts the process (synchronous: a few hundred µs to a few
+    /// ms). The instance then needs [`Instance::boot`].
+    pub fn launch(&self, function: Arc<Function>, provisioned: bool) -> Result<Arc<Instance>, StartError> {
+        let created = Instant::now();
+        let id = crate::util::instance_id();
+        let limits = Limits {
+            memory_bytes: Some(function.memory_mb * 1024 * 1024),
+            pids_max: Some(function.pids_max),
+            cpu_millis: Some((function.cpu * 1000.0).round() as u64),
+        };
+        let cgroup = self.cgroups.create(&id, &limits)?;
+        let cgroup_us = created.elapsed().as_micros() as u64;
+        let spec = SandboxSpec {
+            argv: function.command.clone(),
+            env: hooks::environment(&function, &id),
+            code_dir: function.code_dir.clone(),
+            hostname: id.clone(),
+            tmp_size_mb: function.disk_mb,
+        };
+        let setup = |op: &'static str| move |source: std::io::Error| StartError::Sandbox(SandboxError::Setup { op: op.into(), source });
+        let netns = match self.netns.take() {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = cgroup.remove();
+                return Err(setup("create a network namespace")(e));
+            }
+        };
+        let child = match sandbox::spawn(&spec, &self.root_template, netns, cgroup.dir_fd(), &cgroup.v1_procs_fds(), &self.isolation) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = cgroup.remove();
+                return Err(e.into());
+            }
+        };
+        let exec_us = created.elapsed().as_micros() as u64;
+        let start_trace = StartTrace {
+            cgroup_us,
+            clone_us: exec_us.saturating_sub(child.clone_to_exec.as_micros() as u64),
+            exec_us,
+            ..StartTrace::default()
+        };
+        tracing::debug!(instance = %id, clone_to_exec_us = child.clone_to_exec.as_micros() as u64, "spawned");
+        let log = InstanceLog::new(
+            &function.name,
+            &id,
+            self.echo.as_ref().map(|e| e.for_function(&function.name)),
+            self.log_files.for_function(&function.name),
+        );
+        let (kernel, stdout, stderr) = Sandboxed::new(cgroup, child).map_err(setup("watch the instance's pidfd"))?;
+        log.attach(stdout, stderr);
+        Ok(Instance::new(id, function, kernel, self.reporting.clone(), log, provisioned, created, start_trace))
+    }
+}

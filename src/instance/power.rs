@@ -1,0 +1,108 @@
+//! Freeze and thaw, and the billing windows they open and close: a window opens before the
+//! thaw (while nothing runs) and closes after the freeze is confirmed, so every µs of CPU the
+//! instance uses is in exactly one record ([`crate::billing::windows`]).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{HookKind, Instance, Internal, InvokeError, Kernel, Lifecycle};
+use crate::billing::windows::{Closed, Reading, Windows};
+use crate::billing::{Phase, ResourceMode, Usage, WindowRecord};
+
+impl<K: Kernel> Instance<K> {
+    /// Tries a freeze in the background.
+    pub(super) fn spawn_freeze(self: Arc<Self>) {
+        tokio::spawn(self.freeze_if_idle());
+    }
+
+    /// PreFreeze (if configured) then freeze, unless a request is admitted meanwhile.
+    pub(super) async fn freeze_if_idle(self: Arc<Self>) {
+        let mut windows = self.power.lock().await;
+        if !self.life.borrow().may_freeze() {
+            return;
+        }
+        // PreFreeze follows invocations (not the Initializer), and is billed inside the
+        // window it ends (fc-spec §6).
+        if self.function.pre_freeze.is_some() && windows.pre_freeze() {
+            let _ = self.call_hook(HookKind::PreFreeze).await;
+            if !self.life.borrow().may_freeze() {
+                return;
+            }
+        }
+        let t = Instant::now();
+        match self.kernel.freeze().await {
+            Ok(()) => {
+                let took = t.elapsed();
+                self.transition(Lifecycle::froze);
+                self.latencies.freeze(took);
+                self.reporting.samples().record("freeze", took);
+                let now = self.close_window(&mut windows);
+                windows.frozen(now, self.provisioned);
+                tracing::debug!(function = %self.function.name, instance = %self.id, us = took.as_micros() as u64, "frozen");
+            }
+            Err(e) => tracing::error!(instance = %self.id, "freeze failed: {e}"),
+        }
+    }
+
+    /// Thaws the frozen cgroup (the power lock held). Callers open a billing window first
+    /// (which ends a provisioned instance's idle time at the same reading).
+    pub(super) async fn thaw_locked(&self) -> Result<(), InvokeError> {
+        let t = Instant::now();
+        self.kernel.thaw().await.map_err(Internal::Thaw)?;
+        let took = t.elapsed();
+        self.transition(Lifecycle::thawed);
+        self.latencies.thaw(took);
+        self.reporting.samples().record("thaw", took);
+        tracing::debug!(function = %self.function.name, instance = %self.id, us = took.as_micros() as u64, "thawed");
+        Ok(())
+    }
+
+    /// The meters now.
+    pub(super) fn reading(&self) -> Reading {
+        Reading { at: Instant::now(), at_ms: crate::util::now_ms(), cpu: self.kernel.cpu() }
+    }
+
+    /// Makes the open billing window one of `phase` (see [`Windows::switch`]); the reading
+    /// a new window starts from, if one opened.
+    pub(super) fn switch_window(&self, windows: &mut Windows, phase: Phase) -> Option<Reading> {
+        let mut opened = None;
+        let closed = windows.switch(phase, || {
+            let r = self.reading();
+            opened = Some(r);
+            r
+        });
+        if let Some(c) = closed {
+            self.record(vec![c]);
+        }
+        opened
+    }
+
+    /// Closes the open window (and idle time a thaw ended) now; the reading taken.
+    pub(super) fn close_window(&self, windows: &mut Windows) -> Reading {
+        let now = self.reading();
+        self.record(windows.close(now));
+        now
+    }
+
+    /// Records closed windows with the peak memory of the active ones, then starts the next
+    /// window's peak.
+    fn record(&self, closed: Vec<Closed>) {
+        let memory = self.kernel.memory();
+        let mode = if self.provisioned { ResourceMode::Provision } else { ResourceMode::OnDemand };
+        let mut measured = false;
+        for c in closed {
+            let (peak_memory_bytes, memory_source) = if c.phase == Phase::Idle {
+                (None, Default::default())
+            } else {
+                measured = true;
+                (memory.peak(), memory.source())
+            };
+            let usage = Usage { wall: c.wall, cpu: c.cpu, peak_memory_bytes, memory_source };
+            let r = WindowRecord::new(&self.function, &self.id, c.phase, mode, c.cold_start, c.request_ids, c.start_ms, usage);
+            self.reporting.window(r);
+        }
+        if measured {
+            memory.reset();
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! The instance's shell against a recording kernel, without root: the fake records every
+//! freeze, thaw, meter reading and signal, and a real HTTP server on loopback plays the
+//! function (recording each hook and request in the same log), so the lifecycle's orders are
+//! checked as they happen.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use super::kernel::{Exit, Placement};
+use super::*;
+use crate::billing::{Ledger, Phase};
+use crate::cgroup::{CgroupError, CpuStat, MemoryMeter};
+
+/// CPU the fake says the function used: on each thaw (its threads resume), each request, and
+/// before each freeze completes.
+const THAW_BURN: u64 = 7;
+const INVOKE_BURN: u64 = 1000;
+const FREEZE_BURN: u64 = 30;
+
+/// What happened, in order, to the kernel and to the function.
+#[derive(Debug, Default)]
+struct Trace {
+    events: Mutex<Vec<String>>,
+    cpu_usec: AtomicU64,
+}
+
+impl Trace {
+    fn push(&self, e: &str) {
+        self.events.lock().unwrap().push(e.to_string());
+    }
+
+    /// The events, without meter readings.
+    fn events(&self) -> Vec<String> {
+        self.events.lock().unwrap().iter().filter(|e| *e != "read").cloned().collect()
+    }
+
+    fn count(&self, e: &str) -> usize {
+        self.events.lock().unwrap().iter().filter(|x| *x == e).count()
+    }
+
+    /// Asserts that `want` happened in this order (other events may come between).
+    fn assert_order(&self, want: &[&str]) {
+        let all = self.events.lock().unwrap().clone();
+        let mut at = 0;
+        for w in want {
+            match all[at..].iter().position(|e| e == w) {
+                Some(i) => at += i + 1,
+                None => panic!("{want:?} did not happen in this order: {all:?}"),
+            }
+        }
+    }
+}
+
+/// How the fake function answers.
+#[derive(Debug, Default)]
+struct Script {
+    /// Statuses for successive `POST /initialize` (200 once they run out).
+    init: Mutex<VecDeque<u16>>,
+    /// How long `/initialize` takes.
+    init_delay: Duration,
+    /// How long a request takes.
+    invoke_delay: Duration,
+    /// The process ignores SIGTERM.
+    ignores_term: bool,
+}
+
+#[derive(Debug)]
+struct Recording {
+    trace: Arc<Trace>,
+    script: Arc<Script>,
+    exit: watch::Sender<Option<Exit>>,
+    addr: SocketAddr,
+    memory: MemoryMeter,
+}
+
+impl Recording {
+    fn exit_with(&self, status: i32) {
+        self.exit.send_if_modified(|e| e.is_none() && e.replace(Exit { status, oom_killed: false }).is_none());
+    }
+}
+
+impl Kernel for Recording {
+    async fn freeze(&self) -> Result<(), CgroupError> {
+        self.trace.cpu_usec.fetch_add(FREEZE_BURN, Ordering::SeqCst);
+        self.trace.push("freeze");
+        Ok(())
+    }
+
+    async fn thaw(&self) -> Result<(), CgroupError> {
+        self.trace.push("thaw");
+        self.trace.cpu_usec.fetch_add(THAW_BURN, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn cpu(&self) -> CpuStat {
+        self.trace.push("read");
+        CpuStat { usage_usec: self.trace.cpu_usec.load(Ordering::SeqCst), ..CpuStat::default() }
+    }
+
+    fn memory(&self) -> &MemoryMeter {
+        &self.memory
+    }
+
+    fn terminate(&self) {
+        self.trace.push("SIGTERM");
+        if !self.script.ignores_term {
+            self.exit_with(143);
+        }
+    }
+
+    async fn kill(&self) -> Result<(), CgroupError> {
+        self.trace.push("kill");
+        self.exit_with(137);
+        Ok(())
+    }
+
+    fn remove(&self) -> Result<(), CgroupError> {
+        self.trace.push("remove");
+        Ok(())
+    }
+
+    fn exit(&self) -> watch::Receiver<Option<Exit>> {
+        self.exit.subscribe()
+    }
+
+    fn try_connect(&self, _port: u16) -> io::Result<Option<TcpStream>> {
+        let s = std::net::TcpStream::connect(self.addr)?;
+        s.set_nonblocking(true)?;
+        Ok(Some(TcpStream::from_std(s)?))
+    }
+
+    async fn connect(&self, _port: u16) -> io::Result<TcpStream> {
+        TcpStream::connect(self.addr).await
+    }
+
+    fn placement(&self) -> Placement {
+        Placement { pid: 0, cgroup: String::new(), host_uid: None }
+    }
+}
+
+/// Serves the fake function on loopback: FC's lifecycle paths and `/invoke`.
+async fn function_server(trace: Arc<Trace>, script: Arc<Script>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let (trace, script) = (trace.clone(), script.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (trace, script) = (trace.clone(), script.clone());
+                    async move {
+                        let path = req.uri().path().to_string();
+                        let status = match (req.method(), path.as_str()) {
+                            (&Method::POST, "/initialize") => {
+                                trace.push("initialize");
+                                tokio::time::sleep(script.init_delay).await;
+                                script.init.lock().unwrap().pop_front().unwrap_or(200)
+                            }
+                            (&Method::POST, "/invoke") => {
+                                trace.push("invoke");
+                                tokio::time::sleep(script.invoke_delay).await;
+                                trace.cpu_usec.fetch_add(INVOKE_BURN, Ordering::SeqCst);
+                                trace.push("invoked");
+                                200
+                            }
+                            (&Method::GET, "/pre-freeze") => {
+                                trace.push("pre-freeze");
+                                200
+                            }
+                            (&Method::GET, "/pre-stop") => {
+                                trace.push("pre-stop");
+                                200
+                            }
+                            _ => 404,
+                        };
+                        let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")));
+                        *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    addr
+}
+
+struct Fixture {
+    instance: Arc<Instance<Recording>>,
+    trace: Arc<Trace>,
+    reporting: Arc<Reporting>,
+    _code: tempfile::TempDir,
+}
+
+/// An instance of a function with `extra` props, on the recording kernel.
+async fn fixture(extra: &str, script: Script) -> Fixture {
+    let code = tempfile::tempdir().unwrap();
+    let props = format!(
+        "runtime: custom.debian10\ncode: .\ncustomRuntimeConfig: {{command: [/bin/true], port: 9000}}\ntimeout: 2\n{extra}"
+    );
+    let function = crate::config::Config::parse_function(&props, "f", code.path()).unwrap();
+    let trace = Arc::new(Trace::default());
+    let script = Arc::new(script);
+    let addr = function_server(trace.clone(), script.clone()).await;
+    let kernel = Recording { trace: trace.clone(), script, exit: watch::channel(None).0, addr, memory: MemoryMeter::none() };
+    let reporting = Arc::new(Reporting::new(Arc::new(Ledger::open(None).unwrap())));
+    let log = crate::logs::InstanceLog::new("f", "c-test", None, None);
+    let instance =
+        Instance::new("c-test".into(), Arc::new(function), kernel, reporting.clone(), log, false, Instant::now(), StartTrace::default());
+    Fixture { instance, trace, reporting, _code: code }
+}
+
+const HOOKS: &str = "instanceLifecycleConfig:\n  initializer: {handler: i, timeout: 1}\n  preFreeze: {handler: f, timeout: 1}\n  preStop: {handler: s, timeout: 1}\n";
+
+fn call(id: &str) -> Call {
+    Call {
+        http_trigger: false,
+        request_id: id.into(),
+        method: Method::POST,
+        path_and_query: "/invoke".into(),
+        headers: Default::default(),
+        body: Bytes::new(),
+        want_log: false,
+        canceled: None,
+        retry_count: 0,
+        arrived: Instant::now(),
+        body_budget: None,
+    }
+}
+
+/// Waits until the instance is in `state`.
+async fn until(inst: &Instance<Recording>, state: State) {
+    let mut rx = inst.life.subscribe();
+    tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|l| l.state() == state)).await.expect("state reached").unwrap();
+}
+
+/// Runs one request on the instance and waits for the freeze that follows.
+async fn invoke(inst: &Arc<Instance<Recording>>, id: &str) -> Result<Reply, InvokeError> {
+    let ticket = inst.admit().expect("a free slot");
+    let r = ticket.invoke(call(id)).await;
+    r
+}
+
+#[tokio::test]
+async fn boot_runs_the_initializer_then_freezes() {
+    let f = fixture(HOOKS, Script::default()).await;
+    f.instance.boot().await.unwrap();
+    assert_eq!(f.instance.state(), State::Frozen);
+    assert_eq!(f.trace.events(), ["initialize", "freeze"], "no PreFreeze after the Initializer");
+    let records = f.reporting.ledger().query(None, None, None);
+    assert_eq!(records.len(), 1);
+    assert!(records[0].cold_start && records[0].phase == Phase::Initialize);
+    assert_eq!(records[0].cpu_us, FREEZE_BURN, "the start's window closes after the freeze");
+}
+
+#[tokio::test]
+async fn a_request_is_billed_from_before_its_thaw_to_after_its_freeze() {
+    let f = fixture(HOOKS, Script::default()).await;
+    f.instance.boot().await.unwrap();
+    f.trace.events.lock().unwrap().clear();
+    let reply = invoke(&f.instance, "r1").await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    until(&f.instance, State::Frozen).await;
+    f.trace.assert_order(&["read", "thaw", "invoke", "invoked", "pre-freeze", "freeze", "read"]);
+    let records = f.reporting.ledger().query(None, None, None);
+    let window = records.iter().find(|r| r.request_ids == ["r1"]).expect("the request's window");
+    assert_eq!(window.phase, Phase::PreFreeze, "PreFreeze is billed in the window it ends");
+    assert_eq!(window.cpu_us, THAW_BURN + INVOKE_BURN + FREEZE_BURN, "every µs between the thaw and the freeze");
+    let billed: u64 = records.iter().map(|r| r.cpu_us).sum();
+    assert_eq!(billed, f.trace.cpu_usec.load(Ordering::SeqCst), "every µs of CPU is in exactly one record");
+}
+
+#[tokio::test]
+async fn pre_freeze_runs_once_after_the_last_concurrent_request() {
+    let script = Script { invoke_delay: Duration::from_millis(100), ..Script::default() };
+    let f = fixture(&format!("instanceConcurrency: 3\n{HOOKS}"), script).await;
+    f.instance.boot().await.unwrap();
+    let tickets: Vec<_> = (0..3).map(|_| f.instance.admit().unwrap()).collect();
+    assert!(f.instance.admit().is_none(), "three slots, no fourth");
+    let runs = tickets.into_iter().enumerate().map(|(i, t)| tokio::spawn(t.invoke(call(&format!("r{i}")))));
+    for r in runs {
+        r.await.unwrap().unwrap();
+    }
+    until(&f.instance, State::Frozen).await;
+    assert_eq!(f.trace.count("thaw"), 1, "one thaw for the three");
+    assert_eq!(f.trace.count("pre-freeze"), 1);
+    assert_eq!(f.trace.count("freeze"), 2, "the boot's and one after the last request");
+    f.trace.assert_order(&["invoked", "invoked", "invoked", "pre-freeze", "freeze"]);
+}
+
+#[tokio::test]
+async fn requests_that_waited_for_the_start_run_without_a_freeze_in_between() {
+    let f = fixture("", Script::default()).await;
+    let ticket = f.instance.admit().expect("a booting instance admits");
+    let booting = tokio::spawn({
+        let i = f.instance.clone();
+        async move { i.boot().await.map(|_| ()) }
+    });
+    ticket.invoke(call("r1")).await.unwrap();
+    booting.await.unwrap().unwrap();
+    until(&f.instance, State::Frozen).await;
+    assert_eq!(f.trace.events(), ["invoke", "invoked", "freeze"], "no freeze and thaw before the waiting request");
+}
+
+#[tokio::test]
+async fn pre_stop_runs_before_sigterm_and_a_stop_runs_once() {
+    let f = fixture(HOOKS, Script::default()).await;
+    f.instance.boot().await.unwrap();
+    f.instance.stop().await;
+    f.trace.assert_order(&["freeze", "thaw", "pre-stop", "SIGTERM", "kill", "remove"]);
+    assert_eq!(f.instance.state(), State::Dead);
+    assert!(f.instance.admit().is_none());
+    let seen = f.trace.events().len();
+    f.instance.stop().await;
+    assert_eq!(f.trace.events().len(), seen, "a second stop does nothing");
+    let phases: Vec<Phase> = f.reporting.ledger().query(None, None, None).iter().map(|r| r.phase).collect();
+    assert_eq!(phases, [Phase::Initialize, Phase::PreStop]);
+}
+
+#[tokio::test]
+async fn a_function_that_ignores_sigterm_is_killed_after_the_grace_period() {
+    let script = Script { ignores_term: true, ..Script::default() };
+    let f = fixture("fcsup: {stopGrace: 1}\n", script).await;
+    f.instance.boot().await.unwrap();
+    let t = Instant::now();
+    f.instance.stop().await;
+    assert!(t.elapsed() >= Duration::from_secs(1), "the grace period is given");
+    f.trace.assert_order(&["SIGTERM", "kill", "remove"]);
+    assert_eq!(f.instance.life().exit(), Some(137));
+}
+
+#[tokio::test]
+async fn initializer_404_then_500_fails_two_requests_and_retires_the_instance() {
+    let script = Script { init: Mutex::new([404, 500].into()), ..Script::default() };
+    let f = fixture(HOOKS, script).await;
+    // Request 1 waits for the start; the start's Initializer answers 404.
+    let first = f.instance.admit().unwrap();
+    f.instance.boot().await.expect("a 404 keeps the instance");
+    let e = first.invoke(call("r1")).await.unwrap_err();
+    assert!(matches!(e, InvokeError::Initialization(_)), "{e:?}");
+    assert!(e.to_string().contains("HTTP 404"), "{e}");
+    // Request 2 retries it, thawing the instance first; it answers 500.
+    until(&f.instance, State::Frozen).await;
+    let e = invoke(&f.instance, "r2").await.unwrap_err();
+    assert!(e.to_string().contains("HTTP 500"), "{e}");
+    f.trace.assert_order(&["initialize", "freeze", "thaw", "initialize"]);
+    // The instance takes no request 3: its pool is told to retire it.
+    assert!(f.instance.admit().is_none());
+    let why = tokio::time::timeout(Duration::from_secs(1), f.instance.retiring()).await.unwrap();
+    assert_eq!(why, Retire::Broken);
+    assert_eq!(f.trace.count("pre-freeze"), 0, "no PreFreeze follows an Initializer");
+}
+
+#[tokio::test]
+async fn initializer_400_then_success_serves_the_next_request() {
+    let script = Script { init: Mutex::new([400].into()), ..Script::default() };
+    let f = fixture(HOOKS, script).await;
+    f.instance.boot().await.unwrap();
+    let reply = invoke(&f.instance, "r1").await.expect("the retried Initializer succeeded, then the request ran");
+    assert_eq!(reply.status, StatusCode::OK);
+    f.trace.assert_order(&["initialize", "freeze", "thaw", "initialize", "invoke"]);
+    invoke(&f.instance, "r2").await.unwrap();
+    assert_eq!(f.trace.count("initialize"), 2, "once it succeeded it is not run again");
+}
+
+#[tokio::test]
+async fn a_timed_out_initializer_fails_the_start_and_its_waiting_requests() {
+    let script = Script { init_delay: Duration::from_millis(1500), ..Script::default() };
+    let f = fixture(HOOKS, script).await;
+    let waiting = f.instance.admit().unwrap();
+    let e = f.instance.boot().await.unwrap_err();
+    assert!(e.to_string().contains("timed out after 1 seconds"), "{e}");
+    let e = waiting.invoke(call("r1")).await.unwrap_err();
+    assert!(matches!(e, InvokeError::Initialization(_)), "{e:?}");
+    assert!(f.instance.admit().is_none(), "a timeout is not retried");
+    assert_eq!(f.instance.retiring().await, Retire::Broken);
+}
+
+#[tokio::test]
+async fn an_exit_retires_the_instance_and_a_stop_skips_pre_stop() {
+    let f = fixture(HOOKS, Script::default()).await;
+    f.instance.boot().await.unwrap();
+    f.instance.kernel().exit_with(139);
+    assert_eq!(tokio::time::timeout(Duration::from_secs(1), f.instance.retiring()).await.unwrap(), Retire::Exited(139));
+    assert!(f.instance.admit().is_none());
+    f.instance.stop().await;
+    assert_eq!(f.trace.count("pre-stop"), 0);
+    assert_eq!(f.trace.count("SIGTERM"), 0);
+    f.trace.assert_order(&["kill", "remove"]);
+}
+
+#[tokio::test]
+async fn a_request_to_a_stopped_instance_is_refused() {
+    let f = fixture("instanceConcurrency: 2\n", Script::default()).await;
+    f.instance.boot().await.unwrap();
+    let ticket = f.instance.admit().unwrap();
+    f.instance.stop().await;
+    let e = ticket.invoke(call("r1")).await.unwrap_err();
+    assert!(matches!(e, InvokeError::Gone), "{e:?}");
+    assert_eq!(f.trace.count("invoke"), 0);
+}
