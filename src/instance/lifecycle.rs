@@ -232,8 +232,10 @@ impl Lifecycle {
             return Some(Err(Refused::StartFailed(e.clone())));
         }
         match self.stage {
-            Stage::Starting | Stage::Initializing if self.exit.is_none() => None,
-            Stage::Starting | Stage::Initializing | Stage::Stopping | Stage::Gone => Some(Err(Refused::Gone)),
+            // A boot always ends (an exit ends it with the exit's error, which the waiting
+            // requests get).
+            Stage::Starting | Stage::Initializing => None,
+            Stage::Stopping | Stage::Gone => Some(Err(Refused::Gone)),
             Stage::Ready => Some(Ok(())),
         }
     }
@@ -502,10 +504,12 @@ mod tests {
     }
 
     #[test]
-    fn an_exit_retires_at_once_and_ends_waiting() {
+    fn an_exit_retires_at_once_and_the_boot_says_why() {
         let mut l = Lifecycle::new(1, false);
         l.exited(137);
-        assert!(matches!(l.booted(), Some(Err(Refused::Gone))));
+        assert!(l.booted().is_none(), "waiting requests get the boot's error, not a bare 'gone'");
+        l.boot_failed(Arc::new(StartError::NotListening { port: 9000, secs: 1 }));
+        assert!(matches!(l.booted(), Some(Err(Refused::StartFailed(_)))));
         assert_eq!(l.retiring(), Some(Retire::Exited(137)));
         l.retire(Retire::Replace);
         assert_eq!(l.retiring(), Some(Retire::Exited(137)), "the first reason stands");

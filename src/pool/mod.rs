@@ -170,14 +170,23 @@ impl Pool {
         if let Some(ticket) = members.iter().find_map(|m| m.instance.admit()) {
             return Ok((ticket, false));
         }
-        let inst = self.add_locked(&mut members, false)?;
-        let ticket = inst.admit().ok_or(InvokeError::Gone)?;
-        Ok((ticket, true))
+        let inst = self.launch_locked(&mut members, false)?;
+        // Admitted before its boot begins, so the boot hands the instance to this request
+        // instead of freezing it first.
+        let ticket = inst.admit();
+        self.boot_and_watch(inst);
+        Ok((ticket.ok_or(InvokeError::Gone)?, true))
     }
 
-    /// Starts one instance into `members` (the pool's lock held), boots it in the background
-    /// and watches it until it should leave.
+    /// Starts one instance into `members` (the pool's lock held) and boots it.
     fn add_locked(self: &Arc<Self>, members: &mut Vec<Member>, provisioned: bool) -> Result<Arc<Instance>, InvokeError> {
+        let inst = self.launch_locked(members, provisioned)?;
+        self.boot_and_watch(inst.clone());
+        Ok(inst)
+    }
+
+    /// Starts one instance's process into `members` (the pool's lock held).
+    fn launch_locked(&self, members: &mut Vec<Member>, provisioned: bool) -> Result<Arc<Instance>, InvokeError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(InvokeError::Gone);
         }
@@ -190,16 +199,19 @@ impl Pool {
         let live = self.global.take()?;
         let instance = self.launcher.launch(self.function.clone(), provisioned)?;
         members.push(Member { instance: instance.clone(), _live: live });
+        Ok(instance)
+    }
+
+    /// Boots `instance` in the background, then waits until it should leave the pool.
+    fn boot_and_watch(self: &Arc<Self>, instance: Arc<Instance>) {
         let pool = Arc::downgrade(self);
-        let watched = instance.clone();
         tokio::spawn(async move {
-            let _ = watched.boot().await;
-            let why = watched.retiring().await;
+            let _ = instance.boot().await;
+            let why = instance.retiring().await;
             if let Some(p) = pool.upgrade() {
-                p.on_retiring(&watched, why);
+                p.on_retiring(&instance, why);
             }
         });
-        Ok(instance)
     }
 
     /// An instance said it should leave: whatever ended its process (crash, OOM kill), a
