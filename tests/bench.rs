@@ -1,6 +1,7 @@
 //! `fcsup bench` keeps working (issue 6): a quick run of its freeze/thaw group produces the
 //! JSON shape the issue names and the correctness column. No timing is asserted: benchmarks
 //! are not tests.
+#![allow(clippy::tests_outside_test_module, reason = "an integration test file is a crate of its own, with no test module to sit in")]
 
 mod common;
 

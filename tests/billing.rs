@@ -2,6 +2,7 @@
 //! burned, frozen time costs nothing, concurrent requests share one window, hooks have their
 //! own records, records are priced in FC's CU, the ledger survives restarts, and `/metrics`
 //! is valid Prometheus text.
+#![allow(clippy::tests_outside_test_module, reason = "an integration test file is a crate of its own, with no test module to sit in")]
 
 mod common;
 

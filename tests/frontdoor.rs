@@ -1,6 +1,7 @@
 //! Privileged tests of the front door's security: `/admin/` only on the root-only admin socket
 //! (or with the admin token), idle connections that cannot take fcsup down, FC's size limits,
 //! and a failed bind that leaves nothing behind.
+#![allow(clippy::tests_outside_test_module, reason = "an integration test file is a crate of its own, with no test module to sit in")]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Privileged tests of issue 3: freezing really stops threads and children, hooks run when
 //! FC runs them, instances are isolated, and nothing is left behind.
+#![allow(clippy::tests_outside_test_module, reason = "an integration test file is a crate of its own, with no test module to sit in")]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Privileged tests of what an operator relies on (issue 4): health checks that never thaw a
 //! frozen instance, Async invocations, client hang-ups, configuration changes, log files.
+#![allow(clippy::tests_outside_test_module, reason = "an integration test file is a crate of its own, with no test module to sit in")]
 
 mod common;
 
