@@ -28,12 +28,17 @@ fn bench_quick_freeze_group_reports_rows_and_correctness() {
             .unwrap_or_else(|| panic!("no fcsup {metric} / {workload} row in {rows:#?}"));
         assert_eq!(row["unit"], "us");
         assert!(row["n"].as_u64().unwrap() > 0);
-        let (min, p50, p99, max) = (row["min"].as_f64().unwrap(), row["p50"].as_f64().unwrap(), row["p99"].as_f64().unwrap(), row["max"].as_f64().unwrap());
+        let (min, p50, p99, max) =
+            (row["min"].as_f64().unwrap(), row["p50"].as_f64().unwrap(), row["p99"].as_f64().unwrap(), row["max"].as_f64().unwrap());
         assert!(min > 0.0 && min <= p50 && p50 <= p99 && p99 <= max, "{row}");
     }
     let fcsup = report["correctness"].as_array().unwrap().iter().find(|c| c["system"] == "fcsup").unwrap();
     assert_eq!(fcsup["child_keeps_running_while_frozen"], false, "a frozen instance's child process must not run");
     // Nothing left behind: the bench's cgroup root is gone.
-    let left: Vec<_> = std::fs::read_dir(common::cgroup2_mount()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("fcsup-bench")).collect();
+    let left: Vec<_> = std::fs::read_dir(common::cgroup2_mount())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("fcsup-bench"))
+        .collect();
     assert!(left.is_empty(), "bench cgroups left: {left:?}");
 }

@@ -50,7 +50,8 @@ fn function_is_root_only_inside_its_box() {
     let inst = f.instances().into_iter().next().expect("one instance");
     let host_uid = inst["host_uid"].as_u64().expect("host_uid in the admin view");
     assert!(host_uid > 65535, "{inst}");
-    let function = instance_pids(inst["cgroup"].as_str().unwrap()).into_iter().find(|p| *p != inst["pid"].as_u64().unwrap()).expect("the function's process");
+    let function =
+        instance_pids(inst["cgroup"].as_str().unwrap()).into_iter().find(|p| *p != inst["pid"].as_u64().unwrap()).expect("the function's process");
     let uids = status_field(function, "Uid");
     assert!(uids.split_whitespace().all(|u| u == host_uid.to_string()), "function's host uids {uids}, expected {host_uid}");
     assert_eq!(status_field(function, "Seccomp"), "2");
@@ -136,7 +137,8 @@ fn all_instances_together_cannot_take_every_pid_of_the_host() {
     let candidates: Vec<std::path::PathBuf> = match v1 {
         Some(l) => {
             let mnt = std::path::PathBuf::from(l.split(' ').nth(4).unwrap());
-            let base = own.lines().find_map(|l| l.split(':').nth(1).filter(|c| c.split(',').any(|x| x == "pids")).and(l.split(':').nth(2))).unwrap_or("/");
+            let base =
+                own.lines().find_map(|l| l.split(':').nth(1).filter(|c| c.split(',').any(|x| x == "pids")).and(l.split(':').nth(2))).unwrap_or("/");
             vec![mnt.join(base.trim_start_matches('/')).join(&f.cgroup_root), mnt.join(&f.cgroup_root)]
         }
         None => vec![f.root_path()],

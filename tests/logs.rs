@@ -83,7 +83,8 @@ fn a_flood_of_lines_rotates_the_log_and_printing_is_rate_limited() {
     let tail = base64::engine::general_purpose::STANDARD.decode(r.header("x-fc-log-result")).unwrap();
     assert!(tail.len() <= fcsup::logs::TAIL_BYTES, "Tail is {} bytes", tail.len());
 
-    let line = f.wait_line("with the drop count", |l| l.starts_with("[chatty] ") && l.ends_with("lines dropped (rate limit)"), Duration::from_secs(30));
+    let line =
+        f.wait_line("with the drop count", |l| l.starts_with("[chatty] ") && l.ends_with("lines dropped (rate limit)"), Duration::from_secs(30));
     let dropped: u64 = line.split(' ').nth(1).unwrap().parse().unwrap();
     assert!(dropped > 0, "{line}");
     let printed = f.output().iter().filter(|l| l.starts_with("[chatty/") && l.ends_with("xxxx")).count() as u64;

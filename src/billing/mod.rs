@@ -5,9 +5,9 @@
 //! records for their frozen time (fc-spec §6).
 
 mod ledger;
-pub mod windows;
 pub mod price;
 pub mod report;
+pub mod windows;
 
 use std::time::Duration;
 
