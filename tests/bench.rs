@@ -1,6 +1,7 @@
 //! `fcsup bench` keeps working (issue 6): a quick run of its freeze/thaw group produces the
 //! JSON shape the issue names and the correctness column. No timing is asserted: benchmarks
 //! are not tests.
+#![allow(clippy::tests_outside_test_module, reason = "an integration test file is a crate of its own, with no test module to sit in")]
 
 mod common;
 
@@ -27,12 +28,17 @@ fn bench_quick_freeze_group_reports_rows_and_correctness() {
             .unwrap_or_else(|| panic!("no fcsup {metric} / {workload} row in {rows:#?}"));
         assert_eq!(row["unit"], "us");
         assert!(row["n"].as_u64().unwrap() > 0);
-        let (min, p50, p99, max) = (row["min"].as_f64().unwrap(), row["p50"].as_f64().unwrap(), row["p99"].as_f64().unwrap(), row["max"].as_f64().unwrap());
+        let (min, p50, p99, max) =
+            (row["min"].as_f64().unwrap(), row["p50"].as_f64().unwrap(), row["p99"].as_f64().unwrap(), row["max"].as_f64().unwrap());
         assert!(min > 0.0 && min <= p50 && p50 <= p99 && p99 <= max, "{row}");
     }
     let fcsup = report["correctness"].as_array().unwrap().iter().find(|c| c["system"] == "fcsup").unwrap();
     assert_eq!(fcsup["child_keeps_running_while_frozen"], false, "a frozen instance's child process must not run");
     // Nothing left behind: the bench's cgroup root is gone.
-    let left: Vec<_> = std::fs::read_dir(common::cgroup2_mount()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("fcsup-bench")).collect();
+    let left: Vec<_> = std::fs::read_dir(common::cgroup2_mount())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("fcsup-bench"))
+        .collect();
     assert!(left.is_empty(), "bench cgroups left: {left:?}");
 }

@@ -2,6 +2,7 @@
 //! burned, frozen time costs nothing, concurrent requests share one window, hooks have their
 //! own records, records are priced in FC's CU, the ledger survives restarts, and `/metrics`
 //! is valid Prometheus text.
+#![allow(clippy::tests_outside_test_module, reason = "an integration test file is a crate of its own, with no test module to sit in")]
 
 mod common;
 
@@ -76,15 +77,10 @@ fn ledger_survives_a_restart_and_report_sums_it() {
     window_of(&f, first.header("x-fc-request-id"));
     f.stop_and_check_clean();
     let path = f.dir.path().join("ledger.jsonl");
-    let lines: Vec<serde_json::Value> =
-        std::fs::read_to_string(&path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let phases: Vec<&str> = lines.iter().map(|l| l["phase"].as_str().unwrap()).collect();
     assert_eq!(phases.iter().filter(|p| **p == "initialize").count(), 2, "{phases:?}");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fcsup"))
-        .args(["report", "--json", "--ledger"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fcsup")).args(["report", "--json", "--ledger"]).arg(&path).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let bill = &report[0];
@@ -129,11 +125,8 @@ fn hooks_are_billed_as_their_own_phases() {
     assert_eq!(w["phase"], "pre-freeze", "PreFreeze is billed in the window it ends: {w:#}");
     assert_eq!(w["invocations"], 1);
     f.stop_and_check_clean();
-    let recs: Vec<serde_json::Value> = std::fs::read_to_string(f.dir.path().join("ledger.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let recs: Vec<serde_json::Value> =
+        std::fs::read_to_string(f.dir.path().join("ledger.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let phases: Vec<&str> = recs.iter().map(|r| r["phase"].as_str().unwrap()).collect();
     assert_eq!(phases, ["initialize", "pre-freeze", "pre-stop"], "{recs:#?}");
     assert_eq!(recs[0]["cold_start"], true);

@@ -1,6 +1,7 @@
 //! Privileged tests of the front door's security: `/admin/` only on the root-only admin socket
 //! (or with the admin token), idle connections that cannot take fcsup down, FC's size limits,
 //! and a failed bind that leaves nothing behind.
+#![allow(clippy::tests_outside_test_module, reason = "an integration test file is a crate of its own, with no test module to sit in")]
 
 mod common;
 
@@ -90,11 +91,7 @@ fn admin_is_on_the_root_only_socket_not_on_tcp() {
     let ps = Command::new(env!("CARGO_BIN_EXE_fcsup")).args(["ps", "--cgroup-root", &f.cgroup_root]).output().unwrap();
     assert!(ps.status.success(), "{}", String::from_utf8_lossy(&ps.stderr));
     assert!(String::from_utf8_lossy(&ps.stdout).contains(&id), "{}", String::from_utf8_lossy(&ps.stdout));
-    let report = Command::new(env!("CARGO_BIN_EXE_fcsup"))
-        .args(["report", "--json", "--admin-socket"])
-        .arg(&f.admin_socket)
-        .output()
-        .unwrap();
+    let report = Command::new(env!("CARGO_BIN_EXE_fcsup")).args(["report", "--json", "--admin-socket"]).arg(&f.admin_socket).output().unwrap();
     assert!(report.status.success(), "{}", String::from_utf8_lossy(&report.stderr));
     assert!(String::from_utf8_lossy(&report.stdout).contains("fn1"));
     f.stop_and_check_clean();

@@ -1,6 +1,7 @@
 //! The instance is a box: a hostile function is root only inside it, cannot reach host-wide
 //! kernel settings, cannot take the supervisor down by running out of memory, and dies with a
 //! supervisor that is killed outright.
+#![allow(clippy::tests_outside_test_module, reason = "an integration test file is a crate of its own, with no test module to sit in")]
 
 mod common;
 
@@ -10,11 +11,11 @@ use std::time::Duration;
 use common::*;
 
 /// The host pids of every process in the instance behind `cgroup`.
-fn instance_pids(cgroup: &str) -> Vec<i32> {
+fn instance_pids(cgroup: &str) -> Vec<u64> {
     std::fs::read_to_string(Path::new(cgroup).join("cgroup.procs")).unwrap().lines().filter_map(|l| l.parse().ok()).collect()
 }
 
-fn status_field(pid: i32, key: &str) -> String {
+fn status_field(pid: impl std::fmt::Display, key: &str) -> String {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     s.lines().find_map(|l| l.strip_prefix(&format!("{key}:"))).unwrap_or_default().trim().to_string()
 }
@@ -49,12 +50,13 @@ fn function_is_root_only_inside_its_box() {
     let inst = f.instances().into_iter().next().expect("one instance");
     let host_uid = inst["host_uid"].as_u64().expect("host_uid in the admin view");
     assert!(host_uid > 65535, "{inst}");
-    let function = instance_pids(inst["cgroup"].as_str().unwrap()).into_iter().find(|p| *p != inst["pid"].as_i64().unwrap() as i32).expect("the function's process");
+    let function =
+        instance_pids(inst["cgroup"].as_str().unwrap()).into_iter().find(|p| *p != inst["pid"].as_u64().unwrap()).expect("the function's process");
     let uids = status_field(function, "Uid");
     assert!(uids.split_whitespace().all(|u| u == host_uid.to_string()), "function's host uids {uids}, expected {host_uid}");
     assert_eq!(status_field(function, "Seccomp"), "2");
     // The init has left the supervisor's memory for the small fcsup-init, confined alike.
-    let init = inst["pid"].as_i64().unwrap() as i32;
+    let init = inst["pid"].as_u64().unwrap();
     let exe = std::fs::read_link(format!("/proc/{init}/exe")).unwrap();
     assert!(exe.to_string_lossy().contains("fcsup-init"), "the init runs {}", exe.display());
     assert_eq!(status_field(init, "Seccomp"), "2");
@@ -135,7 +137,8 @@ fn all_instances_together_cannot_take_every_pid_of_the_host() {
     let candidates: Vec<std::path::PathBuf> = match v1 {
         Some(l) => {
             let mnt = std::path::PathBuf::from(l.split(' ').nth(4).unwrap());
-            let base = own.lines().find_map(|l| l.split(':').nth(1).filter(|c| c.split(',').any(|x| x == "pids")).and(l.split(':').nth(2))).unwrap_or("/");
+            let base =
+                own.lines().find_map(|l| l.split(':').nth(1).filter(|c| c.split(',').any(|x| x == "pids")).and(l.split(':').nth(2))).unwrap_or("/");
             vec![mnt.join(base.trim_start_matches('/')).join(&f.cgroup_root), mnt.join(&f.cgroup_root)]
         }
         None => vec![f.root_path()],
@@ -149,7 +152,7 @@ fn all_instances_together_cannot_take_every_pid_of_the_host() {
 #[test]
 fn a_huge_response_is_refused_not_held_by_the_supervisor() {
     let Some(mut f) = serve_if_privileged(&hostile_props("big", 512)) else { return };
-    let rss = || status_field(f.pid() as i32, "VmRSS").split_whitespace().next().unwrap().parse::<u64>().unwrap();
+    let rss = || status_field(f.pid(), "VmRSS").split_whitespace().next().unwrap().parse::<u64>().unwrap();
     let before = rss();
     let r = f.invoke("big", r#"{"op":"big_response","mb":400}"#);
     assert_eq!(r.status, 200, "{}", r.text());

@@ -1,5 +1,6 @@
 //! Privileged tests of issue 3: freezing really stops threads and children, hooks run when
 //! FC runs them, instances are isolated, and nothing is left behind.
+#![allow(clippy::tests_outside_test_module, reason = "an integration test file is a crate of its own, with no test module to sit in")]
 
 mod common;
 
@@ -29,10 +30,7 @@ fn frozen_instance_stops_background_thread_and_child_process() {
     // The instance is legitimately thawed for about a millisecond on each side of the gap
     // (after the handler read its counters until the freeze, and from the thaw until the next
     // read), so a tick or two happen around it; 500 ms running would be about 450 ticks.
-    assert!(
-        thread_gap <= 3 && child_gap <= 3,
-        "across a 500 ms frozen gap the counters moved: thread {thread_gap}, child {child_gap}"
-    );
+    assert!(thread_gap <= 3 && child_gap <= 3, "across a 500 ms frozen gap the counters moved: thread {thread_gap}, child {child_gap}");
     f.stop_and_check_clean();
 }
 
@@ -56,8 +54,7 @@ instanceLifecycleConfig:
   preFreeze: {handler: f, timeout: 5}
   preStop: {handler: s, timeout: 5}";
     let Some(mut f) = serve_if_privileged(&fixture_props("hooks", extra)) else { return };
-    let resps: Vec<Resp> =
-        f.invoke_concurrently("hooks", r#"{"op":"sleep","ms":300}"#, 5, Duration::ZERO).into_iter().map(|(r, _)| r).collect();
+    let resps: Vec<Resp> = f.invoke_concurrently("hooks", r#"{"op":"sleep","ms":300}"#, 5, Duration::ZERO).into_iter().map(|(r, _)| r).collect();
     let ids: std::collections::HashSet<&str> = resps.iter().map(|r| r.header("x-fc-instance-id")).collect();
     assert!(resps.iter().all(|r| r.status == 200 && r.header("x-fc-error-type").is_empty()));
     assert_eq!(ids.len(), 1, "5 concurrent requests with concurrency 5 share one instance");
@@ -83,8 +80,7 @@ instanceLifecycleConfig:
 #[test]
 fn two_instances_listen_on_the_same_port() {
     let Some(mut f) = serve_if_privileged(&fixture_props("pair", "")) else { return };
-    let resps: Vec<Resp> =
-        f.invoke_concurrently("pair", r#"{"op":"hold","ms":300}"#, 2, Duration::ZERO).into_iter().map(|(r, _)| r).collect();
+    let resps: Vec<Resp> = f.invoke_concurrently("pair", r#"{"op":"hold","ms":300}"#, 2, Duration::ZERO).into_iter().map(|(r, _)| r).collect();
     assert!(resps.iter().all(|r| r.status == 200), "{resps:?}");
     let ids: std::collections::HashSet<String> = resps.iter().map(|r| r.header("x-fc-instance-id").to_string()).collect();
     assert_eq!(ids.len(), 2, "concurrency 1: the second request needs a second instance on port 9000");
@@ -131,7 +127,11 @@ fn instance_sees_fc_environment_and_a_private_root() {
 
 #[test]
 fn errors_come_in_fc_shapes() {
-    let Some(mut f) = serve_if_privileged(&(fixture_props("crashy", "") + &fixture_props("missing", "").replace("/usr/bin/python3, server.py", "/code/nope"))) else { return };
+    let Some(mut f) =
+        serve_if_privileged(&(fixture_props("crashy", "") + &fixture_props("missing", "").replace("/usr/bin/python3, server.py", "/code/nope")))
+    else {
+        return;
+    };
     let r = f.invoke("nosuch", "{}");
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["Code"], "FunctionNotFound");

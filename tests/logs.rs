@@ -1,6 +1,7 @@
 //! Privileged tests of function output under floods: a line without end keeps fcsup's memory
 //! bounded, log files rotate within their bound, and printing is rate-limited with a count of
 //! what was dropped. Nothing here asserts a timing.
+#![allow(clippy::tests_outside_test_module, reason = "an integration test file is a crate of its own, with no test module to sit in")]
 
 mod common;
 
@@ -82,7 +83,8 @@ fn a_flood_of_lines_rotates_the_log_and_printing_is_rate_limited() {
     let tail = base64::engine::general_purpose::STANDARD.decode(r.header("x-fc-log-result")).unwrap();
     assert!(tail.len() <= fcsup::logs::TAIL_BYTES, "Tail is {} bytes", tail.len());
 
-    let line = f.wait_line("with the drop count", |l| l.starts_with("[chatty] ") && l.ends_with("lines dropped (rate limit)"), Duration::from_secs(30));
+    let line =
+        f.wait_line("with the drop count", |l| l.starts_with("[chatty] ") && l.ends_with("lines dropped (rate limit)"), Duration::from_secs(30));
     let dropped: u64 = line.split(' ').nth(1).unwrap().parse().unwrap();
     assert!(dropped > 0, "{line}");
     let printed = f.output().iter().filter(|l| l.starts_with("[chatty/") && l.ends_with("xxxx")).count() as u64;
@@ -126,8 +128,7 @@ fn output_flows_while_nobody_reads_fcsups_stdout() {
         let n = std::fs::read(&log).unwrap_or_default().split(|b| *b == b'\n').filter(|l| l.ends_with(b"xxxx")).count();
         (n >= 20_000_000 / 100).then_some(())
     });
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    signal(&child, libc::SIGTERM);
     let status = wait_for("fcsup to exit", Duration::from_secs(30), || child.try_wait().unwrap());
     assert!(status.success(), "fcsup exited with {status}");
     assert!(!cgroup2_mount().join(&root).exists(), "cgroup root left behind");

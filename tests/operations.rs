@@ -1,5 +1,6 @@
 //! Privileged tests of what an operator relies on (issue 4): health checks that never thaw a
 //! frozen instance, Async invocations, client hang-ups, configuration changes, log files.
+#![allow(clippy::tests_outside_test_module, reason = "an integration test file is a crate of its own, with no test module to sit in")]
 
 mod common;
 
@@ -114,9 +115,7 @@ fn put_function_replaces_instances_after_their_requests() {
     let Some(mut f) = serve_if_privileged(&fixture_props("swap", extra)) else { return };
     f.warm("swap");
     let addr = f.addr.clone();
-    let slow = std::thread::spawn(move || {
-        http(&addr, "POST", "/2023-03-30/functions/swap/invocations", &[], br#"{"op":"sleep","ms":1500}"#)
-    });
+    let slow = std::thread::spawn(move || http(&addr, "POST", "/2023-03-30/functions/swap/invocations", &[], br#"{"op":"sleep","ms":1500}"#));
     f.wait_line("the slow request to run", |l| l.contains("EVENT invoke op=sleep"), Duration::from_secs(5));
     let props = format!(
         "code: {}\nmemorySize: 512\ntimeout: 10\nenvironmentVariables: {{VERSION: two}}\ncustomRuntimeConfig: {{command: [/usr/bin/python3, server.py]}}\n",

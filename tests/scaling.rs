@@ -1,4 +1,5 @@
 //! Privileged tests of the scaling and failure semantics built so far (issue 4).
+#![allow(clippy::tests_outside_test_module, reason = "an integration test file is a crate of its own, with no test module to sit in")]
 
 mod common;
 

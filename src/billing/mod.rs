@@ -5,9 +5,9 @@
 //! records for their frozen time (fc-spec §6).
 
 mod ledger;
-pub mod windows;
 pub mod price;
 pub mod report;
+pub mod windows;
 
 use std::time::Duration;
 
@@ -138,9 +138,10 @@ impl WindowRecord {
         start_ms: u64,
         usage: Usage,
     ) -> Self {
-        let wall_us = usage.wall.as_micros() as u64;
+        let wall_us = micros(usage.wall);
         let billed_ms = wall_us.div_ceil(1000);
-        let invocations = if matches!(phase, Phase::Invoke | Phase::PreFreeze) { request_ids.len() as u32 } else { 0 };
+        // Saturates: 2^32 requests cannot share one window.
+        let invocations = if matches!(phase, Phase::Invoke | Phase::PreFreeze) { u32::try_from(request_ids.len()).unwrap_or(u32::MAX) } else { 0 };
         let cu = Cu::of(phase != Phase::Idle, f.cpu, f.memory_mb, f.disk_mb, billed_ms, invocations);
         WindowRecord {
             instance: instance.into(),
@@ -166,4 +167,9 @@ impl WindowRecord {
             cu,
         }
     }
+}
+
+/// `d` in whole microseconds; saturates (u64 µs is 584,000 years).
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }

@@ -144,7 +144,11 @@ mod tests {
     use super::*;
 
     fn at(base: Instant, ms: u64, cpu_us: u64) -> Reading {
-        Reading { at: base + Duration::from_millis(ms), at_ms: 1_000_000 + ms, cpu: CpuStat { usage_usec: cpu_us, user_usec: cpu_us, system_usec: 0 } }
+        Reading {
+            at: base + Duration::from_millis(ms),
+            at_ms: 1_000_000 + ms,
+            cpu: CpuStat { usage_usec: cpu_us, user_usec: cpu_us, system_usec: 0 },
+        }
     }
 
     #[test]

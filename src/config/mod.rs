@@ -356,10 +356,8 @@ impl Config {
 
     /// Parses `text` as if read from `path`, resolving relative paths against `base`.
     pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Self, ConfigError> {
-        let file: SFile = serde_saphyr::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
-        let mut entries: Vec<(String, Props)> =
-            file.resources.into_iter().map(|(k, r)| (format!("resources.{k}.props"), r.props)).collect();
+        let file: SFile = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        let mut entries: Vec<(String, Props)> = file.resources.into_iter().map(|(k, r)| (format!("resources.{k}.props"), r.props)).collect();
         for (i, p) in file.functions.into_iter().enumerate() {
             entries.push((format!("functions[{i}]"), p));
         }
@@ -394,8 +392,7 @@ impl Config {
     /// paths resolve against `base` (the served file's directory).
     pub fn parse_function(text: &str, name: &str, base: &Path) -> Result<Function, ConfigError> {
         let at = PathBuf::from(format!("PUT /admin/functions/{name}"));
-        let mut props: Props =
-            serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse { path: at.clone(), message: e.to_string() })?;
+        let mut props: Props = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse { path: at.clone(), message: e.to_string() })?;
         props.function_name = Some(name.to_string());
         validate(&props, name, base).map_err(|(key, message)| ConfigError::Invalid { path: at, key, message })
     }

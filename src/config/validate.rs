@@ -44,7 +44,10 @@ pub fn validate(p: &Props, default_name: &str, base: &Path) -> Result<Function, 
         return bad("runtime", format!("{runtime:?} is not supported: fcsup runs custom runtimes (custom, custom.debian10/11/12)"));
     }
     if p.gpu_config.is_some() {
-        return bad("gpuConfig", "GPU functions are not supported by this fcsup yet (no device wiring, no GPU billing); remove gpuConfig to run on CPU");
+        return bad(
+            "gpuConfig",
+            "GPU functions are not supported by this fcsup yet (no device wiring, no GPU billing); remove gpuConfig to run on CPU",
+        );
     }
     let code = p.code.clone().unwrap_or_else(|| "./code".into());
     let code_dir = base.join(&code);
@@ -278,7 +281,9 @@ resources:
 
     #[test]
     fn gpu_functions_are_refused_clearly() {
-        let e = parse(&GOOD.replace("      role:", "      gpuConfig: {gpuMemorySize: 16384, gpuType: fc.gpu.tesla.1}\n      role:")).unwrap_err().to_string();
+        let e = parse(&GOOD.replace("      role:", "      gpuConfig: {gpuMemorySize: 16384, gpuType: fc.gpu.tesla.1}\n      role:"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("resources.hello.props.gpuConfig") && e.contains("not supported"), "{e}");
     }
 

@@ -223,9 +223,7 @@ impl Fcsup {
 
     /// Sends SIGHUP (reload the file).
     pub fn hangup(&self) {
-        let pid = self.child.as_ref().expect("running").id() as i32;
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(pid, libc::SIGHUP) };
+        signal(self.child.as_ref().expect("running"), libc::SIGHUP);
     }
 
     /// fcsup's process id.
@@ -263,7 +261,7 @@ impl Fcsup {
                 let (addr, body) = (self.addr.clone(), body.to_string());
                 let path = format!("/2023-03-30/functions/{name}/invocations");
                 std::thread::spawn(move || {
-                    std::thread::sleep(stagger * i as u32);
+                    std::thread::sleep(stagger * u32::try_from(i).expect("a test sends fewer than 2^32 requests"));
                     let t = Instant::now();
                     let r = http(&addr, "POST", &path, &[], body.as_bytes());
                     (r, t.elapsed())
@@ -310,8 +308,7 @@ impl Fcsup {
     /// Sends SIGTERM and waits for a clean exit; returns the whole output.
     pub fn stop(&mut self) -> Vec<String> {
         let mut child = self.child.take().expect("running");
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        signal(&child, libc::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(30);
         let status = loop {
             if let Some(s) = child.try_wait().unwrap() {
@@ -342,8 +339,7 @@ impl Fcsup {
 impl Drop for Fcsup {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            signal(&c, libc::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(20);
             while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
@@ -352,6 +348,13 @@ impl Drop for Fcsup {
             let _ = c.wait();
         }
     }
+}
+
+/// Sends `sig` to `child` (std's `Child` can only SIGKILL).
+pub fn signal(child: &Child, sig: libc::c_int) {
+    let pid = libc::pid_t::try_from(child.id()).expect("a pid fits in pid_t");
+    // SAFETY: kill(2) takes no pointers; the pid is our own child's.
+    unsafe { libc::kill(pid, sig) };
 }
 
 /// A response.
@@ -418,10 +421,8 @@ pub fn parse_response(raw: &[u8]) -> Resp {
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.lines();
     let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    let headers: HashMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
+    let headers: HashMap<String, String> =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())).collect();
     let mut body = raw[split + 4..].to_vec();
     if headers.get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
         body = dechunk(&body);
