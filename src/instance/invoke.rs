@@ -77,7 +77,12 @@ impl<K: Kernel> Instance<K> {
 
     /// Sends the request (the instance thawed, its run counted) and turns the outcome into a
     /// reply or FC's error.
-    async fn proxy_running(&self, call: &Call, canceled: Option<oneshot::Receiver<()>>, cpu0: Option<crate::cgroup::CpuStat>) -> Result<Reply, InvokeError> {
+    async fn proxy_running(
+        &self,
+        call: &Call,
+        canceled: Option<oneshot::Receiver<()>>,
+        cpu0: Option<crate::cgroup::CpuStat>,
+    ) -> Result<Reply, InvokeError> {
         self.log.begin(&call.request_id);
         let started = Instant::now();
         // The request's own CPU counts from its window's opening reading (taken while frozen,
@@ -130,13 +135,16 @@ impl<K: Kernel> Instance<K> {
             }
             Err(ProxyError::Build(e)) => Err(Internal::Build(e).into()),
             Err(ProxyError::Conn(e)) => {
-                let duration_ms = duration.as_millis() as u64;
+                let duration_ms = duration.as_millis().try_into().unwrap_or(u64::MAX);
                 // A process dying at its memory limit can take a while to be reaped (reclaim first).
                 if self.wait_exit(Duration::from_secs(2)).await.is_none() {
                     return Err(Internal::Request(e).into());
                 }
                 if self.kernel.exit().borrow().is_some_and(|e| e.oom_killed) {
-                    self.log.note(&format!("FC Invoke End RequestId: {}, Error: out of memory (memorySize {} MB)", call.request_id, self.function.memory_mb));
+                    self.log.note(&format!(
+                        "FC Invoke End RequestId: {}, Error: out of memory (memorySize {} MB)",
+                        call.request_id, self.function.memory_mb
+                    ));
                     Err(InvokeError::OutOfMemory { limit_mb: self.function.memory_mb, duration_ms, max_memory_mb })
                 } else {
                     Err(InvokeError::Crashed { duration_ms, max_memory_mb })

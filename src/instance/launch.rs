@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{hooks, Instance, Sandboxed, StartError, StartTrace};
+use super::{hooks, us, Instance, Sandboxed, Spawned, StartError, StartTrace};
 use crate::billing::{Ledger, WindowRecord};
 use crate::cgroup::{CgroupRoot, Limits};
 use crate::config::Function;
@@ -102,13 +102,11 @@ impl Launcher {
     pub fn launch(&self, function: Arc<Function>, provisioned: bool) -> Result<Arc<Instance>, StartError> {
         let created = Instant::now();
         let id = crate::util::instance_id();
-        let limits = Limits {
-            memory_bytes: Some(function.memory_mb * 1024 * 1024),
-            pids_max: Some(function.pids_max),
-            cpu_millis: Some((function.cpu * 1000.0).round() as u64),
-        };
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "cpu is validated to FC's range of 0.05 to 16 vCPUs")]
+        let cpu_millis = (function.cpu * 1000.0).round() as u64;
+        let limits = Limits { memory_bytes: Some(function.memory_mb * 1024 * 1024), pids_max: Some(function.pids_max), cpu_millis: Some(cpu_millis) };
         let cgroup = self.cgroups.create(&id, &limits)?;
-        let cgroup_us = created.elapsed().as_micros() as u64;
+        let cgroup_us = us(created.elapsed());
         let spec = SandboxSpec {
             argv: function.command.clone(),
             env: hooks::environment(&function, &id),
@@ -131,14 +129,9 @@ impl Launcher {
                 return Err(e.into());
             }
         };
-        let exec_us = created.elapsed().as_micros() as u64;
-        let start_trace = StartTrace {
-            cgroup_us,
-            clone_us: exec_us.saturating_sub(child.clone_to_exec.as_micros() as u64),
-            exec_us,
-            ..StartTrace::default()
-        };
-        tracing::debug!(instance = %id, clone_to_exec_us = child.clone_to_exec.as_micros() as u64, "spawned");
+        let exec_us = us(created.elapsed());
+        let start_trace = StartTrace { cgroup_us, clone_us: exec_us.saturating_sub(us(child.clone_to_exec)), exec_us, ..StartTrace::default() };
+        tracing::debug!(instance = %id, clone_to_exec_us = us(child.clone_to_exec), "spawned");
         let log = InstanceLog::new(
             &function.name,
             &id,
@@ -147,6 +140,6 @@ impl Launcher {
         );
         let (kernel, stdout, stderr) = Sandboxed::new(cgroup, child).map_err(setup("watch the instance's pidfd"))?;
         log.attach(stdout, stderr);
-        Ok(Instance::new(id, function, kernel, self.reporting.clone(), log, provisioned, created, start_trace))
+        Ok(Instance::new(function, Spawned { id, kernel, log, created, start_trace }, self.reporting.clone(), provisioned))
     }
 }

@@ -217,6 +217,21 @@ pub struct Snapshot {
     pub start_trace: StartTrace,
 }
 
+/// A process just started for an instance, and what its start produced.
+#[derive(Debug)]
+pub struct Spawned<K: Kernel> {
+    /// The instance's id (also its cgroup's name).
+    pub id: String,
+    /// Its cgroup and process.
+    pub kernel: K,
+    /// Its output.
+    pub log: Arc<InstanceLog>,
+    /// When its start began.
+    pub created: Instant,
+    /// The start's steps so far.
+    pub start_trace: StartTrace,
+}
+
 /// A request's slot on an instance, taken by its pool ([`Instance::admit`]); dropping it
 /// gives the slot back, and the last one given back lets the instance freeze.
 #[derive(Debug)]
@@ -242,18 +257,10 @@ impl<K: Kernel> Drop for Ticket<K> {
 }
 
 impl<K: Kernel> Instance<K> {
-    /// An instance of `function` on `kernel`, its process just started (`created` is when
-    /// its start began); it needs [`Instance::boot`] next.
-    pub fn new(
-        id: String,
-        function: Arc<Function>,
-        kernel: K,
-        reporting: Arc<Reporting>,
-        log: Arc<InstanceLog>,
-        provisioned: bool,
-        created: Instant,
-        start_trace: StartTrace,
-    ) -> Arc<Self> {
+    /// An instance of `function` whose process `spawned` just started; it needs
+    /// [`Instance::boot`] next.
+    pub fn new(function: Arc<Function>, spawned: Spawned<K>, reporting: Arc<Reporting>, provisioned: bool) -> Arc<Self> {
+        let Spawned { id, kernel, log, created, start_trace } = spawned;
         let now = crate::util::now_ms();
         let inst = Arc::new(Instance {
             fc_headers: hooks::instance_headers(&function, &id),
@@ -428,4 +435,9 @@ impl Instance<Sandboxed> {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// Whole µs in `d` (for traces and logs; saturates past half a million years).
+fn us(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{HookKind, Instance, Internal, InvokeError, Kernel, Lifecycle};
+use super::{us, HookKind, Instance, Internal, InvokeError, Kernel, Lifecycle};
 use crate::billing::windows::{Closed, Reading, Windows};
 use crate::billing::{Phase, ResourceMode, Usage, WindowRecord};
 
@@ -38,7 +38,7 @@ impl<K: Kernel> Instance<K> {
                 self.reporting.samples().record("freeze", took);
                 let now = self.close_window(&mut windows);
                 windows.frozen(now, self.provisioned);
-                tracing::debug!(function = %self.function.name, instance = %self.id, us = took.as_micros() as u64, "frozen");
+                tracing::debug!(function = %self.function.name, instance = %self.id, us = us(took), "frozen");
             }
             Err(e) => tracing::error!(instance = %self.id, "freeze failed: {e}"),
         }
@@ -53,7 +53,7 @@ impl<K: Kernel> Instance<K> {
         self.transition(Lifecycle::thawed);
         self.latencies.thaw(took);
         self.reporting.samples().record("thaw", took);
-        tracing::debug!(function = %self.function.name, instance = %self.id, us = took.as_micros() as u64, "thawed");
+        tracing::debug!(function = %self.function.name, instance = %self.id, us = us(took), "thawed");
         Ok(())
     }
 

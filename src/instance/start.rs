@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::conn::Connections;
-use super::{ms, HookKind, InitError, Instance, Kernel, Lifecycle, StartError};
+use super::{ms, us, HookKind, InitError, Instance, Kernel, Lifecycle, StartError};
 
 impl<K: Kernel> Instance<K> {
     /// Waits for the port, runs the Initializer and freezes: the rest of a cold start. The
@@ -51,7 +51,7 @@ impl<K: Kernel> Instance<K> {
             self.conns.put(s);
         }
         let listening = self.created.elapsed();
-        self.start_trace.lock().expect("trace").listening_us = listening.as_micros() as u64;
+        self.start_trace.lock().expect("trace").listening_us = us(listening);
         self.transition(Lifecycle::listening);
         tracing::info!(function = %self.function.name, instance = %self.id, ms = ms(listening), "cold start: listening");
         {
@@ -72,7 +72,7 @@ impl<K: Kernel> Instance<K> {
                 _ => self.transition(Lifecycle::boot_done),
             }
         }
-        self.start_trace.lock().expect("trace").initialized_us = self.created.elapsed().as_micros() as u64;
+        self.start_trace.lock().expect("trace").initialized_us = us(self.created.elapsed());
         if let Some(hc) = &self.function.health_check {
             self.watch_health(hc.clone());
         }
@@ -80,7 +80,7 @@ impl<K: Kernel> Instance<K> {
         // freeze and a thaw to their cold start.
         self.clone().freeze_if_idle().await;
         let ready = self.created.elapsed();
-        self.start_trace.lock().expect("trace").ready_us = ready.as_micros() as u64;
+        self.start_trace.lock().expect("trace").ready_us = us(ready);
         Ok(ready)
     }
 

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{HookKind, Instance, Kernel, Lifecycle, StopTrace};
+use super::{us, HookKind, Instance, Kernel, Lifecycle, StopTrace};
 use crate::billing::Phase;
 
 impl<K: Kernel> Instance<K> {
@@ -12,7 +12,7 @@ impl<K: Kernel> Instance<K> {
     /// already exited.
     pub async fn stop(&self) {
         let t0 = Instant::now();
-        let since = |t: Instant| t.duration_since(t0).as_micros() as u64;
+        let since = |t: Instant| us(t.duration_since(t0));
         let mut trace = StopTrace::default();
         let mut windows = self.power.lock().await;
         let Some(plan) = self.transition(|l| l.stop(self.function.pre_stop.is_some())) else { return };

@@ -207,9 +207,7 @@ struct Fixture {
 /// An instance of a function with `extra` props, on the recording kernel.
 async fn fixture(extra: &str, script: Script) -> Fixture {
     let code = tempfile::tempdir().unwrap();
-    let props = format!(
-        "runtime: custom.debian10\ncode: .\ncustomRuntimeConfig: {{command: [/bin/true], port: 9000}}\ntimeout: 2\n{extra}"
-    );
+    let props = format!("runtime: custom.debian10\ncode: .\ncustomRuntimeConfig: {{command: [/bin/true], port: 9000}}\ntimeout: 2\n{extra}");
     let function = crate::config::Config::parse_function(&props, "f", code.path()).unwrap();
     let trace = Arc::new(Trace::default());
     let script = Arc::new(script);
@@ -217,12 +215,13 @@ async fn fixture(extra: &str, script: Script) -> Fixture {
     let kernel = Recording { trace: trace.clone(), script, exit: watch::channel(None).0, addr, memory: MemoryMeter::none() };
     let reporting = Arc::new(Reporting::new(Arc::new(Ledger::open(None).unwrap())));
     let log = crate::logs::InstanceLog::new("f", "c-test", None, None);
-    let instance =
-        Instance::new("c-test".into(), Arc::new(function), kernel, reporting.clone(), log, false, Instant::now(), StartTrace::default());
+    let spawned = Spawned { id: "c-test".into(), kernel, log, created: Instant::now(), start_trace: StartTrace::default() };
+    let instance = Instance::new(Arc::new(function), spawned, reporting.clone(), false);
     Fixture { instance, trace, reporting, _code: code }
 }
 
-const HOOKS: &str = "instanceLifecycleConfig:\n  initializer: {handler: i, timeout: 1}\n  preFreeze: {handler: f, timeout: 1}\n  preStop: {handler: s, timeout: 1}\n";
+const HOOKS: &str =
+    "instanceLifecycleConfig:\n  initializer: {handler: i, timeout: 1}\n  preFreeze: {handler: f, timeout: 1}\n  preStop: {handler: s, timeout: 1}\n";
 
 fn call(id: &str) -> Call {
     Call {

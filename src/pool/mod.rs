@@ -120,7 +120,15 @@ impl Pool {
     /// A pool for `function`.
     pub fn new(launcher: Arc<Launcher>, function: Arc<Function>, global: Arc<GlobalCount>) -> Arc<Self> {
         let scaling = Mutex::new(function.scaling());
-        Arc::new(Pool { function, launcher, members: Mutex::new(Vec::new()), global, stopping: Mutex::default(), closed: AtomicBool::new(false), scaling })
+        Arc::new(Pool {
+            function,
+            launcher,
+            members: Mutex::new(Vec::new()),
+            global,
+            stopping: Mutex::default(),
+            closed: AtomicBool::new(false),
+            scaling,
+        })
     }
 
     /// Starts the minimum instances and waits until they are initialized and frozen, then
