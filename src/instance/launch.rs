@@ -55,6 +55,12 @@ impl Reporting {
     }
 }
 
+/// Starts instances on the kernel `K` (real ones: [`Launcher`]; unit tests start fakes).
+pub trait Launch<K: super::Kernel>: Send + Sync + std::fmt::Debug {
+    /// Starts an instance's process; it needs [`Instance::boot`] next.
+    fn launch(&self, function: Arc<Function>, provisioned: bool) -> Result<Arc<Instance<K>>, StartError>;
+}
+
 /// Starts real instances: a cgroup with the function's limits, a sandboxed process in it.
 #[derive(Debug)]
 pub struct Launcher {
@@ -96,10 +102,12 @@ impl Launcher {
     pub fn echo(&self) -> Option<&Arc<Echo>> {
         self.echo.as_ref()
     }
+}
 
+impl Launch<Sandboxed> for Launcher {
     /// Creates the cgroup and starts the process (synchronous: a few hundred µs to a few
     /// ms). The instance then needs [`Instance::boot`].
-    pub fn launch(&self, function: Arc<Function>, provisioned: bool) -> Result<Arc<Instance>, StartError> {
+    fn launch(&self, function: Arc<Function>, provisioned: bool) -> Result<Arc<Instance>, StartError> {
         let created = Instant::now();
         let id = crate::util::instance_id();
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "cpu is validated to FC's range of 0.05 to 16 vCPUs")]

@@ -11,6 +11,8 @@
 
 mod conn;
 mod errors;
+#[cfg(test)]
+pub(crate) mod fake;
 mod health;
 mod hooks;
 mod invoke;
@@ -42,7 +44,7 @@ pub use conn::ConnError;
 pub use errors::{HookError, InitError, Internal, InvokeError, StartError};
 pub use hooks::HookKind;
 pub use kernel::{Kernel, Sandboxed};
-pub use launch::{Launcher, Reporting};
+pub use launch::{Launch, Launcher, Reporting};
 pub use lifecycle::{Lifecycle, Retire, State};
 
 /// When each step of an instance's start ended, in µs from its creation (the cold-start

@@ -1,201 +1,15 @@
-//! The instance's shell against a recording kernel, without root: the fake records every
-//! freeze, thaw, meter reading and signal, and a real HTTP server on loopback plays the
-//! function (recording each hook and request in the same log), so the lifecycle's orders are
-//! checked as they happen.
+//! The instance's shell against the recording kernel ([`super::fake`]): the lifecycle's
+//! orders checked as they happen, without root.
 
-use std::collections::VecDeque;
-use std::io;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Method, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use hyper::StatusCode;
 
-use super::kernel::{Exit, Placement};
+use super::fake::*;
 use super::*;
-use crate::billing::{Ledger, Phase};
-use crate::cgroup::{CgroupError, CpuStat, MemoryMeter};
-
-/// CPU the fake says the function used: on each thaw (its threads resume), each request, and
-/// before each freeze completes.
-const THAW_BURN: u64 = 7;
-const INVOKE_BURN: u64 = 1000;
-const FREEZE_BURN: u64 = 30;
-
-/// What happened, in order, to the kernel and to the function.
-#[derive(Debug, Default)]
-struct Trace {
-    events: Mutex<Vec<String>>,
-    cpu_usec: AtomicU64,
-}
-
-impl Trace {
-    fn push(&self, e: &str) {
-        self.events.lock().unwrap().push(e.to_string());
-    }
-
-    /// The events, without meter readings.
-    fn events(&self) -> Vec<String> {
-        self.events.lock().unwrap().iter().filter(|e| *e != "read").cloned().collect()
-    }
-
-    fn count(&self, e: &str) -> usize {
-        self.events.lock().unwrap().iter().filter(|x| *x == e).count()
-    }
-
-    /// Asserts that `want` happened in this order (other events may come between).
-    fn assert_order(&self, want: &[&str]) {
-        let all = self.events.lock().unwrap().clone();
-        let mut at = 0;
-        for w in want {
-            match all[at..].iter().position(|e| e == w) {
-                Some(i) => at += i + 1,
-                None => panic!("{want:?} did not happen in this order: {all:?}"),
-            }
-        }
-    }
-}
-
-/// How the fake function answers.
-#[derive(Debug, Default)]
-struct Script {
-    /// Statuses for successive `POST /initialize` (200 once they run out).
-    init: Mutex<VecDeque<u16>>,
-    /// How long `/initialize` takes.
-    init_delay: Duration,
-    /// How long a request takes.
-    invoke_delay: Duration,
-    /// The process ignores SIGTERM.
-    ignores_term: bool,
-}
-
-#[derive(Debug)]
-struct Recording {
-    trace: Arc<Trace>,
-    script: Arc<Script>,
-    exit: watch::Sender<Option<Exit>>,
-    addr: SocketAddr,
-    memory: MemoryMeter,
-}
-
-impl Recording {
-    fn exit_with(&self, status: i32) {
-        self.exit.send_if_modified(|e| e.is_none() && e.replace(Exit { status, oom_killed: false }).is_none());
-    }
-}
-
-impl Kernel for Recording {
-    async fn freeze(&self) -> Result<(), CgroupError> {
-        self.trace.cpu_usec.fetch_add(FREEZE_BURN, Ordering::SeqCst);
-        self.trace.push("freeze");
-        Ok(())
-    }
-
-    async fn thaw(&self) -> Result<(), CgroupError> {
-        self.trace.push("thaw");
-        self.trace.cpu_usec.fetch_add(THAW_BURN, Ordering::SeqCst);
-        Ok(())
-    }
-
-    fn cpu(&self) -> CpuStat {
-        self.trace.push("read");
-        CpuStat { usage_usec: self.trace.cpu_usec.load(Ordering::SeqCst), ..CpuStat::default() }
-    }
-
-    fn memory(&self) -> &MemoryMeter {
-        &self.memory
-    }
-
-    fn terminate(&self) {
-        self.trace.push("SIGTERM");
-        if !self.script.ignores_term {
-            self.exit_with(143);
-        }
-    }
-
-    async fn kill(&self) -> Result<(), CgroupError> {
-        self.trace.push("kill");
-        self.exit_with(137);
-        Ok(())
-    }
-
-    fn remove(&self) -> Result<(), CgroupError> {
-        self.trace.push("remove");
-        Ok(())
-    }
-
-    fn exit(&self) -> watch::Receiver<Option<Exit>> {
-        self.exit.subscribe()
-    }
-
-    fn try_connect(&self, _port: u16) -> io::Result<Option<TcpStream>> {
-        let s = std::net::TcpStream::connect(self.addr)?;
-        s.set_nonblocking(true)?;
-        Ok(Some(TcpStream::from_std(s)?))
-    }
-
-    async fn connect(&self, _port: u16) -> io::Result<TcpStream> {
-        TcpStream::connect(self.addr).await
-    }
-
-    fn placement(&self) -> Placement {
-        Placement { pid: 0, cgroup: String::new(), host_uid: None }
-    }
-}
-
-/// Serves the fake function on loopback: FC's lifecycle paths and `/invoke`.
-async fn function_server(trace: Arc<Trace>, script: Arc<Script>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
-            let (trace, script) = (trace.clone(), script.clone());
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let (trace, script) = (trace.clone(), script.clone());
-                    async move {
-                        let path = req.uri().path().to_string();
-                        let status = match (req.method(), path.as_str()) {
-                            (&Method::POST, "/initialize") => {
-                                trace.push("initialize");
-                                tokio::time::sleep(script.init_delay).await;
-                                script.init.lock().unwrap().pop_front().unwrap_or(200)
-                            }
-                            (&Method::POST, "/invoke") => {
-                                trace.push("invoke");
-                                tokio::time::sleep(script.invoke_delay).await;
-                                trace.cpu_usec.fetch_add(INVOKE_BURN, Ordering::SeqCst);
-                                trace.push("invoked");
-                                200
-                            }
-                            (&Method::GET, "/pre-freeze") => {
-                                trace.push("pre-freeze");
-                                200
-                            }
-                            (&Method::GET, "/pre-stop") => {
-                                trace.push("pre-stop");
-                                200
-                            }
-                            _ => 404,
-                        };
-                        let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")));
-                        *resp.status_mut() = StatusCode::from_u16(status).unwrap();
-                        Ok::<_, std::convert::Infallible>(resp)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-            });
-        }
-    });
-    addr
-}
+use crate::billing::Phase;
 
 struct Fixture {
     instance: Arc<Instance<Recording>>,
@@ -207,13 +21,9 @@ struct Fixture {
 /// An instance of a function with `extra` props, on the recording kernel.
 async fn fixture(extra: &str, script: Script) -> Fixture {
     let code = tempfile::tempdir().unwrap();
-    let props = format!("runtime: custom.debian10\ncode: .\ncustomRuntimeConfig: {{command: [/bin/true], port: 9000}}\ntimeout: 2\n{extra}");
-    let function = crate::config::Config::parse_function(&props, "f", code.path()).unwrap();
-    let trace = Arc::new(Trace::default());
-    let script = Arc::new(script);
-    let addr = function_server(trace.clone(), script.clone()).await;
-    let kernel = Recording { trace: trace.clone(), script, exit: watch::channel(None).0, addr, memory: MemoryMeter::none() };
-    let reporting = Arc::new(Reporting::new(Arc::new(Ledger::open(None).unwrap())));
+    let function = function(extra, code.path());
+    let (kernel, trace) = recording(script);
+    let reporting = reporting();
     let log = crate::logs::InstanceLog::new("f", "c-test", None, None);
     let spawned = Spawned { id: "c-test".into(), kernel, log, created: Instant::now(), start_trace: StartTrace::default() };
     let instance = Instance::new(Arc::new(function), spawned, reporting.clone(), false);
@@ -222,22 +32,6 @@ async fn fixture(extra: &str, script: Script) -> Fixture {
 
 const HOOKS: &str =
     "instanceLifecycleConfig:\n  initializer: {handler: i, timeout: 1}\n  preFreeze: {handler: f, timeout: 1}\n  preStop: {handler: s, timeout: 1}\n";
-
-fn call(id: &str) -> Call {
-    Call {
-        http_trigger: false,
-        request_id: id.into(),
-        method: Method::POST,
-        path_and_query: "/invoke".into(),
-        headers: Default::default(),
-        body: Bytes::new(),
-        want_log: false,
-        canceled: None,
-        retry_count: 0,
-        arrived: Instant::now(),
-        body_budget: None,
-    }
-}
 
 /// Waits until the instance is in `state`.
 async fn until(inst: &Instance<Recording>, state: State) {

@@ -17,15 +17,18 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Function, Scaling};
-use crate::instance::{Call, Instance, InvokeError, Launcher, Reply, Retire, Ticket};
+use crate::instance::{Call, Instance, InvokeError, Kernel, Launch, Reply, Retire, Sandboxed, Ticket};
 
-/// Instances of one function.
+#[cfg(test)]
+mod tests;
+
+/// Instances of one function, on the kernel `K` (real ones, or fakes in unit tests).
 #[derive(Debug)]
-pub struct Pool {
+pub struct Pool<K: Kernel = Sandboxed> {
     /// The function.
     pub function: Arc<Function>,
-    launcher: Arc<Launcher>,
-    members: Mutex<Vec<Member>>,
+    launcher: Arc<dyn Launch<K>>,
+    members: Mutex<Vec<Member<K>>>,
     /// Live instances across all pools, and their cap.
     global: Arc<GlobalCount>,
     /// Instances out of rotation that are finishing their requests or stopping.
@@ -38,8 +41,8 @@ pub struct Pool {
 
 /// One of the pool's instances, holding its place under the supervisor's cap.
 #[derive(Debug)]
-struct Member {
-    instance: Arc<Instance>,
+struct Member<K: Kernel> {
+    instance: Arc<Instance<K>>,
     _live: LivePermit,
 }
 
@@ -116,9 +119,9 @@ impl Dispatched {
     }
 }
 
-impl Pool {
+impl<K: Kernel> Pool<K> {
     /// A pool for `function`.
-    pub fn new(launcher: Arc<Launcher>, function: Arc<Function>, global: Arc<GlobalCount>) -> Arc<Self> {
+    pub fn new(launcher: Arc<dyn Launch<K>>, function: Arc<Function>, global: Arc<GlobalCount>) -> Arc<Self> {
         let scaling = Mutex::new(function.scaling());
         Arc::new(Pool {
             function,
@@ -168,7 +171,7 @@ impl Pool {
 
     /// Takes a slot on the busiest instance that has one, or on a new instance; both under
     /// one lock, so two requests never race for the last slot or both see "all full".
-    fn reserve(self: &Arc<Self>) -> Result<(Ticket, bool), InvokeError> {
+    fn reserve(self: &Arc<Self>) -> Result<(Ticket<K>, bool), InvokeError> {
         let mut members = self.members.lock().expect("pool");
         let busiest = members.iter().filter(|m| m.instance.has_slot()).max_by_key(|m| (m.instance.provisioned, m.instance.load()));
         if let Some(ticket) = busiest.and_then(|m| m.instance.admit()) {
@@ -187,14 +190,14 @@ impl Pool {
     }
 
     /// Starts one instance into `members` (the pool's lock held) and boots it.
-    fn add_locked(self: &Arc<Self>, members: &mut Vec<Member>, provisioned: bool) -> Result<Arc<Instance>, InvokeError> {
+    fn add_locked(self: &Arc<Self>, members: &mut Vec<Member<K>>, provisioned: bool) -> Result<Arc<Instance<K>>, InvokeError> {
         let inst = self.launch_locked(members, provisioned)?;
         self.boot_and_watch(inst.clone());
         Ok(inst)
     }
 
     /// Starts one instance's process into `members` (the pool's lock held).
-    fn launch_locked(&self, members: &mut Vec<Member>, provisioned: bool) -> Result<Arc<Instance>, InvokeError> {
+    fn launch_locked(&self, members: &mut Vec<Member<K>>, provisioned: bool) -> Result<Arc<Instance<K>>, InvokeError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(InvokeError::Gone);
         }
@@ -211,7 +214,7 @@ impl Pool {
     }
 
     /// Boots `instance` in the background, then waits until it should leave the pool.
-    fn boot_and_watch(self: &Arc<Self>, instance: Arc<Instance>) {
+    fn boot_and_watch(self: &Arc<Self>, instance: Arc<Instance<K>>) {
         let pool = Arc::downgrade(self);
         tokio::spawn(async move {
             let _ = instance.boot().await;
@@ -225,7 +228,7 @@ impl Pool {
     /// An instance said it should leave: whatever ended its process (crash, OOM kill), a
     /// failed start or Initializer, a hung request, a client gone (replaced), or it froze
     /// unhealthy (nothing would thaw it to see it recover).
-    fn on_retiring(self: &Arc<Self>, inst: &Arc<Instance>, why: Retire) {
+    fn on_retiring(self: &Arc<Self>, inst: &Arc<Instance<K>>, why: Retire) {
         match why {
             Retire::Replace => self.replace(inst),
             Retire::Exited(code) => {
@@ -249,7 +252,7 @@ impl Pool {
     }
 
     /// Takes `inst` out of the pool (giving back its place under the cap); whether it was in.
-    fn remove(&self, inst: &Arc<Instance>) -> bool {
+    fn remove(&self, inst: &Arc<Instance<K>>) -> bool {
         let mut m = self.members.lock().expect("pool");
         let before = m.len();
         m.retain(|x| !Arc::ptr_eq(&x.instance, inst));
@@ -258,7 +261,7 @@ impl Pool {
 
     /// Replaces an instance whose client went away (fc-spec §5.7): a new instance starts at
     /// once and the old one is stopped when the new one is up.
-    fn replace(self: &Arc<Self>, old: &Arc<Instance>) {
+    fn replace(self: &Arc<Self>, old: &Arc<Instance<K>>) {
         if !self.remove(old) {
             return;
         }
@@ -273,7 +276,7 @@ impl Pool {
     }
 
     /// Stops `inst` once its requests finished; [`Pool::shutdown`] waits for it.
-    fn stop_detached(&self, inst: Arc<Instance>) {
+    fn stop_detached(&self, inst: Arc<Instance<K>>) {
         self.track_stop(async move {
             inst.drained().await;
             inst.stop().await;
@@ -306,9 +309,9 @@ impl Pool {
     }
 
     /// Removes the members `pick` chooses; their instances.
-    fn take_members(&self, pick: impl Fn(&Instance) -> bool) -> Vec<Arc<Instance>> {
+    fn take_members(&self, pick: impl Fn(&Instance<K>) -> bool) -> Vec<Arc<Instance<K>>> {
         let mut m = self.members.lock().expect("pool");
-        let (taken, kept): (Vec<Member>, Vec<Member>) = std::mem::take(&mut *m).into_iter().partition(|x| pick(&x.instance));
+        let (taken, kept): (Vec<Member<K>>, Vec<Member<K>>) = std::mem::take(&mut *m).into_iter().partition(|x| pick(&x.instance));
         *m = kept;
         taken.into_iter().map(|x| x.instance).collect()
     }
@@ -344,9 +347,9 @@ impl Pool {
         if old == new {
             return false;
         }
-        let surplus: Vec<Arc<Instance>> = {
+        let surplus: Vec<Arc<Instance<K>>> = {
             let m = self.members.lock().expect("pool");
-            let mut provisioned: Vec<Arc<Instance>> = m.iter().map(|x| &x.instance).filter(|i| i.provisioned && i.in_service()).cloned().collect();
+            let mut provisioned: Vec<Arc<Instance<K>>> = m.iter().map(|x| &x.instance).filter(|i| i.provisioned && i.in_service()).cloned().collect();
             provisioned.sort_by_key(|i| std::cmp::Reverse(i.load() == 0));
             provisioned.into_iter().skip(new.min_instances).collect()
         };
@@ -367,7 +370,7 @@ impl Pool {
     }
 
     /// Every instance (for the admin API).
-    pub fn instances(&self) -> Vec<Arc<Instance>> {
+    pub fn instances(&self) -> Vec<Arc<Instance<K>>> {
         self.members.lock().expect("pool").iter().map(|m| m.instance.clone()).collect()
     }
 
