@@ -174,6 +174,9 @@ pub struct Instance<K: Kernel = Sandboxed> {
     conns: Connections,
     /// The state, kept here only; every change notifies whoever waits on it.
     life: watch::Sender<Lifecycle>,
+    /// The lifecycle's first answer to "should it leave its pool?", signalled apart so that
+    /// the pool's watcher is not woken by every request's transitions.
+    retire: watch::Sender<Option<Retire>>,
     /// Serialises the transitions that do I/O (thaw, Initializer, PreFreeze + freeze, stop)
     /// and holds the billing windows they move.
     power: tokio::sync::Mutex<Windows>,
@@ -268,6 +271,7 @@ impl<K: Kernel> Instance<K> {
             fc_headers: hooks::instance_headers(&function, &id),
             latencies: reporting.latencies(&function.name),
             life: watch::channel(Lifecycle::new(function.concurrency, function.initializer.is_some())).0,
+            retire: watch::channel(None).0,
             conns: Connections::new(function.port),
             power: tokio::sync::Mutex::new(Windows::default()),
             health: Mutex::new(Health::default()),
@@ -302,7 +306,14 @@ impl<K: Kernel> Instance<K> {
     /// Applies one transition to the lifecycle (waking whoever waits on it); its result.
     fn transition<R>(&self, f: impl FnOnce(&mut Lifecycle) -> R) -> R {
         let mut out = None;
-        self.life.send_modify(|l| out = Some(f(l)));
+        let mut retiring = None;
+        self.life.send_modify(|l| {
+            out = Some(f(l));
+            retiring = l.retiring();
+        });
+        if retiring.is_some() {
+            self.retire.send_if_modified(|r| r.is_none() && r.replace(retiring.expect("some")).is_none());
+        }
         out.expect("transition ran")
     }
 
@@ -340,9 +351,9 @@ impl<K: Kernel> Instance<K> {
 
     /// Resolves when the instance should leave its pool, with why.
     pub async fn retiring(&self) -> Retire {
-        let mut rx = self.life.subscribe();
-        let l = rx.wait_for(|l| l.retiring().is_some()).await.expect("the instance owns the sender");
-        l.retiring().expect("waited for it")
+        let mut rx = self.retire.subscribe();
+        let why = *rx.wait_for(Option::is_some).await.expect("the instance owns the sender");
+        why.expect("waited for it")
     }
 
     /// Resolves when no request is admitted any more, or the instance cannot serve them.
