@@ -139,6 +139,8 @@ mod tests {
     #[test]
     fn escaped_mount_points() {
         assert_eq!(unescape(r"/a\040b"), "/a b");
+        let h = Hierarchy::parse("29 23 0:26 / /srv/cg\\0402 rw shared:4 - cgroup2 cgroup2 rw\n").unwrap();
+        assert_eq!(h.v2, PathBuf::from("/srv/cg 2"));
     }
 
     #[test]
