@@ -24,8 +24,7 @@ pub fn default_path(cgroup_root: &str) -> PathBuf {
 pub fn make_private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let m = std::fs::symlink_metadata(dir)?;
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
+    let me = nix::unistd::geteuid().as_raw();
     if !m.is_dir() || m.uid() != me {
         let why = format!("{} is not a directory owned by uid {me}", dir.display());
         return Err(std::io::Error::new(ErrorKind::PermissionDenied, why));
@@ -53,11 +52,9 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     }
     // The socket is created 0600 (no moment at which another user could connect); umask is
     // per process, and this runs at start before anything else creates files.
-    // SAFETY: umask has no preconditions.
-    let old = unsafe { libc::umask(0o177) };
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_retain(0o177));
     let bound = UnixListener::bind(path);
-    // SAFETY: as above.
-    unsafe { libc::umask(old) };
+    nix::sys::stat::umask(old);
     let listener = bound?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     listener.set_nonblocking(true)?;

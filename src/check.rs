@@ -2,6 +2,8 @@
 
 use std::path::Path;
 
+use caps::{CapSet, Capability};
+
 use crate::cgroup::{CgroupRoot, Enforcement, Hierarchy, Mode};
 
 /// One line of the report.
@@ -24,19 +26,11 @@ pub async fn run(mountinfo: &Path, cgroup_root: &str) -> Vec<Finding> {
     let mut out = Vec::new();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let kernel = kernel.trim();
-    let (maj, min) = {
-        let mut it = kernel.split(|c: char| !c.is_ascii_digit()).filter_map(|s| s.parse::<u32>().ok());
-        (it.next().unwrap_or(0), it.next().unwrap_or(0))
-    };
-    let new_enough = (maj, min) >= (5, 14);
+    let new_enough = procfs::KernelVersion::from_str(kernel).is_ok_and(|v| v >= procfs::KernelVersion::new(5, 14, 0));
     out.push(f(if new_enough { "ok" } else { "fail" }, "kernel", format!("{kernel} (fcsup needs 5.14+ for clone3 into cgroups, pidfds and cgroup.kill)")));
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let cap_eff = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
-    let sys_admin = cap_eff & (1 << 21) != 0;
+    let effective = caps::read(None, CapSet::Effective).unwrap_or_default();
+    let cap_eff = effective.iter().fold(0u64, |m, c| m | c.bitmask());
+    let sys_admin = effective.contains(&Capability::CAP_SYS_ADMIN);
     out.push(f(
         if sys_admin { "ok" } else { "fail" },
         "capabilities",
@@ -109,11 +103,8 @@ pub async fn run(mountinfo: &Path, cgroup_root: &str) -> Vec<Finding> {
         Ok(()) => f("ok", "instance root", "prepared once, copied per instance; code attached with open_tree/move_mount"),
         Err(e) => f("fail", "instance root", format!("cannot prepare it: {e} (needs open_tree and mount_setattr, Linux 5.12+)")),
     });
-    let fifo = std::thread::spawn(|| {
-        let p = libc::sched_param { sched_priority: 10 };
-        // SAFETY: sched_setscheduler on this short-lived thread with a valid param.
-        unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &p) == 0 }
-    })
+    // On a short-lived thread of its own: the policy is per thread.
+    let fifo = std::thread::spawn(|| crate::sandbox::sys::sched_setscheduler(libc::SCHED_FIFO, 10).is_ok())
     .join()
     .unwrap_or(false);
     out.push(if fifo {
@@ -149,10 +140,8 @@ fn user_namespaces() -> Result<(), String> {
 }
 
 fn seccomp() -> Result<(), String> {
-    // SAFETY: prctl with integer arguments only.
-    let r = unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) };
-    if r < 0 {
-        return Err(format!("seccomp is not in this kernel ({})", std::io::Error::last_os_error()));
+    match crate::sandbox::sys::seccomp_mode() {
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("seccomp is not in this kernel ({})", std::io::Error::from(e))),
     }
-    Ok(())
 }

@@ -8,7 +8,7 @@
 //! parent-death signal follows the thread that cloned it, not the process.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -18,24 +18,23 @@ const PIDFD: i32 = 3;
 
 /// Starts the watchdog for the cgroup root at `root` (the cgroup2 directory).
 pub fn spawn(root: &Path) -> io::Result<Child> {
-    // SAFETY: pidfd_open on our own pid; the fd is owned below.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd that nothing else owns.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let pidfd = crate::sandbox::sys::pidfd_open(nix::unistd::getpid().as_raw())?;
     let raw = pidfd.as_raw_fd();
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg("watchdog").arg(root).stdin(Stdio::null()).stdout(Stdio::null());
-    // SAFETY: only async-signal-safe calls between fork and exec.
+    // SAFETY: only async-signal-safe calls between fork and exec (nix's wrappers of setsid,
+    // fcntl and dup2 are plain syscalls).
     unsafe {
         cmd.pre_exec(move || {
             // Its own session: a terminal's Ctrl-C reaches the supervisor, not the watchdog.
-            libc::setsid();
-            let r = if raw == PIDFD { libc::fcntl(raw, libc::F_SETFD, 0) } else { libc::dup2(raw, PIDFD) };
-            if r < 0 {
-                return Err(io::Error::last_os_error());
+            let _ = nix::unistd::setsid();
+            // SAFETY: `raw` stays open in this process until exec (the parent holds it).
+            let fd = BorrowedFd::borrow_raw(raw);
+            if raw == PIDFD {
+                nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))?;
+            } else {
+                // The new fd 3 is the watchdog's for its whole life: not owned here.
+                let _ = std::os::fd::IntoRawFd::into_raw_fd(nix::unistd::dup2_raw(fd, PIDFD)?);
             }
             Ok(())
         });
@@ -48,16 +47,16 @@ pub fn spawn(root: &Path) -> io::Result<Child> {
 /// The watchdog's body: waits until the supervisor behind fd 3 has exited, then kills what is
 /// left under `root`.
 pub fn run(root: &Path) -> io::Result<()> {
-    let mut pfd = libc::pollfd { fd: PIDFD, events: libc::POLLIN, revents: 0 };
+    use nix::poll::{PollFd, PollFlags, PollTimeout};
+    // SAFETY: fd 3 is the supervisor's pidfd, handed over by spawn() and open for this
+    // process's whole life.
+    let pidfd = unsafe { BorrowedFd::borrow_raw(PIDFD) };
+    let mut fds = [PollFd::new(pidfd, PollFlags::POLLIN)];
     loop {
-        // SAFETY: poll on one pollfd that lives for the call.
-        let r = unsafe { libc::poll(&mut pfd, 1, -1) };
-        if r > 0 {
-            break;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
+        match nix::poll::poll(&mut fds, PollTimeout::NONE) {
+            Ok(n) if n > 0 => break,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     match std::fs::read_to_string(root.join("cgroup.events")) {

@@ -1,7 +1,6 @@
 //! The rows measured on fcsup itself: a supervisor started in this process, driven through
 //! its own front door by the same blocking client that drives the peers.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -268,7 +267,5 @@ pub fn closed_loop(addr: &str, path: &str, clients: usize, dur: Duration) -> Res
 
 /// This process's resident set, KiB.
 pub fn rss_kib() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kv: HashMap<&str, &str> = s.lines().filter_map(|l| l.split_once(':')).collect();
-    kv.get("VmRSS").and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+    procfs::process::Process::myself().and_then(|p| p.status()).ok().and_then(|s| s.vmrss).map_or(0.0, |kib| kib as f64)
 }

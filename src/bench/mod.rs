@@ -188,18 +188,17 @@ pub struct HostFacts {
 }
 
 fn host_facts(quick: bool) -> HostFacts {
-    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    let cpuinfo = read("/proc/cpuinfo");
+    use procfs::Current;
     let mode = crate::cgroup::Hierarchy::discover(Path::new("/proc/self/mountinfo")).map(|h| format!("{:?}", h.mode)).unwrap_or_else(|e| e.to_string());
-    let mem_kib: f64 = read("/proc/meminfo").lines().find_map(|l| l.strip_prefix("MemTotal:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0.0);
-    // SAFETY: sched_getscheduler(0) has no preconditions.
-    let policy = unsafe { libc::sched_getscheduler(0) } & !libc::SCHED_RESET_ON_FORK;
+    let mem_bytes = procfs::Meminfo::current().map(|m| m.mem_total as f64).unwrap_or(0.0);
+    let cpu_model = procfs::CpuInfo::current().ok().and_then(|c| c.model_name(0).map(str::to_string)).unwrap_or_default();
+    let policy = crate::sandbox::sys::sched_getscheduler().unwrap_or(libc::SCHED_OTHER) & !libc::SCHED_RESET_ON_FORK;
     HostFacts {
-        kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
         cgroup_mode: mode,
         cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        cpu_model: cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()).unwrap_or_default(),
-        memory_gib: (mem_kib / 1024.0 / 1024.0 * 10.0).round() / 10.0,
+        cpu_model,
+        memory_gib: (mem_bytes / 1024.0 / 1024.0 / 1024.0 * 10.0).round() / 10.0,
         fcsup_version: env!("CARGO_PKG_VERSION"),
         date: crate::util::now_rfc3339(),
         quick,

@@ -6,6 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
+use nix::sys::wait::WaitPidFlag;
+use nix::unistd::Pid;
+
 use super::client::Conn;
 use super::{Plan, Raw, Result};
 
@@ -27,8 +31,8 @@ impl Plain {
 
 impl Drop for Plain {
     fn drop(&mut self) {
-        // SAFETY: kill(2) of the process group we created; the group id is the child's pid.
-        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        // The process group we created: its id is the child's pid.
+        let _ = nix::sys::signal::killpg(Pid::from_raw(self.0.id() as i32), Signal::SIGKILL);
         let _ = self.0.wait();
     }
 }
@@ -92,15 +96,12 @@ pub fn plain_warm(fixture: &Path, plan: &Plan, raw: &mut Raw, tick: &dyn Fn()) -
     Ok((c1, c16))
 }
 
-fn waitpid(pid: i32, flags: i32) {
-    let mut status = 0;
-    // SAFETY: waitpid on our own child with a valid status pointer.
-    unsafe { libc::waitpid(pid, &mut status, flags) };
+fn waitpid(pid: i32, flags: WaitPidFlag) {
+    let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), Some(flags));
 }
 
-fn signal(pid: i32, sig: i32) {
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(pid, sig) };
+fn signal(pid: i32, sig: Signal) {
+    let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
 }
 
 /// SIGSTOP/SIGCONT of the main pid around each request, confirmed by waitpid (the group
@@ -112,32 +113,29 @@ pub fn sigstop(fixture: &Path, busy: usize, workload: &str, plan: &Plan, raw: &m
     let pid = child.id() as i32;
     let mut c = Conn::open_when_ready(&format!("127.0.0.1:{port}"), Instant::now() + Duration::from_secs(10))?;
     c.post("/invoke", b"")?;
-    signal(pid, libc::SIGSTOP);
-    waitpid(pid, libc::WUNTRACED);
+    signal(pid, Signal::SIGSTOP);
+    waitpid(pid, WaitPidFlag::WUNTRACED);
     for _ in 0..plan.freeze_n {
         std::thread::sleep(plan.gap);
         let t = Instant::now();
-        signal(pid, libc::SIGCONT);
-        waitpid(pid, libc::WCONTINUED);
+        signal(pid, Signal::SIGCONT);
+        waitpid(pid, WaitPidFlag::WCONTINUED);
         raw.push("sigstop", "thaw", workload, t.elapsed().as_secs_f64() * 1e6);
         c.post("/invoke", b"")?;
         let t = Instant::now();
-        signal(pid, libc::SIGSTOP);
-        waitpid(pid, libc::WUNTRACED);
+        signal(pid, Signal::SIGSTOP);
+        waitpid(pid, WaitPidFlag::WUNTRACED);
         raw.push("sigstop", "freeze", workload, t.elapsed().as_secs_f64() * 1e6);
         tick();
     }
-    signal(pid, libc::SIGCONT);
+    signal(pid, Signal::SIGCONT);
     kill_wait(child);
     Ok(())
 }
 
 /// CPU ticks (user + system) of `pid`.
 fn cpu_ticks(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = s.rsplit_once(')').map(|(_, a)| a).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+    procfs::process::Process::new(pid as i32).and_then(|p| p.stat()).map(|s| s.utime + s.stime).unwrap_or(0)
 }
 
 /// Whether the fixture's child process keeps running while its parent is SIGSTOPped.
@@ -149,8 +147,8 @@ pub fn sigstop_child_runs(fixture: &Path) -> Result<bool> {
     // The fixture may start listening before its child is forked.
     let deadline = Instant::now() + Duration::from_secs(5);
     let kid: u32 = loop {
-        let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        if let Some(k) = kids.split_whitespace().next().and_then(|k| k.parse().ok()) {
+        let kids = procfs::process::Process::new(pid as i32).and_then(|p| p.task_main_thread()).and_then(|t| t.children()).unwrap_or_default();
+        if let Some(&k) = kids.first() {
             break k;
         }
         if Instant::now() > deadline {
@@ -158,13 +156,13 @@ pub fn sigstop_child_runs(fixture: &Path) -> Result<bool> {
         }
         std::thread::sleep(Duration::from_millis(1));
     };
-    signal(pid as i32, libc::SIGSTOP);
-    waitpid(pid as i32, libc::WUNTRACED);
+    signal(pid as i32, Signal::SIGSTOP);
+    waitpid(pid as i32, WaitPidFlag::WUNTRACED);
     let before = cpu_ticks(kid);
     std::thread::sleep(Duration::from_millis(300));
     let ran = cpu_ticks(kid) > before;
-    signal(kid as i32, libc::SIGKILL);
-    signal(pid as i32, libc::SIGCONT);
+    signal(kid as i32, Signal::SIGKILL);
+    signal(pid as i32, Signal::SIGCONT);
     kill_wait(child);
     Ok(ran)
 }

@@ -12,7 +12,6 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -99,7 +98,7 @@ impl Ledger {
         // The bill says what ran and when: readable by root and the file's group only.
         let mut file = {
             use std::os::unix::fs::OpenOptionsExt;
-            File::options().create(true).read(true).append(true).mode(0o640).custom_flags(libc::O_NOFOLLOW).open(&path)?
+            File::options().create(true).read(true).append(true).mode(0o640).custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits()).open(&path)?
         };
         let mut window = Ledger::in_memory(cap).records.into_inner().expect("ledger");
         let mut skipped = 0;
@@ -146,8 +145,7 @@ impl Ledger {
     pub fn sync(&self) {
         if let Some(f) = &self.file {
             if self.dirty.swap(false, Ordering::AcqRel) {
-                // SAFETY: fdatasync on a file we own.
-                unsafe { libc::fdatasync(f.as_raw_fd()) };
+                let _ = f.sync_data();
             }
         }
     }

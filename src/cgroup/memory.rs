@@ -96,6 +96,10 @@ impl MemoryMeter {
 }
 
 /// Sum of `VmRSS` of the processes listed in `procs`, bytes.
+///
+/// A hand parser, not `procfs`'s `Status`: this runs at every freeze on hosts without a memory
+/// controller, and `Status::from_file` (which parses every field into a map) took about three
+/// times as long per process (48–91 µs against 15–33 µs, two runs on the development VM).
 fn rss_of(procs: &Path) -> u64 {
     let pids = std::fs::read_to_string(procs).unwrap_or_default();
     pids.lines()

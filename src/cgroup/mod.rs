@@ -12,7 +12,7 @@ mod stat;
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -167,8 +167,9 @@ impl CgroupRoot {
     /// of the host (100 instances × 1024 > the usual 32768): the root is capped at three
     /// quarters of what the kernel allows, leaving the rest to the host.
     fn cap_tasks(&self) {
-        let read = |p: &str| std::fs::read_to_string(p).ok().and_then(|v| v.trim().parse::<u64>().ok());
-        let Some(limit) = [read("/proc/sys/kernel/pid_max"), read("/proc/sys/kernel/threads-max")].into_iter().flatten().min() else { return };
+        let pid_max = procfs::sys::kernel::pid_max().ok().and_then(|n| u64::try_from(n).ok());
+        let threads_max = procfs::sys::kernel::threads_max().ok().map(u64::from);
+        let Some(limit) = [pid_max, threads_max].into_iter().flatten().min() else { return };
         let cap = (limit * 3 / 4).to_string();
         let dir = match self.caps.pids {
             Enforcement::V2 => Some(self.v2.clone()),
@@ -470,8 +471,7 @@ impl Cgroup {
             let _ = self.write_freeze(false);
             let procs = std::fs::read_to_string(self.path.join("cgroup.procs")).unwrap_or_default();
             for pid in procs.lines().filter_map(|l| l.parse::<i32>().ok()) {
-                // SAFETY: kill(2) with a pid read from this cgroup's procs; no memory involved.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
             }
         }
         self.wait_for("populated 0", |e| !e.populated).await.map(|_| ())
@@ -552,7 +552,7 @@ fn remove_dir_retrying(path: &Path) -> Result<()> {
         match std::fs::remove_dir(path) {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && start.elapsed() < Duration::from_secs(2) => {
+            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EBUSY as i32) && start.elapsed() < Duration::from_secs(2) => {
                 std::thread::sleep(Duration::from_millis(1));
             }
             Err(source) => return Err(CgroupError::Io { op: "remove", path: path.to_path_buf(), source }),
@@ -569,15 +569,9 @@ fn write_file(path: &Path, data: &str) -> Result<()> {
 }
 
 fn open_dir_fd(path: &Path) -> Result<OwnedFd> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("cgroup path has no NUL");
-    // SAFETY: open(2) with a valid NUL-terminated path; the returned fd is owned below.
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(CgroupError::Io { op: "open", path: path.to_path_buf(), source: io::Error::last_os_error() });
-    }
-    // SAFETY: fd was just returned by open(2) and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    use nix::fcntl::OFlag;
+    nix::fcntl::open(path, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+        .map_err(|e| CgroupError::Io { op: "open", path: path.to_path_buf(), source: e.into() })
 }
 
 #[cfg(test)]

@@ -4,6 +4,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use procfs::process::MountInfos;
+use procfs::ProcessCGroups;
+use procfs::{FromBufRead, FromRead};
+
 use super::{CgroupError, Result};
 
 /// How the host lays out its cgroups.
@@ -28,34 +32,33 @@ pub struct Hierarchy {
 }
 
 impl Hierarchy {
-    /// Reads `mountinfo` (normally `/proc/self/mountinfo`).
+    /// Reads `mountinfo` (normally `/proc/self/mountinfo`) with `procfs`.
     pub fn discover(mountinfo: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(mountinfo).map_err(|source| CgroupError::Io {
+        let mounts = MountInfos::from_file(mountinfo).map_err(|e| CgroupError::Io {
             op: "read",
             path: mountinfo.to_path_buf(),
-            source,
+            source: std::io::Error::other(e),
         })?;
-        Self::parse(&text).ok_or_else(|| CgroupError::NoCgroup2(mountinfo.to_path_buf()))
+        Self::from_mounts(&mounts).ok_or_else(|| CgroupError::NoCgroup2(mountinfo.to_path_buf()))
     }
 
-    /// Parses mountinfo text; `None` when it has no cgroup2 mount.
+    /// Parses mountinfo text; `None` when it has no cgroup2 mount or does not parse.
     pub fn parse(text: &str) -> Option<Self> {
+        Self::from_mounts(&MountInfos::from_buf_read(text.as_bytes()).ok()?)
+    }
+
+    fn from_mounts(mounts: &MountInfos) -> Option<Self> {
         let mut v2 = None;
         let mut v1 = BTreeMap::new();
-        for line in text.lines() {
-            let Some((left, right)) = line.split_once(" - ") else { continue };
-            let mount_point = match left.split(' ').nth(4) {
-                Some(p) => PathBuf::from(unescape(p)),
-                None => continue,
-            };
-            let mut right = right.split(' ');
-            let (fstype, _source, opts) = (right.next(), right.next(), right.next().unwrap_or(""));
-            match fstype {
-                Some("cgroup2") if v2.is_none() => v2 = Some(mount_point),
-                Some("cgroup") => {
-                    for opt in opts.split(',') {
-                        if matches!(opt, "memory" | "pids" | "cpu" | "freezer" | "devices" | "cpuacct") {
-                            v1.entry(opt.to_string()).or_insert_with(|| mount_point.clone());
+        for m in mounts {
+            // procfs leaves mountinfo's octal escapes (`\040` for a space) in place.
+            let mount_point = || PathBuf::from(unescape(&m.mount_point.to_string_lossy()));
+            match m.fs_type.as_str() {
+                "cgroup2" if v2.is_none() => v2 = Some(mount_point()),
+                "cgroup" => {
+                    for ctrl in ["memory", "pids", "cpu", "freezer", "devices", "cpuacct"] {
+                        if m.super_options.contains_key(ctrl) {
+                            v1.entry(ctrl.to_string()).or_insert_with(mount_point);
                         }
                     }
                 }
@@ -90,11 +93,10 @@ fn unescape(s: &str) -> String {
 /// (`4:memory:/a/b` → `memory` → `/a/b`), so v1 groups nest under the supervisor's own.
 pub fn own_v1_paths(proc_self_cgroup: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
-    for line in proc_self_cgroup.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (_, ctrls, path) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-        for c in ctrls.split(',').filter(|c| !c.is_empty()) {
-            out.insert(c.to_string(), path.to_string());
+    let Ok(groups) = ProcessCGroups::from_buf_read(proc_self_cgroup.as_bytes()) else { return out };
+    for g in groups {
+        for c in g.controllers {
+            out.insert(c, g.pathname.clone());
         }
     }
     out
@@ -137,6 +139,8 @@ mod tests {
     #[test]
     fn escaped_mount_points() {
         assert_eq!(unescape(r"/a\040b"), "/a b");
+        let h = Hierarchy::parse("29 23 0:26 / /srv/cg\\0402 rw shared:4 - cgroup2 cgroup2 rw\n").unwrap();
+        assert_eq!(h.v2, PathBuf::from("/srv/cg 2"));
     }
 
     #[test]

@@ -157,7 +157,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// symlink planted where a log file goes is not followed.
 fn private(o: &mut std::fs::OpenOptions) -> &mut std::fs::OpenOptions {
     use std::os::unix::fs::OpenOptionsExt;
-    o.mode(0o640).custom_flags(libc::O_NOFOLLOW)
+    o.mode(0o640).custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
 }
 
 #[cfg(test)]

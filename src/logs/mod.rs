@@ -15,6 +15,17 @@ use std::sync::{Arc, Mutex};
 
 use tokio::io::AsyncReadExt;
 
+/// nix's macro makes its wrappers public: kept in a private module.
+mod ioctl {
+    nix::ioctl_read_bad!(
+        /// `ioctl(fd, FIONREAD, &n)`: bytes waiting in a pipe.
+        fionread,
+        libc::FIONREAD,
+        libc::c_int
+    );
+}
+use ioctl::fionread;
+
 pub use echo::{Echo, FunctionEcho};
 pub use file::{parse_size, LogFile, LogFiles, Rotation};
 pub use split::MAX_LINE;
@@ -80,7 +91,7 @@ impl InstanceLog {
             let pending = self.pipes.lock().expect("log lock").iter().any(|fd| {
                 let mut n: libc::c_int = 0;
                 // SAFETY: FIONREAD on a pipe fd we own; writes one c_int.
-                unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) == 0 && n > 0 }
+                unsafe { fionread(fd.as_raw_fd(), &mut n) }.is_ok() && n > 0
             });
             if !pending || std::time::Instant::now() > deadline {
                 break;

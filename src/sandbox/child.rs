@@ -1,19 +1,31 @@
 //! What runs in the new namespaces between `clone3` and `execve`: a prepared list of steps
-//! (mounts, pivot_root, loopback up, ...) run with raw libc only, then a minimal init.
+//! (mounts, pivot_root, loopback up, ...), then a minimal init.
+//!
+//! Nothing here may allocate or take a lock: the init shares the supervisor's address space
+//! while its other threads run. It calls `nix` only where the call is a plain syscall on
+//! `&CStr`s and integers (no path copied to the heap, no pointer array built, no glibc wrapper
+//! that signals every thread), and [`sys`]'s child-safe raw wrappers for the rest.
 //!
 //! The child is PID 1 of its PID namespace. PID 1 ignores signals it has no handler for, so the
 //! child stays on as a tiny init (like tini): it forks the function, forwards signals to it,
 //! reaps orphans and exits with the function's status, taking every other process with it.
 
-use std::ffi::{c_char, CString};
-use std::os::fd::RawFd;
+use std::ffi::{c_char, CString, OsStr};
+use std::os::fd::{BorrowedFd, IntoRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+
+use nix::errno::Errno;
+use nix::mount::MsFlags;
+use nix::sched::CloneFlags;
+use nix::sys::signal::{SigSet, SigmaskHow};
+use nix::sys::stat::{Mode, SFlag};
 
 use super::sys;
 
 /// One prepared step. Every string is built before the clone; the child only reads them.
 pub enum Op {
     /// mount(2).
-    Mount { src: Option<CString>, dst: CString, fstype: Option<CString>, flags: libc::c_ulong, data: Option<CString> },
+    Mount { src: Option<CString>, dst: CString, fstype: Option<CString>, flags: MsFlags, data: Option<CString> },
     /// mkdir(2).
     Mkdir { path: CString, mode: libc::mode_t },
     /// symlink(2).
@@ -86,9 +98,6 @@ pub struct Plan {
 /// Stack size of the function's vfork-style start (it only makes syscalls).
 pub const START_STACK: usize = 64 * 1024;
 
-/// `move_mount` flag: the source is the fd itself.
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
-
 /// Step index reported when every exec candidate failed.
 pub const STEP_EXEC: u32 = u32::MAX;
 /// Step index reported when the function could not take its ids in the user namespace.
@@ -115,39 +124,43 @@ impl ExecArgs {
     }
 }
 
+/// An fd of the plan, borrowed for one call.
+fn fd(raw: RawFd) -> BorrowedFd<'static> {
+    // SAFETY: every fd in the plan stays open until the child has used it (the supervisor
+    // closes its copies only after the status pipe's EOF).
+    unsafe { BorrowedFd::borrow_raw(raw) }
+}
+
 /// Writes one 8-byte report (step, errno) on the error pipe.
 fn report(err_fd: RawFd, step: u32, errno: i32) {
     let mut msg = [0u8; 8];
     msg[..4].copy_from_slice(&step.to_ne_bytes());
     msg[4..].copy_from_slice(&errno.to_ne_bytes());
-    // SAFETY: write(2) of a stack buffer; async-signal-safe.
-    unsafe { libc::write(err_fd, msg.as_ptr().cast(), msg.len()) };
+    let _ = nix::unistd::write(fd(err_fd), &msg);
 }
 
-fn fail(err_fd: RawFd, step: u32, errno: i32) -> ! {
-    report(err_fd, step, errno);
-    // SAFETY: _exit(2) is async-signal-safe.
-    unsafe { libc::_exit(127) }
+fn fail(err_fd: RawFd, step: u32, errno: Errno) -> ! {
+    report(err_fd, step, errno as i32);
+    sys::exit_now(127)
+}
+
+/// `mount(2)` of C strings (nix passes `&CStr` straight through: no copy).
+fn mount(src: Option<&std::ffi::CStr>, dst: &std::ffi::CStr, fstype: Option<&std::ffi::CStr>, flags: MsFlags, data: Option<&std::ffi::CStr>) -> Result<(), Errno> {
+    nix::mount::mount(src, dst, fstype, flags, data)
 }
 
 /// Binds `src` on `dst`; `Ok(false)` when `dst` does not exist on this kernel.
-///
-/// # Safety
-/// Both pointers must be NUL-terminated strings alive for the call.
-unsafe fn bind(src: *const c_char, dst: *const c_char, flags: libc::c_ulong) -> Result<bool, i32> {
-    // SAFETY: the caller passes valid C strings.
-    if unsafe { libc::mount(src, dst, std::ptr::null(), libc::MS_BIND | flags, std::ptr::null()) } == 0 {
-        return Ok(true);
-    }
-    match sys::errno() {
-        libc::ENOENT => Ok(false),
-        e => Err(e),
+fn bind(src: &std::ffi::CStr, dst: &std::ffi::CStr, flags: MsFlags) -> Result<bool, Errno> {
+    match mount(Some(src), dst, None, MsFlags::MS_BIND | flags, None) {
+        Ok(()) => Ok(true),
+        Err(Errno::ENOENT) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
-fn check(r: libc::c_int, err_fd: RawFd, step: u32) {
-    if r < 0 {
-        fail(err_fd, step, sys::errno());
+fn check<T>(r: Result<T, Errno>, err_fd: RawFd, step: u32) {
+    if let Err(e) = r {
+        fail(err_fd, step, e);
     }
 }
 
@@ -155,79 +168,52 @@ fn check(r: libc::c_int, err_fd: RawFd, step: u32) {
 pub fn run(plan: &Plan, exec: &ExecArgs) -> ! {
     // The supervisor's signal handlers were copied into this process: block every signal
     // so none of them runs here (the function starts with an empty mask).
-    // SAFETY: sigprocmask with a stack sigset.
-    unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
-        // Device nodes and directories get exactly the modes the plan gives (the function,
-        // not root on the host, must be able to write /dev/null).
-        libc::umask(0);
-    }
+    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None);
+    // Device nodes and directories get exactly the modes the plan gives (the function,
+    // not root on the host, must be able to write /dev/null).
+    nix::sys::stat::umask(Mode::empty());
     let e = plan.err_fd;
     for (i, (op, _)) in plan.ops.iter().enumerate() {
         let i = i as u32;
-        // SAFETY: every pointer comes from a CString owned by `plan`, alive for the whole call;
-        // all calls are async-signal-safe syscalls.
-        unsafe {
-            match op {
-                Op::Mount { src, dst, fstype, flags, data } => check(
-                    libc::mount(
-                        src.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
-                        dst.as_ptr(),
-                        fstype.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
-                        *flags,
-                        data.as_ref().map_or(std::ptr::null(), |s| s.as_ptr().cast()),
-                    ),
-                    e,
-                    i,
-                ),
-                Op::Mkdir { path, mode } => {
-                    if libc::mkdir(path.as_ptr(), *mode) < 0 && sys::errno() != libc::EEXIST {
-                        fail(e, i, sys::errno());
-                    }
+        match op {
+            Op::Mount { src, dst, fstype, flags, data } => check(mount(src.as_deref(), dst, fstype.as_deref(), *flags, data.as_deref()), e, i),
+            Op::Mkdir { path, mode } => match nix::unistd::mkdir(path.as_c_str(), Mode::from_bits_retain(*mode)) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(errno) => fail(e, i, errno),
+            },
+            Op::Symlink { target, path } => check(nix::unistd::symlinkat(target.as_c_str(), nix::fcntl::AT_FDCWD, path.as_c_str()), e, i),
+            Op::Mknod { path, mode, dev } => check(nix::sys::stat::mknod(path.as_c_str(), SFlag::S_IFCHR, Mode::from_bits_retain(*mode), *dev), e, i),
+            Op::Chdir(p) => check(nix::unistd::chdir(p.as_c_str()), e, i),
+            Op::WriteFd { fd: f, data } => check(nix::unistd::write(fd(*f), data), e, i),
+            Op::JoinNetns(f) => check(nix::sched::setns(fd(*f), CloneFlags::CLONE_NEWNET), e, i),
+            Op::JoinMountNs(f) => check(nix::sched::setns(fd(*f), CloneFlags::CLONE_NEWNS), e, i),
+            Op::UnshareMountNs => check(nix::sched::unshare(CloneFlags::CLONE_NEWNS), e, i),
+            Op::MoveMount { fd: f, dst } => check(sys::move_mount(*f, dst), e, i),
+            Op::Hostname(h) => check(nix::unistd::sethostname(OsStr::from_bytes(h.as_bytes())), e, i),
+            Op::SchedOther => check(sys::sched_setscheduler(libc::SCHED_OTHER, 0), e, i),
+            Op::UnshareCgroupNs => check(nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP), e, i),
+            Op::Mask(path) => {
+                if let Err(errno) = bind(c"/dev/null", path, MsFlags::empty()) {
+                    fail(e, i, errno);
                 }
-                Op::Symlink { target, path } => check(libc::symlink(target.as_ptr(), path.as_ptr()), e, i),
-                Op::Mknod { path, mode, dev } => check(libc::mknod(path.as_ptr(), libc::S_IFCHR | *mode, *dev), e, i),
-                Op::Chdir(p) => check(libc::chdir(p.as_ptr()), e, i),
-                Op::WriteFd { fd, data } => check(libc::write(*fd, data.as_ptr().cast(), data.len()) as libc::c_int, e, i),
-                Op::JoinNetns(fd) => check(libc::setns(*fd, libc::CLONE_NEWNET), e, i),
-                Op::JoinMountNs(fd) => check(libc::setns(*fd, libc::CLONE_NEWNS), e, i),
-                Op::UnshareMountNs => check(libc::unshare(libc::CLONE_NEWNS), e, i),
-                Op::MoveMount { fd, dst } => check(
-                    libc::syscall(libc::SYS_move_mount, *fd, c"".as_ptr(), libc::AT_FDCWD, dst.as_ptr(), MOVE_MOUNT_F_EMPTY_PATH) as libc::c_int,
-                    e,
-                    i,
-                ),
-                Op::Hostname(h) => check(libc::sethostname(h.as_ptr(), h.as_bytes().len()), e, i),
-                Op::SchedOther => {
-                    let p = libc::sched_param { sched_priority: 0 };
-                    check(libc::sched_setscheduler(0, libc::SCHED_OTHER, &p), e, i);
+            }
+            Op::ReadOnly(path) => match bind(path, path, MsFlags::MS_REC) {
+                Ok(true) => {
+                    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+                    check(mount(None, path, None, flags, None), e, i);
                 }
-                Op::UnshareCgroupNs => check(libc::unshare(libc::CLONE_NEWCGROUP), e, i),
-                Op::Mask(path) => {
-                    if let Err(errno) = bind(c"/dev/null".as_ptr(), path.as_ptr(), 0) {
-                        fail(e, i, errno);
-                    }
+                Ok(false) => {}
+                Err(errno) => fail(e, i, errno),
+            },
+            Op::UserNs { sync_r, sync_w } => {
+                let _ = nix::unistd::close(*sync_w);
+                check(nix::sched::unshare(CloneFlags::CLONE_NEWUSER), e, i);
+                report(e, STEP_USERNS_MAP, 0);
+                let mut go = [0u8; 1];
+                if nix::unistd::read(fd(*sync_r), &mut go) != Ok(1) {
+                    fail(e, i, Errno::EPIPE);
                 }
-                Op::ReadOnly(path) => match bind(path.as_ptr(), path.as_ptr(), libc::MS_REC) {
-                    Ok(true) => {
-                        let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-                        check(libc::mount(std::ptr::null(), path.as_ptr(), std::ptr::null(), flags, std::ptr::null()), e, i);
-                    }
-                    Ok(false) => {}
-                    Err(errno) => fail(e, i, errno),
-                },
-                Op::UserNs { sync_r, sync_w } => {
-                    libc::close(*sync_w);
-                    check(libc::unshare(libc::CLONE_NEWUSER), e, i);
-                    report(e, STEP_USERNS_MAP, 0);
-                    let mut go = [0u8; 1];
-                    if libc::read(*sync_r, go.as_mut_ptr().cast(), 1) != 1 {
-                        fail(e, i, libc::EPIPE);
-                    }
-                    libc::close(*sync_r);
-                }
+                let _ = nix::unistd::close(*sync_r);
             }
         }
     }
@@ -238,7 +224,7 @@ pub fn run(plan: &Plan, exec: &ExecArgs) -> ! {
 struct Start<'a> {
     plan: &'a Plan,
     exec: &'a ExecArgs,
-    function_mask: libc::sigset_t,
+    function_mask: SigSet,
 }
 
 /// The function's side of the start: runs on its own stack in the init's memory (CLONE_VM |
@@ -246,76 +232,71 @@ struct Start<'a> {
 /// address space is made for it, and none is torn down by its execve.
 extern "C" fn start_function(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` points to the init's `Start`, alive until this child execs or exits
-    // (CLONE_VFORK suspends the init until then); only async-signal-safe syscalls follow.
-    unsafe {
-        let st = &*(arg as *const Start);
-        let plan = st.plan;
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        libc::umask(0o022);
-        libc::sigprocmask(libc::SIG_SETMASK, &st.function_mask, std::ptr::null_mut());
-        libc::setsid();
-        for fd in 0..3 {
-            if plan.stdio[fd] != fd as RawFd {
-                libc::dup2(plan.stdio[fd], fd as RawFd);
-            }
+    // (CLONE_VFORK suspends the init until then).
+    let st = unsafe { &*(arg as *const Start) };
+    let plan = st.plan;
+    // SAFETY: restoring the default disposition installs no handler.
+    let _ = unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) };
+    nix::sys::stat::umask(Mode::from_bits_retain(0o022));
+    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&st.function_mask), None);
+    let _ = nix::unistd::setsid();
+    for target in 0..3 {
+        if plan.stdio[target] != target as RawFd {
+            // SAFETY: 0, 1 and 2 are this process's to replace; the new fd is left open (it is
+            // the function's stdio), not owned.
+            let _ = unsafe { nix::unistd::dup2_raw(fd(plan.stdio[target]), target as RawFd) }.map(IntoRawFd::into_raw_fd);
         }
-        // No supervisor fd may leak into the function.
-        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
-        if let Err((step, errno)) = Confinement::of(plan).apply() {
-            fail(plan.err_fd, step, errno);
-        }
-        let mut errno = libc::ENOENT;
-        for path in &plan.exec_candidates {
-            libc::execve(path.as_ptr(), st.exec.argv.as_ptr(), st.exec.envp.as_ptr());
-            let err = sys::errno();
-            if err != libc::ENOENT {
-                errno = err;
-            }
-        }
-        fail(plan.err_fd, STEP_EXEC, errno)
     }
+    // No supervisor fd may leak into the function.
+    sys::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+    // SAFETY: only async-signal-safe calls; the filter is alive (the supervisor owns it).
+    if let Err((step, errno)) = unsafe { Confinement::of(plan).apply() } {
+        fail(plan.err_fd, step, errno);
+    }
+    let mut errno = Errno::ENOENT;
+    for path in &plan.exec_candidates {
+        // SAFETY: NULL-terminated pointer arrays over the plan's strings, built in the parent.
+        let err = unsafe { sys::execve(path, st.exec.argv.as_ptr(), st.exec.envp.as_ptr()) };
+        if err != Errno::ENOENT {
+            errno = err;
+        }
+    }
+    fail(plan.err_fd, STEP_EXEC, errno)
 }
 
 /// PID 1: start the function, then forward signals and reap until it exits.
 fn init(plan: &Plan, exec: &ExecArgs) -> ! {
     let e = plan.err_fd;
-    // SAFETY: signal-mask, prctl and process calls on stack data and the plan's pre-allocated
-    // stack only.
-    unsafe {
-        // The init holds a copy of the supervisor's memory: nothing in the instance, root or
-        // not, may read it through ptrace or /proc/1/mem.
-        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
-        // Every signal stays blocked (see run()); the init takes them with sigwaitinfo.
-        let mut none: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut none);
-        let mut start = Start { plan, exec, function_mask: none };
-        let top = plan.stack.as_ptr().add(plan.stack.len()) as usize & !15;
-        let main = libc::clone(
-            start_function,
-            top as *mut libc::c_void,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            (&mut start as *mut Start).cast(),
-        );
-        if main < 0 {
-            fail(e, STEP_EXEC, sys::errno());
-        }
-        // Last use of `plan`: the supervisor frees it once the error pipe is closed.
-        let confinement = Confinement::of(plan);
-        let program = plan.init_program;
-        // The init keeps no fd but its program's (close-on-exec): the function's exec closes
-        // the error pipe for the parent, so the init's own confinement below runs while the
-        // function starts, off the supervisor's path.
-        if program > 0 {
-            libc::syscall(libc::SYS_close_range, 0u32, (program - 1) as u32, 0);
-            libc::syscall(libc::SYS_close_range, (program + 1) as u32, u32::MAX, 0);
-        } else {
-            libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0);
-        }
-        if confinement.apply().is_ok() {
-            exec_small_init(main, program);
-        }
-        forward_and_reap(main)
+    // The init holds a copy of the supervisor's memory: nothing in the instance, root or
+    // not, may read it through ptrace or /proc/1/mem.
+    let _ = nix::sys::prctl::set_dumpable(false);
+    // Every signal stays blocked (see run()); the init takes them with sigwaitinfo.
+    let mut start = Start { plan, exec, function_mask: SigSet::empty() };
+    let top = (plan.stack.as_ptr() as usize + plan.stack.len()) & !15;
+    // SAFETY: the stack is the plan's, alive until the function execs (CLONE_VFORK waits for
+    // that); `start` lives on this frame until then.
+    let main = match unsafe { sys::clone_vfork(start_function, top as *mut libc::c_void, (&mut start as *mut Start).cast()) } {
+        Ok(pid) => pid,
+        Err(errno) => fail(e, STEP_EXEC, errno),
+    };
+    // Last use of `plan`: the supervisor frees it once the error pipe is closed.
+    let confinement = Confinement::of(plan);
+    let program = plan.init_program;
+    // The init keeps no fd but its program's (close-on-exec): the function's exec closes
+    // the error pipe for the parent, so the init's own confinement below runs while the
+    // function starts, off the supervisor's path.
+    if program > 0 {
+        sys::close_range(0, (program - 1) as u32, 0);
+        sys::close_range((program + 1) as u32, u32::MAX, 0);
+    } else {
+        sys::close_range(0, u32::MAX, 0);
     }
+    // SAFETY: async-signal-safe calls only; the supervisor keeps the filter alive.
+    if unsafe { confinement.apply() }.is_ok() {
+        // SAFETY: runs in the init after the function started.
+        unsafe { exec_small_init(main, program) };
+    }
+    forward_and_reap(main)
 }
 
 /// The init leaves the supervisor's address space: confined exactly like the function (by the
@@ -347,49 +328,34 @@ unsafe fn exec_small_init(main: libc::pid_t, program: RawFd) {
     // SAFETY: NUL-terminated strings and arrays on this stack frame; `program` is an O_PATH fd.
     unsafe {
         if program > 0 {
-            libc::syscall(libc::SYS_execveat, program, c"".as_ptr(), argv.as_ptr(), envp.as_ptr(), libc::AT_EMPTY_PATH);
+            sys::execveat_fd(program, argv.as_ptr(), envp.as_ptr());
         }
-        libc::execve(c"/proc/self/exe".as_ptr(), argv.as_ptr(), envp.as_ptr());
+        sys::execve(c"/proc/self/exe", argv.as_ptr(), envp.as_ptr());
     }
 }
 
 /// PID 1's work once the function runs: forward every signal to it, reap every process that
 /// ends, and exit with the function's status when it exits. Every signal must be blocked.
 pub fn forward_and_reap(main: libc::pid_t) -> ! {
-    // SAFETY: signal and process calls on stack data only.
-    unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        loop {
-            let mut info: libc::siginfo_t = std::mem::zeroed();
-            let sig = libc::sigwaitinfo(&all, &mut info);
-            if sig == libc::SIGCHLD {
-                loop {
-                    let mut status = 0;
-                    let pid = libc::waitpid(-1, &mut status, libc::WNOHANG);
-                    if pid <= 0 {
-                        break;
-                    }
+    let all = SigSet::all();
+    loop {
+        match sys::sigwaitinfo(&all) {
+            Ok(libc::SIGCHLD) => {
+                while let Some((pid, code)) = sys::reap_any() {
                     if pid == main {
-                        let code = if libc::WIFEXITED(status) {
-                            libc::WEXITSTATUS(status)
-                        } else {
-                            128 + libc::WTERMSIG(status)
-                        };
-                        libc::_exit(code);
+                        sys::exit_now(code);
                     }
                 }
-            } else if sig > 0 {
-                libc::kill(main, sig);
             }
+            Ok(sig) => sys::kill_any(main, sig),
+            Err(_) => {}
         }
     }
 }
 
 /// The body of `fcsup instance-init PID` (see [`exec_small_init`]): never returns.
 pub fn instance_init(main: libc::pid_t) -> ! {
-    // SAFETY: prctl with integer arguments only.
-    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    let _ = nix::sys::prctl::set_dumpable(false);
     forward_and_reap(main)
 }
 
@@ -415,42 +381,29 @@ impl Confinement {
     ///
     /// # Safety
     /// Async-signal-safe calls only; the filter must still be alive.
-    unsafe fn apply(self) -> Result<(), (u32, i32)> {
-        // Raw syscalls, not libc's wrappers: those broadcast the change to every thread glibc
-        // knows of (the supervisor's, whose memory this process shares), under a lock the
-        // supervisor's threads also take: a deadlock, and a wrong change of their ids.
-        // SAFETY: id syscalls with integer arguments (setgroups with an empty list).
-        let failed = self.userns
-            && unsafe {
-                libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) != 0
-                    || libc::syscall(libc::SYS_setresgid, 0, 0, 0) != 0
-                    || libc::syscall(libc::SYS_setresuid, 0, 0, 0) != 0
-            };
-        if failed {
-            return Err((STEP_IDS, sys::errno()));
+    unsafe fn apply(self) -> Result<(), (u32, Errno)> {
+        if self.userns {
+            sys::become_root_raw().map_err(|e| (STEP_IDS, e))?;
         }
         drop_capabilities(self.keep_caps);
         if let Some((ptr, len)) = self.filter {
-            // The supervisor keeps the program alive (Host::isolation) while instances run.
-            let prog = libc::sock_fprog { len: len as u16, filter: ptr.cast_mut() };
-            // SAFETY: seccomp(2) with a program the kernel copies; no_new_privs is set above.
-            if unsafe { libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &prog as *const libc::sock_fprog) } != 0 {
-                return Err((STEP_SECCOMP, sys::errno()));
-            }
+            // SAFETY: the supervisor keeps the program alive (Host::isolation) while instances
+            // run; no_new_privs is set above.
+            unsafe { sys::seccomp_set_filter(ptr, len) }.map_err(|e| (STEP_SECCOMP, e))?;
         }
         Ok(())
     }
 }
 
-/// Drops every capability outside `keep` from the bounding set and sets no_new_privs, so the
-/// function runs as root with a container's usual capabilities and cannot regain the rest.
+/// Drops every capability outside `keep` (a mask computed in the supervisor) from the
+/// bounding set and sets no_new_privs, so the function runs as root with a container's usual
+/// capabilities and cannot regain the rest.
 fn drop_capabilities(keep: u64) {
-    for cap in 0..64u64 {
+    for cap in 0..64u32 {
         if keep & (1 << cap) == 0 {
-            // SAFETY: prctl with integer arguments only; errors (unknown cap) are ignored.
-            unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+            // Errors (a capability this kernel does not know) are ignored.
+            let _ = sys::capbset_drop(cap);
         }
     }
-    // SAFETY: prctl with integer arguments only.
-    unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    let _ = nix::sys::prctl::set_no_new_privs();
 }

@@ -20,7 +20,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 
 
@@ -76,30 +76,19 @@ fn init_program() -> Option<Arc<OwnedFd>> {
 }
 
 fn private_copy(path: &std::path::Path) -> io::Result<OwnedFd> {
-    use std::os::fd::AsRawFd;
+    use nix::fcntl::{FcntlArg, SealFlag};
+    use nix::sys::memfd::MFdFlags;
     let bytes = std::fs::read(path)?;
+    /// linux/memfd.h; nix does not name it yet.
     const MFD_EXEC: libc::c_uint = 0x10;
-    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
-    // SAFETY: memfd_create with a static name; MFD_EXEC is refused by kernels before 6.3,
-    // which make every memfd executable anyway.
-    let mut fd = unsafe { libc::memfd_create(c"fcsup-init".as_ptr(), flags | MFD_EXEC) };
-    if fd < 0 {
-        // SAFETY: as above.
-        fd = unsafe { libc::memfd_create(c"fcsup-init".as_ptr(), flags) };
-    }
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let flags = MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING;
+    // MFD_EXEC is refused by kernels before 6.3, which make every memfd executable anyway.
+    let fd = nix::sys::memfd::memfd_create(c"fcsup-init", flags | MFdFlags::from_bits_retain(MFD_EXEC)).or_else(|_| nix::sys::memfd::memfd_create(c"fcsup-init", flags))?;
     let mut file = std::fs::File::from(fd);
     std::io::Write::write_all(&mut file, &bytes)?;
-    let raw = file.as_raw_fd();
-    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
-    // SAFETY: fchmod and fcntl on our fd with integer arguments.
-    if unsafe { libc::fchmod(raw, 0o711) } != 0 || unsafe { libc::fcntl(raw, libc::F_ADD_SEALS, seals) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    nix::sys::stat::fchmod(&file, nix::sys::stat::Mode::from_bits_retain(0o711))?;
+    let seals = SealFlag::F_SEAL_SEAL | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_WRITE;
+    nix::fcntl::fcntl(&file, FcntlArg::F_ADD_SEALS(seals))?;
     Ok(OwnedFd::from(file))
 }
 
@@ -235,7 +224,7 @@ impl Filters {
         // clone3's flags live in memory the filter cannot read: ENOSYS, and libc falls back to
         // clone, whose flags it can.
         ctx.add_rule(ScmpAction::Errno(libc::ENOSYS), nr(libc::SYS_clone3)).map_err(err)?;
-        let (r, w) = super::sys::pipe_cloexec()?;
+        let (r, w) = super::pipe_cloexec()?;
         ctx.export_bpf(&w).map_err(err)?;
         drop(w);
         let mut bytes = Vec::new();

@@ -12,7 +12,7 @@ mod child;
 mod isolation;
 mod netns;
 mod rootfs;
-mod sys;
+pub mod sys;
 
 use std::ffi::CString;
 use std::io::{self, Read, Write};
@@ -20,6 +20,10 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use caps::Capability;
+use nix::fcntl::OFlag;
+use nix::mount::MsFlags;
 
 use child::{ExecArgs, Op, Plan, START_STACK, STEP_EXEC, STEP_IDS, STEP_SECCOMP, STEP_USERNS_MAP};
 pub use child::instance_init;
@@ -89,8 +93,34 @@ pub struct SandboxSpec {
 /// Host directories bound read-only into every instance's root (symlinks are copied as links).
 const SYSTEM_DIRS: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "opt"];
 
-/// Docker's default capability set: what a function process keeps.
-const KEEP_CAPS: &[u32] = &[0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31];
+/// Docker's default capability set: what a function process keeps (its bounding set).
+const KEEP_CAPS: &[Capability] = &[
+    Capability::CAP_CHOWN,
+    Capability::CAP_DAC_OVERRIDE,
+    Capability::CAP_FOWNER,
+    Capability::CAP_FSETID,
+    Capability::CAP_KILL,
+    Capability::CAP_SETGID,
+    Capability::CAP_SETUID,
+    Capability::CAP_SETPCAP,
+    Capability::CAP_NET_BIND_SERVICE,
+    Capability::CAP_NET_RAW,
+    Capability::CAP_SYS_CHROOT,
+    Capability::CAP_MKNOD,
+    Capability::CAP_AUDIT_WRITE,
+    Capability::CAP_SETFCAP,
+];
+
+/// [`KEEP_CAPS`] as the bit mask the child's bounding-set drop reads (computed here: the
+/// child may not allocate, and `caps` builds sets on the heap).
+fn keep_caps_mask() -> u64 {
+    KEEP_CAPS.iter().fold(0, |m, c| m | c.bitmask())
+}
+
+/// A pipe with both ends close-on-exec: (read, write).
+fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(nix::unistd::pipe2(OFlag::O_CLOEXEC)?)
+}
 
 /// A running sandboxed process (the init of its PID namespace).
 #[derive(Debug)]
@@ -125,21 +155,23 @@ pub fn spawn(
     v1_procs: &[RawFd],
     isolation: &Isolation,
 ) -> Result<Child, SandboxError> {
-    let (out_r, out_w) = sys::pipe_cloexec().map_err(setup("create stdout pipe"))?;
-    let (err_r, err_w) = sys::pipe_cloexec().map_err(setup("create stderr pipe"))?;
-    let (status_r, status_w) = sys::pipe_cloexec().map_err(setup("create status pipe"))?;
+    let (out_r, out_w) = pipe_cloexec().map_err(setup("create stdout pipe"))?;
+    let (err_r, err_w) = pipe_cloexec().map_err(setup("create stderr pipe"))?;
+    let (status_r, status_w) = pipe_cloexec().map_err(setup("create status pipe"))?;
     let ids = isolation.ids.as_ref().map(|r| r.take()).transpose().map_err(setup("reserve the instance's host ids"))?;
     let sync = match &ids {
         Some(ids) => {
             // The function's root owns its output pipes, so it can reopen /dev/stdout (as runc does).
             for w in [&out_w, &err_w] {
-                sys::fchown(w.as_raw_fd(), ids.first).map_err(setup("hand the output pipes to the instance's root"))?;
+                let id = Some(ids.first);
+                nix::unistd::fchown(w, id.map(nix::unistd::Uid::from_raw), id.map(nix::unistd::Gid::from_raw))
+                    .map_err(|e| setup("hand the output pipes to the instance's root")(e.into()))?;
             }
-            Some(sys::pipe_cloexec().map_err(setup("create the user namespace pipe"))?)
+            Some(pipe_cloexec().map_err(setup("create the user namespace pipe"))?)
         }
         None => None,
     };
-    let devnull = sys::open_ro(c"/dev/null").map_err(setup("open /dev/null"))?;
+    let devnull = nix::fcntl::open(c"/dev/null", OFlag::O_RDONLY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty()).map_err(|e| setup("open /dev/null")(e.into()))?;
     let code_tree = rootfs::detached_ro_tree(&spec.code_dir).map_err(setup(format!("prepare {} for /code", spec.code_dir.display())))?;
     let root = Root { ns: template.fd(), code: code_tree.as_raw_fd() };
     let fds = Fds {
@@ -153,7 +185,7 @@ pub fn spawn(
     plan.init_program = isolation.init_program.as_ref().map_or(-1, |f| f.as_raw_fd());
     let exec = ExecArgs::new(&plan);
     // No CLONE_NEWNS: the child joins the prepared root's namespace and unshares a copy.
-    let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64;
+    let flags = (nix::sched::CloneFlags::CLONE_NEWPID | nix::sched::CloneFlags::CLONE_NEWUTS | nix::sched::CloneFlags::CLONE_NEWIPC).bits() as u64;
     let init_stack = sys::InitStack::new().map_err(setup("map the init's stack"))?;
     // Lives in this frame until the status pipe's EOF: the child reads it until then.
     let init_args = InitArgs { plan: &plan, exec: &exec };
@@ -319,7 +351,7 @@ fn plan(spec: &SandboxSpec, root_how: Root, v1_procs: &[RawFd], fds: Fds) -> Res
     }
     push(Op::UnshareCgroupNs, "enter a cgroup namespace".into());
     push(Op::JoinNetns(fds.netns), "join the instance's network namespace".into());
-    let mount = |src: Option<&str>, dst: CString, fstype: Option<&str>, flags: libc::c_ulong, data: Option<&str>| {
+    let mount = |src: Option<&str>, dst: CString, fstype: Option<&str>, flags: MsFlags, data: Option<&str>| {
         Ok::<_, SandboxError>(Op::Mount {
             src: src.map(cstr).transpose()?,
             dst,
@@ -335,16 +367,16 @@ fn plan(spec: &SandboxSpec, root_how: Root, v1_procs: &[RawFd], fds: Fds) -> Res
     let under = |rel: &str| path_c(&base.join(rel));
     let tmp_opts = format!("mode=1777,size={}m", spec.tmp_size_mb);
     push(
-        mount(Some("tmpfs"), under("tmp")?, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some(&tmp_opts))?,
+        mount(Some("tmpfs"), under("tmp")?, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(&tmp_opts))?,
         "mount the private /tmp".into(),
     );
     push(
-        mount(Some("tmpfs"), under("dev")?, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NOEXEC, Some("mode=755,size=64k"))?,
+        mount(Some("tmpfs"), under("dev")?, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=755,size=64k"))?,
         "mount /dev".into(),
     );
     for (name, major, minor) in [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)] {
         push(
-            Op::Mknod { path: under(&format!("dev/{name}"))?, mode: 0o666, dev: libc::makedev(major, minor) },
+            Op::Mknod { path: under(&format!("dev/{name}"))?, mode: 0o666, dev: nix::sys::stat::makedev(major, minor) },
             format!("create /dev/{name}"),
         );
     }
@@ -353,13 +385,13 @@ fn plan(spec: &SandboxSpec, root_how: Root, v1_procs: &[RawFd], fds: Fds) -> Res
     }
     push(Op::Mkdir { path: under("dev/shm")?, mode: 0o1777 }, "create /dev/shm".into());
     push(
-        mount(Some("shm"), under("dev/shm")?, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some("mode=1777,size=64m"))?,
+        mount(Some("shm"), under("dev/shm")?, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777,size=64m"))?,
         "mount /dev/shm".into(),
     );
     // hidepid: the function sees only the processes it could ptrace, so not the init (not
     // dumpable), whose command line would be the supervisor's.
     push(
-        mount(Some("proc"), cstr("/proc")?, Some("proc"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, Some("hidepid=invisible"))?,
+        mount(Some("proc"), cstr("/proc")?, Some("proc"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some("hidepid=invisible"))?,
         "mount /proc".into(),
     );
     for p in PROC_MASKED {
@@ -384,7 +416,7 @@ fn plan(spec: &SandboxSpec, root_how: Root, v1_procs: &[RawFd], fds: Fds) -> Res
         let path = spec.env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or("/usr/bin:/bin");
         path.split(':').filter(|d| !d.is_empty()).map(|d| cstr(format!("{d}/{cmd}"))).collect::<Result<_, _>>()?
     };
-    let keep_caps = KEEP_CAPS.iter().fold(0u64, |m, c| m | (1 << c));
+    let keep_caps = keep_caps_mask();
     Ok(Plan {
         ops,
         argv,
@@ -400,3 +432,16 @@ fn plan(spec: &SandboxSpec, root_how: Root, v1_procs: &[RawFd], fds: Fds) -> Res
     })
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_capabilities_are_dockers_default_set() {
+        // CAP_CHOWN … CAP_SETFCAP by number, as Docker's default profile lists them.
+        let docker: u64 = [0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31].iter().fold(0, |m, c| m | (1 << c));
+        assert_eq!(keep_caps_mask(), docker);
+        assert_eq!(keep_caps_mask() & Capability::CAP_SYS_ADMIN.bitmask(), 0);
+    }
+}

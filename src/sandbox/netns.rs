@@ -14,7 +14,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::sys;
+use nix::fcntl::OFlag;
+use nix::sched::CloneFlags;
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn};
 
 /// The address fcsup reaches each instance at, inside its own network namespace.
 pub const INSTANCE_ADDR: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 9, 1);
@@ -29,15 +31,25 @@ pub struct Netns {
 
 thread_local! {
     /// The calling thread's own network namespace, to return to.
-    static HOME: OwnedFd = sys::open_ro(c"/proc/thread-self/ns/net").expect("open own network namespace");
+    static HOME: OwnedFd = open_netns().expect("open own network namespace");
+}
+
+/// The calling thread's network namespace, as an fd.
+fn open_netns() -> io::Result<OwnedFd> {
+    Ok(nix::fcntl::open(c"/proc/thread-self/ns/net", OFlag::O_RDONLY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())?)
+}
+
+/// Moves the calling thread into the network namespace at `ns`.
+fn enter(ns: &OwnedFd) -> io::Result<()> {
+    Ok(nix::sched::setns(ns, CloneFlags::CLONE_NEWNET)?)
 }
 
 /// Runs `f` with the calling thread inside `ns`, then returns the thread to its own.
 fn inside<T>(ns: &OwnedFd, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
     HOME.with(|home| {
-        sys::setns(ns.as_raw_fd(), libc::CLONE_NEWNET)?;
+        enter(ns)?;
         let r = f();
-        sys::setns(home.as_raw_fd(), libc::CLONE_NEWNET).expect("return to the supervisor's network namespace");
+        enter(home).expect("return to the supervisor's network namespace");
         r
     })
 }
@@ -46,11 +58,9 @@ impl Netns {
     /// A new namespace with `lo` up.
     pub fn create() -> io::Result<Netns> {
         HOME.with(|home| {
-            // SAFETY: unshare of the network namespace affects only the calling thread.
-            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let made = sys::open_ro(c"/proc/thread-self/ns/net").and_then(|ns| {
+            // Affects only the calling thread.
+            nix::sched::unshare(CloneFlags::CLONE_NEWNET)?;
+            let made = open_netns().and_then(|ns| {
                 loopback_up()?;
                 unprivileged_ports()?;
                 let probe = tcp_socket()?;
@@ -59,7 +69,7 @@ impl Netns {
                 probe.set_write_timeout(Some(std::time::Duration::from_millis(100)))?;
                 Ok((ns, probe))
             });
-            sys::setns(home.as_raw_fd(), libc::CLONE_NEWNET).expect("return to the supervisor's network namespace");
+            enter(home).expect("return to the supervisor's network namespace");
             made.map(|(ns, probe)| Netns { ns, probe: Mutex::new(Some(probe)) })
         })
     }
@@ -77,27 +87,19 @@ impl Netns {
                 s
             }
         };
-        let addr = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: port.to_be(),
-            sin_addr: libc::in_addr { s_addr: u32::from(INSTANCE_ADDR).to_be() },
-            sin_zero: [0; 8],
-        };
-        // SAFETY: connect(2) on our socket with a sockaddr_in of the right size.
-        let r = unsafe {
-            libc::connect(sock.as_raw_fd(), (&addr as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t)
-        };
-        if r == 0 {
-            sock.set_nonblocking(true)?;
-            return Ok(Some(sock));
+        let addr = SockaddrIn::from(std::net::SocketAddrV4::new(INSTANCE_ADDR, port));
+        match nix::sys::socket::connect(sock.as_raw_fd(), &addr) {
+            Ok(()) => {
+                sock.set_nonblocking(true)?;
+                Ok(Some(sock))
+            }
+            Err(nix::errno::Errno::ECONNREFUSED) => {
+                // A refused TCP socket is back in CLOSE and may connect again.
+                *slot = Some(sock);
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
         }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ECONNREFUSED) {
-            // A refused TCP socket is back in CLOSE and may connect again.
-            *slot = Some(sock);
-            return Ok(None);
-        }
-        Err(e)
     }
 
     /// The fd the child joins with `setns`.
@@ -113,14 +115,8 @@ impl Netns {
 }
 
 fn tcp_socket() -> io::Result<std::net::TcpStream> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: socket(2); the fd is owned by the TcpStream below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fresh fd owned by nobody else.
-    Ok(unsafe { std::net::TcpStream::from_raw_fd(fd) })
+    let fd = nix::sys::socket::socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)?;
+    Ok(std::net::TcpStream::from(fd))
 }
 
 /// The function's root holds no capability over this namespace (it belongs to the host's user
@@ -141,13 +137,31 @@ fn ifreq(name: &[u8]) -> libc::ifreq {
     req
 }
 
-fn ioctl(s: &std::net::TcpStream, op: libc::Ioctl, req: &mut libc::ifreq) -> io::Result<()> {
-    // SAFETY: an interface ioctl on our socket with a valid ifreq.
-    if unsafe { libc::ioctl(s.as_raw_fd(), op, req as *mut libc::ifreq) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
+// The interface ioctls, wrapped by nix's macros.
+nix::ioctl_readwrite_bad!(
+    /// Reads an interface's flags.
+    siocgifflags,
+    libc::SIOCGIFFLAGS,
+    libc::ifreq
+);
+nix::ioctl_write_ptr_bad!(
+    /// Sets an interface's flags.
+    siocsifflags,
+    libc::SIOCSIFFLAGS,
+    libc::ifreq
+);
+nix::ioctl_write_ptr_bad!(
+    /// Sets an interface's (or alias's) IPv4 address.
+    siocsifaddr,
+    libc::SIOCSIFADDR,
+    libc::ifreq
+);
+nix::ioctl_write_ptr_bad!(
+    /// Sets an interface's (or alias's) IPv4 netmask.
+    siocsifnetmask,
+    libc::SIOCSIFNETMASK,
+    libc::ifreq
+);
 
 fn set_addr(req: &mut libc::ifreq, addr: std::net::Ipv4Addr) {
     let sin = libc::sockaddr_in {
@@ -163,17 +177,25 @@ fn set_addr(req: &mut libc::ifreq, addr: std::net::Ipv4Addr) {
 /// Sets `lo` up in the calling thread's network namespace, with [`INSTANCE_ADDR`] on it.
 fn loopback_up() -> io::Result<()> {
     let s = tcp_socket()?;
+    let fd = s.as_raw_fd();
     let mut lo = ifreq(b"lo");
-    ioctl(&s, libc::SIOCGIFFLAGS, &mut lo)?;
-    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
-    unsafe { lo.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
-    ioctl(&s, libc::SIOCSIFFLAGS, &mut lo)?;
+    // SAFETY: interface ioctls on our socket, each with a valid ifreq that lives for the call;
+    // SIOCGIFFLAGS fills the flags member of the union that is then read.
+    unsafe {
+        siocgifflags(fd, &mut lo)?;
+        lo.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        siocsifflags(fd, &lo)?;
+    }
     let mut alias = ifreq(b"lo:fc");
     set_addr(&mut alias, INSTANCE_ADDR);
-    ioctl(&s, libc::SIOCSIFADDR, &mut alias)?;
     let mut mask = ifreq(b"lo:fc");
     set_addr(&mut mask, std::net::Ipv4Addr::BROADCAST);
-    ioctl(&s, libc::SIOCSIFNETMASK, &mut mask)
+    // SAFETY: as above.
+    unsafe {
+        siocsifaddr(fd, &alias)?;
+        siocsifnetmask(fd, &mask)?;
+    }
+    Ok(())
 }
 
 /// Namespaces made ahead of time, refilled by a background thread.

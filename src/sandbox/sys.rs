@@ -1,8 +1,20 @@
-//! Raw syscalls of the sandbox, each wrapped once. Everything here that the child calls is
-//! async-signal-safe: no allocation, no locks, only libc.
+//! The raw syscalls fcsup makes, each wrapped once: those `nix` lacks (`clone3`, the pidfd
+//! calls, the new mount API, `sched_setscheduler`, capability-bounding-set drops, seccomp) and
+//! those the init must make without `nix`'s help between clone and exec. Everything else goes
+//! through `nix`.
+//!
+//! Everything marked *child-safe* is async-signal-safe: no allocation, no lock, no glibc
+//! wrapper that signals other threads. The init shares the supervisor's address space while
+//! the supervisor's other threads run, so a malloc or a lock there could deadlock.
 
+use std::ffi::{c_char, CStr};
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::num::NonZeroUsize;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+
+use nix::errno::Errno;
+use nix::sys::mman::{MapFlags, ProtFlags};
 
 /// `CLONE_INTO_CGROUP` (not in every libc release).
 pub const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
@@ -63,7 +75,7 @@ pub fn clone3(ns_flags: u64, cgroup_fd: RawFd) -> io::Result<Forked> {
 /// supervisor thread's). Unmapped on drop, which must wait until the init has exited.
 #[derive(Debug)]
 pub struct InitStack {
-    base: *mut libc::c_void,
+    base: NonNull<libc::c_void>,
 }
 
 // SAFETY: the mapping is plain memory owned by this value; nothing about it is thread-bound.
@@ -79,19 +91,15 @@ const INIT_TLS: usize = 64 * 1024;
 impl InitStack {
     /// Maps the memory (lazily backed: only touched pages cost).
     pub fn new() -> io::Result<InitStack> {
-        // SAFETY: anonymous private mapping; the pointer is checked below.
-        let base = unsafe {
-            libc::mmap(std::ptr::null_mut(), INIT_MAP, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE, -1, 0)
-        };
-        if base == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
+        let len = NonZeroUsize::new(INIT_MAP).expect("non-zero");
+        // SAFETY: a fresh anonymous private mapping aliases nothing.
+        let base = unsafe { nix::sys::mman::mmap_anonymous(None, len, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_PRIVATE | MapFlags::MAP_NORESERVE) }?;
         Ok(InitStack { base })
     }
 
     /// Thread pointer for the init: its TCB's self-pointers set, static TLS below it.
     fn thread_pointer(&self) -> u64 {
-        let tp = self.base as usize + INIT_MAP - INIT_TLS / 2;
+        let tp = self.base.as_ptr() as usize + INIT_MAP - INIT_TLS / 2;
         // SAFETY: tp and tp+16 lie inside the mapping; glibc reads the TCB's self pointers at
         // these offsets.
         unsafe {
@@ -104,8 +112,8 @@ impl InitStack {
 
 impl Drop for InitStack {
     fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in new().
-        unsafe { libc::munmap(self.base, INIT_MAP) };
+        // SAFETY: unmaps exactly the mapping made in new(), which nothing uses any more.
+        let _ = unsafe { nix::sys::mman::munmap(self.base, INIT_MAP) };
     }
 }
 
@@ -126,7 +134,7 @@ pub fn clone3_vm(
         flags: ns_flags | (libc::CLONE_VM | libc::CLONE_SETTLS | libc::CLONE_PIDFD) as u64 | CLONE_INTO_CGROUP,
         pidfd: &mut pidfd as *mut libc::c_int as u64,
         exit_signal: libc::SIGCHLD as u64,
-        stack: stack.base as u64,
+        stack: stack.base.as_ptr() as u64,
         stack_size: (INIT_MAP - INIT_TLS) as u64,
         tls,
         cgroup: cgroup_fd as u64,
@@ -164,18 +172,18 @@ pub fn clone3_vm(
     Ok((ret as i32, fd))
 }
 
-/// A pipe with both ends close-on-exec: (read, write).
-pub fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two fds into the array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+/// `pidfd_open(pid, 0)` (nix has no pidfd calls).
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments; the result is a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: both fds were just created and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    // SAFETY: a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// `pidfd_send_signal`.
+/// `pidfd_send_signal` (nix has no pidfd calls).
 pub fn pidfd_signal(pidfd: RawFd, sig: i32) -> io::Result<()> {
     // SAFETY: plain syscall on a pidfd; no memory is passed (info is NULL).
     let r = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd, sig, std::ptr::null::<libc::siginfo_t>(), 0) };
@@ -184,6 +192,9 @@ pub fn pidfd_signal(pidfd: RawFd, sig: i32) -> io::Result<()> {
 
 /// Reaps the child behind `pidfd` without blocking; `Some(status)` once it has exited, as a
 /// shell would show it (exit code, or 128 + signal).
+///
+/// Raw `waitid`, not nix's: nix's `WaitStatus` holds a `Signal`, which cannot name a
+/// real-time signal, so a function killed by one would read as an error.
 pub fn pidfd_try_wait(pidfd: RawFd) -> io::Result<Option<i32>> {
     // SAFETY: siginfo_t is plain data; zeroed is a valid value.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
@@ -200,36 +211,172 @@ pub fn pidfd_try_wait(pidfd: RawFd) -> io::Result<Option<i32>> {
     Ok(Some(if info.si_code == libc::CLD_EXITED { status } else { 128 + status }))
 }
 
-/// `setns` of the calling thread.
-pub fn setns(fd: RawFd, nstype: i32) -> io::Result<()> {
-    // SAFETY: setns on a namespace fd; affects only the calling thread for CLONE_NEWNET.
-    if unsafe { libc::setns(fd, nstype) } != 0 {
-        return Err(io::Error::last_os_error());
+/// `sched_setscheduler(0, policy, priority)` for the calling thread (nix lacks it).
+/// *Child-safe.*
+pub fn sched_setscheduler(policy: i32, priority: i32) -> Result<(), Errno> {
+    let p = libc::sched_param { sched_priority: priority };
+    // SAFETY: sched_setscheduler with a param on this stack frame.
+    Errno::result(unsafe { libc::sched_setscheduler(0, policy, &p) }).map(drop)
+}
+
+/// `sched_getscheduler(0)`: the calling thread's policy (nix lacks it).
+pub fn sched_getscheduler() -> Result<i32, Errno> {
+    // SAFETY: no arguments but the calling thread's id.
+    Errno::result(unsafe { libc::sched_getscheduler(0) })
+}
+
+/// `open_tree(AT_FDCWD, path, OPEN_TREE_CLONE | AT_RECURSIVE | O_CLOEXEC)`: a detached copy of
+/// the mount tree at `path` (kernel ≥ 5.2; nix lacks the new mount API).
+pub fn open_tree_clone(path: &CStr) -> Result<OwnedFd, Errno> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_RECURSIVE as libc::c_uint;
+    // SAFETY: open_tree(2) with a C string alive for the call; the result is a new fd or -1.
+    let fd = Errno::result(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) })?;
+    // SAFETY: a fresh fd owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `mount_setattr(tree, "", AT_EMPTY_PATH | AT_RECURSIVE, {attr_set})` on a whole detached tree
+/// (kernel ≥ 5.12; nix lacks the new mount API).
+pub fn mount_setattr_recursive(tree: BorrowedFd<'_>, attr_set: u64) -> Result<(), Errno> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let attr = MountAttr { attr_set, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    // SAFETY: mount_setattr(2) on a borrowed fd with a mount_attr of the right size.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// `move_mount(fd, "", AT_FDCWD, dst, MOVE_MOUNT_F_EMPTY_PATH)`: attaches the detached tree at
+/// `fd` on `dst` (nix lacks the new mount API). *Child-safe.*
+pub fn move_mount(fd: RawFd, dst: &CStr) -> Result<(), Errno> {
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    // SAFETY: move_mount(2) with C strings alive for the call.
+    Errno::result(unsafe { libc::syscall(libc::SYS_move_mount, fd, c"".as_ptr(), libc::AT_FDCWD, dst.as_ptr(), MOVE_MOUNT_F_EMPTY_PATH) }).map(drop)
+}
+
+/// `close_range(first, last, flags)` (nix lacks it). *Child-safe.*
+pub fn close_range(first: u32, last: u32, flags: u32) {
+    // SAFETY: plain syscall with integer arguments; it only closes (or marks) fds.
+    unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) };
+}
+
+/// `prctl(PR_CAPBSET_DROP, cap)` (nix's prctl module lacks it). *Child-safe.*
+pub fn capbset_drop(cap: u32) -> Result<(), Errno> {
+    // SAFETY: prctl with integer arguments only.
+    Errno::result(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) }).map(drop)
+}
+
+/// `prctl(PR_GET_SECCOMP)`: whether the kernel has seccomp (nix's prctl module lacks it).
+pub fn seccomp_mode() -> Result<i32, Errno> {
+    // SAFETY: prctl with integer arguments only.
+    Errno::result(unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) })
+}
+
+/// `seccomp(SECCOMP_SET_MODE_FILTER, 0, prog)` for the calling thread. *Child-safe.*
+///
+/// # Safety
+/// `filter` must point to `len` valid BPF instructions, alive for the call.
+pub unsafe fn seccomp_set_filter(filter: *const libc::sock_filter, len: usize) -> Result<(), Errno> {
+    let prog = libc::sock_fprog { len: len as u16, filter: filter.cast_mut() };
+    // SAFETY: seccomp(2) with a program the kernel copies; the caller vouches for it.
+    Errno::result(unsafe { libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &prog as *const libc::sock_fprog) }).map(drop)
+}
+
+/// Becomes uid/gid 0 of the current user namespace with no supplementary groups. *Child-safe.*
+///
+/// Raw syscalls, not glibc's or nix's wrappers: those broadcast the change to every thread glibc
+/// knows of (the supervisor's, whose memory the init shares), under a lock the supervisor's
+/// threads also take: a deadlock, and a wrong change of their ids.
+pub fn become_root_raw() -> Result<(), Errno> {
+    // SAFETY: id syscalls with integer arguments (setgroups with an empty list).
+    unsafe {
+        Errno::result(libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()))?;
+        Errno::result(libc::syscall(libc::SYS_setresgid, 0, 0, 0))?;
+        Errno::result(libc::syscall(libc::SYS_setresuid, 0, 0, 0))?;
     }
     Ok(())
 }
 
-/// Opens a path read-only, close-on-exec.
-pub fn open_ro(path: &std::ffi::CStr) -> io::Result<OwnedFd> {
-    // SAFETY: open(2) with a valid C string.
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fresh fd owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+/// `execve` with pointer arrays built in advance; returns only on failure. *Child-safe*
+/// (nix's `execve` builds its pointer arrays on the heap).
+///
+/// # Safety
+/// `argv` and `envp` must be NULL-terminated arrays of NUL-terminated strings.
+pub unsafe fn execve(path: &CStr, argv: *const *const c_char, envp: *const *const c_char) -> Errno {
+    // SAFETY: the caller vouches for the arrays; `path` is alive for the call.
+    unsafe { libc::execve(path.as_ptr(), argv, envp) };
+    Errno::last()
 }
 
-/// The calling thread's errno.
-pub fn errno() -> i32 {
-    io::Error::last_os_error().raw_os_error().unwrap_or(0)
+/// `execveat(fd, "", argv, envp, AT_EMPTY_PATH)`: executes the program open at `fd`; returns
+/// only on failure. *Child-safe* (see [`execve`]).
+///
+/// # Safety
+/// As for [`execve`].
+pub unsafe fn execveat_fd(fd: RawFd, argv: *const *const c_char, envp: *const *const c_char) -> Errno {
+    // SAFETY: the caller vouches for the arrays.
+    unsafe { libc::syscall(libc::SYS_execveat, fd, c"".as_ptr(), argv, envp, libc::AT_EMPTY_PATH) };
+    Errno::last()
 }
 
-/// `fchown(fd, id, id)`.
-pub fn fchown(fd: RawFd, id: u32) -> io::Result<()> {
-    // SAFETY: fchown on an fd we own; no memory is passed.
-    if unsafe { libc::fchown(fd, id, id) } != 0 {
-        return Err(io::Error::last_os_error());
+/// `clone(CLONE_VM | CLONE_VFORK | SIGCHLD)` running `entry(arg)` on `stack_top`: the function's
+/// posix_spawn-style start from the init. *Child-safe* (nix's `clone` takes a boxed closure).
+///
+/// # Safety
+/// `stack_top` must be the 16-byte aligned top of memory that stays mapped until the child
+/// execs or exits, and `arg` valid for `entry` until then.
+pub unsafe fn clone_vfork(entry: extern "C" fn(*mut libc::c_void) -> libc::c_int, stack_top: *mut libc::c_void, arg: *mut libc::c_void) -> Result<libc::pid_t, Errno> {
+    // SAFETY: the caller vouches for the stack and the argument.
+    Errno::result(unsafe { libc::clone(entry, stack_top, libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD, arg) })
+}
+
+/// Waits for any signal in `set` (every signal must be blocked). *Child-safe* (nix has only
+/// `sigwait`, which drops the siginfo's source).
+pub fn sigwaitinfo(set: &nix::sys::signal::SigSet) -> Result<i32, Errno> {
+    // SAFETY: siginfo_t is plain data; zeroed is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are to live values on this frame or borrowed.
+    Errno::result(unsafe { libc::sigwaitinfo(set.as_ref(), &mut info) })
+}
+
+/// `waitpid(-1, WNOHANG)`: one exited child as (pid, status as a shell shows it), or `None`.
+/// *Child-safe.* Raw, not nix's: its `WaitStatus` cannot name a real-time signal.
+pub fn reap_any() -> Option<(libc::pid_t, i32)> {
+    let mut status = 0;
+    // SAFETY: waitpid writes the status into a local.
+    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+    if pid <= 0 {
+        return None;
     }
-    Ok(())
+    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
+    Some((pid, code))
+}
+
+/// `kill(pid, sig)` with any signal number, real-time ones included (nix's `Signal` cannot
+/// name those). *Child-safe.*
+pub fn kill_any(pid: libc::pid_t, sig: i32) {
+    // SAFETY: kill(2) with integer arguments.
+    unsafe { libc::kill(pid, sig) };
+}
+
+/// `_exit(code)`: ends the process without running anything of the supervisor's (nix lacks it).
+/// *Child-safe.*
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit(2) takes an integer and does not return.
+    unsafe { libc::_exit(code) }
 }

@@ -254,8 +254,7 @@ fn start_fcsup(dir: &Path, addr: &str, root: &str) -> Result<Child> {
 
 /// SIGTERM, then waits up to 60 s; the exit status, or None when it had to be killed.
 fn stop_fcsup(child: &mut Child) -> Result<Option<std::process::ExitStatus>> {
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(st) = child.try_wait()? {
@@ -295,8 +294,7 @@ pub struct Run {
 /// `cargo xtask soak …`.
 pub fn main(args: &[String]) -> Result<()> {
     let opts = parse(args)?;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         bail!("the soak runs fcsup, which needs root");
     }
     if opts.build {

@@ -40,23 +40,25 @@ fn ns_inode(link: &Path, kind: &str) -> Option<u64> {
 }
 
 fn pids() -> Vec<u32> {
-    fs::read_dir("/proc").map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect()).unwrap_or_default()
+    procfs::process::all_processes().map(|all| all.flatten().map(|p| p.pid as u32).collect()).unwrap_or_default()
 }
 
 /// The cgroup mounts from /proc/self/mountinfo: cgroup2's, and each v1 hierarchy's by name.
 pub fn cgroup_mounts() -> (Option<PathBuf>, BTreeMap<String, PathBuf>) {
-    let mi = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mounts = procfs::process::Process::myself().and_then(|p| p.mountinfo()).map(|m| m.0).unwrap_or_default();
     let (mut v2, mut v1) = (None, BTreeMap::new());
-    for l in mi.lines() {
-        let Some((pre, post)) = l.split_once(" - ") else { continue };
-        let point = PathBuf::from(pre.split(' ').nth(4).unwrap_or(""));
-        let mut post = post.split(' ');
-        match post.next() {
-            Some("cgroup2") => v2 = v2.or(Some(point)),
-            Some("cgroup") => {
-                let opts = post.nth(1).unwrap_or("");
-                let name: Vec<&str> = opts.split(',').filter(|o| !matches!(*o, "rw" | "ro") && !o.contains('=') || o.starts_with("name=")).collect();
-                v1.entry(name.join(",")).or_insert(point);
+    for m in mounts {
+        match m.fs_type.as_str() {
+            "cgroup2" => v2 = v2.or(Some(m.mount_point)),
+            "cgroup" => {
+                let mut name: Vec<String> = m
+                    .super_options
+                    .iter()
+                    .filter(|(k, v)| (v.is_none() && !matches!(k.as_str(), "rw" | "ro")) || k.as_str() == "name")
+                    .map(|(k, v)| v.as_ref().map_or_else(|| k.clone(), |v| format!("{k}={v}")))
+                    .collect();
+                name.sort();
+                v1.entry(name.join(",")).or_insert(m.mount_point);
             }
             _ => {}
         }
@@ -141,8 +143,7 @@ pub fn snapshot(root: &str, comm: &str, watched: &BTreeSet<u64>) -> Snapshot {
 
 /// `VmRSS` of `pid`, KiB.
 pub fn rss_kib(pid: u32) -> Option<u64> {
-    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()
+    procfs::process::Process::new(pid as i32).ok()?.status().ok()?.vmrss
 }
 
 /// The network namespace this process (and fcsup, which keeps an fd to it) runs in.
