@@ -136,6 +136,27 @@ pub enum Internal {
     Task(#[from] tokio::task::JoinError),
 }
 
+/// No instance may start for a request (FC's 429 `ResourceExhausted`).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Exhausted {
+    /// The function's `maxInstances` are busy.
+    #[error("Reserve resource exceeded limit: function {function} has {live} of its maxInstances {max} instances busy")]
+    Function {
+        /// The function.
+        function: String,
+        /// Its instances.
+        live: usize,
+        /// Its cap.
+        max: usize,
+    },
+    /// The supervisor runs its maximum.
+    #[error("Reserve resource exceeded limit: the supervisor runs its maximum of {max} instances")]
+    Supervisor {
+        /// The cap.
+        max: usize,
+    },
+}
+
 /// Why a request failed on an instance.
 #[derive(Debug, thiserror::Error)]
 pub enum InvokeError {
@@ -178,7 +199,7 @@ pub enum InvokeError {
     Gone,
     /// Too many instances.
     #[error(transparent)]
-    Throttled(#[from] crate::pool::Exhausted),
+    Throttled(#[from] Exhausted),
     /// An internal failure of fcsup.
     #[error(transparent)]
     Internal(#[from] Internal),

@@ -68,6 +68,8 @@ pub struct Script {
     pub init: Mutex<VecDeque<u16>>,
     /// How long `/initialize` takes.
     pub init_delay: Duration,
+    /// How long `/pre-freeze` takes.
+    pub pre_freeze_delay: Duration,
     /// How long a request takes.
     pub invoke_delay: Duration,
     /// The process ignores SIGTERM.
@@ -178,6 +180,8 @@ pub fn function_server(trace: Arc<Trace>, script: Arc<Script>) -> SocketAddr {
                             }
                             (&Method::GET, "/pre-freeze") => {
                                 trace.push("pre-freeze");
+                                tokio::time::sleep(script.pre_freeze_delay).await;
+                                trace.push("pre-freeze-done");
                                 200
                             }
                             (&Method::GET, "/pre-stop") => {

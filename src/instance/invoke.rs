@@ -20,6 +20,10 @@ use crate::billing::Phase;
 /// FC's limit on a synchronous response body (its request limit too): 32 MB.
 const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
 
+/// How long a request whose connection broke waits to learn whether the process died (a
+/// crash or an OOM kill) rather than only closing the connection.
+const EXIT_AFTER_BROKEN_CONNECTION: Duration = Duration::from_secs(5);
+
 /// How sending a request into the instance ended badly.
 enum ProxyError {
     Timeout,
@@ -43,7 +47,7 @@ impl<K: Kernel> Instance<K> {
         let canceled = call.canceled.take();
         self.wait_booted().await?;
         // The reading that opened this request's window, when it opened one.
-        let opened = {
+        let (opened, _running) = {
             let mut windows = self.power.lock().await;
             loop {
                 let begin = self.life.borrow().begin(ticket.seen_init_failures);
@@ -64,15 +68,12 @@ impl<K: Kernel> Instance<K> {
                             self.reporting.samples().record("thaw_seen", call.arrived.elapsed());
                         }
                         windows.add_request(&call.request_id);
-                        self.transition(Lifecycle::run);
-                        break opened;
+                        break (opened, Running::start(self));
                     }
                 }
             }
         };
-        let result = self.proxy_running(&call, canceled, opened.map(|r| r.cpu)).await;
-        self.transition(Lifecycle::ran);
-        result
+        self.proxy_running(&call, canceled, opened.map(|r| r.cpu)).await
     }
 
     /// Sends the request (the instance thawed, its run counted) and turns the outcome into a
@@ -136,8 +137,9 @@ impl<K: Kernel> Instance<K> {
             Err(ProxyError::Build(e)) => Err(Internal::Build(e).into()),
             Err(ProxyError::Conn(e)) => {
                 let duration_ms = duration.as_millis().try_into().unwrap_or(u64::MAX);
-                // A process dying at its memory limit can take a while to be reaped (reclaim first).
-                if self.wait_exit(Duration::from_secs(2)).await.is_none() {
+                // A process dying at its memory limit can take seconds to be reaped on a loaded
+                // host (reclaim first).
+                if self.wait_exit(EXIT_AFTER_BROKEN_CONNECTION).await.is_none() {
                     return Err(Internal::Request(e).into());
                 }
                 if self.kernel.exit().borrow().is_some_and(|e| e.oom_killed) {
@@ -197,6 +199,22 @@ impl<K: Kernel> Instance<K> {
 
     fn max_memory_mb(&self) -> f64 {
         self.kernel.memory().peak().map(|b| b as f64 / 1024.0 / 1024.0).unwrap_or(0.0)
+    }
+}
+
+/// A request counted as running until dropped (even if its task is torn down mid-request).
+struct Running<'a, K: Kernel>(&'a Instance<K>);
+
+impl<'a, K: Kernel> Running<'a, K> {
+    fn start(instance: &'a Instance<K>) -> Self {
+        instance.transition(Lifecycle::run);
+        Running(instance)
+    }
+}
+
+impl<K: Kernel> Drop for Running<'_, K> {
+    fn drop(&mut self) {
+        self.0.transition(Lifecycle::ran);
     }
 }
 

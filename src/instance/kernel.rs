@@ -83,7 +83,17 @@ impl Sandboxed {
     pub fn new(cgroup: Cgroup, child: Child) -> io::Result<(Self, OwnedFd, OwnedFd)> {
         let Child { pid, pidfd, netns, stdout, stderr, init_stack, ids, .. } = child;
         // SAFETY: the OwnedFd owns the pidfd for the AsyncFd's whole lifetime.
-        let pidfd = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
+        let pidfd = match unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) } {
+            Ok(fd) => fd,
+            Err(e) => {
+                let (pidfd, error) = e.into_parts();
+                // The init runs on memory it shares with us: kill it, and never unmap its
+                // stack (its exit is not awaited here).
+                let _ = sandbox::pidfd_signal(pidfd.as_raw_fd(), libc::SIGKILL);
+                std::mem::forget(init_stack);
+                return Err(error);
+            }
+        };
         let me = Sandboxed {
             cgroup: Arc::new(cgroup),
             pid,

@@ -160,7 +160,7 @@ impl Lifecycle {
 
     /// Whether new requests may come: not stopping, not failed, alive and healthy. (Booting
     /// instances admit: their requests wait for the boot.)
-    pub fn serving(&self) -> bool {
+    pub fn takes_requests(&self) -> bool {
         matches!(self.stage, Stage::Starting | Stage::Initializing | Stage::Ready)
             && self.exit.is_none()
             && self.boot_error.is_none()
@@ -170,7 +170,7 @@ impl Lifecycle {
 
     /// Whether one more request may come now.
     pub fn has_slot(&self) -> bool {
-        self.serving() && self.admitted < self.concurrency
+        self.takes_requests() && self.admitted < self.concurrency
     }
 
     /// Requests admitted (waiting or running).
@@ -218,6 +218,13 @@ impl Lifecycle {
         }
         self.admitted += 1;
         Some(self.init_failures())
+    }
+
+    /// Takes the first slot of an instance just started for a request: its requests wait for
+    /// its boot and get the boot's error (even if the process already exited).
+    pub fn admit_first(&mut self) -> u64 {
+        self.admitted += 1;
+        self.init_failures()
     }
 
     /// Gives a slot back; whether nothing is admitted any more (time to try a freeze).
@@ -337,6 +344,12 @@ impl Lifecycle {
         if self.retire.is_none() && self.stage != Stage::Gone {
             self.retire = Some(why);
         }
+    }
+
+    /// What anyone waiting on the lifecycle may be waiting for: a transition that changes
+    /// none of it wakes no one.
+    pub fn signals(&self) -> impl PartialEq {
+        (self.stage, self.frozen, self.exit, self.boot_error.is_some(), self.retire, self.admitted == 0, self.healthy)
     }
 
     /// Whether it is on its way out (retired, stopping or stopped): its health no longer
@@ -466,7 +479,7 @@ mod tests {
         assert_eq!(l.begin(seen).unwrap(), Begin::Initialize { thaw: false });
         l.initialized(Err(fail(500)));
         l.release();
-        assert!(!l.serving(), "a 500 ends the instance: no request may reach it");
+        assert!(!l.takes_requests(), "a 500 ends the instance: no request may reach it");
         assert_eq!(l.retiring(), Some(Retire::Broken), "and its pool is told to retire it");
         assert!(matches!(l.begin(seen), Err(Refused::Gone)));
     }

@@ -41,7 +41,7 @@ use conn::Connections;
 use health::Health;
 
 pub use conn::ConnError;
-pub use errors::{HookError, InitError, Internal, InvokeError, StartError};
+pub use errors::{Exhausted, HookError, InitError, Internal, InvokeError, StartError};
 pub use hooks::HookKind;
 pub use kernel::{Kernel, Sandboxed};
 pub use launch::{Launch, Launcher, Reporting};
@@ -172,7 +172,8 @@ pub struct Instance<K: Kernel = Sandboxed> {
     kernel: K,
     reporting: Arc<Reporting>,
     conns: Connections,
-    /// The state, kept here only; every change notifies whoever waits on it.
+    /// The state, kept here only (changed by [`Instance::transition`]); a change that a
+    /// waiter may care about wakes it.
     life: watch::Sender<Lifecycle>,
     /// The lifecycle's first answer to "should it leave its pool?", signalled apart so that
     /// the pool's watcher is not woken by every request's transitions.
@@ -306,14 +307,15 @@ impl<K: Kernel> Instance<K> {
     /// Applies one transition to the lifecycle (waking whoever waits on it); its result.
     fn transition<R>(&self, f: impl FnOnce(&mut Lifecycle) -> R) -> R {
         let mut out = None;
-        let mut retiring = None;
-        self.life.send_modify(|l| {
+        self.life.send_if_modified(|l| {
+            let before = l.signals();
             out = Some(f(l));
-            retiring = l.retiring();
+            // Latched under the lifecycle's lock, so the first reason stands here too.
+            if let Some(why) = l.retiring() {
+                self.retire.send_if_modified(|r| r.is_none() && r.replace(why).is_none());
+            }
+            l.signals() != before
         });
-        if retiring.is_some() {
-            self.retire.send_if_modified(|r| r.is_none() && r.replace(retiring.expect("some")).is_none());
-        }
         out.expect("transition ran")
     }
 
@@ -333,18 +335,25 @@ impl<K: Kernel> Instance<K> {
         self.life.borrow().has_slot()
     }
 
+    /// Takes the first slot of an instance just launched for a request (see
+    /// [`Lifecycle::admit_first`]).
+    pub fn admit_first(self: &Arc<Self>) -> Ticket<K> {
+        let seen = self.transition(Lifecycle::admit_first);
+        Ticket { instance: self.clone(), seen_init_failures: seen }
+    }
+
     /// Requests admitted now (waiting or running).
     pub fn load(&self) -> usize {
         self.life.borrow().admitted()
     }
 
     /// Whether new requests may come (alive, not stopping, healthy).
-    pub fn serving(&self) -> bool {
-        self.life.borrow().serving()
+    pub fn takes_requests(&self) -> bool {
+        self.life.borrow().takes_requests()
     }
 
     /// Whether it still counts as one of its pool's instances (healthy or not).
-    pub fn in_service(&self) -> bool {
+    pub fn counts_as_member(&self) -> bool {
         let l = self.life.borrow();
         l.retiring().is_none() && matches!(l.stage(), lifecycle::Stage::Starting | lifecycle::Stage::Initializing | lifecycle::Stage::Ready)
     }

@@ -24,10 +24,9 @@ impl<K: Kernel> Instance<K> {
         // PreFreeze follows invocations (not the Initializer), and is billed inside the
         // window it ends (fc-spec §6).
         if self.function.pre_freeze.is_some() && windows.pre_freeze() {
+            // The freeze follows PreFreeze even if a request came meanwhile: it waits for the
+            // power lock, thaws, and gets a window (and a PreFreeze) of its own.
             let _ = self.call_hook(HookKind::PreFreeze).await;
-            if !self.life.borrow().may_freeze() {
-                return;
-            }
         }
         let t = Instant::now();
         match self.kernel.freeze().await {

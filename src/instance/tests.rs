@@ -39,11 +39,9 @@ async fn until(inst: &Instance<Recording>, state: State) {
     tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|l| l.state() == state)).await.expect("state reached").unwrap();
 }
 
-/// Runs one request on the instance and waits for the freeze that follows.
+/// Runs one request on the instance (the freeze follows in the background).
 async fn invoke(inst: &Arc<Instance<Recording>>, id: &str) -> Result<Reply, InvokeError> {
-    let ticket = inst.admit().expect("a free slot");
-    let r = ticket.invoke(call(id)).await;
-    r
+    inst.admit().expect("a free slot").invoke(call(id)).await
 }
 
 #[tokio::test]
@@ -203,4 +201,25 @@ async fn a_request_to_a_stopped_instance_is_refused() {
     let e = ticket.invoke(call("r1")).await.unwrap_err();
     assert!(matches!(e, InvokeError::Gone), "{e:?}");
     assert_eq!(f.trace.count("invoke"), 0);
+}
+
+#[tokio::test]
+async fn a_request_that_arrives_during_pre_freeze_gets_a_window_and_a_pre_freeze_of_its_own() {
+    let script = Script { pre_freeze_delay: Duration::from_millis(200), ..Script::default() };
+    let f = fixture(&format!("instanceConcurrency: 2\n{HOOKS}"), script).await;
+    f.instance.boot().await.unwrap();
+    invoke(&f.instance, "r1").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !f.trace.events().iter().any(|e| e == "pre-freeze") {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("PreFreeze began");
+    invoke(&f.instance, "r2").await.unwrap();
+    until(&f.instance, State::Frozen).await;
+    f.trace.assert_order(&["invoked", "pre-freeze", "pre-freeze-done", "freeze", "thaw", "invoke", "invoked", "pre-freeze", "freeze"]);
+    let windows: Vec<(Phase, Vec<String>)> =
+        f.reporting.ledger().query(None, None, None).into_iter().filter(|r| !r.request_ids.is_empty()).map(|r| (r.phase, r.request_ids)).collect();
+    assert_eq!(windows, [(Phase::PreFreeze, vec!["r1".to_string()]), (Phase::PreFreeze, vec!["r2".to_string()])]);
 }

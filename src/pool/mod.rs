@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Function, Scaling};
-use crate::instance::{Call, Instance, InvokeError, Kernel, Launch, Reply, Retire, Sandboxed, Ticket};
+use crate::instance::{Call, Exhausted, Instance, InvokeError, Kernel, Launch, Reply, Retire, Sandboxed, Ticket};
 
 #[cfg(test)]
 mod tests;
@@ -59,6 +59,7 @@ pub struct GlobalCount {
 impl GlobalCount {
     /// A cap of `max` instances.
     pub fn new(max: usize) -> Arc<Self> {
+        let max = max.min(Semaphore::MAX_PERMITS);
         Arc::new(GlobalCount { live: Arc::new(Semaphore::new(max)), max })
     }
 
@@ -66,27 +67,6 @@ impl GlobalCount {
     fn take(&self) -> Result<LivePermit, Exhausted> {
         self.live.clone().try_acquire_owned().map_err(|_| Exhausted::Supervisor { max: self.max })
     }
-}
-
-/// No instance may start for a request (FC's 429 `ResourceExhausted`).
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum Exhausted {
-    /// The function's `maxInstances` are busy.
-    #[error("Reserve resource exceeded limit: function {function} has {live} of its maxInstances {max} instances busy")]
-    Function {
-        /// The function.
-        function: String,
-        /// Its instances.
-        live: usize,
-        /// Its cap.
-        max: usize,
-    },
-    /// The supervisor runs its maximum.
-    #[error("Reserve resource exceeded limit: the supervisor runs its maximum of {max} instances")]
-    Supervisor {
-        /// The cap.
-        max: usize,
-    },
 }
 
 /// Outcome of a dispatched request.
@@ -134,8 +114,8 @@ impl<K: Kernel> Pool<K> {
         })
     }
 
-    /// Starts the minimum instances and waits until they are initialized and frozen, then
-    /// starts the idle reaper.
+    /// Starts the minimum instances and waits until they are initialized (each freezes right
+    /// after), then starts the idle reaper.
     pub async fn start(self: &Arc<Self>) -> Result<(), InvokeError> {
         let mut boots = Vec::new();
         for _ in 0..self.scaling().min_instances {
@@ -178,15 +158,15 @@ impl<K: Kernel> Pool<K> {
             return Ok((ticket, false));
         }
         // The busiest filled up or stopped between the look and the admission: any other.
-        if let Some(ticket) = members.iter().find_map(|m| m.instance.admit()) {
+        if let Some(ticket) = members.iter().filter(|m| m.instance.has_slot()).find_map(|m| m.instance.admit()) {
             return Ok((ticket, false));
         }
         let inst = self.launch_locked(&mut members, false)?;
         // Admitted before its boot begins, so the boot hands the instance to this request
         // instead of freezing it first.
-        let ticket = inst.admit();
+        let ticket = inst.admit_first();
         self.boot_and_watch(inst);
-        Ok((ticket.ok_or(InvokeError::Gone)?, true))
+        Ok((ticket, true))
     }
 
     /// Starts one instance into `members` (the pool's lock held) and boots it.
@@ -202,7 +182,7 @@ impl<K: Kernel> Pool<K> {
             return Err(InvokeError::Gone);
         }
         if let Some(max) = self.scaling().max_instances {
-            let live = members.iter().filter(|m| m.instance.serving()).count();
+            let live = members.iter().filter(|m| m.instance.takes_requests()).count();
             if live >= max {
                 return Err(Exhausted::Function { function: self.function.name.clone(), live, max }.into());
             }
@@ -301,7 +281,7 @@ impl<K: Kernel> Pool<K> {
     /// Reclaims on-demand instances idle past `idleTimeout` (minimum instances stay).
     pub fn reclaim_idle(&self) {
         let idle_timeout = self.scaling().idle_timeout;
-        let victims = self.take_members(|i| !i.provisioned && i.in_service() && i.load() == 0 && i.idle_for() >= idle_timeout);
+        let victims = self.take_members(|i| !i.provisioned && i.counts_as_member() && i.load() == 0 && i.idle_for() >= idle_timeout);
         for v in victims {
             tracing::info!(function = %self.function.name, instance = %v.id, "idle reclaim");
             self.stop_detached(v);
@@ -322,7 +302,7 @@ impl<K: Kernel> Pool<K> {
             return;
         }
         let mut m = self.members.lock().expect("pool");
-        let live = m.iter().filter(|x| x.instance.provisioned && x.instance.in_service()).count();
+        let live = m.iter().filter(|x| x.instance.provisioned && x.instance.counts_as_member()).count();
         for _ in live..self.scaling().min_instances {
             match self.add_locked(&mut m, true) {
                 Ok(i) => tracing::info!(function = %self.function.name, instance = %i.id, "starting a minimum instance"),
@@ -349,7 +329,8 @@ impl<K: Kernel> Pool<K> {
         }
         let surplus: Vec<Arc<Instance<K>>> = {
             let m = self.members.lock().expect("pool");
-            let mut provisioned: Vec<Arc<Instance<K>>> = m.iter().map(|x| &x.instance).filter(|i| i.provisioned && i.in_service()).cloned().collect();
+            let mut provisioned: Vec<Arc<Instance<K>>> =
+                m.iter().map(|x| &x.instance).filter(|i| i.provisioned && i.counts_as_member()).cloned().collect();
             provisioned.sort_by_key(|i| std::cmp::Reverse(i.load() == 0));
             provisioned.into_iter().skip(new.min_instances).collect()
         };
