@@ -18,9 +18,10 @@ use crate::billing::Ledger;
 use crate::cgroup::{CgroupError, CgroupRoot, Hierarchy};
 use crate::config::{Config, Function};
 use crate::logs::{Echo, LogFiles, Rotation};
+use crate::metrics::Metrics;
 use crate::instance::{Instance, InvokeError, Launcher, Reporting, Snapshot};
 use crate::pool::{GlobalCount, Pool};
-use crate::queue::AsyncQueue;
+use crate::queue::{AsyncQueue, Pools};
 use crate::sandbox::{Isolation, NetnsPool, RootTemplate};
 
 /// Network namespaces kept ready for cold starts.
@@ -218,14 +219,14 @@ impl Supervisor {
         for f in &config.functions {
             pools.insert(f.name.clone(), Pool::new(launcher.clone(), Arc::new(f.clone()), global.clone()));
         }
-        let sup = Arc::new(Supervisor {
+        let sup = Arc::new_cyclic(|me: &std::sync::Weak<Supervisor>| Supervisor {
             launcher,
             run_dir,
             pools: RwLock::new(pools),
             replaced: Mutex::default(),
             global,
             config_base: config.base.clone(),
-            async_queue: AsyncQueue::default(),
+            async_queue: AsyncQueue::new(me.clone()),
             watchdog: Mutex::new(watchdog),
             admin_socket: admin_path,
             admin_listener: Mutex::new(Some(admin_listener)),
@@ -367,6 +368,17 @@ impl Supervisor {
             let _ = w.kill();
             let _ = w.wait();
         }
+    }
+}
+
+/// The Async queue runs its tasks on the supervisor's pools of the moment.
+impl Pools for Supervisor {
+    fn pool(&self, function: &str) -> Option<Arc<Pool>> {
+        Supervisor::pool(self, function)
+    }
+
+    fn metrics(&self) -> &Metrics {
+        self.reporting().metrics()
     }
 }
 

@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use super::body::BodyError;
 use super::{fc_error, function_error, not_found, FrontDoor, Resp};
 use crate::instance::{Call, InvokeError, Reply};
+use crate::outcome::{self, Outcome};
 use crate::pool::Dispatched;
 use crate::supervisor::Supervisor;
 
@@ -81,7 +82,7 @@ pub async fn invoke(sup: &Arc<Supervisor>, fd: &FrontDoor, req: Request<Incoming
             let msg = format!("async task {id} already exists");
             return fc_error(StatusCode::CONFLICT, "AsyncTaskAlreadyExist", &msg, &request_id);
         }
-        sup.async_queue.submit(sup, id, name, call);
+        sup.async_queue.submit(id, name, call);
         let mut r = Response::builder().status(StatusCode::ACCEPTED).header("x-fc-request-id", &request_id);
         if let Some(t) = &task_id {
             r = r.header("x-fc-async-task-id", t);
@@ -98,11 +99,12 @@ pub async fn invoke(sup: &Arc<Supervisor>, fd: &FrontDoor, req: Request<Incoming
         Err(e) => Dispatched { result: Err(crate::instance::Internal::from(e).into()), cold_start: false, instance_id: None },
     };
     hang_up.0 = None;
-    sup.reporting().metrics().invocation(&name, d.outcome(http_trigger));
+    let outcome = outcome::of(&d.result, http_trigger);
+    sup.reporting().metrics().invocation(&name, outcome.metric());
     if matches!(d.result, Err(InvokeError::Canceled)) {
         tracing::info!(function = %name, request_id, "client closed the request (499)");
     }
-    let mut resp = respond(d, http_trigger, tail, &request_id, pool.function.memory_mb);
+    let mut resp = respond(d, outcome, http_trigger, tail, &request_id, pool.function.memory_mb);
     if let Ok(v) = HeaderValue::from_str(&pool.function.code_checksum) {
         resp.headers_mut().insert("x-fc-code-checksum", v);
     }
@@ -110,19 +112,15 @@ pub async fn invoke(sup: &Arc<Supervisor>, fd: &FrontDoor, req: Request<Incoming
     resp
 }
 
-/// The response for a finished Sync request, in FC's shapes.
-fn respond(d: Dispatched, http_trigger: bool, tail: bool, request_id: &str, memory_mb: u64) -> Resp {
-    let mut resp = match d.result {
-        Ok(reply) => reply_response(reply, http_trigger, tail, request_id, memory_mb),
-        Err(InvokeError::Throttled(m)) => fc_error(StatusCode::TOO_MANY_REQUESTS, "ResourceExhausted", &m.to_string(), request_id),
-        Err(InvokeError::Gone) => fc_error(StatusCode::SERVICE_UNAVAILABLE, "ResourceThrottled", &InvokeError::Gone.to_string(), request_id),
-        Err(InvokeError::Internal(m)) => fc_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError", &m.to_string(), request_id),
-        Err(InvokeError::Canceled) => {
-            let status = StatusCode::from_u16(499).expect("499");
-            fc_error(status, "ClientClosedRequest", &InvokeError::Canceled.to_string(), request_id)
-        }
-        Err(e @ InvokeError::Initialization(_)) => function_error("InitializationError", &e.to_string()),
-        Err(e) => function_error("UnhandledInvocationError", &e.to_string()),
+/// The response for a finished Sync request, in FC's shapes ([`outcome::of`] decided which).
+fn respond(d: Dispatched, outcome: Outcome, http_trigger: bool, tail: bool, request_id: &str, memory_mb: u64) -> Resp {
+    let mut resp = match (d.result, outcome) {
+        (_, Outcome::Platform { status, code, message }) => fc_error(status, code, &message, request_id),
+        (_, Outcome::Function { error_type, message: Some(message), .. }) => function_error(error_type, &message),
+        // A success, or an answer FC counts as the function's error: the answer goes back.
+        (Ok(reply), o) => reply_response(reply, o.error_type(), http_trigger, tail, request_id, memory_mb),
+        // Not reached (every error has a message), but an error is never sent as a success.
+        (Err(e), o) => function_error(o.error_type().unwrap_or(outcome::UNHANDLED), &e.to_string()),
     };
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(request_id) {
@@ -135,7 +133,8 @@ fn respond(d: Dispatched, http_trigger: bool, tail: bool, request_id: &str, memo
     resp
 }
 
-fn reply_response(reply: Reply, http_trigger: bool, tail: bool, request_id: &str, memory_mb: u64) -> Resp {
+/// The function's answer; `error_type` when FC counts it as the function's error.
+fn reply_response(reply: Reply, error_type: Option<&str>, http_trigger: bool, tail: bool, request_id: &str, memory_mb: u64) -> Resp {
     let mut b = Response::builder();
     if http_trigger {
         b = b.status(reply.status);
@@ -148,8 +147,9 @@ fn reply_response(reply: Reply, http_trigger: bool, tail: bool, request_id: &str
             }
             b = b.header(k, v);
         }
-    } else if reply.is_function_error(false) {
-        b = b.header("x-fc-error-type", "UnhandledInvocationError");
+    }
+    if let Some(t) = error_type {
+        b = b.header("x-fc-error-type", t);
     }
     let billed_ms = reply.duration.as_micros().div_ceil(1000);
     let mut r = b
