@@ -4,7 +4,7 @@
 //!
 //! A configuration change (SIGHUP re-reads the file; `PUT /admin/functions/NAME` sets one
 //! function) swaps in a new pool per changed function; the old pool drains: requests already
-//! on it finish there, then its instances get PreStop and stop (fc-spec §5.6).
+//! on it finish there, then its instances get PreStop and stop (as FC does on UpdateFunction).
 
 use std::collections::BTreeMap;
 use std::fs::File;

@@ -1,5 +1,5 @@
 //! The front door (hyper, HTTP/1.1): FC 3.0 InvokeFunction, the HTTP trigger path, fcsup's
-//! admin endpoints; errors in FC's shapes (fc-spec §3).
+//! admin endpoints; errors in FC's shapes (`errors.rs`, `docs/errors.md`).
 
 mod accept;
 mod admin;

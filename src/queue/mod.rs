@@ -1,4 +1,4 @@
-//! Async invocations (`x-fc-invocation-type: Async`, fc-spec §3): accepted with 202 at once,
+//! Async invocations (`x-fc-invocation-type: Async`): accepted with 202 at once,
 //! run later from an in-process queue, retried as FC does: function errors up to
 //! `asyncInvokeConfig.maxAsyncRetryAttempts` times (default 3), throttles and fcsup's own
 //! failures with exponential backoff (0.5 s, 1 s, 2 s, … capped at 60 s) until the event is
@@ -97,7 +97,7 @@ pub trait Pools: Send + Sync + 'static {
     fn metrics(&self) -> &Metrics;
 }
 
-/// What one attempt came to, and so how FC's Async retries go on (fc-spec §3 "Async").
+/// What one attempt came to, and so how FC's Async retries go on (`docs/errors.md`).
 #[derive(Debug, PartialEq, Eq)]
 enum Attempt {
     Done,
