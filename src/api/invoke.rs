@@ -171,3 +171,80 @@ fn reply_response(reply: Reply, error_type: Option<&str>, http_trigger: bool, ta
     }
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use hyper::HeaderMap;
+    use std::time::Duration;
+
+    fn dispatched(result: Result<Reply, InvokeError>) -> Dispatched {
+        Dispatched { result, cold_start: true, instance_id: Some("c-1".into()) }
+    }
+
+    fn reply(status: u16) -> Result<Reply, InvokeError> {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-app", HeaderValue::from_static("1"));
+        Ok(Reply {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers,
+            body: Bytes::from_static(b"answer"),
+            duration: Duration::from_micros(1500),
+            cpu_usec: 7,
+            max_memory_mb: 1.5,
+            log: Vec::new(),
+            instance_id: "c-1".into(),
+        })
+    }
+
+    /// The response to `result` as (status, x-fc-error-type, body).
+    async fn answer(result: Result<Reply, InvokeError>, http_trigger: bool) -> (u16, String, String) {
+        let o = outcome::of(&result, http_trigger);
+        let r = respond(dispatched(result), o, http_trigger, false, "1-req", 128);
+        assert_eq!(r.headers()["x-fc-request-id"], "1-req");
+        assert_eq!(r.headers()["x-fc-instance-id"], "c-1");
+        assert_eq!(r.headers()["x-fcsup-cold-start"], "true");
+        let status = r.status().as_u16();
+        let error_type = r.headers().get("x-fc-error-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        (status, error_type, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn answers_pass_through_with_fc_headers() {
+        let o = outcome::of(&reply(200), false);
+        let r = respond(dispatched(reply(200)), o, false, false, "1-req", 128);
+        assert_eq!(r.headers()["x-fc-invocation-duration"], "2", "billed ms round up");
+        assert_eq!(r.headers()["x-fc-max-memory-usage"], "1.50");
+        assert!(r.headers().get("x-app").is_none(), "an API invoke does not pass the function's headers");
+        assert_eq!(answer(reply(200), false).await, (200, String::new(), "answer".into()));
+        assert_eq!(answer(reply(500), false).await, (200, String::new(), "answer".into()));
+        // A 404 to an API invoke is the function's error: its answer goes back, flagged.
+        assert_eq!(answer(reply(404), false).await, (200, "UnhandledInvocationError".into(), "answer".into()));
+        // An HTTP trigger passes any status through.
+        assert_eq!(answer(reply(404), true).await, (404, String::new(), "answer".into()));
+    }
+
+    #[tokio::test]
+    async fn failures_take_fc_shapes() {
+        let (status, error_type, body) = answer(Err(InvokeError::Timeout(3)), false).await;
+        assert_eq!((status, error_type.as_str()), (200, "UnhandledInvocationError"));
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["errorMessage"], "Function time out after 3 seconds");
+        assert_eq!(v["errorType"], "UnhandledInvocationError");
+
+        let (status, error_type, body) = answer(Err(InvokeError::Initialization("init said 500".into())), true).await;
+        assert_eq!((status, error_type.as_str()), (200, "InitializationError"));
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["errorMessage"], "init said 500");
+
+        let (status, error_type, body) = answer(Err(InvokeError::Throttled("too many".into())), false).await;
+        assert_eq!((status, error_type.as_str()), (429, ""));
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!((v["Code"].as_str(), v["Message"].as_str(), v["RequestId"].as_str()), (Some("ResourceExhausted"), Some("too many"), Some("1-req")));
+
+        let (status, _, body) = answer(Err(InvokeError::Gone), false).await;
+        assert_eq!(status, 503);
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["Code"], "ResourceThrottled");
+    }
+}

@@ -111,3 +111,24 @@ async fn shutdown_signal() {
         _ = int.recv() => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn subcommands_parse_their_flags() {
+        let cli = Cli::try_parse_from(["fcsup", "serve", "-f", "x.yaml", "--no-realtime", "--max-body-memory", "8"]).unwrap();
+        let Command::Serve(serve::Args { sup, .. }) = &cli.command else { panic!("not serve") };
+        assert!(sup.no_realtime);
+        assert!(Cli::try_parse_from(["fcsup", "serve", "--log-max-bytes", "1K"]).is_err(), "too small to hold 4 lines");
+        assert!(Cli::try_parse_from(["fcsup", "ps", "--url", "h:1"]).is_err(), "--url needs --admin-token-file");
+        assert!(matches!(Cli::try_parse_from(["fcsup", "watchdog", "/sys/fs/cgroup/fcsup"]).unwrap().command, Command::Watchdog(_)));
+    }
+}
