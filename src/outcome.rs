@@ -157,6 +157,9 @@ mod tests {
         }
     }
 
+    /// Makes one error (`InvokeError` is not `Clone`).
+    type Make = fn() -> InvokeError;
+
     /// A failure of fcsup itself, as a request meets one.
     fn internal() -> InvokeError {
         let bad = hyper::Request::builder().uri("\n").body(()).unwrap_err();
@@ -169,7 +172,7 @@ mod tests {
 
     #[test]
     fn function_errors_have_fc_metric_names() {
-        let cases: [(fn() -> InvokeError, &str, &str); 6] = [
+        let cases: [(Make, &str, &str); 6] = [
             (|| initializer(500), "InitializationError", "InitializationError"),
             (|| StartError::NotListening { port: 9000, secs: 3 }.into(), "InitializationError", "InitializationError"),
             (|| InvokeError::Timeout(3), UNHANDLED, "FunctionTimeoutError"),
@@ -193,7 +196,7 @@ mod tests {
 
     #[test]
     fn platform_errors() {
-        let cases: [(fn() -> InvokeError, u16, &str); 4] = [
+        let cases: [(Make, u16, &str); 4] = [
             (|| Exhausted::Supervisor { max: 100 }.into(), 429, "ResourceExhausted"),
             (|| InvokeError::Canceled, 499, "ClientClosedRequest"),
             (internal, 500, "InternalServerError"),

@@ -234,14 +234,17 @@ mod tests {
         assert_eq!(v["errorMessage"], "Function time out after 3 seconds");
         assert_eq!(v["errorType"], "UnhandledInvocationError");
 
-        let (status, error_type, body) = answer(Err(InvokeError::Initialization("init said 500".into())), true).await;
+        let init = crate::instance::StartError::Initializer(Arc::new(crate::instance::InitError::Status(500)));
+        let (status, error_type, body) = answer(Err(init.into()), true).await;
         assert_eq!((status, error_type.as_str()), (200, "InitializationError"));
-        assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["errorMessage"], "init said 500");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["errorMessage"], "Initializer failed: the instance answered POST /initialize with HTTP 500");
 
-        let (status, error_type, body) = answer(Err(InvokeError::Throttled("too many".into())), false).await;
+        let (status, error_type, body) = answer(Err(crate::pool::Exhausted::Supervisor { max: 3 }.into()), false).await;
         assert_eq!((status, error_type.as_str()), (429, ""));
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!((v["Code"].as_str(), v["Message"].as_str(), v["RequestId"].as_str()), (Some("ResourceExhausted"), Some("too many"), Some("1-req")));
+        let msg = "Reserve resource exceeded limit: the supervisor runs its maximum of 3 instances";
+        assert_eq!((v["Code"].as_str(), v["Message"].as_str(), v["RequestId"].as_str()), (Some("ResourceExhausted"), Some(msg), Some("1-req")));
 
         let (status, _, body) = answer(Err(InvokeError::Gone), false).await;
         assert_eq!(status, 503);
