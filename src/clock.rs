@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the epoch.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` for now.
@@ -17,7 +17,8 @@ pub fn now_rfc3339() -> String {
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` for a time in ms since the epoch (UTC, proleptic Gregorian).
 pub fn rfc3339_ms(ms: u64) -> String {
     let secs = ms / 1000;
-    let days = (secs / 86400) as i64;
+    // A u64 of ms is fewer than 2^38 days: it fits.
+    let days = i64::try_from(secs / 86400).expect("days since the epoch fit in i64");
     let rem = secs % 86400;
     // Howard Hinnant's civil_from_days.
     let z = days + 719_468;

@@ -90,9 +90,7 @@ impl Outcome {
 /// pass through whatever their status).
 pub fn of(result: &Result<Reply, InvokeError>, http_trigger: bool) -> Outcome {
     let e = match result {
-        Ok(reply) if reply.is_function_error(http_trigger) => {
-            return Outcome::Function { error_type: UNHANDLED, message: None, metric: UNHANDLED }
-        }
+        Ok(reply) if reply.is_function_error(http_trigger) => return Outcome::Function { error_type: UNHANDLED, message: None, metric: UNHANDLED },
         Ok(_) => return Outcome::Success,
         Err(e) => e,
     };
@@ -188,10 +186,7 @@ mod tests {
             }
         }
         assert_eq!(of(&Err(InvokeError::Timeout(3)), false).message(), Some("Function time out after 3 seconds"));
-        assert_eq!(
-            of(&Err(initializer(404)), false).message(),
-            Some("Initializer failed: the instance answered POST /initialize with HTTP 404")
-        );
+        assert_eq!(of(&Err(initializer(404)), false).message(), Some("Initializer failed: the instance answered POST /initialize with HTTP 404"));
     }
 
     #[test]

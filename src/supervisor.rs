@@ -17,9 +17,9 @@ use crate::admin_socket;
 use crate::billing::Ledger;
 use crate::cgroup::{CgroupError, CgroupRoot, Hierarchy};
 use crate::config::{Config, Function};
+use crate::instance::{Instance, InvokeError, Launcher, Reporting, Snapshot};
 use crate::logs::{Echo, LogFiles, Rotation};
 use crate::metrics::Metrics;
-use crate::instance::{Instance, InvokeError, Launcher, Reporting, Snapshot};
 use crate::pool::{GlobalCount, Pool};
 use crate::queue::{AsyncQueue, Pools};
 use crate::sandbox::{Isolation, NetnsPool, RootTemplate};
@@ -189,7 +189,8 @@ impl Supervisor {
             let ledger_path = opts.ledger.clone();
             let ledger = Ledger::open(ledger_path.clone()).map_err(io("cannot open the ledger", &ledger_path.unwrap_or_default()))?;
             let log_dir = opts.log_dir.clone();
-            let log_files = LogFiles::new(log_dir.clone(), opts.log_rotation).map_err(io("cannot create the log directory", &log_dir.unwrap_or_default()))?;
+            let log_files =
+                LogFiles::new(log_dir.clone(), opts.log_rotation).map_err(io("cannot create the log directory", &log_dir.unwrap_or_default()))?;
             let root_template = RootTemplate::build(&rootfs).map_err(io("cannot prepare the instances' root under", &rootfs))?;
             Ok::<_, SupervisorError>((ledger, log_files, root_template))
         }
@@ -306,8 +307,7 @@ impl Supervisor {
                 }
             }
         }
-        let gone: Vec<String> =
-            self.pools.read().expect("pools").keys().filter(|n| config.function(n).is_none()).cloned().collect();
+        let gone: Vec<String> = self.pools.read().expect("pools").keys().filter(|n| config.function(n).is_none()).cloned().collect();
         for name in gone {
             if let Some(old) = self.pools.write().expect("pools").remove(&name) {
                 self.retire_pool(old);

@@ -35,7 +35,10 @@ impl FineTimer {
     pub async fn sleep(&self, d: Duration) {
         let spec = libc::itimerspec {
             it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
-            it_value: libc::timespec { tv_sec: d.as_secs() as libc::time_t, tv_nsec: d.subsec_nanos().max(1) as libc::c_long },
+            it_value: libc::timespec {
+                tv_sec: libc::time_t::try_from(d.as_secs()).unwrap_or(libc::time_t::MAX),
+                tv_nsec: libc::c_long::from(d.subsec_nanos().max(1)),
+            },
         };
         // SAFETY: timerfd_settime with a valid itimerspec on our timerfd.
         if unsafe { libc::timerfd_settime(self.fd.get_ref().as_raw_fd(), 0, &spec, std::ptr::null_mut()) } != 0 {

@@ -52,7 +52,11 @@ pub async fn invoke(sup: &Arc<Supervisor>, fd: &FrontDoor, req: Request<Incoming
     let path_and_query = if let Some(raw_len) = trigger {
         let full = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let after = &full["/http/".len() + raw_len..];
-        if after.is_empty() || after.starts_with('?') { format!("/{after}") } else { after.to_string() }
+        if after.is_empty() || after.starts_with('?') {
+            format!("/{after}")
+        } else {
+            after.to_string()
+        }
     } else {
         "/invoke".into()
     };

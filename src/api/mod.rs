@@ -17,9 +17,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
+use crate::supervisor::Supervisor;
 pub use errors::{fc_error, function_error};
 pub use limits::{AdminToken, FrontDoor, FrontDoorError, Limits};
-use crate::supervisor::Supervisor;
 
 /// FC 3.0 API prefix.
 const INVOKE_PREFIX: &str = "/2023-03-30/functions/";
@@ -138,7 +138,8 @@ pub async fn handle(sup: &Arc<Supervisor>, fd: &FrontDoor, door: Door, req: Requ
 fn request_id() -> String {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let r = uuid::Uuid::new_v4().simple().to_string();
-    format!("1-{:08x}-{}", secs as u32, &r[..24])
+    // FC's field is 8 hex digits: the low 32 bits of the seconds.
+    format!("1-{:08x}-{}", secs & 0xffff_ffff, &r[..24])
 }
 
 /// A function name from the URL, percent-decoded once; `None` when that is not UTF-8.
@@ -155,10 +156,7 @@ fn not_found(name: &str, request_id: &str) -> Resp {
 }
 
 fn query(q: Option<&str>) -> Vec<(String, String)> {
-    q.unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
-        .collect()
+    q.unwrap_or("").split('&').filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))).collect()
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Resp {

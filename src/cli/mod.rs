@@ -56,9 +56,7 @@ pub fn run(cli: Cli) -> Result<()> {
     // The bench's table is its output; the supervisor's per-instance lines would bury it.
     let default_log = if matches!(cli.command, Command::Bench(_) | Command::BenchWorker(_)) { "fcsup=warn" } else { "fcsup=info" };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FCSUP_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log)),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FCSUP_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log)))
         .with_writer(std::io::stderr)
         .init();
     let realtime_wanted = match &cli.command {

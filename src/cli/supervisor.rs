@@ -124,7 +124,7 @@ fn fit_connections(wanted: usize) -> usize {
             libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
         }
     }
-    let room = lim.rlim_cur.saturating_sub(RESERVED).max(64) as usize;
+    let room = usize::try_from(lim.rlim_cur.saturating_sub(RESERVED).max(64)).unwrap_or(usize::MAX);
     if wanted > room {
         tracing::warn!("--max-connections {wanted} lowered to {room}: the open-file limit is {}", lim.rlim_cur);
         return room;

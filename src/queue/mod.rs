@@ -114,9 +114,7 @@ impl Attempt {
         match outcome {
             Outcome::Success => Attempt::Done,
             Outcome::Function { .. } => Attempt::FunctionError,
-            Outcome::Platform { status, .. } if *status == hyper::StatusCode::TOO_MANY_REQUESTS || status.is_server_error() => {
-                Attempt::Throttled
-            }
+            Outcome::Platform { status, .. } if *status == hyper::StatusCode::TOO_MANY_REQUESTS || status.is_server_error() => Attempt::Throttled,
             Outcome::Platform { .. } => Attempt::Refused,
         }
     }
@@ -332,7 +330,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_from_half_a_second() {
-        let s: Vec<u64> = (0..9).map(|n| backoff(n).as_millis() as u64).collect();
+        let s: Vec<u128> = (0..9).map(|n| backoff(n).as_millis()).collect();
         assert_eq!(s, [500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]);
     }
 
