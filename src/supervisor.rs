@@ -8,10 +8,11 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
+
+use nix::fcntl::{Flock, FlockArg};
 
 use crate::admin_socket;
 use crate::billing::Ledger;
@@ -126,7 +127,8 @@ pub struct Supervisor {
     /// Where the admin socket is.
     pub admin_socket: PathBuf,
     admin_listener: Mutex<Option<UnixListener>>,
-    _lock: File,
+    /// Held while this supervisor runs: a second one with the same cgroup root is refused.
+    _lock: Flock<File>,
 }
 
 /// What a configuration change did.
@@ -157,10 +159,7 @@ impl Supervisor {
         admin_socket::make_private_dir(&run_dir).map_err(io("cannot make a private runtime directory", &run_dir))?;
         let lock_path = run_dir.join("lock");
         let lock = File::create(&lock_path).map_err(io("cannot create", &lock_path))?;
-        // SAFETY: flock on an fd we own.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(SupervisorError::Busy(name));
-        }
+        let Ok(lock) = Flock::lock(lock, FlockArg::LockExclusiveNonblock) else { return Err(SupervisorError::Busy(name)) };
         let admin_path = opts.admin_socket.clone().unwrap_or_else(|| run_dir.join(admin_socket::FILE_NAME));
         let admin_listener = admin_socket::bind(&admin_path).map_err(|e| {
             remove_run_dir(&run_dir, None);

@@ -91,11 +91,8 @@ pub fn run(cli: Cli) -> Result<()> {
 /// SCHED_FIFO with reset-on-fork for the calling thread: the supervisor's control path runs
 /// before any thawed function thread; processes it starts begin at SCHED_OTHER.
 fn realtime() {
-    let p = libc::sched_param { sched_priority: 10 };
-    // SAFETY: sched_setscheduler on the calling thread with a valid param.
-    let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &p) };
-    if r != 0 {
-        tracing::warn!("cannot run at real-time priority ({}); thaw latency will suffer under load", std::io::Error::last_os_error());
+    if let Err(e) = fcsup::sandbox::sys::sched_setscheduler(libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, 10) {
+        tracing::warn!("cannot run at real-time priority ({}); thaw latency will suffer under load", std::io::Error::from(e));
     }
 }
 

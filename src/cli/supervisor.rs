@@ -111,22 +111,15 @@ impl LimitArgs {
 /// Raises the open-file limit to its hard limit and keeps the connection cap below it, so
 /// connections can never use the descriptors instances need (pipes, pidfds, cgroup files).
 fn fit_connections(wanted: usize) -> usize {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
     const RESERVED: u64 = 1024;
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit with a valid struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return wanted;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        }
+    let Ok((mut soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return wanted };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        soft = hard;
     }
-    let room = usize::try_from(lim.rlim_cur.saturating_sub(RESERVED).max(64)).unwrap_or(usize::MAX);
+    let room = usize::try_from(soft.saturating_sub(RESERVED).max(64)).unwrap_or(usize::MAX);
     if wanted > room {
-        tracing::warn!("--max-connections {wanted} lowered to {room}: the open-file limit is {}", lim.rlim_cur);
+        tracing::warn!("--max-connections {wanted} lowered to {room}: the open-file limit is {soft}");
         return room;
     }
     wanted
