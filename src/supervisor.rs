@@ -4,23 +4,25 @@
 //!
 //! A configuration change (SIGHUP re-reads the file; `PUT /admin/functions/NAME` sets one
 //! function) swaps in a new pool per changed function; the old pool drains: requests already
-//! on it finish there, then its instances get PreStop and stop (fc-spec §5.6).
+//! on it finish there, then its instances get PreStop and stop (as FC does on UpdateFunction).
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
+
+use nix::fcntl::{Flock, FlockArg};
 
 use crate::admin_socket;
 use crate::billing::Ledger;
 use crate::cgroup::{CgroupError, CgroupRoot, Hierarchy};
 use crate::config::{Config, Function};
-use crate::logs::{Echo, LogFiles, Rotation};
 use crate::instance::{Instance, InvokeError, Launcher, Reporting, Snapshot};
+use crate::logs::{Echo, LogFiles, Rotation};
+use crate::metrics::Metrics;
 use crate::pool::{GlobalCount, Pool};
-use crate::queue::AsyncQueue;
+use crate::queue::{AsyncQueue, Pools};
 use crate::sandbox::{Isolation, NetnsPool, RootTemplate};
 
 /// Network namespaces kept ready for cold starts.
@@ -125,7 +127,8 @@ pub struct Supervisor {
     /// Where the admin socket is.
     pub admin_socket: PathBuf,
     admin_listener: Mutex<Option<UnixListener>>,
-    _lock: File,
+    /// Held while this supervisor runs: a second one with the same cgroup root is refused.
+    _lock: Flock<File>,
 }
 
 /// What a configuration change did.
@@ -156,10 +159,7 @@ impl Supervisor {
         admin_socket::make_private_dir(&run_dir).map_err(io("cannot make a private runtime directory", &run_dir))?;
         let lock_path = run_dir.join("lock");
         let lock = File::create(&lock_path).map_err(io("cannot create", &lock_path))?;
-        // SAFETY: flock on an fd we own.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(SupervisorError::Busy(name));
-        }
+        let Ok(lock) = Flock::lock(lock, FlockArg::LockExclusiveNonblock) else { return Err(SupervisorError::Busy(name)) };
         let admin_path = opts.admin_socket.clone().unwrap_or_else(|| run_dir.join(admin_socket::FILE_NAME));
         let admin_listener = admin_socket::bind(&admin_path).map_err(|e| {
             remove_run_dir(&run_dir, None);
@@ -188,7 +188,8 @@ impl Supervisor {
             let ledger_path = opts.ledger.clone();
             let ledger = Ledger::open(ledger_path.clone()).map_err(io("cannot open the ledger", &ledger_path.unwrap_or_default()))?;
             let log_dir = opts.log_dir.clone();
-            let log_files = LogFiles::new(log_dir.clone(), opts.log_rotation).map_err(io("cannot create the log directory", &log_dir.unwrap_or_default()))?;
+            let log_files =
+                LogFiles::new(log_dir.clone(), opts.log_rotation).map_err(io("cannot create the log directory", &log_dir.unwrap_or_default()))?;
             let root_template = RootTemplate::build(&rootfs).map_err(io("cannot prepare the instances' root under", &rootfs))?;
             Ok::<_, SupervisorError>((ledger, log_files, root_template))
         }
@@ -218,14 +219,14 @@ impl Supervisor {
         for f in &config.functions {
             pools.insert(f.name.clone(), Pool::new(launcher.clone(), Arc::new(f.clone()), global.clone()));
         }
-        let sup = Arc::new(Supervisor {
+        let sup = Arc::new_cyclic(|me: &std::sync::Weak<Supervisor>| Supervisor {
             launcher,
             run_dir,
             pools: RwLock::new(pools),
             replaced: Mutex::default(),
             global,
             config_base: config.base.clone(),
-            async_queue: AsyncQueue::default(),
+            async_queue: AsyncQueue::new(me.clone()),
             watchdog: Mutex::new(watchdog),
             admin_socket: admin_path,
             admin_listener: Mutex::new(Some(admin_listener)),
@@ -305,8 +306,7 @@ impl Supervisor {
                 }
             }
         }
-        let gone: Vec<String> =
-            self.pools.read().expect("pools").keys().filter(|n| config.function(n).is_none()).cloned().collect();
+        let gone: Vec<String> = self.pools.read().expect("pools").keys().filter(|n| config.function(n).is_none()).cloned().collect();
         for name in gone {
             if let Some(old) = self.pools.write().expect("pools").remove(&name) {
                 self.retire_pool(old);
@@ -367,6 +367,17 @@ impl Supervisor {
             let _ = w.kill();
             let _ = w.wait();
         }
+    }
+}
+
+/// The Async queue runs its tasks on the supervisor's pools of the moment.
+impl Pools for Supervisor {
+    fn pool(&self, function: &str) -> Option<Arc<Pool>> {
+        Supervisor::pool(self, function)
+    }
+
+    fn metrics(&self) -> &Metrics {
+        self.reporting().metrics()
     }
 }
 

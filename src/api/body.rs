@@ -37,7 +37,12 @@ pub(super) enum BodyError {
 }
 
 /// Reads the whole body, at most `limit` bytes; the permit holds its bytes in the budget.
-pub(super) async fn read(mut body: Incoming, limit: usize, kind: &'static str, fd: &FrontDoor) -> Result<(Bytes, Option<OwnedSemaphorePermit>), BodyError> {
+pub(super) async fn read(
+    mut body: Incoming,
+    limit: usize,
+    kind: &'static str,
+    fd: &FrontDoor,
+) -> Result<(Bytes, Option<OwnedSemaphorePermit>), BodyError> {
     let too_large = || BodyError::TooLarge { limit, kind };
     let declared = body.size_hint().exact();
     if declared.is_some_and(|n| n > limit as u64) {
@@ -45,7 +50,7 @@ pub(super) async fn read(mut body: Incoming, limit: usize, kind: &'static str, f
     }
     let mut held: Option<OwnedSemaphorePermit> = None;
     let mut reserved = 0usize;
-    let declared = declared.unwrap_or(0) as usize;
+    let declared = usize::try_from(declared.unwrap_or(0)).unwrap_or(usize::MAX);
     if declared > 0 {
         reserve(fd, &mut held, &mut reserved, declared)?;
     }

@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use super::body::BodyError;
 use super::{fc_error, function_error, not_found, FrontDoor, Resp};
 use crate::instance::{Call, InvokeError, Reply};
+use crate::outcome::{self, Outcome};
 use crate::pool::Dispatched;
 use crate::supervisor::Supervisor;
 
@@ -51,7 +52,11 @@ pub async fn invoke(sup: &Arc<Supervisor>, fd: &FrontDoor, req: Request<Incoming
     let path_and_query = if let Some(raw_len) = trigger {
         let full = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let after = &full["/http/".len() + raw_len..];
-        if after.is_empty() || after.starts_with('?') { format!("/{after}") } else { after.to_string() }
+        if after.is_empty() || after.starts_with('?') {
+            format!("/{after}")
+        } else {
+            after.to_string()
+        }
     } else {
         "/invoke".into()
     };
@@ -81,7 +86,7 @@ pub async fn invoke(sup: &Arc<Supervisor>, fd: &FrontDoor, req: Request<Incoming
             let msg = format!("async task {id} already exists");
             return fc_error(StatusCode::CONFLICT, "AsyncTaskAlreadyExist", &msg, &request_id);
         }
-        sup.async_queue.submit(sup, id, name, call);
+        sup.async_queue.submit(id, name, call);
         let mut r = Response::builder().status(StatusCode::ACCEPTED).header("x-fc-request-id", &request_id);
         if let Some(t) = &task_id {
             r = r.header("x-fc-async-task-id", t);
@@ -98,11 +103,12 @@ pub async fn invoke(sup: &Arc<Supervisor>, fd: &FrontDoor, req: Request<Incoming
         Err(e) => Dispatched { result: Err(crate::instance::Internal::from(e).into()), cold_start: false, instance_id: None },
     };
     hang_up.0 = None;
-    sup.reporting().metrics().invocation(&name, d.outcome(http_trigger));
+    let outcome = outcome::of(&d.result, http_trigger);
+    sup.reporting().metrics().invocation(&name, outcome.metric());
     if matches!(d.result, Err(InvokeError::Canceled)) {
         tracing::info!(function = %name, request_id, "client closed the request (499)");
     }
-    let mut resp = respond(d, http_trigger, tail, &request_id, pool.function.memory_mb);
+    let mut resp = respond(d, outcome, http_trigger, tail, &request_id, pool.function.memory_mb);
     if let Ok(v) = HeaderValue::from_str(&pool.function.code_checksum) {
         resp.headers_mut().insert("x-fc-code-checksum", v);
     }
@@ -110,19 +116,15 @@ pub async fn invoke(sup: &Arc<Supervisor>, fd: &FrontDoor, req: Request<Incoming
     resp
 }
 
-/// The response for a finished Sync request, in FC's shapes.
-fn respond(d: Dispatched, http_trigger: bool, tail: bool, request_id: &str, memory_mb: u64) -> Resp {
-    let mut resp = match d.result {
-        Ok(reply) => reply_response(reply, http_trigger, tail, request_id, memory_mb),
-        Err(InvokeError::Throttled(m)) => fc_error(StatusCode::TOO_MANY_REQUESTS, "ResourceExhausted", &m.to_string(), request_id),
-        Err(InvokeError::Gone) => fc_error(StatusCode::SERVICE_UNAVAILABLE, "ResourceThrottled", &InvokeError::Gone.to_string(), request_id),
-        Err(InvokeError::Internal(m)) => fc_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError", &m.to_string(), request_id),
-        Err(InvokeError::Canceled) => {
-            let status = StatusCode::from_u16(499).expect("499");
-            fc_error(status, "ClientClosedRequest", &InvokeError::Canceled.to_string(), request_id)
-        }
-        Err(e @ InvokeError::Initialization(_)) => function_error("InitializationError", &e.to_string()),
-        Err(e) => function_error("UnhandledInvocationError", &e.to_string()),
+/// The response for a finished Sync request, in FC's shapes ([`outcome::of`] decided which).
+fn respond(d: Dispatched, outcome: Outcome, http_trigger: bool, tail: bool, request_id: &str, memory_mb: u64) -> Resp {
+    let mut resp = match (d.result, outcome) {
+        (_, Outcome::Platform { status, code, message }) => fc_error(status, code, &message, request_id),
+        (_, Outcome::Function { error_type, message: Some(message), .. }) => function_error(error_type, &message),
+        // A success, or an answer FC counts as the function's error: the answer goes back.
+        (Ok(reply), o) => reply_response(reply, o.error_type(), http_trigger, tail, request_id, memory_mb),
+        // Not reached (every error has a message), but an error is never sent as a success.
+        (Err(e), o) => function_error(o.error_type().unwrap_or(outcome::UNHANDLED), &e.to_string()),
     };
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(request_id) {
@@ -135,7 +137,8 @@ fn respond(d: Dispatched, http_trigger: bool, tail: bool, request_id: &str, memo
     resp
 }
 
-fn reply_response(reply: Reply, http_trigger: bool, tail: bool, request_id: &str, memory_mb: u64) -> Resp {
+/// The function's answer; `error_type` when FC counts it as the function's error.
+fn reply_response(reply: Reply, error_type: Option<&str>, http_trigger: bool, tail: bool, request_id: &str, memory_mb: u64) -> Resp {
     let mut b = Response::builder();
     if http_trigger {
         b = b.status(reply.status);
@@ -148,8 +151,9 @@ fn reply_response(reply: Reply, http_trigger: bool, tail: bool, request_id: &str
             }
             b = b.header(k, v);
         }
-    } else if reply.is_function_error(false) {
-        b = b.header("x-fc-error-type", "UnhandledInvocationError");
+    }
+    if let Some(t) = error_type {
+        b = b.header("x-fc-error-type", t);
     }
     let billed_ms = reply.duration.as_micros().div_ceil(1000);
     let mut r = b
@@ -170,4 +174,84 @@ fn reply_response(reply: Reply, http_trigger: bool, tail: bool, request_id: &str
         }
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use hyper::HeaderMap;
+    use std::time::Duration;
+
+    fn dispatched(result: Result<Reply, InvokeError>) -> Dispatched {
+        Dispatched { result, cold_start: true, instance_id: Some("c-1".into()) }
+    }
+
+    fn reply(status: u16) -> Result<Reply, InvokeError> {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-app", HeaderValue::from_static("1"));
+        Ok(Reply {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers,
+            body: Bytes::from_static(b"answer"),
+            duration: Duration::from_micros(1500),
+            cpu_usec: 7,
+            max_memory_mb: 1.5,
+            log: Vec::new(),
+            instance_id: "c-1".into(),
+        })
+    }
+
+    /// The response to `result` as (status, x-fc-error-type, body).
+    async fn answer(result: Result<Reply, InvokeError>, http_trigger: bool) -> (u16, String, String) {
+        let o = outcome::of(&result, http_trigger);
+        let r = respond(dispatched(result), o, http_trigger, false, "1-req", 128);
+        assert_eq!(r.headers()["x-fc-request-id"], "1-req");
+        assert_eq!(r.headers()["x-fc-instance-id"], "c-1");
+        assert_eq!(r.headers()["x-fcsup-cold-start"], "true");
+        let status = r.status().as_u16();
+        let error_type = r.headers().get("x-fc-error-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        (status, error_type, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn answers_pass_through_with_fc_headers() {
+        let o = outcome::of(&reply(200), false);
+        let r = respond(dispatched(reply(200)), o, false, false, "1-req", 128);
+        assert_eq!(r.headers()["x-fc-invocation-duration"], "2", "billed ms round up");
+        assert_eq!(r.headers()["x-fc-max-memory-usage"], "1.50");
+        assert!(r.headers().get("x-app").is_none(), "an API invoke does not pass the function's headers");
+        assert_eq!(answer(reply(200), false).await, (200, String::new(), "answer".into()));
+        assert_eq!(answer(reply(500), false).await, (200, String::new(), "answer".into()));
+        // A 404 to an API invoke is the function's error: its answer goes back, flagged.
+        assert_eq!(answer(reply(404), false).await, (200, "UnhandledInvocationError".into(), "answer".into()));
+        // An HTTP trigger passes any status through.
+        assert_eq!(answer(reply(404), true).await, (404, String::new(), "answer".into()));
+    }
+
+    #[tokio::test]
+    async fn failures_take_fc_shapes() {
+        let (status, error_type, body) = answer(Err(InvokeError::Timeout(3)), false).await;
+        assert_eq!((status, error_type.as_str()), (200, "UnhandledInvocationError"));
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["errorMessage"], "Function time out after 3 seconds");
+        assert_eq!(v["errorType"], "UnhandledInvocationError");
+
+        let init = crate::instance::StartError::Initializer(Arc::new(crate::instance::InitError::Status(500)));
+        let (status, error_type, body) = answer(Err(init.into()), true).await;
+        assert_eq!((status, error_type.as_str()), (200, "InitializationError"));
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["errorMessage"], "Initializer failed: the instance answered POST /initialize with HTTP 500");
+
+        let (status, error_type, body) = answer(Err(crate::pool::Exhausted::Supervisor { max: 3 }.into()), false).await;
+        assert_eq!((status, error_type.as_str()), (429, ""));
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let msg = "Reserve resource exceeded limit: the supervisor runs its maximum of 3 instances";
+        assert_eq!((v["Code"].as_str(), v["Message"].as_str(), v["RequestId"].as_str()), (Some("ResourceExhausted"), Some(msg), Some("1-req")));
+
+        let (status, _, body) = answer(Err(InvokeError::Gone), false).await;
+        assert_eq!(status, 503);
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["Code"], "ResourceThrottled");
+    }
 }

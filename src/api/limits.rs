@@ -1,7 +1,7 @@
 //! The front door's limits and the optional admin token. The numbers exist so that no client,
 //! local or remote, can take the supervisor down by holding connections, sending huge heads or
-//! bodies, or many bodies at once; the defaults are FC's published limits (fc-spec §3) where FC
-//! has one.
+//! bodies, or many bodies at once; the defaults are FC's published limits where FC has one
+//! (README, "Front door limits").
 
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;

@@ -1,5 +1,5 @@
 //! The front door (hyper, HTTP/1.1): FC 3.0 InvokeFunction, the HTTP trigger path, fcsup's
-//! admin endpoints; errors in FC's shapes (fc-spec §3).
+//! admin endpoints; errors in FC's shapes (`errors.rs`, `docs/errors.md`).
 
 mod accept;
 mod admin;
@@ -17,9 +17,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
+use crate::supervisor::Supervisor;
 pub use errors::{fc_error, function_error};
 pub use limits::{AdminToken, FrontDoor, FrontDoorError, Limits};
-use crate::supervisor::Supervisor;
 
 /// FC 3.0 API prefix.
 const INVOKE_PREFIX: &str = "/2023-03-30/functions/";
@@ -73,7 +73,7 @@ pub async fn handle(sup: &Arc<Supervisor>, fd: &FrontDoor, door: Door, req: Requ
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .map(str::to_string)
-        .unwrap_or_else(crate::util::request_id);
+        .unwrap_or_else(request_id);
     let limits = &fd.limits;
     if header_bytes(&req) > limits.max_header_bytes {
         let msg = format!("request headers are larger than {} bytes", limits.max_header_bytes);
@@ -134,6 +134,14 @@ pub async fn handle(sup: &Arc<Supervisor>, fd: &FrontDoor, door: Door, req: Requ
     fc_error(StatusCode::NOT_FOUND, "PathNotSupported", &format!("{method} {path} is not an fcsup endpoint"), &request_id)
 }
 
+/// An FC 3.0 style request id, for a request that brings none: `1-<8 hex seconds>-<24 hex>`.
+fn request_id() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let r = uuid::Uuid::new_v4().simple().to_string();
+    // FC's field is 8 hex digits: the low 32 bits of the seconds.
+    format!("1-{:08x}-{}", secs & 0xffff_ffff, &r[..24])
+}
+
 /// A function name from the URL, percent-decoded once; `None` when that is not UTF-8.
 fn decode_name(raw: &str) -> Option<String> {
     percent_encoding::percent_decode_str(raw).decode_utf8().ok().map(|n| n.into_owned())
@@ -148,10 +156,7 @@ fn not_found(name: &str, request_id: &str) -> Resp {
 }
 
 fn query(q: Option<&str>) -> Vec<(String, String)> {
-    q.unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
-        .collect()
+    q.unwrap_or("").split('&').filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))).collect()
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Resp {
@@ -161,4 +166,17 @@ fn json<T: serde::Serialize>(v: &T) -> Resp {
 
 fn text(s: String) -> Resp {
     Response::builder().header("content-type", "text/plain; charset=utf-8").body(Full::new(Bytes::from(s))).expect("response")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_have_fc_shape() {
+        let r = request_id();
+        assert_eq!(r.len(), 2 + 8 + 1 + 24, "{r}");
+        assert!(r.starts_with("1-") && r[2..].chars().all(|c| c == '-' || c.is_ascii_hexdigit()), "{r}");
+        assert_ne!(r, request_id());
+    }
 }

@@ -200,7 +200,7 @@ fn host_facts(quick: bool) -> HostFacts {
         cpu_model,
         memory_gib: (mem_bytes / 1024.0 / 1024.0 / 1024.0 * 10.0).round() / 10.0,
         fcsup_version: env!("CARGO_PKG_VERSION"),
-        date: crate::util::now_rfc3339(),
+        date: crate::clock::now_rfc3339(),
         quick,
         supervisor_priority: if policy == libc::SCHED_FIFO { "SCHED_FIFO".into() } else { "SCHED_OTHER".into() },
     }

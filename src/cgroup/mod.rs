@@ -343,7 +343,7 @@ pub struct Cgroup {
     memory: MemoryMeter,
     cpu_quota: Option<CpuQuota>,
     /// The re-check timer of [`Cgroup::wait_for`], made on first use.
-    timer: std::sync::OnceLock<Option<crate::util::FineTimer>>,
+    timer: std::sync::OnceLock<Option<crate::timer::FineTimer>>,
     /// Whether a waiter is sleeping on `timer`.
     timer_busy: std::sync::atomic::AtomicBool,
     v1_dirs: Vec<PathBuf>,
@@ -482,7 +482,7 @@ impl Cgroup {
     pub async fn wait_for(&self, what: &'static str, done: impl Fn(Events) -> bool) -> Result<Events> {
         let start = Instant::now();
         let mut attempt = 0u32;
-        let timer = self.timer.get_or_init(|| crate::util::FineTimer::new().ok()).as_ref();
+        let timer = self.timer.get_or_init(|| crate::timer::FineTimer::new().ok()).as_ref();
         let busy = &self.timer_busy;
         // The cgroup's timerfd serves one waiter at a time: a second one (the demo watching an
         // instance that fcsup is freezing) would re-arm it and take its expiry, leaving the
@@ -493,7 +493,7 @@ impl Cgroup {
                     let _release = TimerTaken(busy);
                     t.sleep(d).await
                 }
-                _ => crate::util::fine_sleep(d).await,
+                _ => crate::timer::fine_sleep(d).await,
             }
         };
         loop {

@@ -109,7 +109,7 @@ impl<K: Kernel> Instance<K> {
             self.log.drain().await;
         }
         let log = self.log.end(&call.request_id);
-        self.last_used_ms.store(crate::util::now_ms(), Ordering::Relaxed);
+        self.last_used_ms.store(crate::clock::now_ms(), Ordering::Relaxed);
         let max_memory_mb = self.max_memory_mb();
         if was_canceled {
             self.log.note(&format!(

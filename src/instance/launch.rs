@@ -109,7 +109,7 @@ impl Launch<Sandboxed> for Launcher {
     /// ms). The instance then needs [`Instance::boot`].
     fn launch(&self, function: Arc<Function>, provisioned: bool) -> Result<Arc<Instance>, StartError> {
         let created = Instant::now();
-        let id = crate::util::instance_id();
+        let id = crate::ids::instance_id();
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "cpu is validated to FC's range of 0.05 to 16 vCPUs")]
         let cpu_millis = (function.cpu * 1000.0).round() as u64;
         let limits = Limits { memory_bytes: Some(function.memory_mb * 1024 * 1024), pids_max: Some(function.pids_max), cpu_millis: Some(cpu_millis) };

@@ -267,7 +267,7 @@ impl<K: Kernel> Instance<K> {
     /// [`Instance::boot`] next.
     pub fn new(function: Arc<Function>, spawned: Spawned<K>, reporting: Arc<Reporting>, provisioned: bool) -> Arc<Self> {
         let Spawned { id, kernel, log, created, start_trace } = spawned;
-        let now = crate::util::now_ms();
+        let now = crate::clock::now_ms();
         let inst = Arc::new(Instance {
             fc_headers: hooks::instance_headers(&function, &id),
             latencies: reporting.latencies(&function.name),
@@ -402,7 +402,7 @@ impl<K: Kernel> Instance<K> {
 
     /// Time since the last request ended.
     pub fn idle_for(&self) -> Duration {
-        Duration::from_millis(crate::util::now_ms().saturating_sub(self.last_used_ms.load(Ordering::Relaxed)))
+        Duration::from_millis(crate::clock::now_ms().saturating_sub(self.last_used_ms.load(Ordering::Relaxed)))
     }
 
     /// The kernel side (for the demo's and tests' look at the cgroup).
@@ -425,8 +425,8 @@ impl<K: Kernel> Instance<K> {
             in_flight: life.admitted(),
             healthy: life.healthy(),
             provisioned: self.provisioned,
-            created: crate::util::rfc3339_ms(self.created_ms),
-            last_used: crate::util::rfc3339_ms(self.last_used_ms.load(Ordering::Relaxed)),
+            created: crate::clock::rfc3339_ms(self.created_ms),
+            last_used: crate::clock::rfc3339_ms(self.last_used_ms.load(Ordering::Relaxed)),
             cold_start_ms: trace.ready_us as f64 / 1000.0,
             start_trace: trace,
         }

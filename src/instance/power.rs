@@ -58,7 +58,7 @@ impl<K: Kernel> Instance<K> {
 
     /// The meters now.
     pub(super) fn reading(&self) -> Reading {
-        Reading { at: Instant::now(), at_ms: crate::util::now_ms(), cpu: self.kernel.cpu() }
+        Reading { at: Instant::now(), at_ms: crate::clock::now_ms(), cpu: self.kernel.cpu() }
     }
 
     /// Makes the open billing window one of `phase` (see [`Windows::switch`]); the reading

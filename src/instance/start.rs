@@ -39,7 +39,7 @@ impl<K: Kernel> Instance<K> {
                 Ok(Some(s)) => break s,
                 Ok(None) | Err(_) if Instant::now() < deadline => {
                     tokio::select! {
-                        _ = crate::util::fine_sleep(backoff) => {}
+                        _ = crate::timer::fine_sleep(backoff) => {}
                         _ = life.changed() => {}
                     }
                     backoff = (backoff * 3 / 2).min(Duration::from_millis(5));

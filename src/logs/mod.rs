@@ -154,7 +154,7 @@ impl InstanceLog {
     fn keep(&self, g: &mut Inner, stream: &str, tag: &str, line: &str) {
         let short = &self.instance[..self.instance.len().min(12)];
         let text = format!("[{}/{}]{}{} {}", self.function, short, if tag.is_empty() { "" } else { " " }, tag, line);
-        let stamped = format!("{} {stream} {text}", crate::util::now_rfc3339());
+        let stamped = format!("{} {stream} {text}", crate::clock::now_rfc3339());
         if let Some(f) = &self.file {
             f.lock().expect("log file").write_line(&stamped);
         }

@@ -20,12 +20,12 @@ pub struct FunctionLabel {
     pub function: String,
 }
 
-/// `function`, `outcome` (`success`, or FC's error type / code).
+/// `function`, `outcome` (`success`, or FC's name for the failure: `outcome.rs` decides it).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     /// Function name.
     pub function: String,
-    /// `success`, `UnhandledInvocationError`, `InitializationError`, `ResourceExhausted`, …
+    /// `success`, `FunctionTimeoutError`, `InitializationError`, `ResourceExhausted`, …
     pub outcome: String,
 }
 

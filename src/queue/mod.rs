@@ -1,4 +1,4 @@
-//! Async invocations (`x-fc-invocation-type: Async`, fc-spec §3): accepted with 202 at once,
+//! Async invocations (`x-fc-invocation-type: Async`): accepted with 202 at once,
 //! run later from an in-process queue, retried as FC does: function errors up to
 //! `asyncInvokeConfig.maxAsyncRetryAttempts` times (default 3), throttles and fcsup's own
 //! failures with exponential backoff (0.5 s, 1 s, 2 s, … capped at 60 s) until the event is
@@ -6,17 +6,22 @@
 //! result stay visible at `GET /admin/async/{id}` (the last [`KEEP`] tasks).
 //!
 //! The queue lives in memory: tasks not finished when fcsup stops are marked `Stopped`.
+//!
+//! It reaches the functions through [`Pools`] (the supervisor implements it), so it never
+//! depends on the supervisor that owns it.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-use crate::instance::{Call, InvokeError};
-use crate::supervisor::Supervisor;
+use crate::instance::Call;
+use crate::metrics::Metrics;
+use crate::outcome::{self, Outcome};
+use crate::pool::{Dispatched, Pool};
 
 /// Finished tasks kept for the status endpoint.
 pub const KEEP: usize = 10_000;
@@ -83,20 +88,56 @@ pub struct TaskStatus {
     pub result_encoding: Option<&'static str>,
 }
 
-/// What one attempt came to.
+/// What the queue needs of whoever owns it: the pool serving a function now (a reload may
+/// replace it between attempts) and where attempts are counted.
+pub trait Pools: Send + Sync + 'static {
+    /// The current pool of `function`, if it still exists.
+    fn pool(&self, function: &str) -> Option<Arc<Pool>>;
+    /// The metrics each attempt is counted in.
+    fn metrics(&self) -> &Metrics;
+}
+
+/// What one attempt came to, and so how FC's Async retries go on (`docs/errors.md`).
+#[derive(Debug, PartialEq, Eq)]
 enum Attempt {
     Done,
+    /// A function error: retried `maxAsyncRetryAttempts` times.
     FunctionError,
+    /// 429 or 5xx: retried with backoff for up to 5 h.
     Throttled,
+    /// Any other platform error (a caller's error): not retried.
+    Refused,
+}
+
+impl Attempt {
+    fn of(outcome: &Outcome) -> Attempt {
+        match outcome {
+            Outcome::Success => Attempt::Done,
+            Outcome::Function { .. } => Attempt::FunctionError,
+            Outcome::Platform { status, .. } if *status == hyper::StatusCode::TOO_MANY_REQUESTS || status.is_server_error() => Attempt::Throttled,
+            Outcome::Platform { .. } => Attempt::Refused,
+        }
+    }
 }
 
 /// The queue: task statuses and the tasks running them.
-#[derive(Debug, Default)]
 pub struct AsyncQueue {
+    state: Arc<State>,
+    running: Mutex<tokio::task::JoinSet<()>>,
+}
+
+/// What a running task shares with the queue.
+struct State {
+    pools: Weak<dyn Pools>,
     tasks: Mutex<Tasks>,
     /// Per function: how many of its async tasks may be on instances at once.
     slots: Mutex<HashMap<String, Arc<Semaphore>>>,
-    running: Mutex<tokio::task::JoinSet<()>>,
+}
+
+impl std::fmt::Debug for AsyncQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncQueue").field("tasks", &self.state.tasks.lock().expect("queue").by_id.len()).finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -106,25 +147,32 @@ struct Tasks {
 }
 
 impl AsyncQueue {
+    /// An empty queue that runs its tasks on `pools` (held weakly: the owner of the pools
+    /// owns the queue).
+    pub fn new(pools: Weak<dyn Pools>) -> AsyncQueue {
+        let state = State { pools, tasks: Mutex::default(), slots: Mutex::default() };
+        AsyncQueue { state: Arc::new(state), running: Mutex::default() }
+    }
+
     /// Whether `id` is already taken (a repeated `x-fc-async-task-id`).
     pub fn contains(&self, id: &str) -> bool {
-        self.tasks.lock().expect("queue").by_id.contains_key(id)
+        self.state.tasks.lock().expect("queue").by_id.contains_key(id)
     }
 
     /// The status of task `id`.
     pub fn status(&self, id: &str) -> Option<TaskStatus> {
-        self.tasks.lock().expect("queue").by_id.get(id).cloned()
+        self.state.tasks.lock().expect("queue").by_id.get(id).cloned()
     }
 
     /// Accepts `call` for `function` under `id` and runs it in the background.
-    pub fn submit(&self, sup: &Arc<Supervisor>, id: String, function: String, call: Call) {
+    pub fn submit(&self, id: String, function: String, call: Call) {
         let status = TaskStatus {
             id: id.clone(),
             request_id: call.request_id.clone(),
             function: function.clone(),
             status: TaskState::Enqueued,
             attempts: 0,
-            submitted: crate::util::now_rfc3339(),
+            submitted: crate::clock::now_rfc3339(),
             finished: None,
             instance_id: None,
             status_code: None,
@@ -134,7 +182,7 @@ impl AsyncQueue {
             result_encoding: None,
         };
         {
-            let mut t = self.tasks.lock().expect("queue");
+            let mut t = self.state.tasks.lock().expect("queue");
             while t.order.len() >= KEEP {
                 if let Some(old) = t.order.pop_front() {
                     t.by_id.remove(&old);
@@ -143,29 +191,49 @@ impl AsyncQueue {
             t.order.push_back(id.clone());
             t.by_id.insert(id.clone(), status);
         }
-        let slots = sup.pool(&function).map(|p| self.slots_for(&function, p.function.concurrency * p.scaling().max_instances.unwrap_or(100)));
-        let sup = Arc::downgrade(sup);
+        let slots = self.state.slots_for(&function);
+        let state = self.state.clone();
         let mut running = self.running.lock().expect("queue");
         while running.try_join_next().is_some() {}
         running.spawn(async move {
             let Some(slots) = slots else { return };
             let Ok(_permit) = slots.acquire_owned().await else { return };
-            let Some(sup) = sup.upgrade() else { return };
-            sup.async_queue.run(&sup, &id, &function, call).await;
+            state.run(&id, &function, call).await;
         });
     }
 
-    fn slots_for(&self, function: &str, n: usize) -> Arc<Semaphore> {
-        self.slots.lock().expect("queue").entry(function.to_string()).or_insert_with(|| Arc::new(Semaphore::new(n.max(1)))).clone()
+    /// Stops every task (at supervisor shutdown); unfinished ones become `Stopped`.
+    pub async fn stop(&self) {
+        let mut running = std::mem::take(&mut *self.running.lock().expect("queue"));
+        running.shutdown().await;
+        let mut t = self.state.tasks.lock().expect("queue");
+        for s in t.by_id.values_mut() {
+            if matches!(s.status, TaskState::Enqueued | TaskState::Running | TaskState::Retrying) {
+                s.status = TaskState::Stopped;
+                s.finished = Some(crate::clock::now_rfc3339());
+            }
+        }
+    }
+}
+
+impl State {
+    /// The semaphore of `function`'s Async slots (concurrency × maxInstances), made for its
+    /// pool of the moment on first use; `None` when the function no longer exists.
+    fn slots_for(&self, function: &str) -> Option<Arc<Semaphore>> {
+        let pool = self.pools.upgrade()?.pool(function)?;
+        let n = pool.function.concurrency * pool.scaling().max_instances.unwrap_or(100);
+        Some(self.slots.lock().expect("queue").entry(function.to_string()).or_insert_with(|| Arc::new(Semaphore::new(n.max(1)))).clone())
     }
 
-    async fn run(&self, sup: &Arc<Supervisor>, id: &str, function: &str, first: Call) {
+    async fn run(&self, id: &str, function: &str, first: Call) {
         let accepted = Instant::now();
         let mut function_errors = 0u32;
         let mut throttles = 0u32;
+        let http_trigger = first.http_trigger;
         let mut call = first;
         loop {
-            let Some(pool) = sup.pool(function) else {
+            let Some(pools) = self.pools.upgrade() else { return };
+            let Some(pool) = pools.pool(function) else {
                 self.finish(id, TaskState::Failed, |t| t.error_message = Some(format!("function '{function}' no longer exists")));
                 return;
             };
@@ -175,8 +243,11 @@ impl AsyncQueue {
             });
             let next = call.again();
             let d = pool.dispatch(call).await;
-            sup.reporting().metrics().invocation(function, d.outcome(false));
-            let attempt = self.record(id, d);
+            let outcome = outcome::of(&d.result, http_trigger);
+            pools.metrics().invocation(function, outcome.metric());
+            drop(pools);
+            let attempt = Attempt::of(&outcome);
+            self.record(id, d, outcome);
             call = next;
             let (delay, give_up) = match attempt {
                 Attempt::Done => {
@@ -191,6 +262,7 @@ impl AsyncQueue {
                     throttles += 1;
                     (backoff(throttles - 1), false)
                 }
+                Attempt::Refused => (Duration::ZERO, true),
             };
             if give_up {
                 self.finish(id, TaskState::Failed, |_| {});
@@ -206,13 +278,12 @@ impl AsyncQueue {
         }
     }
 
-    /// Stores what an attempt returned and classifies it.
-    fn record(&self, id: &str, d: crate::pool::Dispatched) -> Attempt {
-        let mut attempt = Attempt::Done;
+    /// Stores what an attempt returned: the answer, or FC's error type and message.
+    fn record(&self, id: &str, d: Dispatched, outcome: Outcome) {
         self.update(id, |t| {
-            t.instance_id = d.instance_id.clone();
-            t.error_type = None;
-            t.error_message = None;
+            t.instance_id = d.instance_id;
+            t.error_type = outcome.error_type().map(str::to_string);
+            t.error_message = outcome.message().map(str::to_string);
             match &d.result {
                 Ok(reply) => {
                     t.status_code = Some(reply.status.as_u16());
@@ -222,34 +293,14 @@ impl AsyncQueue {
                     };
                     t.result = Some(text);
                     t.result_encoding = Some(enc);
-                    if reply.is_function_error(false) {
-                        t.error_type = Some("UnhandledInvocationError".into());
-                        attempt = Attempt::FunctionError;
-                    }
                 }
-                Err(e) => {
+                Err(_) => {
                     t.status_code = None;
                     t.result = None;
                     t.result_encoding = None;
-                    t.error_message = Some(e.to_string());
-                    attempt = match e {
-                        InvokeError::Throttled(_) | InvokeError::Gone | InvokeError::Internal(_) => {
-                            t.error_type = Some("Throttled".into());
-                            Attempt::Throttled
-                        }
-                        InvokeError::Initialization(_) => {
-                            t.error_type = Some("InitializationError".into());
-                            Attempt::FunctionError
-                        }
-                        _ => {
-                            t.error_type = Some("UnhandledInvocationError".into());
-                            Attempt::FunctionError
-                        }
-                    };
                 }
             }
         });
-        attempt
     }
 
     fn update(&self, id: &str, f: impl FnOnce(&mut TaskStatus)) {
@@ -262,22 +313,9 @@ impl AsyncQueue {
         self.update(id, |t| {
             f(t);
             t.status = state;
-            t.finished = Some(crate::util::now_rfc3339());
+            t.finished = Some(crate::clock::now_rfc3339());
         });
         tracing::info!(task = id, status = ?state, "async invocation finished");
-    }
-
-    /// Stops every task (at supervisor shutdown); unfinished ones become `Stopped`.
-    pub async fn stop(&self) {
-        let mut running = std::mem::take(&mut *self.running.lock().expect("queue"));
-        running.shutdown().await;
-        let mut t = self.tasks.lock().expect("queue");
-        for s in t.by_id.values_mut() {
-            if matches!(s.status, TaskState::Enqueued | TaskState::Running | TaskState::Retrying) {
-                s.status = TaskState::Stopped;
-                s.finished = Some(crate::util::now_rfc3339());
-            }
-        }
     }
 }
 
@@ -292,7 +330,25 @@ mod tests {
 
     #[test]
     fn backoff_doubles_from_half_a_second() {
-        let s: Vec<u64> = (0..9).map(|n| backoff(n).as_millis() as u64).collect();
+        let s: Vec<u128> = (0..9).map(|n| backoff(n).as_millis()).collect();
         assert_eq!(s, [500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]);
+    }
+
+    #[test]
+    fn retries_follow_fc_classes() {
+        use crate::instance::{InitError, Internal, InvokeError, StartError};
+        let attempt = |e: InvokeError| Attempt::of(&outcome::of(&Err(e), false));
+        // Function errors: retried maxAsyncRetryAttempts times.
+        assert_eq!(attempt(InvokeError::Timeout(3)), Attempt::FunctionError);
+        assert_eq!(attempt(StartError::Initializer(Arc::new(InitError::Status(404))).into()), Attempt::FunctionError);
+        assert_eq!(attempt(InvokeError::Crashed { duration_ms: 1, max_memory_mb: 0.0 }), Attempt::FunctionError);
+        // 429 and 5xx: retried with backoff.
+        assert_eq!(attempt(crate::pool::Exhausted::Supervisor { max: 1 }.into()), Attempt::Throttled);
+        assert_eq!(attempt(InvokeError::Gone), Attempt::Throttled);
+        let bad = hyper::Request::builder().uri("\n").body(()).unwrap_err();
+        assert_eq!(attempt(Internal::from(bad).into()), Attempt::Throttled);
+        // Other 4xx: not retried.
+        assert_eq!(attempt(InvokeError::Canceled), Attempt::Refused);
+        assert_eq!(Attempt::of(&Outcome::Success), Attempt::Done);
     }
 }

@@ -1,0 +1,74 @@
+//! `fcsup serve -f s.yaml`: the supervisor, until SIGTERM/SIGINT; SIGHUP re-reads the file.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use fcsup::config::Config;
+use fcsup::supervisor::Supervisor;
+
+use super::supervisor::SupervisorArgs;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The s.yaml (functions under resources.<name>.props).
+    #[arg(short = 'f', long = "file", default_value = "s.yaml")]
+    file: PathBuf,
+    #[command(flatten)]
+    pub sup: SupervisorArgs,
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    let Args { file, sup } = args;
+    let config = Config::load(&file)?;
+    let front_door = sup.front_door()?;
+    // Bound before the supervisor starts: a port in use must not leave a cgroup root.
+    let listener = tokio::net::TcpListener::bind(&sup.listen).await.with_context(|| format!("cannot listen on {}", sup.listen))?;
+    let supervisor = Supervisor::start(&config, &sup.options()).await?;
+    tracing::info!(
+        "serving {} function(s) on http://{}, admin on {} (cgroup root {})",
+        config.functions.len(),
+        listener.local_addr()?,
+        supervisor.admin_socket.display(),
+        supervisor.launcher().cgroups().path().display()
+    );
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(fcsup::api::serve(listener, supervisor.clone(), front_door.clone(), rx.clone()));
+    let admin = supervisor.take_admin_listener().map(|l| tokio::spawn(fcsup::api::serve_admin(l, supervisor.clone(), front_door, rx)));
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let stop = super::shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = hangup.recv() => reload(&supervisor, &file).await,
+        }
+    }
+    tracing::info!("shutting down: PreStop on every instance");
+    let _ = tx.send(true);
+    let _ = server.await;
+    if let Some(a) = admin {
+        let _ = a.await;
+    }
+    supervisor.shutdown().await;
+    tracing::info!("stopped; nothing left behind");
+    Ok(())
+}
+
+/// SIGHUP: re-reads the file; a bad file changes nothing.
+async fn reload(supervisor: &Supervisor, file: &Path) {
+    match Config::load(file) {
+        Ok(config) => match supervisor.reload(&config).await {
+            Ok(r) => tracing::info!(
+                added = ?r.added,
+                replaced = ?r.replaced,
+                rescaled = ?r.rescaled,
+                removed = ?r.removed,
+                unchanged = ?r.unchanged,
+                "reloaded {}",
+                file.display()
+            ),
+            Err(e) => tracing::error!("reload of {} failed: {e}", file.display()),
+        },
+        Err(e) => tracing::error!("reload refused, the running configuration stays: {e}"),
+    }
+}
