@@ -13,7 +13,6 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod demo;
-pub mod ids;
 pub mod instance;
 pub mod logs;
 pub mod metrics;

@@ -114,7 +114,7 @@ pub fn of(result: &Result<Reply, InvokeError>, http_trigger: bool) -> Outcome {
 mod tests {
     use super::*;
     use crate::instance::{InitError, StartError};
-    use crate::pool::Exhausted;
+    use crate::instance::Exhausted;
     use hyper::HeaderMap;
     use std::sync::Arc;
     use std::time::Duration;

@@ -244,7 +244,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["errorMessage"], "Initializer failed: the instance answered POST /initialize with HTTP 500");
 
-        let (status, error_type, body) = answer(Err(crate::pool::Exhausted::Supervisor { max: 3 }.into()), false).await;
+        let (status, error_type, body) = answer(Err(crate::instance::Exhausted::Supervisor { max: 3 }.into()), false).await;
         assert_eq!((status, error_type.as_str()), (429, ""));
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         let msg = "Reserve resource exceeded limit: the supervisor runs its maximum of 3 instances";

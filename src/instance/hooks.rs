@@ -124,7 +124,7 @@ impl<K: Kernel> Instance<K> {
         };
         let Some(hook) = hook else { return Ok(StatusCode::OK) };
         let (method, path, fn_type, marker) = kind.request();
-        let request_id = crate::ids::hook_request_id();
+        let request_id = uuid::Uuid::new_v4().to_string(); // FC gives hooks plain UUIDs
         let mut req = Request::builder()
             .method(method)
             .uri(path)

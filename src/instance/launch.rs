@@ -109,7 +109,7 @@ impl Launch<Sandboxed> for Launcher {
     /// ms). The instance then needs [`Instance::boot`].
     fn launch(&self, function: Arc<Function>, provisioned: bool) -> Result<Arc<Instance>, StartError> {
         let created = Instant::now();
-        let id = crate::ids::instance_id();
+        let id = instance_id();
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "cpu is validated to FC's range of 0.05 to 16 vCPUs")]
         let cpu_millis = (function.cpu * 1000.0).round() as u64;
         let limits = Limits { memory_bytes: Some(function.memory_mb * 1024 * 1024), pids_max: Some(function.pids_max), cpu_millis: Some(cpu_millis) };
@@ -149,5 +149,21 @@ impl Launch<Sandboxed> for Launcher {
         let (kernel, stdout, stderr) = Sandboxed::new(cgroup, child).map_err(setup("watch the instance's pidfd"))?;
         log.attach(stdout, stderr);
         Ok(Instance::new(function, Spawned { id, kernel, log, created, start_trace }, self.reporting.clone(), provisioned))
+    }
+}
+
+/// An FC style instance id (also its cgroup's name): `c-<8 hex>-<8 hex>-<12 hex>`.
+fn instance_id() -> String {
+    let r = uuid::Uuid::new_v4().simple().to_string();
+    format!("c-{}-{}-{}", &r[..8], &r[8..16], &r[16..28])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn instance_ids_have_fc_shape() {
+        let i = super::instance_id();
+        assert!(i.starts_with("c-") && i.len() == 2 + 8 + 1 + 8 + 1 + 12, "{i}");
+        assert_ne!(i, super::instance_id());
     }
 }

@@ -80,25 +80,6 @@ pub struct Dispatched {
     pub instance_id: Option<String>,
 }
 
-impl Dispatched {
-    /// The outcome label for metrics: `success`, or FC's error type or code.
-    pub fn outcome(&self, http_trigger: bool) -> &'static str {
-        match &self.result {
-            Ok(r) if r.is_function_error(http_trigger) => "UnhandledInvocationError",
-            Ok(_) => "success",
-            Err(InvokeError::Initialization(_)) => "InitializationError",
-            Err(InvokeError::Timeout(_)) => "FunctionTimeoutError",
-            Err(InvokeError::Crashed { .. }) => "FunctionUnhandledError",
-            Err(InvokeError::OutOfMemory { .. }) => "FunctionOOMError",
-            Err(InvokeError::ResponseTooLarge { .. }) => "FunctionUnhandledError",
-            Err(InvokeError::Canceled) => "ClientClosedRequest",
-            Err(InvokeError::Throttled(_)) => "ResourceExhausted",
-            Err(InvokeError::Gone) => "ResourceThrottled",
-            Err(InvokeError::Internal(_)) => "InternalServerError",
-        }
-    }
-}
-
 impl<K: Kernel> Pool<K> {
     /// A pool for `function`.
     pub fn new(launcher: Arc<dyn Launch<K>>, function: Arc<Function>, global: Arc<GlobalCount>) -> Arc<Self> {

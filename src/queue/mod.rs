@@ -343,7 +343,7 @@ mod tests {
         assert_eq!(attempt(StartError::Initializer(Arc::new(InitError::Status(404))).into()), Attempt::FunctionError);
         assert_eq!(attempt(InvokeError::Crashed { duration_ms: 1, max_memory_mb: 0.0 }), Attempt::FunctionError);
         // 429 and 5xx: retried with backoff.
-        assert_eq!(attempt(crate::pool::Exhausted::Supervisor { max: 1 }.into()), Attempt::Throttled);
+        assert_eq!(attempt(crate::instance::Exhausted::Supervisor { max: 1 }.into()), Attempt::Throttled);
         assert_eq!(attempt(InvokeError::Gone), Attempt::Throttled);
         let bad = hyper::Request::builder().uri("\n").body(()).unwrap_err();
         assert_eq!(attempt(Internal::from(bad).into()), Attempt::Throttled);
