@@ -27,7 +27,11 @@ pub async fn run(mountinfo: &Path, cgroup_root: &str) -> Vec<Finding> {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let kernel = kernel.trim();
     let new_enough = procfs::KernelVersion::from_str(kernel).is_ok_and(|v| v >= procfs::KernelVersion::new(5, 14, 0));
-    out.push(f(if new_enough { "ok" } else { "fail" }, "kernel", format!("{kernel} (fcsup needs 5.14+ for clone3 into cgroups, pidfds and cgroup.kill)")));
+    out.push(f(
+        if new_enough { "ok" } else { "fail" },
+        "kernel",
+        format!("{kernel} (fcsup needs 5.14+ for clone3 into cgroups, pidfds and cgroup.kill)"),
+    ));
     let effective = caps::read(None, CapSet::Effective).unwrap_or_default();
     let cap_eff = effective.iter().fold(0u64, |m, c| m | c.bitmask());
     let sys_admin = effective.contains(&Capability::CAP_SYS_ADMIN);
@@ -85,9 +89,17 @@ pub async fn run(mountinfo: &Path, cgroup_root: &str) -> Vec<Finding> {
             match root.create("probe", &Default::default()) {
                 Ok(cg) => {
                     let freeze = cg.freeze().await.is_ok() && cg.thaw().await.is_ok();
-                    out.push(f(if freeze { "ok" } else { "fail" }, "freezer", if freeze { "cgroup.freeze confirmed by cgroup.events" } else { "cgroup.freeze did not work" }));
+                    out.push(f(
+                        if freeze { "ok" } else { "fail" },
+                        "freezer",
+                        if freeze { "cgroup.freeze confirmed by cgroup.events" } else { "cgroup.freeze did not work" },
+                    ));
                     let kill = cg.path().join("cgroup.kill").exists();
-                    out.push(f(if kill { "ok" } else { "warn" }, "cgroup.kill", if kill { "available" } else { "missing: fcsup falls back to SIGKILL per pid" }));
+                    out.push(f(
+                        if kill { "ok" } else { "warn" },
+                        "cgroup.kill",
+                        if kill { "available" } else { "missing: fcsup falls back to SIGKILL per pid" },
+                    ));
                     let _ = cg.remove();
                 }
                 Err(e) => out.push(f("fail", "instance cgroup", e.to_string())),
@@ -104,9 +116,7 @@ pub async fn run(mountinfo: &Path, cgroup_root: &str) -> Vec<Finding> {
         Err(e) => f("fail", "instance root", format!("cannot prepare it: {e} (needs open_tree and mount_setattr, Linux 5.12+)")),
     });
     // On a short-lived thread of its own: the policy is per thread.
-    let fifo = std::thread::spawn(|| crate::sandbox::sys::sched_setscheduler(libc::SCHED_FIFO, 10).is_ok())
-    .join()
-    .unwrap_or(false);
+    let fifo = std::thread::spawn(|| crate::sandbox::sys::sched_setscheduler(libc::SCHED_FIFO, 10).is_ok()).join().unwrap_or(false);
     out.push(if fifo {
         f("ok", "real-time priority", "SCHED_FIFO available for the control path")
     } else {
@@ -114,12 +124,16 @@ pub async fn run(mountinfo: &Path, cgroup_root: &str) -> Vec<Finding> {
     });
     let gpu = Path::new("/dev/nvidiactl").exists();
     let cdi = ["/etc/cdi", "/var/run/cdi"].iter().any(|d| std::fs::read_dir(d).map(|mut r| r.next().is_some()).unwrap_or(false));
-    out.push(f("ok", "gpu", match (gpu, cdi) {
-        (true, true) => "NVIDIA devices and CDI specs present",
-        (true, false) => "NVIDIA devices present, no CDI spec",
-        (false, true) => "CDI specs present, no NVIDIA device node",
-        (false, false) => "no GPU (functions run CPU-only)",
-    }));
+    out.push(f(
+        "ok",
+        "gpu",
+        match (gpu, cdi) {
+            (true, true) => "NVIDIA devices and CDI specs present",
+            (true, false) => "NVIDIA devices present, no CDI spec",
+            (false, true) => "CDI specs present, no NVIDIA device node",
+            (false, false) => "no GPU (functions run CPU-only)",
+        },
+    ));
     out
 }
 

@@ -113,8 +113,8 @@ pub fn of(result: &Result<Reply, InvokeError>, http_trigger: bool) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::instance::{InitError, StartError};
     use crate::instance::Exhausted;
+    use crate::instance::{InitError, StartError};
     use hyper::HeaderMap;
     use std::sync::Arc;
     use std::time::Duration;

@@ -59,8 +59,13 @@ fn cold_start_bars(area: &DrawingArea<SVGBackend, plotters::coord::Shift>, rows:
         .disable_x_mesh()
         .x_labels(systems.len() * 2 + 1)
         .x_label_formatter(&move |x| {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "x runs over 0..systems.len(): small, non-negative")]
             let i = x.floor() as usize;
-            if (x - i as f64 - 0.5).abs() < 0.26 { names.get(i).map(|s| s.to_string()).unwrap_or_default() } else { String::new() }
+            if (x - i as f64 - 0.5).abs() < 0.26 {
+                names.get(i).map(|s| s.to_string()).unwrap_or_default()
+            } else {
+                String::new()
+            }
         })
         .y_desc("ms")
         .draw()?;

@@ -203,13 +203,19 @@ impl Rig {
         let clients: Vec<_> = (0..count)
             .map(|_| {
                 let addr = addr.clone();
-                std::thread::spawn(move || -> std::io::Result<u16> { Conn::open(&addr)?.post(&invoke_path("scale"), b"sleep:1500").map(|a| a.status) })
+                std::thread::spawn(move || -> std::io::Result<u16> {
+                    Conn::open(&addr)?.post(&invoke_path("scale"), b"sleep:1500").map(|a| a.status)
+                })
             })
             .collect();
         let deadline = Instant::now() + Duration::from_secs(60);
         let ready = loop {
             let insts = self.sup.pool("scale").map(|p| p.instances()).unwrap_or_default();
-            let done: Vec<Instant> = insts.iter().filter(|i| i.start_trace().ready_us > 0).map(|i| i.created() + Duration::from_micros(i.start_trace().ready_us)).collect();
+            let done: Vec<Instant> = insts
+                .iter()
+                .filter(|i| i.start_trace().ready_us > 0)
+                .map(|i| i.created() + Duration::from_micros(i.start_trace().ready_us))
+                .collect();
             if done.len() >= count {
                 break done.into_iter().max().map(|t| t.duration_since(t0)).unwrap_or_default();
             }

@@ -189,7 +189,8 @@ pub struct HostFacts {
 
 fn host_facts(quick: bool) -> HostFacts {
     use procfs::Current;
-    let mode = crate::cgroup::Hierarchy::discover(Path::new("/proc/self/mountinfo")).map(|h| format!("{:?}", h.mode)).unwrap_or_else(|e| e.to_string());
+    let mode =
+        crate::cgroup::Hierarchy::discover(Path::new("/proc/self/mountinfo")).map(|h| format!("{:?}", h.mode)).unwrap_or_else(|e| e.to_string());
     let mem_bytes = procfs::Meminfo::current().map(|m| m.mem_total as f64).unwrap_or(0.0);
     let cpu_model = procfs::CpuInfo::current().ok().and_then(|c| c.model_name(0).map(str::to_string)).unwrap_or_default();
     let policy = crate::sandbox::sys::sched_getscheduler().unwrap_or(libc::SCHED_OTHER) & !libc::SCHED_RESET_ON_FORK;
@@ -282,7 +283,11 @@ async fn run_in(opts: &BenchOptions, plan: &Plan, native_dir: &Path, python_dir:
             pb.set_message("freeze/thaw: fcsup, 50 busy threads");
             rig.freeze_thaw("busy50", "50 busy threads", plan, &mut raw, &tick).await?;
             let ran = rig.child_runs_while_frozen().await?;
-            correctness.push(Correctness { system: "fcsup".into(), child_keeps_running_while_frozen: Some(ran), how: "cgroup usage_usec over 300 ms frozen".into() });
+            correctness.push(Correctness {
+                system: "fcsup".into(),
+                child_keeps_running_while_frozen: Some(ran),
+                how: "cgroup usage_usec over 300 ms frozen".into(),
+            });
         }
         if opts.wants("warm") {
             pb.set_message("warm invoke: fcsup");
@@ -328,7 +333,11 @@ async fn run_in(opts: &BenchOptions, plan: &Plan, native_dir: &Path, python_dir:
         peers::sigstop(&fixture, 1, "1 busy thread", plan, &mut raw, &tick)?;
         peers::sigstop(&fixture, 50, "50 busy threads", plan, &mut raw, &tick)?;
         let ran = peers::sigstop_child_runs(&fixture)?;
-        correctness.push(Correctness { system: "sigstop".into(), child_keeps_running_while_frozen: Some(ran), how: "child's utime+stime over 300 ms stopped".into() });
+        correctness.push(Correctness {
+            system: "sigstop".into(),
+            child_keeps_running_while_frozen: Some(ran),
+            how: "child's utime+stime over 300 ms stopped".into(),
+        });
     }
     if peers_on && (opts.wants("cold") || opts.wants("freeze") || opts.wants("warm")) {
         for name in ["crun", "runc"] {
@@ -421,9 +430,18 @@ fn fmt_value(v: f64, unit: &str) -> String {
 pub fn table(r: &Report) -> String {
     let mut out = format!(
         "host: {} · kernel {} · cgroups {} · {} CPUs · {} GiB · supervisor {}{}\n\n",
-        r.host.cpu_model, r.host.kernel, r.host.cgroup_mode, r.host.cpus, r.host.memory_gib, r.host.supervisor_priority, if r.host.quick { " · --quick" } else { "" }
+        r.host.cpu_model,
+        r.host.kernel,
+        r.host.cgroup_mode,
+        r.host.cpus,
+        r.host.memory_gib,
+        r.host.supervisor_priority,
+        if r.host.quick { " · --quick" } else { "" }
     );
-    out.push_str(&format!("{:<34} {:<16} {:<8} {:>6} {:>10} {:>10} {:>10} {:>10}  {}\n", "METRIC", "WORKLOAD", "SYSTEM", "N", "P50", "P90", "P99", "MAX", "P50 / FCSUP"));
+    out.push_str(&format!(
+        "{:<34} {:<16} {:<8} {:>6} {:>10} {:>10} {:>10} {:>10}  {}\n",
+        "METRIC", "WORKLOAD", "SYSTEM", "N", "P50", "P90", "P99", "MAX", "P50 / FCSUP"
+    ));
     let mut keys: Vec<(String, String)> = r.results.iter().map(|x| (x.metric.clone(), x.workload.clone())).collect();
     keys.sort();
     keys.dedup();

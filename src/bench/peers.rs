@@ -32,7 +32,7 @@ impl Plain {
 impl Drop for Plain {
     fn drop(&mut self) {
         // The process group we created: its id is the child's pid.
-        let _ = nix::sys::signal::killpg(Pid::from_raw(self.0.id() as i32), Signal::SIGKILL);
+        let _ = nix::sys::signal::killpg(pid(self.0.id()), Signal::SIGKILL);
         let _ = self.0.wait();
     }
 }
@@ -110,7 +110,7 @@ pub fn sigstop(fixture: &Path, busy: usize, workload: &str, plan: &Plan, raw: &m
     let port = free_port();
     let threads = busy.to_string();
     let child = spawn_plain(&[fixture.display().to_string()], Path::new("/"), port, &[("FIXTURE_BUSY_THREADS", &threads)])?;
-    let pid = child.id() as i32;
+    let pid = pid(child.id()).as_raw();
     let mut c = Conn::open_when_ready(&format!("127.0.0.1:{port}"), Instant::now() + Duration::from_secs(10))?;
     c.post("/invoke", b"")?;
     signal(pid, Signal::SIGSTOP);
@@ -133,9 +133,19 @@ pub fn sigstop(fixture: &Path, busy: usize, workload: &str, plan: &Plan, raw: &m
     Ok(())
 }
 
+/// A child's pid as the kernel's signed type (pid_max is at most 2^22).
+fn pid_raw(id: u32) -> i32 {
+    i32::try_from(id).expect("a pid fits in i32")
+}
+
+/// A child's pid.
+fn pid(id: u32) -> Pid {
+    Pid::from_raw(pid_raw(id))
+}
+
 /// CPU ticks (user + system) of `pid`.
 fn cpu_ticks(pid: u32) -> u64 {
-    procfs::process::Process::new(pid as i32).and_then(|p| p.stat()).map(|s| s.utime + s.stime).unwrap_or(0)
+    procfs::process::Process::new(pid_raw(pid)).and_then(|p| p.stat()).map(|s| s.utime + s.stime).unwrap_or(0)
 }
 
 /// Whether the fixture's child process keeps running while its parent is SIGSTOPped.
@@ -147,7 +157,7 @@ pub fn sigstop_child_runs(fixture: &Path) -> Result<bool> {
     // The fixture may start listening before its child is forked.
     let deadline = Instant::now() + Duration::from_secs(5);
     let kid: u32 = loop {
-        let kids = procfs::process::Process::new(pid as i32).and_then(|p| p.task_main_thread()).and_then(|t| t.children()).unwrap_or_default();
+        let kids = procfs::process::Process::new(pid_raw(pid)).and_then(|p| p.task_main_thread()).and_then(|t| t.children()).unwrap_or_default();
         if let Some(&k) = kids.first() {
             break k;
         }
@@ -156,13 +166,13 @@ pub fn sigstop_child_runs(fixture: &Path) -> Result<bool> {
         }
         std::thread::sleep(Duration::from_millis(1));
     };
-    signal(pid as i32, Signal::SIGSTOP);
-    waitpid(pid as i32, WaitPidFlag::WUNTRACED);
+    signal(pid_raw(pid), Signal::SIGSTOP);
+    waitpid(pid_raw(pid), WaitPidFlag::WUNTRACED);
     let before = cpu_ticks(kid);
     std::thread::sleep(Duration::from_millis(300));
     let ran = cpu_ticks(kid) > before;
-    signal(kid as i32, Signal::SIGKILL);
-    signal(pid as i32, Signal::SIGCONT);
+    signal(pid_raw(kid), Signal::SIGKILL);
+    signal(pid_raw(pid), Signal::SIGCONT);
     kill_wait(child);
     Ok(ran)
 }

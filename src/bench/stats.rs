@@ -32,6 +32,7 @@ impl Row {
     pub fn new(system: &str, metric: &str, workload: &str, unit: &str, samples: &[f64]) -> Row {
         let mut s = samples.to_vec();
         s.sort_by(f64::total_cmp);
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "q is in 0..=1, so the rank is in 0..=len")]
         let rank = |q: f64| s[(((q * s.len() as f64).ceil() as usize).max(1) - 1).min(s.len() - 1)];
         Row {
             system: system.into(),

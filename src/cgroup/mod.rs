@@ -239,10 +239,7 @@ impl CgroupRoot {
                 // calling thread: the kernel then skips the global threadgroup lock, whose first
                 // writer after a quiet spell waits for an RCU grace period (~10 ms here).
                 let procs = dir.join("tasks");
-                let f = File::options()
-                    .write(true)
-                    .open(&procs)
-                    .map_err(|source| CgroupError::Io { op: "open", path: procs, source })?;
+                let f = File::options().write(true).open(&procs).map_err(|source| CgroupError::Io { op: "open", path: procs, source })?;
                 cg.v1_procs.push(f);
             }
             Ok(())
@@ -355,11 +352,7 @@ impl Cgroup {
     pub fn open_dir(path: PathBuf) -> Result<Self> {
         let open = |name: &str, write: bool| {
             let p = path.join(name);
-            File::options()
-                .read(!write)
-                .write(write)
-                .open(&p)
-                .map_err(|source| CgroupError::Io { op: "open", path: p, source })
+            File::options().read(!write).write(write).open(&p).map_err(|source| CgroupError::Io { op: "open", path: p, source })
         };
         let freeze = open("cgroup.freeze", true)?;
         let events_file = open("cgroup.events", false)?;
@@ -374,7 +367,19 @@ impl Cgroup {
             EventsFd::Poll(events_file)
         };
         let dir = open_dir_fd(&path)?;
-        Ok(Cgroup { path, dir, freeze, events, cpu_stat, memory: MemoryMeter::none(), cpu_quota: None, timer: std::sync::OnceLock::new(), timer_busy: Default::default(), v1_dirs: Vec::new(), v1_procs: Vec::new() })
+        Ok(Cgroup {
+            path,
+            dir,
+            freeze,
+            events,
+            cpu_stat,
+            memory: MemoryMeter::none(),
+            cpu_quota: None,
+            timer: std::sync::OnceLock::new(),
+            timer_busy: Default::default(),
+            v1_dirs: Vec::new(),
+            v1_procs: Vec::new(),
+        })
     }
 
     /// The cgroup2 directory.
@@ -405,9 +410,7 @@ impl Cgroup {
     /// Reads a small cgroup file kept open (one pread, no allocation) and parses it.
     fn read_parsed<T>(&self, file: &File, name: &str, parse: fn(&str) -> T) -> Result<T> {
         let mut buf = [0u8; 512];
-        let n = file
-            .read_at(&mut buf, 0)
-            .map_err(|source| CgroupError::Io { op: "read", path: self.path.join(name), source })?;
+        let n = file.read_at(&mut buf, 0).map_err(|source| CgroupError::Io { op: "read", path: self.path.join(name), source })?;
         Ok(parse(std::str::from_utf8(&buf[..n]).unwrap_or("")))
     }
 
@@ -415,11 +418,11 @@ impl Cgroup {
     /// `memory.events`, or v1 `memory.oom_control` on hybrid hosts; 0 where neither exists).
     pub fn oom_kills(&self) -> u64 {
         let count = |path: PathBuf| {
-            std::fs::read_to_string(path).ok().and_then(|t| t.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse::<u64>().ok()))
+            std::fs::read_to_string(path)
+                .ok()
+                .and_then(|t| t.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse::<u64>().ok()))
         };
-        count(self.path.join("memory.events"))
-            .or_else(|| self.v1_dirs.iter().find_map(|d| count(d.join("memory.oom_control"))))
-            .unwrap_or(0)
+        count(self.path.join("memory.events")).or_else(|| self.v1_dirs.iter().find_map(|d| count(d.join("memory.oom_control")))).unwrap_or(0)
     }
 
     /// The instance's memory meter (peak per billing window; see [`MemoryMeter`]).
@@ -507,7 +510,7 @@ impl Cgroup {
             // Notifications come at most every 12 ms (HZ=250), so right after an earlier event
             // only re-reading finds the change: first after 25 µs, then 1.5× longer each time
             // up to 1 ms (a freeze takes the kernel 40–200 µs).
-            let recheck = FIRST_RECHECK.mul_f64(1.5f64.powi(attempt.min(10) as i32)).min(RECHECK);
+            let recheck = FIRST_RECHECK.mul_f64(1.5f64.powi(i32::try_from(attempt.min(10)).unwrap_or(10))).min(RECHECK);
             attempt += 1;
             match &self.events {
                 EventsFd::Notify(a) => {
@@ -534,7 +537,6 @@ impl Cgroup {
         remove_dir_retrying(&self.path)
     }
 }
-
 
 /// Gives the cgroup's timer back when its waiter ends or is dropped mid-sleep.
 struct TimerTaken<'a>(&'a std::sync::atomic::AtomicBool);
@@ -570,8 +572,11 @@ fn write_file(path: &Path, data: &str) -> Result<()> {
 
 fn open_dir_fd(path: &Path) -> Result<OwnedFd> {
     use nix::fcntl::OFlag;
-    nix::fcntl::open(path, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-        .map_err(|e| CgroupError::Io { op: "open", path: path.to_path_buf(), source: e.into() })
+    nix::fcntl::open(path, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty()).map_err(|e| CgroupError::Io {
+        op: "open",
+        path: path.to_path_buf(),
+        source: e.into(),
+    })
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::DirBuilderExt;
 use std::io::Write;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -196,6 +196,6 @@ mod tests {
         assert_eq!(parse_size("64M"), Ok(64 << 20));
         assert_eq!(parse_size("4k"), Ok(4096));
         assert_eq!(parse_size("100"), Ok(100));
-        assert!(parse_size("lots").is_err());
+        parse_size("lots").unwrap_err();
     }
 }

@@ -66,14 +66,7 @@ impl InstanceLog {
     /// A log for one instance; `echo` prints lines in fcsup's stdout, `file` is the
     /// function's log file.
     pub fn new(function: &str, instance: &str, echo: Option<Arc<FunctionEcho>>, file: Option<Arc<Mutex<LogFile>>>) -> Arc<Self> {
-        Arc::new(InstanceLog {
-            function: function.into(),
-            instance: instance.into(),
-            inner: Mutex::default(),
-            echo,
-            file,
-            pipes: Mutex::default(),
-        })
+        Arc::new(InstanceLog { function: function.into(), instance: instance.into(), inner: Mutex::default(), echo, file, pipes: Mutex::default() })
     }
 
     /// Marks `request_id` as running: lines printed from now on are tagged with it.

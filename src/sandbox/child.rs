@@ -145,7 +145,13 @@ fn fail(err_fd: RawFd, step: u32, errno: Errno) -> ! {
 }
 
 /// `mount(2)` of C strings (nix passes `&CStr` straight through: no copy).
-fn mount(src: Option<&std::ffi::CStr>, dst: &std::ffi::CStr, fstype: Option<&std::ffi::CStr>, flags: MsFlags, data: Option<&std::ffi::CStr>) -> Result<(), Errno> {
+fn mount(
+    src: Option<&std::ffi::CStr>,
+    dst: &std::ffi::CStr,
+    fstype: Option<&std::ffi::CStr>,
+    flags: MsFlags,
+    data: Option<&std::ffi::CStr>,
+) -> Result<(), Errno> {
     nix::mount::mount(src, dst, fstype, flags, data)
 }
 
@@ -173,8 +179,7 @@ pub fn run(plan: &Plan, exec: &ExecArgs) -> ! {
     // not root on the host, must be able to write /dev/null).
     nix::sys::stat::umask(Mode::empty());
     let e = plan.err_fd;
-    for (i, (op, _)) in plan.ops.iter().enumerate() {
-        let i = i as u32;
+    for (i, (op, _)) in (0u32..).zip(plan.ops.iter()) {
         match op {
             Op::Mount { src, dst, fstype, flags, data } => check(mount(src.as_deref(), dst, fstype.as_deref(), *flags, data.as_deref()), e, i),
             Op::Mkdir { path, mode } => match nix::unistd::mkdir(path.as_c_str(), Mode::from_bits_retain(*mode)) {
@@ -199,7 +204,8 @@ pub fn run(plan: &Plan, exec: &ExecArgs) -> ! {
             }
             Op::ReadOnly(path) => match bind(path, path, MsFlags::MS_REC) {
                 Ok(true) => {
-                    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+                    let flags =
+                        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
                     check(mount(None, path, None, flags, None), e, i);
                 }
                 Ok(false) => {}
@@ -240,11 +246,11 @@ extern "C" fn start_function(arg: *mut libc::c_void) -> libc::c_int {
     nix::sys::stat::umask(Mode::from_bits_retain(0o022));
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&st.function_mask), None);
     let _ = nix::unistd::setsid();
-    for target in 0..3 {
-        if plan.stdio[target] != target as RawFd {
+    for (target, &source) in (0 as RawFd..).zip(plan.stdio.iter()) {
+        if source != target {
             // SAFETY: 0, 1 and 2 are this process's to replace; the new fd is left open (it is
             // the function's stdio), not owned.
-            let _ = unsafe { nix::unistd::dup2_raw(fd(plan.stdio[target]), target as RawFd) }.map(IntoRawFd::into_raw_fd);
+            let _ = unsafe { nix::unistd::dup2_raw(fd(source), target) }.map(IntoRawFd::into_raw_fd);
         }
     }
     // No supervisor fd may leak into the function.
@@ -285,9 +291,9 @@ fn init(plan: &Plan, exec: &ExecArgs) -> ! {
     // The init keeps no fd but its program's (close-on-exec): the function's exec closes
     // the error pipe for the parent, so the init's own confinement below runs while the
     // function starts, off the supervisor's path.
-    if program > 0 {
-        sys::close_range(0, (program - 1) as u32, 0);
-        sys::close_range((program + 1) as u32, u32::MAX, 0);
+    if let Ok(program @ 1..) = u32::try_from(program) {
+        sys::close_range(0, program - 1, 0);
+        sys::close_range(program + 1, u32::MAX, 0);
     } else {
         sys::close_range(0, u32::MAX, 0);
     }
@@ -311,7 +317,7 @@ fn init(plan: &Plan, exec: &ExecArgs) -> ! {
 unsafe fn exec_small_init(main: libc::pid_t, program: RawFd) {
     let mut pid = [0u8; 12];
     let mut digits = [0u8; 10];
-    let (mut n, mut len) = (main as u32, 0);
+    let (mut n, mut len) = (main.unsigned_abs(), 0);
     loop {
         digits[len] = b'0' + (n % 10) as u8;
         len += 1;

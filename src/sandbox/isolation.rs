@@ -23,7 +23,6 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 
-
 /// Ids each instance owns (uid and gid alike): 0 … 65535 inside, like a full Linux system.
 pub const IDS_PER_INSTANCE: u32 = 65536;
 
@@ -83,7 +82,8 @@ fn private_copy(path: &std::path::Path) -> io::Result<OwnedFd> {
     const MFD_EXEC: libc::c_uint = 0x10;
     let flags = MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING;
     // MFD_EXEC is refused by kernels before 6.3, which make every memfd executable anyway.
-    let fd = nix::sys::memfd::memfd_create(c"fcsup-init", flags | MFdFlags::from_bits_retain(MFD_EXEC)).or_else(|_| nix::sys::memfd::memfd_create(c"fcsup-init", flags))?;
+    let fd = nix::sys::memfd::memfd_create(c"fcsup-init", flags | MFdFlags::from_bits_retain(MFD_EXEC))
+        .or_else(|_| nix::sys::memfd::memfd_create(c"fcsup-init", flags))?;
     let mut file = std::fs::File::from(fd);
     std::io::Write::write_all(&mut file, &bytes)?;
     nix::sys::stat::fchmod(&file, nix::sys::stat::Mode::from_bits_retain(0o711))?;
@@ -190,7 +190,8 @@ const DENIED: &[i64] = &[
 
 /// Old or x86-only syscalls refused the same way (absent from newer architectures' tables).
 #[cfg(target_arch = "x86_64")]
-const DENIED_X86: &[i64] = &[libc::SYS_nfsservctl, libc::SYS_uselib, libc::SYS__sysctl, libc::SYS_sysfs, libc::SYS_ustat, libc::SYS_iopl, libc::SYS_ioperm];
+const DENIED_X86: &[i64] =
+    &[libc::SYS_nfsservctl, libc::SYS_uselib, libc::SYS__sysctl, libc::SYS_sysfs, libc::SYS_ustat, libc::SYS_iopl, libc::SYS_ioperm];
 #[cfg(not(target_arch = "x86_64"))]
 const DENIED_X86: &[i64] = &[];
 
@@ -201,7 +202,7 @@ impl Filters {
     pub fn build() -> io::Result<Filters> {
         use libseccomp::{ScmpAction, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall};
         let err = |e: libseccomp::error::SeccompError| io::Error::other(format!("seccomp filter: {e}"));
-        let nr = |n: i64| ScmpSyscall::from(n as i32);
+        let nr = |n: i64| ScmpSyscall::from(i32::try_from(n).expect("syscall numbers are small"));
         let eperm = ScmpAction::Errno(libc::EPERM);
         let mut ctx = ScmpFilterContext::new(ScmpAction::Allow).map_err(err)?;
         // Syscalls of another architecture (the i386 ABI through int 0x80) kill the process.
@@ -220,7 +221,12 @@ impl Filters {
         // to the hypervisor (Docker's profile refuses AF_VSOCK too). The kernel reads the
         // domain as an int, so only the low 32 bits are compared (a domain of
         // 0x1_0000_0028 is AF_VSOCK to the kernel).
-        ctx.add_rule_conditional(eperm, nr(libc::SYS_socket), &[ScmpArgCompare::new(0, ScmpCompareOp::MaskedEqual(0xffff_ffff), libc::AF_VSOCK as u64)]).map_err(err)?;
+        ctx.add_rule_conditional(
+            eperm,
+            nr(libc::SYS_socket),
+            &[ScmpArgCompare::new(0, ScmpCompareOp::MaskedEqual(0xffff_ffff), libc::AF_VSOCK as u64)],
+        )
+        .map_err(err)?;
         // clone3's flags live in memory the filter cannot read: ENOSYS, and libc falls back to
         // clone, whose flags it can.
         ctx.add_rule(ScmpAction::Errno(libc::ENOSYS), nr(libc::SYS_clone3)).map_err(err)?;
@@ -268,8 +274,8 @@ mod tests {
 
     #[test]
     fn no_room_is_an_error() {
-        assert!(IdRanges::new(ID_CEILING).is_err());
-        assert!(IdRanges::new(0).is_err());
+        IdRanges::new(ID_CEILING).unwrap_err();
+        IdRanges::new(0).unwrap_err();
     }
 
     #[test]

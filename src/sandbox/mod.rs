@@ -25,8 +25,8 @@ use caps::Capability;
 use nix::fcntl::OFlag;
 use nix::mount::MsFlags;
 
-use child::{ExecArgs, Op, Plan, START_STACK, STEP_EXEC, STEP_IDS, STEP_SECCOMP, STEP_USERNS_MAP};
 pub use child::instance_init;
+use child::{ExecArgs, Op, Plan, START_STACK, STEP_EXEC, STEP_IDS, STEP_SECCOMP, STEP_USERNS_MAP};
 pub use isolation::{IdRange, IdRanges, Isolation, DEFAULT_ID_BASE, IDS_PER_INSTANCE};
 pub use netns::{Netns, NetnsPool, INSTANCE_ADDR};
 pub use rootfs::RootTemplate;
@@ -171,7 +171,8 @@ pub fn spawn(
         }
         None => None,
     };
-    let devnull = nix::fcntl::open(c"/dev/null", OFlag::O_RDONLY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty()).map_err(|e| setup("open /dev/null")(e.into()))?;
+    let devnull = nix::fcntl::open(c"/dev/null", OFlag::O_RDONLY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+        .map_err(|e| setup("open /dev/null")(e.into()))?;
     let code_tree = rootfs::detached_ro_tree(&spec.code_dir).map_err(setup(format!("prepare {} for /code", spec.code_dir.display())))?;
     let root = Root { ns: template.fd(), code: code_tree.as_raw_fd() };
     let fds = Fds {
@@ -185,7 +186,8 @@ pub fn spawn(
     plan.init_program = isolation.init_program.as_ref().map_or(-1, |f| f.as_raw_fd());
     let exec = ExecArgs::new(&plan);
     // No CLONE_NEWNS: the child joins the prepared root's namespace and unshares a copy.
-    let flags = (nix::sched::CloneFlags::CLONE_NEWPID | nix::sched::CloneFlags::CLONE_NEWUTS | nix::sched::CloneFlags::CLONE_NEWIPC).bits() as u64;
+    let flags = (nix::sched::CloneFlags::CLONE_NEWPID | nix::sched::CloneFlags::CLONE_NEWUTS | nix::sched::CloneFlags::CLONE_NEWIPC).bits();
+    let flags = u64::try_from(flags).expect("clone flags are positive");
     let init_stack = sys::InitStack::new().map_err(setup("map the init's stack"))?;
     // Lives in this frame until the status pipe's EOF: the child reads it until then.
     let init_args = InitArgs { plan: &plan, exec: &exec };
@@ -431,7 +433,6 @@ fn plan(spec: &SandboxSpec, root_how: Root, v1_procs: &[RawFd], fds: Fds) -> Res
         init_program: -1,
     })
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -132,7 +132,7 @@ fn ifreq(name: &[u8]) -> libc::ifreq {
     // SAFETY: ifreq is plain data; all-zero is valid.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (d, s) in req.ifr_name.iter_mut().zip(name) {
-        *d = *s as libc::c_char;
+        *d = libc::c_char::from_ne_bytes([*s]);
     }
     req
 }
@@ -165,7 +165,7 @@ nix::ioctl_write_ptr_bad!(
 
 fn set_addr(req: &mut libc::ifreq, addr: std::net::Ipv4Addr) {
     let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_family: libc::sa_family_t::try_from(libc::AF_INET).expect("AF_INET fits"),
         sin_port: 0,
         sin_addr: libc::in_addr { s_addr: u32::from(addr).to_be() },
         sin_zero: [0; 8],
@@ -183,7 +183,7 @@ fn loopback_up() -> io::Result<()> {
     // SIOCGIFFLAGS fills the flags member of the union that is then read.
     unsafe {
         siocgifflags(fd, &mut lo)?;
-        lo.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        lo.ifr_ifru.ifru_flags |= libc::c_short::try_from(libc::IFF_UP).expect("IFF_UP fits");
         siocsifflags(fd, &lo)?;
     }
     let mut alias = ifreq(b"lo:fc");

@@ -66,7 +66,10 @@ impl RootTemplate {
 fn build_on_this_thread(root: &Path) -> io::Result<OwnedFd> {
     // This thread's mount namespace (implies its own fs_struct).
     check(nix::sched::unshare(CloneFlags::CLONE_NEWNS), "unshare the mount namespace")?;
-    let ns = check(nix::fcntl::open(c"/proc/thread-self/ns/mnt", nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty()), "open the new mount namespace")?;
+    let ns = check(
+        nix::fcntl::open(c"/proc/thread-self/ns/mnt", nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty()),
+        "open the new mount namespace",
+    )?;
     mount(None, Path::new("/"), None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)?;
     mount(Some("tmpfs"), root, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=755,size=1m"))?;
     for dir in SYSTEM_DIRS {

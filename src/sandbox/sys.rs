@@ -53,7 +53,7 @@ pub fn clone3(ns_flags: u64, cgroup_fd: RawFd) -> io::Result<Forked> {
         flags: ns_flags | libc::CLONE_PIDFD as u64 | CLONE_INTO_CGROUP,
         pidfd: &mut pidfd as *mut libc::c_int as u64,
         exit_signal: libc::SIGCHLD as u64,
-        cgroup: cgroup_fd as u64,
+        cgroup: u64::try_from(cgroup_fd).unwrap_or(u64::MAX),
         ..Default::default()
     };
     // SAFETY: clone3 with a valid clone_args; without CLONE_VM or a stack it behaves like fork,
@@ -93,7 +93,9 @@ impl InitStack {
     pub fn new() -> io::Result<InitStack> {
         let len = NonZeroUsize::new(INIT_MAP).expect("non-zero");
         // SAFETY: a fresh anonymous private mapping aliases nothing.
-        let base = unsafe { nix::sys::mman::mmap_anonymous(None, len, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_PRIVATE | MapFlags::MAP_NORESERVE) }?;
+        let base = unsafe {
+            nix::sys::mman::mmap_anonymous(None, len, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_PRIVATE | MapFlags::MAP_NORESERVE)
+        }?;
         Ok(InitStack { base })
     }
 
@@ -137,7 +139,7 @@ pub fn clone3_vm(
         stack: stack.base.as_ptr() as u64,
         stack_size: (INIT_MAP - INIT_TLS) as u64,
         tls,
-        cgroup: cgroup_fd as u64,
+        cgroup: u64::try_from(cgroup_fd).unwrap_or(u64::MAX),
         ..Default::default()
     };
     let ret: i64;
@@ -165,11 +167,11 @@ pub fn clone3_vm(
         );
     }
     if ret < 0 {
-        return Err(io::Error::from_raw_os_error(-ret as i32));
+        return Err(io::Error::from_raw_os_error(int(-ret)));
     }
     // SAFETY: the kernel stored a fresh pidfd that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    Ok((ret as i32, fd))
+    Ok((int(ret), fd))
 }
 
 /// `pidfd_open(pid, 0)` (nix has no pidfd calls).
@@ -180,14 +182,18 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: a fresh fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    Ok(unsafe { OwnedFd::from_raw_fd(int(fd)) })
 }
 
 /// `pidfd_send_signal` (nix has no pidfd calls).
 pub fn pidfd_signal(pidfd: RawFd, sig: i32) -> io::Result<()> {
     // SAFETY: plain syscall on a pidfd; no memory is passed (info is NULL).
     let r = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd, sig, std::ptr::null::<libc::siginfo_t>(), 0) };
-    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Reaps the child behind `pidfd` without blocking; `Some(status)` once it has exited, as a
@@ -198,8 +204,9 @@ pub fn pidfd_signal(pidfd: RawFd, sig: i32) -> io::Result<()> {
 pub fn pidfd_try_wait(pidfd: RawFd) -> io::Result<Option<i32>> {
     // SAFETY: siginfo_t is plain data; zeroed is a valid value.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let id = libc::id_t::try_from(pidfd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
     // SAFETY: waitid writes into `info`, which lives for the call.
-    let r = unsafe { libc::waitid(libc::P_PIDFD, pidfd as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG) };
+    let r = unsafe { libc::waitid(libc::P_PIDFD, id, &mut info, libc::WEXITED | libc::WNOHANG) };
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -233,7 +240,7 @@ pub fn open_tree_clone(path: &CStr) -> Result<OwnedFd, Errno> {
     // SAFETY: open_tree(2) with a C string alive for the call; the result is a new fd or -1.
     let fd = Errno::result(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) })?;
     // SAFETY: a fresh fd owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    Ok(unsafe { OwnedFd::from_raw_fd(int(fd)) })
 }
 
 /// `mount_setattr(tree, "", AT_EMPTY_PATH | AT_RECURSIVE, {attr_set})` on a whole detached tree
@@ -292,7 +299,8 @@ pub fn seccomp_mode() -> Result<i32, Errno> {
 /// # Safety
 /// `filter` must point to `len` valid BPF instructions, alive for the call.
 pub unsafe fn seccomp_set_filter(filter: *const libc::sock_filter, len: usize) -> Result<(), Errno> {
-    let prog = libc::sock_fprog { len: len as u16, filter: filter.cast_mut() };
+    let len = u16::try_from(len).map_err(|_| Errno::EINVAL)?;
+    let prog = libc::sock_fprog { len, filter: filter.cast_mut() };
     // SAFETY: seccomp(2) with a program the kernel copies; the caller vouches for it.
     Errno::result(unsafe { libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &prog as *const libc::sock_fprog) }).map(drop)
 }
@@ -340,7 +348,11 @@ pub unsafe fn execveat_fd(fd: RawFd, argv: *const *const c_char, envp: *const *c
 /// # Safety
 /// `stack_top` must be the 16-byte aligned top of memory that stays mapped until the child
 /// execs or exits, and `arg` valid for `entry` until then.
-pub unsafe fn clone_vfork(entry: extern "C" fn(*mut libc::c_void) -> libc::c_int, stack_top: *mut libc::c_void, arg: *mut libc::c_void) -> Result<libc::pid_t, Errno> {
+pub unsafe fn clone_vfork(
+    entry: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    stack_top: *mut libc::c_void,
+    arg: *mut libc::c_void,
+) -> Result<libc::pid_t, Errno> {
     // SAFETY: the caller vouches for the stack and the argument.
     Errno::result(unsafe { libc::clone(entry, stack_top, libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD, arg) })
 }
@@ -379,4 +391,11 @@ pub fn kill_any(pid: libc::pid_t, sig: i32) {
 pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit(2) takes an integer and does not return.
     unsafe { libc::_exit(code) }
+}
+
+/// A raw syscall's result as the `int` it is (an fd, a pid or an errno): the kernel returns
+/// those in a `long`.
+#[allow(clippy::cast_possible_truncation, reason = "fds, pids and errnos are ints")]
+fn int(r: libc::c_long) -> libc::c_int {
+    r as libc::c_int
 }

@@ -37,6 +37,8 @@ fn main() -> Result<()> {
             println!("installed; put your s.yaml at /etc/fcsup/s.yaml, then: systemctl daemon-reload && systemctl enable --now fcsup");
             Ok(())
         }
-        _ => bail!("usage: cargo xtask ci | bench [--quick] [--json FILE] [--svg FILE] | soak [--lifecycles N] [--minutes M] [--json FILE] | install"),
+        _ => {
+            bail!("usage: cargo xtask ci | bench [--quick] [--json FILE] [--svg FILE] | soak [--lifecycles N] [--minutes M] [--json FILE] | install")
+        }
     }
 }

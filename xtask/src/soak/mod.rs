@@ -254,7 +254,8 @@ fn start_fcsup(dir: &Path, addr: &str, root: &str) -> Result<Child> {
 
 /// SIGTERM, then waits up to 60 s; the exit status, or None when it had to be killed.
 fn stop_fcsup(child: &mut Child) -> Result<Option<std::process::ExitStatus>> {
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ =
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("a pid fits in i32")), nix::sys::signal::Signal::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(st) = child.try_wait()? {

@@ -40,7 +40,7 @@ fn ns_inode(link: &Path, kind: &str) -> Option<u64> {
 }
 
 fn pids() -> Vec<u32> {
-    procfs::process::all_processes().map(|all| all.flatten().map(|p| p.pid as u32).collect()).unwrap_or_default()
+    procfs::process::all_processes().map(|all| all.flatten().filter_map(|p| u32::try_from(p.pid).ok()).collect()).unwrap_or_default()
 }
 
 /// The cgroup mounts from /proc/self/mountinfo: cgroup2's, and each v1 hierarchy's by name.
@@ -143,7 +143,7 @@ pub fn snapshot(root: &str, comm: &str, watched: &BTreeSet<u64>) -> Snapshot {
 
 /// `VmRSS` of `pid`, KiB.
 pub fn rss_kib(pid: u32) -> Option<u64> {
-    procfs::process::Process::new(pid as i32).ok()?.status().ok()?.vmrss
+    procfs::process::Process::new(i32::try_from(pid).ok()?).ok()?.status().ok()?.vmrss
 }
 
 /// The network namespace this process (and fcsup, which keeps an fd to it) runs in.

@@ -21,7 +21,13 @@ fn checks(r: &Run) -> Vec<Check> {
     let mut v = vec![
         c("processes in the soak's cgroups", n(b.pids_in_root.len()), n(a.pids_in_root.len()), true, a.pids_in_root.is_empty()),
         c("fixture processes (comm)", n(b.fixture_pids.len()), n(a.fixture_pids.len()), true, a.fixture_pids.is_empty()),
-        c("instance pids seen, still alive", format!("{} seen", r.instance_pids_seen), n(r.instance_pids_alive.len()), true, r.instance_pids_alive.is_empty()),
+        c(
+            "instance pids seen, still alive",
+            format!("{} seen", r.instance_pids_seen),
+            n(r.instance_pids_alive.len()),
+            true,
+            r.instance_pids_alive.is_empty(),
+        ),
         c("cgroups under the root, cgroup2", n(b.cgroups_v2), n(a.cgroups_v2), true, a.cgroups_v2 == 0),
     ];
     for (h, after) in &a.cgroups_v1 {
@@ -141,18 +147,39 @@ pub fn print(r: &Run) -> Vec<String> {
     println!();
     println!("{:<40} {:>12} {:>12}  {:<7} verdict", "count", "before", "after", "judged");
     for c in &cs {
-        let v = if c.ok { "ok" } else if c.judged { "LEAK" } else { "moved (host-wide)" };
+        let v = if c.ok {
+            "ok"
+        } else if c.judged {
+            "LEAK"
+        } else {
+            "moved (host-wide)"
+        };
         println!("{:<40} {:>12} {:>12}  {:<7} {v}", c.name, c.before, c.after, if c.judged { "yes" } else { "no" });
     }
     let tol = r.opts.rss_tolerance_pct;
     for (p, (w, end)) in [("A", r.rss_a), ("B", r.rss_b)] {
         let g = growth_pct(w, end);
-        println!("{:<40} {:>9} KiB {:>9} KiB  {:<7} {:+.1} % ({})", format!("fcsup RSS, phase {p}: warm → end"), w, end, "yes", g, if g <= tol { format!("flat, ≤ {tol} %") } else { "GREW".into() });
+        println!(
+            "{:<40} {:>9} KiB {:>9} KiB  {:<7} {:+.1} % ({})",
+            format!("fcsup RSS, phase {p}: warm → end"),
+            w,
+            end,
+            "yes",
+            g,
+            if g <= tol { format!("flat, ≤ {tol} %") } else { "GREW".into() }
+        );
     }
     let max_rss = r.samples.iter().map(|s| s.rss_kib).max().unwrap_or(0);
     let max_fds = r.samples.iter().map(|s| s.fds).max().unwrap_or(0);
     let (fs, fa, fe) = r.fds_idle;
-    println!("{:<40} {:>12} {:>12}  {:<7} {}", "fcsup fds idle: after phase A → end", fa, fe, "yes", if fe <= fa + r.opts.fd_slack { "ok" } else { "GREW" });
+    println!(
+        "{:<40} {:>12} {:>12}  {:<7} {}",
+        "fcsup fds idle: after phase A → end",
+        fa,
+        fe,
+        "yes",
+        if fe <= fa + r.opts.fd_slack { "ok" } else { "GREW" }
+    );
     println!("fcsup fds at start {fs}, max sampled {max_fds}; RSS max sampled {max_rss} KiB over {} samples", r.samples.len());
     let why = verdict(r, &cs);
     println!();

@@ -44,7 +44,7 @@ impl Admin {
     pub fn instance_pids(&self) -> Vec<u32> {
         let Ok(r) = self.call("GET", "/admin/instances") else { return Vec::new() };
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
-        v.as_array().into_iter().flatten().filter_map(|i| i["pid"].as_u64().map(|p| p as u32)).collect()
+        v.as_array().into_iter().flatten().filter_map(|i| i["pid"].as_u64().and_then(|p| u32::try_from(p).ok())).collect()
     }
 }
 
@@ -145,7 +145,7 @@ pub fn echoes(invoke: &Target, functions: &[String], clients: usize, until: Inst
     let t0 = Instant::now();
     let out = Mutex::new(Echoes::default());
     let lat = Mutex::new(Vec::<u32>::new());
-    let nonce = std::process::id() as u64 ^ (t0.elapsed().as_nanos() as u64) ^ 0x5eed;
+    let nonce = u64::from(std::process::id()) ^ u64::from(t0.elapsed().subsec_nanos()) ^ 0x5eed;
     std::thread::scope(|s| {
         for c in 0..clients {
             let (out, lat) = (&out, &lat);
@@ -168,7 +168,7 @@ pub fn echoes(invoke: &Target, functions: &[String], clients: usize, until: Inst
                                 mine.misrouted += 1;
                             } else {
                                 mine.ok += 1;
-                                my_lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                                my_lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
                             }
                         }
                         Err(_) => mine.lost += 1,
@@ -195,7 +195,8 @@ pub fn echoes(invoke: &Target, functions: &[String], clients: usize, until: Inst
     out.secs = t0.elapsed().as_secs_f64();
     let mut l = lat.into_inner().expect("lat");
     l.sort_unstable();
-    let q = |p: f64| l.get(((l.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0) as u64;
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "p is in 0..=1: an index into l")]
+    let q = |p: f64| u64::from(l.get(((l.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0));
     out.latency_us = (q(0.5), q(0.99), q(1.0));
     out
 }
