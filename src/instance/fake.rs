@@ -131,8 +131,14 @@ impl Kernel for Recording {
         Ok(())
     }
 
-    fn exit(&self) -> watch::Receiver<Option<Exit>> {
-        self.exit.subscribe()
+    fn exited(&self) -> impl std::future::Future<Output = Exit> + Send + 'static {
+        let mut rx = self.exit.subscribe();
+        async move {
+            match rx.wait_for(Option::is_some).await {
+                Ok(e) => e.expect("waited for it"),
+                Err(_) => Exit { status: -1, oom_killed: false },
+            }
+        }
     }
 
     fn try_connect(&self, _port: u16) -> io::Result<Option<TcpStream>> {

@@ -142,7 +142,7 @@ impl<K: Kernel> Instance<K> {
                 if self.wait_exit(EXIT_AFTER_BROKEN_CONNECTION).await.is_none() {
                     return Err(Internal::Request(e).into());
                 }
-                if self.kernel.exit().borrow().is_some_and(|e| e.oom_killed) {
+                if self.life.borrow().oom_killed() {
                     self.log.note(&format!(
                         "FC Invoke End RequestId: {}, Error: out of memory (memorySize {} MB)",
                         call.request_id, self.function.memory_mb

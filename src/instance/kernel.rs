@@ -6,11 +6,11 @@
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::unix::AsyncFd;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 
 use crate::cgroup::{Cgroup, CgroupError, CpuStat, MemoryMeter};
 use crate::sandbox::{self, Child, IdRange, InitStack, Netns};
@@ -51,8 +51,8 @@ pub trait Kernel: Send + Sync + std::fmt::Debug + 'static {
     fn kill(&self) -> impl Future<Output = Result<(), CgroupError>> + Send;
     /// Removes the cgroup (it must be empty).
     fn remove(&self) -> Result<(), CgroupError>;
-    /// Holds `Some` once the process has exited.
-    fn exit(&self) -> watch::Receiver<Option<Exit>>;
+    /// Resolves once, when the process has exited (asked for once, by the instance).
+    fn exited(&self) -> impl Future<Output = Exit> + Send + 'static;
     /// Connects to `port` inside the instance if something listens there now (`None`: not
     /// yet), without waiting.
     fn try_connect(&self, port: u16) -> io::Result<Option<TcpStream>>;
@@ -69,7 +69,8 @@ pub struct Sandboxed {
     pid: i32,
     pidfd: Arc<AsyncFd<OwnedFd>>,
     netns: Netns,
-    exit: watch::Sender<Option<Exit>>,
+    /// Set once the init has been reaped.
+    reaped: Arc<AtomicBool>,
     /// The init's stack and thread area (it shares the supervisor's memory): kept until the
     /// init has exited.
     init_stack: Mutex<Option<InitStack>>,
@@ -99,11 +100,10 @@ impl Sandboxed {
             pid,
             pidfd: Arc::new(pidfd),
             netns,
-            exit: watch::channel(None).0,
+            reaped: Arc::default(),
             init_stack: Mutex::new(Some(init_stack)),
             ids,
         };
-        me.watch_exit();
         Ok((me, stdout, stderr))
     }
 
@@ -111,36 +111,13 @@ impl Sandboxed {
     pub fn cgroup(&self) -> &Cgroup {
         &self.cgroup
     }
-
-    fn watch_exit(&self) {
-        let pidfd = self.pidfd.clone();
-        let tx = self.exit.clone();
-        let cgroup = self.cgroup.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok(mut g) = pidfd.readable().await else { return };
-                match sandbox::pidfd_try_wait(pidfd.get_ref().as_raw_fd()) {
-                    Ok(Some(status)) => {
-                        // Read before anyone learns of the exit (and removes the cgroup). The
-                        // function itself must have died by SIGKILL: an OOM kill of a child it
-                        // survived does not make a later crash an OOM.
-                        let oom_killed = status == 128 + libc::SIGKILL && cgroup.oom_kills() > 0;
-                        tx.send_replace(Some(Exit { status, oom_killed }));
-                        return;
-                    }
-                    Ok(None) => g.clear_ready(),
-                    Err(_) => return,
-                }
-            }
-        });
-    }
 }
 
 impl Drop for Sandboxed {
     fn drop(&mut self) {
         // Unmapping the memory of a running init would crash it; leak it instead (only an
         // instance dropped without a stop gets here, which fcsup never does).
-        if self.exit.borrow().is_none() {
+        if !self.reaped.load(Ordering::Acquire) {
             if let Some(s) = self.init_stack.lock().expect("init stack").take() {
                 std::mem::forget(s);
             }
@@ -177,8 +154,25 @@ impl Kernel for Sandboxed {
         self.cgroup.remove()
     }
 
-    fn exit(&self) -> watch::Receiver<Option<Exit>> {
-        self.exit.subscribe()
+    fn exited(&self) -> impl Future<Output = Exit> + Send + 'static {
+        let (pidfd, cgroup, reaped) = (self.pidfd.clone(), self.cgroup.clone(), self.reaped.clone());
+        async move {
+            loop {
+                let Ok(mut g) = pidfd.readable().await else { return Exit { status: -1, oom_killed: false } };
+                match sandbox::pidfd_try_wait(pidfd.get_ref().as_raw_fd()) {
+                    Ok(Some(status)) => {
+                        reaped.store(true, Ordering::Release);
+                        // Read before anyone learns of the exit (and removes the cgroup). The
+                        // function itself must have died by SIGKILL: an OOM kill of a child it
+                        // survived does not make a later crash an OOM.
+                        let oom_killed = status == 128 + libc::SIGKILL && cgroup.oom_kills() > 0;
+                        return Exit { status, oom_killed };
+                    }
+                    Ok(None) => g.clear_ready(),
+                    Err(_) => return Exit { status: -1, oom_killed: false },
+                }
+            }
+        }
     }
 
     fn try_connect(&self, port: u16) -> io::Result<Option<TcpStream>> {

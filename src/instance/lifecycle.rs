@@ -13,6 +13,7 @@
 
 use std::sync::Arc;
 
+use super::kernel::Exit;
 use super::{InitError, StartError};
 
 /// Where an instance is in its life.
@@ -118,7 +119,7 @@ pub struct Lifecycle {
     running: usize,
     init: Init,
     healthy: bool,
-    exit: Option<i32>,
+    exit: Option<Exit>,
     boot_error: Option<Arc<StartError>>,
     retire: Option<Retire>,
 }
@@ -195,7 +196,12 @@ impl Lifecycle {
 
     /// The process's exit status, once it exited.
     pub fn exit(&self) -> Option<i32> {
-        self.exit
+        self.exit.map(|e| e.status)
+    }
+
+    /// Whether the kernel's OOM killer killed the process.
+    pub fn oom_killed(&self) -> bool {
+        self.exit.is_some_and(|e| e.oom_killed)
     }
 
     /// Whether the process runs.
@@ -333,10 +339,10 @@ impl Lifecycle {
         self.healthy = healthy;
     }
 
-    /// The process exited with `status`.
-    pub fn exited(&mut self, status: i32) {
-        self.exit = Some(status);
-        self.retire(Retire::Exited(status));
+    /// The process exited.
+    pub fn exited(&mut self, exit: Exit) {
+        self.exit = Some(exit);
+        self.retire(Retire::Exited(exit.status));
     }
 
     /// The instance takes no more requests, for `why` (the first reason stands).
@@ -349,7 +355,19 @@ impl Lifecycle {
     /// What anyone waiting on the lifecycle may be waiting for: a transition that changes
     /// none of it wakes no one.
     pub fn signals(&self) -> impl PartialEq {
-        (self.stage, self.frozen, self.exit, self.boot_error.is_some(), self.retire, self.admitted == 0, self.healthy)
+        // Nobody waits for the port to listen: the boot's own steps wake no one.
+        let booting = matches!(self.stage, Stage::Starting | Stage::Initializing);
+        (
+            booting,
+            self.stage == Stage::Ready,
+            self.stage == Stage::Gone,
+            self.frozen,
+            self.exit,
+            self.boot_error.is_some(),
+            self.retire,
+            self.admitted == 0,
+            self.healthy,
+        )
     }
 
     /// Whether it is on its way out (retired, stopping or stopped): its health no longer
@@ -519,7 +537,7 @@ mod tests {
     #[test]
     fn an_exit_retires_at_once_and_the_boot_says_why() {
         let mut l = Lifecycle::new(1, false);
-        l.exited(137);
+        l.exited(Exit { status: 137, oom_killed: false });
         assert!(l.booted().is_none(), "waiting requests get the boot's error, not a bare 'gone'");
         l.boot_failed(Arc::new(StartError::NotListening { port: 9000, secs: 1 }));
         assert!(matches!(l.booted(), Some(Err(Refused::StartFailed(_)))));

@@ -295,11 +295,11 @@ impl<K: Kernel> Instance<K> {
     /// Carries the process's exit into the lifecycle.
     fn watch_exit(self: &Arc<Self>) {
         let me = Arc::downgrade(self);
-        let mut exit = self.kernel.exit();
+        let exited = self.kernel.exited();
         tokio::spawn(async move {
-            let Ok(e) = exit.wait_for(Option::is_some).await.map(|e| e.expect("exited")) else { return };
+            let e = exited.await;
             if let Some(me) = me.upgrade() {
-                me.transition(|l| l.exited(e.status));
+                me.transition(|l| l.exited(e));
             }
         });
     }

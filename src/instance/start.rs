@@ -67,12 +67,15 @@ impl<K: Kernel> Instance<K> {
             }
             // On a 400/404 the instance stays: the requests that waited fail and the next one
             // retries the Initializer (fc-spec §5.2 REC); anything else ends the instance.
-            match initialized {
-                Err(e) if !e.retryable() => return Err(StartError::Initializer(e)),
-                _ => self.transition(Lifecycle::boot_done),
+            if let Err(e) = initialized {
+                if !e.retryable() {
+                    return Err(StartError::Initializer(e));
+                }
             }
         }
         self.start_trace.lock().expect("trace").initialized_us = us(self.created.elapsed());
+        // The requests that waited go on from here.
+        self.transition(Lifecycle::boot_done);
         if let Some(hc) = &self.function.health_check {
             self.watch_health(hc.clone());
         }
