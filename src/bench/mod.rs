@@ -350,7 +350,7 @@ async fn run_in(opts: &BenchOptions, plan: &Plan, native_dir: &Path, python_dir:
                     correctness.push(Correctness {
                         system: name.into(),
                         child_keeps_running_while_frozen: None,
-                        how: "not measured: pause uses the freezer cgroup, which stops every process (notes/peers.md §2d)".into(),
+                        how: "not measured: pause uses the freezer cgroup, which stops every process: fcsup's own measurement".into(),
                     });
                 }
                 Ok(None) => raw.note(format!("{name}: not installed, skipped (apt-get install {name})")),
@@ -382,8 +382,8 @@ pub struct WorkerOutput {
 }
 
 /// crun's and runc's rows. crun refuses hybrid hosts whose cgroup2 lists controllers, so there
-/// it runs in a worker process inside a private mount namespace with cgroup2 unmounted
-/// (notes/peers.md, workaround A): no per-call wrapper cost is added to its figures.
+/// it runs in a worker process inside a private mount namespace with cgroup2 unmounted: no
+/// per-call wrapper cost is added to its figures.
 fn container_rows(name: &str, fixture: &Path, quick: bool) -> Result<Option<WorkerOutput>> {
     if peers::Runtime::find(name, fixture).is_none() {
         return Ok(None);
