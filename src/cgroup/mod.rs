@@ -477,7 +477,20 @@ impl Cgroup {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
             }
         }
+        // A task killed inside reclaim at its memory limit must finish that allocation before it
+        // can die, which in a thrashing cgroup took more than 10 s; with SIGKILL pending on
+        // every task no user code runs again, so the limit can go.
+        self.lift_memory_limit();
         self.wait_for("populated 0", |e| !e.populated).await.map(|_| ())
+    }
+
+    /// Removes the memory limit (cgroup2 `memory.max`, or v1 `memory.limit_in_bytes` on
+    /// hybrid hosts); where there is none, nothing happens.
+    fn lift_memory_limit(&self) {
+        let _ = write_if_present(&self.path.join("memory.max"), "max");
+        for dir in &self.v1_dirs {
+            let _ = write_if_present(&dir.join("memory.limit_in_bytes"), "-1");
+        }
     }
 
     /// Waits until `done(events)` holds, reading right away and then on each notification,
@@ -577,6 +590,15 @@ fn open_dir_fd(path: &Path) -> Result<OwnedFd> {
         path: path.to_path_buf(),
         source: e.into(),
     })
+}
+
+/// Writes `value` to `path` if the file exists.
+fn write_if_present(path: &Path, value: &str) -> io::Result<()> {
+    match File::options().write(true).open(path) {
+        Ok(f) => f.write_at(value.as_bytes(), 0).map(drop),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]

@@ -327,7 +327,19 @@ impl Fcsup {
     pub fn stop_and_check_clean(&mut self) -> Vec<String> {
         self.instances();
         let out = self.stop();
-        assert!(!self.root_path().exists(), "cgroup root {} left behind", self.root_path().display());
+        if self.root_path().exists() {
+            let left: Vec<String> = std::fs::read_dir(self.root_path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| {
+                    let read = |f: &str| std::fs::read_to_string(e.path().join(f)).unwrap_or_default().replace('\n', " ");
+                    format!("{}: events [{}] procs [{}]", e.file_name().to_string_lossy(), read("cgroup.events"), read("cgroup.procs"))
+                })
+                .collect();
+            panic!("cgroup root {} left behind, holding {left:?}; fcsup said:\n{}", self.root_path().display(), out.join("\n"));
+        }
         assert!(!self.admin_socket.exists(), "admin socket {} left behind", self.admin_socket.display());
         for pid in self.seen_pids.lock().unwrap().iter() {
             assert!(!Path::new(&format!("/proc/{pid}")).exists(), "instance process {pid} left behind");
