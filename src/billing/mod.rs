@@ -2,7 +2,7 @@
 //! with wall time, the CPU its cgroup used (`cpu.stat`), the window's peak memory, FC's billed
 //! duration (1 ms granularity, rounded up) and FC's capacity units and price. Concurrent
 //! requests on one instance share one window; provisioned (minimum) instances also get `idle`
-//! records for their frozen time (fc-spec §6).
+//! records for their frozen time (README, Billing).
 
 mod ledger;
 pub mod price;

@@ -1,4 +1,4 @@
-//! Function Compute's capacity units (CU) and price (fc-spec §6), per ledger record.
+//! Function Compute's capacity units (CU) and price (README, Billing), per ledger record.
 //!
 //! Active vCPU 1 CU per vCPU-second (idle vCPU 0); memory 0.15 CU per GB-second; disk 0.05 CU
 //! per GB-second above the free 512 MB; 75 CU per 10,000 invocations (hooks are not

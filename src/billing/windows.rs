@@ -2,7 +2,7 @@
 //! it readings (time and `cpu.stat`) and gets back the windows it closed, so the rules are
 //! unit-tested without root.
 //!
-//! The rules (fc-spec §6): a window opens before the thaw and closes after the freeze is
+//! The rules (README, Billing): a window opens before the thaw and closes after the freeze is
 //! confirmed, so consecutive windows share their boundary reading and every µs of CPU lands
 //! in exactly one; concurrent requests share the open window; PreFreeze keeps the requests'
 //! window (its phase becomes `pre-freeze`); the first window counts from the instance's

@@ -1,4 +1,4 @@
-//! Range checks with FC's limits (fc-spec §4) and defaults (Serverless Devs' where FC has none).
+//! Range checks with FC's limits (README, Configuration) and defaults (Serverless Devs' where FC has none).
 
 use std::path::Path;
 use std::time::Duration;

@@ -100,7 +100,7 @@ pub enum HookError {
     Conn(#[from] ConnError),
 }
 
-/// Why the Initializer failed (fc-spec §5.2).
+/// Why the Initializer failed (README, Behaviour decisions).
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
     /// It answered with a failing status.
@@ -112,7 +112,7 @@ pub enum InitError {
 }
 
 impl InitError {
-    /// A 400 or 404 keeps the instance for a retry on the next request (fc-spec §5.2 REC);
+    /// A 400 or 404 keeps the instance for a retry on the next request (README, Behaviour decisions);
     /// anything else ends it.
     pub fn retryable(&self) -> bool {
         matches!(self, InitError::Status(400 | 404))
@@ -191,7 +191,7 @@ pub enum InvokeError {
         limit_mb: usize,
     },
     /// The client closed its connection (FC's 499); the instance is replaced when it serves
-    /// one request at a time and has no health check (fc-spec §5.7).
+    /// one request at a time and has no health check (README, Behaviour decisions).
     #[error("Invocation canceled by client")]
     Canceled,
     /// The instance is gone (stopped between dispatch and send).

@@ -1,4 +1,4 @@
-//! HTTP health checks (`healthCheckConfig`, fc-spec §5.1): the first check follows the
+//! HTTP health checks (`healthCheckConfig`, README, Behaviour decisions): the first check follows the
 //! Initializer and must pass for the start to succeed; later checks run every `period` but
 //! only while the instance is thawed. A frozen instance is never thawed to be probed and is
 //! never judged by a probe that the freeze interrupted: being frozen is not being sick.

@@ -1,4 +1,4 @@
-//! What the instance sees from fcsup: its environment (fc-spec §2), the common request headers
+//! What the instance sees from fcsup: its environment (README, What an instance sees), the common request headers
 //! (§1.2) and the lifecycle hooks (`POST /initialize`, `GET /pre-freeze`, `GET /pre-stop`).
 
 use http_body_util::Full;
@@ -67,7 +67,7 @@ pub fn environment(f: &Function, instance_id: &str) -> Vec<(String, String)> {
     env
 }
 
-/// FC's common headers (fc-spec §1.2) that are the same on every request to one instance,
+/// FC's common headers (README, What an instance sees) that are the same on every request to one instance,
 /// built once at spawn; [`add_request_headers`] adds them with the per-request ones.
 pub fn instance_headers(f: &Function, instance_id: &str) -> HeaderMap {
     let mut h = HeaderMap::new();

@@ -128,7 +128,7 @@ impl<K: Kernel> Instance<K> {
             }
             Err(ProxyError::TooLarge) => Err(InvokeError::ResponseTooLarge { limit_mb: MAX_RESPONSE_BYTES >> 20 }),
             Err(ProxyError::Timeout) => {
-                // fc-spec §8.8 REC: the hung instance is recycled when it serves one request at a time.
+                // README, Behaviour decisions: the hung instance is recycled when it serves one request at a time.
                 if self.function.concurrency == 1 {
                     self.transition(|l| l.retire(Retire::Broken));
                 }

@@ -1,4 +1,4 @@
-//! An instance's lifecycle as a state machine with no I/O in it (fc-spec §5): the instance's
+//! An instance's lifecycle as a state machine with no I/O in it (README, Behaviour decisions): the instance's
 //! shell tells it what happened (the port listens, the Initializer answered, the cgroup froze,
 //! the process exited) and asks it what may happen next (may this request run, may the
 //! instance freeze, what does a stop have to do). It is the one place the instance's state is
@@ -56,13 +56,13 @@ pub enum Retire {
     Exited(i32),
     /// It cannot serve (start failed, Initializer failed for good, a request hung): stop it.
     Broken,
-    /// A client went away mid-request (fc-spec §5.7): start a new instance, then stop this one.
+    /// A client went away mid-request (README, Behaviour decisions): start a new instance, then stop this one.
     Replace,
     /// It froze unhealthy with nothing in flight: nothing would ever thaw it to see it recover.
     Unhealthy,
 }
 
-/// The Initializer's progress (fc-spec §5.2).
+/// The Initializer's progress (README, Behaviour decisions).
 #[derive(Debug, Clone)]
 enum Init {
     /// Done, or none configured.
@@ -261,7 +261,7 @@ impl Lifecycle {
     }
 
     /// The boot ended well (a 400/404 from the Initializer still counts: the instance stays
-    /// for the next request to retry, fc-spec §5.2 REC).
+    /// for the next request to retry, README, Behaviour decisions).
     pub fn boot_done(&mut self) {
         if self.stage == Stage::Initializing {
             self.stage = Stage::Ready;

@@ -1,4 +1,4 @@
-//! One function instance (fc-spec §5): start → ready when the port accepts → Initializer →
+//! One function instance (README, Behaviour decisions): start → ready when the port accepts → Initializer →
 //! frozen; each request thaws it, and once none is admitted PreFreeze runs and it is frozen
 //! again; stop runs PreStop, SIGTERM, a grace period and `cgroup.kill`, then removes the
 //! cgroup.
@@ -162,7 +162,7 @@ pub struct Instance<K: Kernel = Sandboxed> {
     pub id: String,
     /// Its function.
     pub function: Arc<Function>,
-    /// A minimum instance: billed from start to release (fc-spec §6), kept when idle.
+    /// A minimum instance: billed from start to release (README, Billing), kept when idle.
     pub provisioned: bool,
     /// Its output.
     pub log: Arc<InstanceLog>,

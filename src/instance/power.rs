@@ -22,7 +22,7 @@ impl<K: Kernel> Instance<K> {
             return;
         }
         // PreFreeze follows invocations (not the Initializer), and is billed inside the
-        // window it ends (fc-spec §6).
+        // window it ends (README, Billing).
         if self.function.pre_freeze.is_some() && windows.pre_freeze() {
             // The freeze follows PreFreeze even if a request came meanwhile: it waits for the
             // power lock, thaws, and gets a window (and a PreFreeze) of its own.

@@ -66,7 +66,7 @@ impl<K: Kernel> Instance<K> {
                 self.first_health_check(hc).await?;
             }
             // On a 400/404 the instance stays: the requests that waited fail and the next one
-            // retries the Initializer (fc-spec §5.2 REC); anything else ends the instance.
+            // retries the Initializer (README, Behaviour decisions); anything else ends the instance.
             if let Err(e) = initialized {
                 if !e.retryable() {
                     return Err(StartError::Initializer(e));

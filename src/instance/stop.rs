@@ -1,5 +1,5 @@
 //! Stopping an instance: thaw, PreStop, SIGTERM, a grace period, `cgroup.kill`, the cgroup
-//! removed (fc-spec §5.4). PreStop always comes before SIGTERM, and is billed as its own
+//! removed (README, Behaviour decisions). PreStop always comes before SIGTERM, and is billed as its own
 //! window.
 
 use std::time::{Duration, Instant};

@@ -1,4 +1,4 @@
-//! Per-function dispatch (fc-spec §5.3): a request goes to an instance with a free
+//! Per-function dispatch (README, Behaviour decisions): a request goes to an instance with a free
 //! concurrency slot, the busiest first so idle ones stay frozen; when all are full a new
 //! instance starts (a cold start), unless the function's or the supervisor's instance cap is
 //! reached (429 `ResourceExhausted`, at once). Minimum instances start at boot; instances idle
@@ -49,7 +49,7 @@ struct Member<K: Kernel> {
 /// A place under the supervisor's instance cap, given back on drop.
 pub type LivePermit = OwnedSemaphorePermit;
 
-/// The supervisor-wide instance cap (fc-spec §8.7 REC: default 100).
+/// The supervisor-wide instance cap (README, Behaviour decisions: default 100).
 #[derive(Debug)]
 pub struct GlobalCount {
     live: Arc<Semaphore>,
@@ -220,7 +220,7 @@ impl<K: Kernel> Pool<K> {
         m.len() < before
     }
 
-    /// Replaces an instance whose client went away (fc-spec §5.7): a new instance starts at
+    /// Replaces an instance whose client went away (README, Behaviour decisions): a new instance starts at
     /// once and the old one is stopped when the new one is up.
     fn replace(self: &Arc<Self>, old: &Arc<Instance<K>>) {
         if !self.remove(old) {

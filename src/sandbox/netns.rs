@@ -7,7 +7,7 @@
 //!
 //! Besides `127.0.0.1`, `lo` carries [`INSTANCE_ADDR`], the instance's own address, and fcsup
 //! connects to that: like FC, a server that listens only on loopback never becomes ready
-//! (fc-spec §5.1), and one on `0.0.0.0` does.
+//! (README, Behaviour decisions), and one on `0.0.0.0` does.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
