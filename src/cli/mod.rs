@@ -6,6 +6,7 @@ mod admin;
 mod bench;
 mod check;
 mod demo;
+mod image;
 mod invoke;
 mod ps;
 mod report;
@@ -46,6 +47,8 @@ enum Command {
     Watchdog(watchdog::Args),
     /// Probe the host: cgroup mode, freezer, namespaces, capabilities, GPU.
     Check(check::Args),
+    /// Pull, list and remove the container images custom-container functions start from.
+    Image(image::Args),
 }
 
 /// Runs the parsed command line.
@@ -83,6 +86,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Command::Bench(args) => bench::run(args).await,
             Command::BenchWorker(args) => bench::worker(args),
             Command::Check(args) => check::run(args).await,
+            Command::Image(args) => image::run(args).await,
             Command::Watchdog(_) => unreachable!("handled before the runtime starts"),
         }
     })

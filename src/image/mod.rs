@@ -11,6 +11,7 @@
 //! 0700), and each instance sees the layers through an idmapped mount onto its own id range.
 
 mod local;
+pub mod registry;
 mod unpack;
 
 use std::collections::BTreeMap;
