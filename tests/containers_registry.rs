@@ -345,3 +345,42 @@ fn basic_auth_from_docker_config_or_auth_file() {
     let out = fcsup(&work.path().join("cache2"), &docker, &["pull", &reference]);
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("3 of 3"), "{}", text(&out));
 }
+
+/// Bytes under the cache's `blobs/` and `layers/`, as `--image-cache-max` counts them.
+fn du(path: &Path) -> u64 {
+    let meta = std::fs::symlink_metadata(path).unwrap();
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(path).unwrap().flatten().map(|e| du(&e.path())).sum()
+}
+
+#[test]
+fn cache_over_its_limit_evicts_the_least_recently_used_image() {
+    if !ready() {
+        return;
+    }
+    let reg = Registry::start(None);
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    // b unpacks large, c small: once b is gone, a and c fit where a and b did.
+    for (name, marker) in [("a", "a".to_string()), ("b", "b".repeat(200_000)), ("c", "c".to_string())] {
+        let (layout, _) = build_image(&work.path().join(name), &marker);
+        reg.push(&layout, &format!("test/{name}:1"), None);
+    }
+    let r = |name: &str| format!("{}/test/{name}:1", reg.addr);
+    for name in ["a", "b", "a"] {
+        let out = fcsup(&cache, work.path(), &["pull", &r(name)]);
+        assert!(out.status.success(), "{}", text(&out));
+        // Usage times are file mtimes: keep the pulls apart.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let max = du(&cache.join("blobs")) + du(&cache.join("layers"));
+    let out = fcsup(&cache, work.path(), &["pull", &r("c"), "--image-cache-max", &max.to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("evicted {}", r("b"))) && !stdout.contains(&format!("evicted {}", r("a"))), "{}", text(&out));
+    let ls = text(&fcsup(&cache, work.path(), &["ls"]));
+    assert!(ls.contains(&r("a")) && ls.contains(&r("c")) && !ls.contains(&r("b")), "{ls}");
+    assert!(du(&cache.join("blobs")) + du(&cache.join("layers")) <= max);
+}

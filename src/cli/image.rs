@@ -46,6 +46,10 @@ pub struct ImageArgs {
     /// registries always are, as with Docker.
     #[arg(long, value_name = "HOST[:PORT]", global = true)]
     pub insecure_registry: Vec<String>,
+    /// Keep the cache under this size (e.g. 512M, 20G): after a pull, images other than the
+    /// one pulled are removed, least recently used first, until it fits.
+    #[arg(long, value_name = "SIZE", value_parser = fcsup::logs::parse_size, global = true)]
+    pub image_cache_max: Option<u64>,
 }
 
 impl ImageArgs {
@@ -71,6 +75,11 @@ pub async fn run(args: Args) -> Result<()> {
                 pulled.blobs,
                 human(pulled.downloaded_bytes)
             );
+            if let Some(max) = args.cache.image_cache_max {
+                for r in registry::evict(&store, max, std::slice::from_ref(&pulled.reference))? {
+                    println!("evicted {r}");
+                }
+            }
         }
         Command::Ls => {
             let images = store.list()?;

@@ -194,6 +194,43 @@ pub fn forget_used(store: &Store, reference: &str) {
     let _ = std::fs::remove_file(used_path(store, reference));
 }
 
+/// Bytes the cache takes on disk: its blobs and unpacked layers.
+pub fn cache_size(store: &Store) -> u64 {
+    fn walk(path: &Path) -> u64 {
+        let Ok(meta) = std::fs::symlink_metadata(path) else { return 0 };
+        if !meta.is_dir() {
+            return meta.len();
+        }
+        std::fs::read_dir(path).map_or(0, |entries| entries.flatten().map(|e| walk(&e.path())).sum())
+    }
+    walk(&store.dir().join("blobs")) + walk(&store.dir().join("layers"))
+}
+
+/// Removes images, least recently used first, until the cache takes at most `max_bytes`;
+/// the references in `in_use` (the images functions run from) are never removed. Returns the
+/// references removed; the cache may stay larger when the images in use alone exceed it.
+pub fn evict(store: &Store, max_bytes: u64, in_use: &[String]) -> Result<Vec<String>, ImageError> {
+    let mut removed = Vec::new();
+    if cache_size(store) <= max_bytes {
+        return Ok(removed);
+    }
+    let mut candidates: Vec<(Option<std::time::SystemTime>, String)> =
+        store.list()?.into_iter().map(|(r, _)| r).filter(|r| !in_use.contains(r)).map(|r| (last_used(store, &r), r)).collect();
+    // Never used sorts first (None < Some).
+    candidates.sort();
+    for (_, reference) in candidates {
+        if cache_size(store) <= max_bytes {
+            break;
+        }
+        if store.remove(&reference)? {
+            forget_used(store, &reference);
+            tracing::info!("evicted {reference} from the image cache (over {max_bytes} bytes)");
+            removed.push(reference);
+        }
+    }
+    Ok(removed)
+}
+
 /// The names a pull's errors carry.
 struct Ctx {
     reference: String,
