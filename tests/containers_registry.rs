@@ -237,6 +237,13 @@ fn pull_caches_layers_once_and_rm_removes_them() {
     assert!(!ls.contains(&reg.addr), "{ls}");
     let err = error_line(&fcsup(&cache, work.path(), &["rm", &reference]));
     assert!(err.contains(&reference) && err.contains("no such image"), "{err}");
+
+    // The same image from its OCI layout, without the registry.
+    let local = format!("oci:{}:1", layout.display());
+    let out = fcsup(&cache, work.path(), &["pull", &local]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains(&format!("{local} {digest}: imported")), "{}", text(&out));
+    assert!(blob(&cache, &layers[0]).is_file());
+    assert!(fcsup(&cache, work.path(), &["rm", &local]).status.success());
 }
 
 #[test]

@@ -19,6 +19,7 @@ pub struct Args {
 enum Command {
     /// Pull an image from a registry (`registry/repo:tag`, `repo@sha256:…`; short names are
     /// Docker Hub's, as with `docker pull`) into the cache; cached layers are not fetched again.
+    /// `oci:DIR[:TAG]` and `docker-archive:FILE[:NAME:TAG]` import a local source instead.
     Pull {
         /// The image reference.
         reference: String,
@@ -66,17 +67,28 @@ pub async fn run(args: Args) -> Result<()> {
     let store = args.cache.store()?;
     match args.command {
         Command::Pull { reference } => {
-            let pulled = registry::pull(&store, &reference, &args.cache.registry_options()).await?;
-            println!(
-                "{} {}: {} of {} blobs downloaded ({})",
-                pulled.reference,
-                pulled.manifest_digest,
-                pulled.downloaded,
-                pulled.blobs,
-                human(pulled.downloaded_bytes)
-            );
+            let store = std::sync::Arc::new(store);
+            let name = if registry::is_local(&reference) {
+                // A local source: copied into the cache as a pull would be (the store verifies it).
+                let (s, r) = (store.clone(), reference.clone());
+                let image = tokio::task::spawn_blocking(move || fcsup::image::import(&s, &r)).await??;
+                registry::mark_used(&store, &reference);
+                println!("{reference} {}: imported", image.manifest_digest);
+                reference
+            } else {
+                let pulled = registry::pull(&store, &reference, &args.cache.registry_options()).await?;
+                println!(
+                    "{} {}: {} of {} blobs downloaded ({})",
+                    pulled.reference,
+                    pulled.manifest_digest,
+                    pulled.downloaded,
+                    pulled.blobs,
+                    human(pulled.downloaded_bytes)
+                );
+                pulled.reference
+            };
             if let Some(max) = args.cache.image_cache_max {
-                for r in registry::evict(&store, max, std::slice::from_ref(&pulled.reference))? {
+                for r in registry::evict(&store, max, &[name])? {
                     println!("evicted {r}");
                 }
             }

@@ -95,7 +95,17 @@ pub enum PullErrorKind {
 /// `docker.io/library/alpine:latest`), with skopeo's `docker://` transport prefix accepted.
 /// Other strings (local sources such as `oci:DIR:TAG`) are returned unchanged.
 pub fn normalize(reference: &str) -> String {
+    if is_local(reference) {
+        return reference.to_string();
+    }
     parse(reference).map_or_else(|_| reference.to_string(), |r| r.whole())
+}
+
+/// Whether `reference` names a local source by its skopeo transport (`oci:DIR[:TAG]`,
+/// `docker-archive:FILE[:NAME:TAG]`) rather than a registry image; `oci:app` would otherwise
+/// read as Docker Hub's `library/oci` at tag `app`.
+pub fn is_local(reference: &str) -> bool {
+    ["oci:", "docker-archive:"].iter().any(|t| reference.starts_with(t))
 }
 
 fn parse(reference: &str) -> Result<Reference, PullError> {
@@ -556,6 +566,7 @@ mod tests {
         assert_eq!(normalize("docker://alpine:3"), "docker.io/library/alpine:3");
         assert_eq!(normalize("127.0.0.1:5000/test/app:1"), "127.0.0.1:5000/test/app:1");
         assert_eq!(normalize("oci:/tmp/dir:tag"), "oci:/tmp/dir:tag");
+        assert_eq!(normalize("oci:layout"), "oci:layout");
         assert!(matches!(parse("a:b:c"), Err(PullError { kind: PullErrorKind::InvalidReference(_), .. })));
     }
 
