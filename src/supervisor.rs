@@ -87,6 +87,8 @@ pub struct Options {
     pub log_rotation: Rotation,
     /// Most lines of one function's output printed per second.
     pub print_rate: u32,
+    /// Where custom containers' images are kept.
+    pub image_cache: PathBuf,
 }
 
 impl Default for Options {
@@ -103,6 +105,7 @@ impl Default for Options {
             admin_socket: None,
             log_rotation: Rotation::default(),
             print_rate: 1000,
+            image_cache: crate::image::DEFAULT_DIR.into(),
         }
     }
 }
@@ -213,7 +216,9 @@ impl Supervisor {
         ledger.start_syncing();
         let echo = opts.echo_logs.then(|| Echo::start(opts.print_rate));
         let reporting = Arc::new(Reporting::new(ledger));
-        let launcher = Arc::new(Launcher::new(cgroups, NetnsPool::new(NETNS_READY), root_template, isolation, echo, log_files, reporting));
+        let launcher = Launcher::new(cgroups, NetnsPool::new(NETNS_READY), root_template, isolation, echo, log_files, reporting);
+        let launcher = Arc::new(launcher.with_image_cache(&opts.image_cache));
+        launcher.prepare_images(&config.functions);
         let global = GlobalCount::new(config.global.max_instances.unwrap_or(100));
         let mut pools = BTreeMap::new();
         for f in &config.functions {

@@ -55,6 +55,9 @@ pub struct SupervisorArgs {
     /// token being this file's content (trailing newline stripped; must not be world-readable).
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
+    /// Where custom containers' images are kept: blobs and unpacked layers, content-addressed.
+    #[arg(long, default_value = fcsup::image::DEFAULT_DIR, env = "FCSUP_IMAGE_CACHE")]
+    image_cache: PathBuf,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -137,6 +140,7 @@ impl SupervisorArgs {
             admin_socket: self.admin_socket.clone(),
             log_rotation: fcsup::logs::Rotation { max_bytes: self.log_max_bytes, max_files: self.log_max_files },
             print_rate: self.print_rate,
+            image_cache: self.image_cache.clone(),
             ..Options::default()
         }
     }

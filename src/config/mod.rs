@@ -77,7 +77,7 @@ pub struct GlobalExt {
 pub struct Props {
     /// `functionName` (defaults to the resource key).
     pub function_name: Option<String>,
-    /// `runtime` (`custom`, `custom.debian10/11/12`).
+    /// `runtime` (`custom`, `custom.debian10/11/12`, `custom-container`).
     pub runtime: Option<String>,
     /// `region`, passed to the instance as `FC_REGION`.
     pub region: Option<String>,
@@ -100,6 +100,8 @@ pub struct Props {
     pub environment_variables: BTreeMap<String, String>,
     /// `customRuntimeConfig`.
     pub custom_runtime_config: Option<CustomRuntimeConfig>,
+    /// `customContainerConfig` (runtime `custom-container`).
+    pub custom_container_config: Option<CustomContainerConfig>,
     /// `instanceLifecycleConfig`.
     pub instance_lifecycle_config: Option<LifecycleConfig>,
     /// `gpuConfig`: refused for now (fcsup does not wire GPUs into instances yet).
@@ -130,6 +132,23 @@ pub struct CustomRuntimeConfig {
     /// Start arguments.
     #[serde(default)]
     pub args: Vec<String>,
+    /// Listening port (default 9000).
+    pub port: Option<u16>,
+    /// `healthCheckConfig`.
+    pub health_check_config: Option<HealthCheckConfig>,
+}
+
+/// `customContainerConfig` (FC 3.0; the cloud-only acceleration and registry fields are
+/// accepted and ignored).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomContainerConfig {
+    /// The image: `oci:DIR[:TAG]`, `docker-archive:FILE[:NAME:TAG]`, or a registry reference.
+    pub image: Option<String>,
+    /// Overrides the image's `Entrypoint`.
+    pub entrypoint: Option<Vec<String>>,
+    /// Overrides the image's `Cmd`.
+    pub command: Option<Vec<String>>,
     /// Listening port (default 9000).
     pub port: Option<u16>,
     /// `healthCheckConfig`.
@@ -220,6 +239,32 @@ pub struct HealthCheck {
     pub success_threshold: u32,
 }
 
+/// What a `custom-container` function runs: its image and FC's overrides of the image's
+/// process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    /// The image reference (local sources' relative paths resolved against the file).
+    pub image: String,
+    /// FC's `entrypoint`: replaces the image's `Entrypoint` (and, as Docker does, its `Cmd`
+    /// unless `command` is given too).
+    pub entrypoint: Option<Vec<String>>,
+    /// FC's `command`: replaces the image's `Cmd`.
+    pub command: Option<Vec<String>>,
+}
+
+impl Container {
+    /// The argv of an instance of `image_entrypoint`/`image_cmd` with FC's overrides applied.
+    pub fn argv(&self, image_entrypoint: &[String], image_cmd: &[String]) -> Vec<String> {
+        let entrypoint = self.entrypoint.as_deref().unwrap_or(image_entrypoint);
+        let cmd = match (&self.command, &self.entrypoint) {
+            (Some(c), _) => c.as_slice(),
+            (None, Some(_)) => &[],
+            (None, None) => image_cmd,
+        };
+        entrypoint.iter().chain(cmd).cloned().collect()
+    }
+}
+
 /// One function, resolved and validated: what the pool and instances work from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Function {
@@ -229,8 +274,10 @@ pub struct Function {
     pub runtime: String,
     /// Region (for `FC_REGION`).
     pub region: String,
-    /// Absolute code directory.
+    /// Absolute code directory (empty for a custom container).
     pub code_dir: PathBuf,
+    /// The image a `custom-container` function runs from.
+    pub container: Option<Container>,
     /// CRC-64 of the code (see [`code_checksum`]): `x-fc-code-checksum`, and how a reload sees
     /// that the code changed.
     pub code_checksum: String,

@@ -40,24 +40,47 @@ pub fn validate(p: &Props, default_name: &str, base: &Path) -> Result<Function, 
         return bad("functionName", format!("{name:?} is not a valid name: use 1-128 letters, digits, '_' or '-', starting with a letter or '_'"));
     }
     let runtime = p.runtime.clone().unwrap_or_else(|| "custom.debian10".into());
-    if !matches!(runtime.as_str(), "custom" | "custom.debian10" | "custom.debian11" | "custom.debian12") {
-        return bad("runtime", format!("{runtime:?} is not supported: fcsup runs custom runtimes (custom, custom.debian10/11/12)"));
+    if !matches!(runtime.as_str(), "custom" | "custom.debian10" | "custom.debian11" | "custom.debian12" | "custom-container") {
+        return bad(
+            "runtime",
+            format!("{runtime:?} is not supported: fcsup runs custom runtimes (custom, custom.debian10/11/12) and custom-container"),
+        );
     }
+    let container = if runtime == "custom-container" {
+        let ccc = p.custom_container_config.clone().unwrap_or_default();
+        let Some(image) = ccc.image.filter(|i| !i.is_empty()) else {
+            return bad("customContainerConfig.image", "required for runtime custom-container");
+        };
+        // Local sources' relative paths resolve against the file, as `code` does.
+        let image = ["oci:", "docker-archive:"]
+            .iter()
+            .find_map(|t| image.strip_prefix(t).filter(|rest| !rest.starts_with('/')).map(|rest| format!("{t}{}", base.join(rest).display())))
+            .unwrap_or(image);
+        Some(super::Container { image, entrypoint: ccc.entrypoint, command: ccc.command })
+    } else {
+        None
+    };
     if p.gpu_config.is_some() {
         return bad(
             "gpuConfig",
             "GPU functions are not supported by this fcsup yet (no device wiring, no GPU billing); remove gpuConfig to run on CPU",
         );
     }
-    let code = p.code.clone().unwrap_or_else(|| "./code".into());
-    let code_dir = base.join(&code);
-    let code_dir = match std::fs::canonicalize(&code_dir) {
-        Ok(d) if d.is_dir() => d,
-        _ => return bad("code", format!("{} is not a directory (relative paths resolve against the file's directory)", code_dir.display())),
-    };
-    let code_checksum = match super::code_checksum(&code_dir) {
-        Ok(c) => c,
-        Err(e) => return bad("code", format!("cannot read {}: {e}", code_dir.display())),
+    let (code_dir, code_checksum) = if container.is_some() {
+        // A container's code is its image.
+        (std::path::PathBuf::new(), String::new())
+    } else {
+        let code = p.code.clone().unwrap_or_else(|| "./code".into());
+        let code_dir = base.join(&code);
+        let code_dir = match std::fs::canonicalize(&code_dir) {
+            Ok(d) if d.is_dir() => d,
+            _ => return bad("code", format!("{} is not a directory (relative paths resolve against the file's directory)", code_dir.display())),
+        };
+        let code_checksum = match super::code_checksum(&code_dir) {
+            Ok(c) => c,
+            Err(e) => return bad("code", format!("cannot read {}: {e}", code_dir.display())),
+        };
+        (code_dir, code_checksum)
     };
     let memory_mb = p.memory_size.unwrap_or(512);
     if !(128..=32768).contains(&memory_mb) || memory_mb % 64 != 0 {
@@ -101,18 +124,26 @@ pub fn validate(p: &Props, default_name: &str, base: &Path) -> Result<Function, 
         return bad("environmentVariables", format!("{env_size} bytes in total; FC allows 4 KB"));
     }
     let crc = p.custom_runtime_config.clone().unwrap_or_default();
-    let mut command: Vec<String> = crc.command.clone();
-    if command.is_empty() {
-        command.push("/code/bootstrap".into());
+    let ccc = p.custom_container_config.clone().unwrap_or_default();
+    let (section, port, health_check_config) = match &container {
+        Some(_) => ("customContainerConfig", ccc.port, ccc.health_check_config.clone()),
+        None => ("customRuntimeConfig", crc.port, crc.health_check_config.clone()),
+    };
+    let mut command: Vec<String> = Vec::new();
+    if container.is_none() {
+        command = crc.command.clone();
+        if command.is_empty() {
+            command.push("/code/bootstrap".into());
+        }
+        command.extend(crc.args.iter().cloned());
     }
-    command.extend(crc.args.iter().cloned());
-    let port = crc.port.unwrap_or(9000);
+    let port = port.unwrap_or(9000);
     if port == 0 {
-        return bad("customRuntimeConfig.port", "0 is not a port: use 1 to 65535 (default 9000)");
+        return bad(&format!("{section}.port"), "0 is not a port: use 1 to 65535 (default 9000)");
     }
     let mut health_check = None;
-    if let Some(hc) = &crc.health_check_config {
-        let k = "customRuntimeConfig.healthCheckConfig";
+    if let Some(hc) = &health_check_config {
+        let k = format!("{section}.healthCheckConfig");
         let Some(path) = hc.http_get_url.clone().filter(|u| u.starts_with('/') && u.len() <= 2048) else {
             return bad(&format!("{k}.httpGetUrl"), "required: a path starting with '/' (at most 2048 characters)");
         };
@@ -168,6 +199,7 @@ pub fn validate(p: &Props, default_name: &str, base: &Path) -> Result<Function, 
         runtime,
         region: p.region.clone().unwrap_or_else(|| "cn-hangzhou".into()),
         code_dir,
+        container,
         code_checksum,
         handler: p.handler.clone().unwrap_or_else(|| "index.handler".into()),
         command,

@@ -129,6 +129,103 @@ pub struct Image {
     pub config: ImageConfig,
 }
 
+impl Image {
+    /// The uid and gid of the image's `User` (`uid`, `uid:gid`, `name`, `name:group`, names
+    /// looked up in the image's own `/etc/passwd` and `/etc/group`, as runc does); root when
+    /// empty. A numeric uid without a group takes its passwd entry's group, else 0.
+    pub fn user_ids(&self) -> Result<(u32, u32), ImageError> {
+        let spec = self.config.user.trim();
+        if spec.is_empty() {
+            return Ok((0, 0));
+        }
+        let bad = |message: String| ImageError::Invalid { what: format!("the image's User {spec:?}"), message };
+        let (user, group) = match spec.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (spec, None),
+        };
+        let passwd = self.file("etc/passwd").unwrap_or_default();
+        // name:x:uid:gid:...
+        let entry = passwd.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| f.len() > 3 && (f[0] == user || f[2] == user));
+        let uid = match user.parse::<u32>() {
+            Ok(uid) => uid,
+            Err(_) => entry.as_ref().and_then(|f| f[2].parse().ok()).ok_or_else(|| bad(format!("no user {user:?} in the image's /etc/passwd")))?,
+        };
+        let gid = match group {
+            Some(g) => match g.parse::<u32>() {
+                Ok(gid) => gid,
+                Err(_) => {
+                    let groups = self.file("etc/group").unwrap_or_default();
+                    groups
+                        .lines()
+                        .map(|l| l.split(':').collect::<Vec<_>>())
+                        .find(|f| f.len() > 2 && f[0] == g)
+                        .and_then(|f| f[2].parse().ok())
+                        .ok_or_else(|| bad(format!("no group {g:?} in the image's /etc/group")))?
+                }
+            },
+            None => entry.and_then(|f| f[3].parse().ok()).unwrap_or(0),
+        };
+        // An instance's user namespace maps 0 … 65535 (sandbox::IDS_PER_INSTANCE).
+        if uid > 65535 || gid > 65535 {
+            return Err(bad("ids above 65535 are outside the instance's user namespace".into()));
+        }
+        Ok((uid, gid))
+    }
+
+    /// A regular file of the image (the topmost layer that has the path decides; a whiteout
+    /// or anything but a regular file there means none).
+    fn file(&self, rel: &str) -> Option<String> {
+        for layer in self.layers.iter().rev() {
+            let p = layer.join(rel);
+            match fs::symlink_metadata(&p) {
+                Ok(m) if m.is_file() => return fs::read_to_string(&p).ok(),
+                Ok(_) => return None,
+                Err(_) => {}
+            }
+        }
+        None
+    }
+}
+
+/// The images of the functions one supervisor serves: the store opened on first need (a
+/// supervisor without containers never creates it), each reference resolved once (imported
+/// from its local source if it is not in the store) and kept. A failure is not kept: the next
+/// start tries again.
+#[derive(Debug)]
+pub struct Images {
+    dir: PathBuf,
+    store: Mutex<Option<std::sync::Arc<Store>>>,
+    resolved: Mutex<BTreeMap<String, std::sync::Arc<Image>>>,
+}
+
+impl Images {
+    /// Images kept in a store under `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Images {
+        Images { dir: dir.into(), store: Mutex::default(), resolved: Mutex::default() }
+    }
+
+    /// The store, opened on first use.
+    pub fn store(&self) -> Result<std::sync::Arc<Store>, ImageError> {
+        let mut store = self.store.lock().expect("image store");
+        if let Some(s) = &*store {
+            return Ok(s.clone());
+        }
+        let s = std::sync::Arc::new(Store::open(&self.dir)?);
+        *store = Some(s.clone());
+        Ok(s)
+    }
+
+    /// The image `reference`, ready to run.
+    pub fn get(&self, reference: &str) -> Result<std::sync::Arc<Image>, ImageError> {
+        if let Some(image) = self.resolved.lock().expect("resolved images").get(reference) {
+            return Ok(image.clone());
+        }
+        let image = std::sync::Arc::new(import(&*self.store()?, reference)?);
+        self.resolved.lock().expect("resolved images").insert(reference.to_string(), image.clone());
+        Ok(image)
+    }
+}
+
 /// The content-addressed image store (see the module's doc).
 #[derive(Debug)]
 pub struct Store {

@@ -67,6 +67,28 @@ pub fn environment(f: &Function, instance_id: &str) -> Vec<(String, String)> {
     env
 }
 
+/// A custom container's environment, as runc builds it and FC adds to it: the image's `Env`,
+/// then FC's variables, then the function's own; `PATH` and `HOME` default as Docker's do when
+/// none of them sets one. FC's custom-runtime defaults (`PATH` with `/code`, `HOME=/tmp`,
+/// `LANG`, `FC_FUNC_CODE_PATH`) are not added: the image has its own.
+pub fn container_environment(f: &Function, instance_id: &str, image_env: &[String], uid: u32) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> =
+        image_env.iter().map(|kv| kv.split_once('=').map_or((kv.clone(), String::new()), |(k, v)| (k.into(), v.into()))).collect();
+    let fc = environment(f, instance_id);
+    let custom_only = ["PATH", "HOME", "LANG", "FC_FUNC_CODE_PATH"];
+    for (k, v) in fc.into_iter().filter(|(k, _)| !custom_only.contains(&k.as_str()) || f.env.contains_key(k)) {
+        env.retain(|(ek, _)| *ek != k);
+        env.push((k, v));
+    }
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.push(("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()));
+    }
+    if !env.iter().any(|(k, _)| k == "HOME") {
+        env.push(("HOME".into(), if uid == 0 { "/root" } else { "/" }.into()));
+    }
+    env
+}
+
 /// FC's common headers (README, What an instance sees) that are the same on every request to one instance,
 /// built once at spawn; [`add_request_headers`] adds them with the per-request ones.
 pub fn instance_headers(f: &Function, instance_id: &str) -> HeaderMap {

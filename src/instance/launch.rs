@@ -9,9 +9,10 @@ use super::{hooks, us, Instance, Sandboxed, Spawned, StartError, StartTrace};
 use crate::billing::{Ledger, WindowRecord};
 use crate::cgroup::{CgroupRoot, Limits};
 use crate::config::Function;
+use crate::image::Images;
 use crate::logs::{Echo, InstanceLog, LogFiles};
 use crate::metrics::{Latencies, Metrics, Samples};
-use crate::sandbox::{self, Isolation, NetnsPool, RootTemplate, SandboxError, SandboxSpec};
+use crate::sandbox::{self, ImageRoot, Isolation, NetnsPool, RootTemplate, SandboxError, SandboxSpec};
 
 /// Where instances account for what they used: billing records, Prometheus metrics and the
 /// bench's raw samples.
@@ -71,6 +72,7 @@ pub struct Launcher {
     echo: Option<Arc<Echo>>,
     log_files: LogFiles,
     reporting: Arc<Reporting>,
+    images: Images,
 }
 
 impl Launcher {
@@ -85,7 +87,61 @@ impl Launcher {
         log_files: LogFiles,
         reporting: Arc<Reporting>,
     ) -> Self {
-        Launcher { cgroups, netns, root_template, isolation, echo, log_files, reporting }
+        Launcher { cgroups, netns, root_template, isolation, echo, log_files, reporting, images: Images::new(crate::image::DEFAULT_DIR) }
+    }
+
+    /// Keeps custom containers' images in a store under `dir` (default [`crate::image::DEFAULT_DIR`]).
+    pub fn with_image_cache(mut self, dir: &std::path::Path) -> Self {
+        self.images = Images::new(dir);
+        self
+    }
+
+    /// Resolves the images of `functions` now (importing local sources into the store), so
+    /// the first start does not pay for it; a function whose image fails is logged and keeps
+    /// failing its starts with the reason, while the others serve.
+    pub fn prepare_images(&self, functions: &[Function]) {
+        for f in functions {
+            if let Some(c) = &f.container {
+                let t0 = Instant::now();
+                match self.images.get(&c.image) {
+                    Ok(image) => {
+                        tracing::info!(function = %f.name, image = %c.image, digest = %image.manifest_digest, ms = t0.elapsed().as_millis(), "image ready")
+                    }
+                    Err(e) => tracing::error!(function = %f.name, "image {} is not usable: {e}", c.image),
+                }
+            }
+        }
+    }
+
+    /// The sandbox spec of an instance `id` of `function`.
+    fn spec(&self, function: &Function, id: &str) -> Result<SandboxSpec, SandboxError> {
+        let mut spec = SandboxSpec {
+            argv: function.command.clone(),
+            env: Vec::new(),
+            code_dir: function.code_dir.clone(),
+            hostname: id.to_string(),
+            tmp_size_mb: function.disk_mb,
+            image: None,
+        };
+        let Some(container) = &function.container else {
+            spec.env = hooks::environment(function, id);
+            return Ok(spec);
+        };
+        let image_error = |e: crate::image::ImageError| SandboxError::Image { reference: container.image.clone(), message: e.to_string() };
+        let image = self.images.get(&container.image).map_err(image_error)?;
+        let user = image.user_ids().map_err(image_error)?;
+        spec.argv = container.argv(&image.config.entrypoint, &image.config.cmd);
+        if spec.argv.is_empty() {
+            return Err(SandboxError::Image {
+                reference: container.image.clone(),
+                message: "no command: the image has no Entrypoint or Cmd, and customContainerConfig has no entrypoint or command".into(),
+            });
+        }
+        spec.env = hooks::container_environment(function, id, &image.config.env, user.0);
+        let wd = &image.config.working_dir;
+        let working_dir = if wd.starts_with('/') { wd.clone() } else { format!("/{wd}") };
+        spec.image = Some(ImageRoot { layers: image.layers.clone(), working_dir, user });
+        Ok(spec)
     }
 
     /// The root cgroup of every instance.
@@ -113,15 +169,9 @@ impl Launch<Sandboxed> for Launcher {
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "cpu is validated to FC's range of 0.05 to 16 vCPUs")]
         let cpu_millis = (function.cpu * 1000.0).round() as u64;
         let limits = Limits { memory_bytes: Some(function.memory_mb * 1024 * 1024), pids_max: Some(function.pids_max), cpu_millis: Some(cpu_millis) };
+        let spec = self.spec(&function, &id)?;
         let cgroup = self.cgroups.create(&id, &limits)?;
         let cgroup_us = us(created.elapsed());
-        let spec = SandboxSpec {
-            argv: function.command.clone(),
-            env: hooks::environment(&function, &id),
-            code_dir: function.code_dir.clone(),
-            hostname: id.clone(),
-            tmp_size_mb: function.disk_mb,
-        };
         let setup = |op: &'static str| move |source: std::io::Error| StartError::Sandbox(SandboxError::Setup { op: op.into(), source });
         let netns = match self.netns.take() {
             Ok(n) => n,

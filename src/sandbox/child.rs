@@ -34,6 +34,8 @@ pub enum Op {
     Mknod { path: CString, mode: libc::mode_t, dev: libc::dev_t },
     /// chdir(2).
     Chdir(CString),
+    /// chroot(2).
+    Chroot(CString),
     /// Write `data` to an already-open fd (v1 `cgroup.procs`).
     WriteFd { fd: RawFd, data: &'static [u8] },
     /// Join the network namespace open at this fd.
@@ -89,6 +91,8 @@ pub struct Plan {
     /// Whether the init entered a user namespace ([`Op::UserNs`]): the function then becomes
     /// uid/gid 0 of it (an unprivileged id on the host) with no supplementary groups.
     pub userns: bool,
+    /// uid and gid the function (not the init) takes: an image's `User`; (0, 0) otherwise.
+    pub user: (u32, u32),
     /// The seccomp filter, installed just before the function's (and the init's) execve.
     pub seccomp: Option<std::sync::Arc<super::isolation::Filters>>,
     /// fd of the small init program (`fcsup-init`) the init re-executes, or -1 (fcsup itself).
@@ -189,6 +193,7 @@ pub fn run(plan: &Plan, exec: &ExecArgs) -> ! {
             Op::Symlink { target, path } => check(nix::unistd::symlinkat(target.as_c_str(), nix::fcntl::AT_FDCWD, path.as_c_str()), e, i),
             Op::Mknod { path, mode, dev } => check(nix::sys::stat::mknod(path.as_c_str(), SFlag::S_IFCHR, Mode::from_bits_retain(*mode), *dev), e, i),
             Op::Chdir(p) => check(nix::unistd::chdir(p.as_c_str()), e, i),
+            Op::Chroot(p) => check(nix::unistd::chroot(p.as_c_str()), e, i),
             Op::WriteFd { fd: f, data } => check(nix::unistd::write(fd(*f), data), e, i),
             Op::JoinNetns(f) => check(nix::sched::setns(fd(*f), CloneFlags::CLONE_NEWNET), e, i),
             Op::JoinMountNs(f) => check(nix::sched::setns(fd(*f), CloneFlags::CLONE_NEWNS), e, i),
@@ -256,7 +261,7 @@ extern "C" fn start_function(arg: *mut libc::c_void) -> libc::c_int {
     // No supervisor fd may leak into the function.
     sys::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
     // SAFETY: only async-signal-safe calls; the filter is alive (the supervisor owns it).
-    if let Err((step, errno)) = unsafe { Confinement::of(plan).apply() } {
+    if let Err((step, errno)) = unsafe { Confinement::of(plan).as_user(plan.user).apply() } {
         fail(plan.err_fd, step, errno);
     }
     let mut errno = Errno::ENOENT;
@@ -371,6 +376,8 @@ pub fn instance_init(main: libc::pid_t) -> ! {
 #[derive(Clone, Copy)]
 struct Confinement {
     userns: bool,
+    /// The ids to take ((0, 0): root of the user namespace, or stay as is without one).
+    user: (u32, u32),
     keep_caps: u64,
     filter: Option<(*const libc::sock_filter, usize)>,
 }
@@ -378,7 +385,12 @@ struct Confinement {
 impl Confinement {
     fn of(plan: &Plan) -> Confinement {
         let filter = plan.seccomp.as_ref().map(|f| (f.program().as_ptr(), f.program().len()));
-        Confinement { userns: plan.userns, keep_caps: plan.keep_caps, filter }
+        Confinement { userns: plan.userns, user: (0, 0), keep_caps: plan.keep_caps, filter }
+    }
+
+    /// The same confinement, taking `user`'s ids.
+    fn as_user(self, user: (u32, u32)) -> Confinement {
+        Confinement { user, ..self }
     }
 
     /// Becomes uid/gid 0 of the instance's user namespace with no supplementary groups (no-op
@@ -388,8 +400,8 @@ impl Confinement {
     /// # Safety
     /// Async-signal-safe calls only; the filter must still be alive.
     unsafe fn apply(self) -> Result<(), (u32, Errno)> {
-        if self.userns {
-            sys::become_root_raw().map_err(|e| (STEP_IDS, e))?;
+        if self.userns || self.user != (0, 0) {
+            sys::become_raw(self.user.0, self.user.1).map_err(|e| (STEP_IDS, e))?;
         }
         drop_capabilities(self.keep_caps);
         if let Some((ptr, len)) = self.filter {

@@ -97,6 +97,9 @@ fn private_copy(path: &std::path::Path) -> io::Result<OwnedFd> {
 pub struct IdRanges {
     base: u32,
     free: Mutex<VecDeque<u32>>,
+    /// A user namespace holding each slot's mapping, made on first need (idmapped image
+    /// layers) and kept: making one costs a fork.
+    userns: Mutex<std::collections::HashMap<u32, Arc<OwnedFd>>>,
 }
 
 impl IdRanges {
@@ -106,7 +109,7 @@ impl IdRanges {
         if base == 0 || slots == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("no room for instance id ranges from {base} below {ID_CEILING}")));
         }
-        Ok(IdRanges { base, free: Mutex::new((0..slots).collect()) })
+        Ok(IdRanges { base, free: Mutex::new((0..slots).collect()), userns: Mutex::default() })
     }
 
     /// A range of its own for one instance, returned when the value is dropped.
@@ -133,6 +136,53 @@ impl IdRange {
             std::fs::write(format!("/proc/{pid}/{map}"), &line).map_err(|e| io::Error::new(e.kind(), format!("write {map} of {pid}: {e}")))?;
         }
         Ok(())
+    }
+}
+
+impl IdRange {
+    /// A user namespace with this range's mapping (0 inside is `first`), for idmapped mounts
+    /// that show files owned by 0 … 65535 as the instance's own.
+    pub fn userns(&self) -> io::Result<Arc<OwnedFd>> {
+        if let Some(fd) = self.owner.userns.lock().expect("userns cache").get(&self.slot) {
+            return Ok(fd.clone());
+        }
+        let fd = Arc::new(self.make_userns()?);
+        self.owner.userns.lock().expect("userns cache").insert(self.slot, fd.clone());
+        Ok(fd)
+    }
+
+    /// Forks a child that enters a new user namespace and waits; maps it, keeps a handle on
+    /// the namespace, lets the child exit.
+    fn make_userns(&self) -> io::Result<OwnedFd> {
+        let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        // SAFETY: the child makes raw syscalls only (no allocation, no lock) and exits.
+        match unsafe { nix::unistd::fork() }? {
+            nix::unistd::ForkResult::Child => {
+                // Its copy of the go-ahead's write end would keep the read below from ever
+                // seeing the parent's close.
+                drop((ready_r, go_w));
+                let ok = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).is_ok();
+                let _ = nix::unistd::write(&ready_w, if ok { b"1" } else { b"0" });
+                let mut b = [0u8; 1];
+                let _ = nix::unistd::read(&go_r, &mut b);
+                super::sys::exit_now(0)
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                drop((ready_w, go_r));
+                let mut b = [0u8; 1];
+                let ready = nix::unistd::read(&ready_r, &mut b);
+                let result = match ready {
+                    Ok(1) if b[0] == b'1' => self
+                        .write_maps(child.as_raw())
+                        .and_then(|()| std::fs::File::open(format!("/proc/{}/ns/user", child.as_raw())).map(OwnedFd::from)),
+                    _ => Err(io::Error::other("the helper could not enter a new user namespace")),
+                };
+                drop(go_w);
+                let _ = nix::sys::wait::waitpid(child, None);
+                result
+            }
+        }
     }
 }
 

@@ -59,6 +59,14 @@ pub enum SandboxError {
         /// argv\[0\].
         command: String,
     },
+    /// The function's image cannot be used (not found, corrupt, bad config).
+    #[error("Failed to start function instance. Error: image {reference}: {message}")]
+    Image {
+        /// The image reference.
+        reference: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The start command exists but exec failed.
     #[error("Failed to start function instance. Error: cannot execute {command}: {source}")]
     Exec {
@@ -86,8 +94,21 @@ pub struct SandboxSpec {
     pub code_dir: PathBuf,
     /// UTS hostname.
     pub hostname: String,
-    /// Size of the private `/tmp` in MiB.
+    /// Size of the private `/tmp` in MiB (with an image: of the writable layer).
     pub tmp_size_mb: u64,
+    /// The image the instance's root is made of (`code_dir` is then unused).
+    pub image: Option<ImageRoot>,
+}
+
+/// An instance root made from an image (see [`rootfs::detached_image_root`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRoot {
+    /// Unpacked layer directories, bottom first.
+    pub layers: Vec<PathBuf>,
+    /// The start command's working directory (absolute).
+    pub working_dir: String,
+    /// uid and gid the function runs as, inside its user namespace.
+    pub user: (u32, u32),
 }
 
 /// Host directories bound read-only into every instance's root (symlinks are copied as links).
@@ -173,7 +194,21 @@ pub fn spawn(
     };
     let devnull = nix::fcntl::open(c"/dev/null", OFlag::O_RDONLY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
         .map_err(|e| setup("open /dev/null")(e.into()))?;
-    let code_tree = rootfs::detached_ro_tree(&spec.code_dir).map_err(setup(format!("prepare {} for /code", spec.code_dir.display())))?;
+    let code_tree = match &spec.image {
+        None => rootfs::detached_ro_tree(&spec.code_dir).map_err(setup(format!("prepare {} for /code", spec.code_dir.display())))?,
+        Some(image) => {
+            let userns = match &ids {
+                Some(ids) => Some((ids.userns().map_err(setup("make a user namespace for the image's idmapped layers"))?, ids.first)),
+                None => None,
+            };
+            // The instance's /etc/hosts and /etc/resolv.conf are the host's, as custom runtimes see them.
+            let hosts = std::fs::read("/etc/hosts").unwrap_or_default();
+            let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+            let etc: [(&str, &[u8]); 2] = [("hosts", &hosts), ("resolv.conf", &resolv)];
+            rootfs::detached_image_root(&image.layers, spec.tmp_size_mb, userns.as_ref().map(|(fd, id)| (&**fd, *id)), &etc)
+                .map_err(setup("prepare the image's root"))?
+        }
+    };
     let root = Root { ns: template.fd(), code: code_tree.as_raw_fd() };
     let fds = Fds {
         netns: netns.fd().as_raw_fd(),
@@ -364,14 +399,30 @@ fn plan(spec: &SandboxSpec, root_how: Root, v1_procs: &[RawFd], fds: Fds) -> Res
     };
     push(Op::JoinMountNs(root_how.ns), "join the prepared root's mount namespace".into());
     push(Op::UnshareMountNs, "copy the prepared root".into());
-    push(Op::MoveMount { fd: root_how.code, dst: cstr("/code")? }, format!("attach {} at /code", spec.code_dir.display()));
     let base = Path::new("/");
     let under = |rel: &str| path_c(&base.join(rel));
-    let tmp_opts = format!("mode=1777,size={}m", spec.tmp_size_mb);
-    push(
-        mount(Some("tmpfs"), under("tmp")?, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(&tmp_opts))?,
-        "mount the private /tmp".into(),
-    );
+    if spec.image.is_some() {
+        // The image's overlay, attached at /code for a moment, is moved over the prepared
+        // root and made the root (as switch_root does: nothing is detached, so no unmount
+        // waits for an RCU grace period); the prepared root stays covered below it.
+        push(Op::MoveMount { fd: root_how.code, dst: cstr("/code")? }, "attach the image's root".into());
+        push(Op::Chdir(cstr("/code")?), "enter the image's root".into());
+        push(mount(Some("."), cstr("/")?, None, MsFlags::MS_MOVE, None)?, "move the image's root over /".into());
+        push(Op::Chroot(cstr(".")?), "chroot into the image's root".into());
+        push(Op::Chdir(cstr("/")?), "chdir to /".into());
+        // Mount points the image may lack (made in its private writable layer); /tmp lives
+        // in that layer, within diskSize.
+        for (dir, mode) in [("tmp", 0o1777), ("dev", 0o755), ("proc", 0o555)] {
+            push(Op::Mkdir { path: under(dir)?, mode }, format!("create /{dir}"));
+        }
+    } else {
+        push(Op::MoveMount { fd: root_how.code, dst: cstr("/code")? }, format!("attach {} at /code", spec.code_dir.display()));
+        let tmp_opts = format!("mode=1777,size={}m", spec.tmp_size_mb);
+        push(
+            mount(Some("tmpfs"), under("tmp")?, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(&tmp_opts))?,
+            "mount the private /tmp".into(),
+        );
+    }
     push(
         mount(Some("tmpfs"), under("dev")?, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=755,size=64k"))?,
         "mount /dev".into(),
@@ -403,7 +454,8 @@ fn plan(spec: &SandboxSpec, root_how: Root, v1_procs: &[RawFd], fds: Fds) -> Res
         push(Op::ReadOnly(cstr(p)?), format!("make {p} read-only"));
     }
     push(Op::Hostname(cstr(&spec.hostname)?), "set the hostname".into());
-    push(Op::Chdir(cstr("/code")?), "chdir to /code".into());
+    let workdir = spec.image.as_ref().map_or("/code", |i| i.working_dir.as_str());
+    push(Op::Chdir(cstr(workdir)?), format!("chdir to {workdir}"));
     if let Some((sync_r, sync_w)) = fds.sync {
         push(Op::UserNs { sync_r, sync_w }, "enter a user namespace".into());
     }
@@ -412,7 +464,7 @@ fn plan(spec: &SandboxSpec, root_how: Root, v1_procs: &[RawFd], fds: Fds) -> Res
     let envp: Vec<CString> = spec.env.iter().map(|(k, v)| cstr(format!("{k}={v}"))).collect::<Result<_, _>>()?;
     let cmd = spec.argv.first().ok_or_else(|| SandboxError::CommandNotFound { command: String::new() })?;
     let exec_candidates = if cmd.contains('/') {
-        let p = if cmd.starts_with('/') { cmd.clone() } else { format!("/code/{cmd}") };
+        let p = if cmd.starts_with('/') { cmd.clone() } else { format!("{}/{cmd}", workdir.trim_end_matches('/')) };
         vec![cstr(p)?]
     } else {
         let path = spec.env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or("/usr/bin:/bin");
@@ -429,6 +481,7 @@ fn plan(spec: &SandboxSpec, root_how: Root, v1_procs: &[RawFd], fds: Fds) -> Res
         keep_caps,
         stack: vec![0; START_STACK],
         userns: fds.sync.is_some(),
+        user: spec.image.as_ref().map_or((0, 0), |i| i.user),
         seccomp: None,
         init_program: -1,
     })

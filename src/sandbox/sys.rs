@@ -305,19 +305,91 @@ pub unsafe fn seccomp_set_filter(filter: *const libc::sock_filter, len: usize) -
     Errno::result(unsafe { libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &prog as *const libc::sock_fprog) }).map(drop)
 }
 
-/// Becomes uid/gid 0 of the current user namespace with no supplementary groups. *Child-safe.*
+/// Becomes `uid`/`gid` of the current user namespace (0/0: its root; else an image's `User`)
+/// with no supplementary groups. *Child-safe.*
 ///
 /// Raw syscalls, not glibc's or nix's wrappers: those broadcast the change to every thread glibc
 /// knows of (the supervisor's, whose memory the init shares), under a lock the supervisor's
 /// threads also take: a deadlock, and a wrong change of their ids.
-pub fn become_root_raw() -> Result<(), Errno> {
+pub fn become_raw(uid: u32, gid: u32) -> Result<(), Errno> {
     // SAFETY: id syscalls with integer arguments (setgroups with an empty list).
     unsafe {
         Errno::result(libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()))?;
-        Errno::result(libc::syscall(libc::SYS_setresgid, 0, 0, 0))?;
-        Errno::result(libc::syscall(libc::SYS_setresuid, 0, 0, 0))?;
+        Errno::result(libc::syscall(libc::SYS_setresgid, gid, gid, gid))?;
+        Errno::result(libc::syscall(libc::SYS_setresuid, uid, uid, uid))?;
     }
     Ok(())
+}
+
+/// `mount_setattr(tree, "", AT_EMPTY_PATH | AT_RECURSIVE, {MOUNT_ATTR_IDMAP, userns})`: the
+/// detached tree shows its files' ids through `userns`'s mapping (kernel ≥ 5.12).
+pub fn mount_setattr_idmap(tree: BorrowedFd<'_>, userns: BorrowedFd<'_>) -> Result<(), Errno> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+    let userns_fd = u64::try_from(userns.as_raw_fd()).map_err(|_| Errno::EBADF)?;
+    let attr = MountAttr { attr_set: MOUNT_ATTR_IDMAP, attr_clr: 0, propagation: 0, userns_fd };
+    // SAFETY: mount_setattr(2) on borrowed fds with a mount_attr of the right size.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// `fsopen(fstype, FSOPEN_CLOEXEC)`: a filesystem context to configure (new mount API).
+pub fn fsopen(fstype: &CStr) -> Result<OwnedFd, Errno> {
+    // SAFETY: fsopen(2) with a C string alive for the call; the result is a new fd or -1.
+    let fd = Errno::result(unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), 1 as libc::c_uint) })?;
+    // SAFETY: a fresh fd owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(int(fd)) })
+}
+
+/// What one `fsconfig(2)` call sets.
+#[derive(Debug, Clone, Copy)]
+pub enum FsConfig<'a> {
+    /// `FSCONFIG_SET_STRING key=value`.
+    String(&'a CStr, &'a CStr),
+    /// `FSCONFIG_SET_FD key=fd` (overlayfs takes its layers so on kernels ≥ 6.13).
+    Fd(&'a CStr, BorrowedFd<'a>),
+    /// `FSCONFIG_CMD_CREATE`.
+    Create,
+}
+
+/// `fsconfig(2)` on a context from [`fsopen`].
+pub fn fsconfig(ctx: BorrowedFd<'_>, what: FsConfig<'_>) -> Result<(), Errno> {
+    const SET_STRING: libc::c_uint = 1;
+    const SET_FD: libc::c_uint = 5;
+    const CMD_CREATE: libc::c_uint = 6;
+    let ctx = ctx.as_raw_fd();
+    // SAFETY: fsconfig(2) with C strings alive for the call and a borrowed fd.
+    let r = unsafe {
+        match what {
+            FsConfig::String(k, v) => libc::syscall(libc::SYS_fsconfig, ctx, SET_STRING, k.as_ptr(), v.as_ptr(), 0),
+            FsConfig::Fd(k, fd) => libc::syscall(libc::SYS_fsconfig, ctx, SET_FD, k.as_ptr(), std::ptr::null::<c_char>(), fd.as_raw_fd()),
+            FsConfig::Create => libc::syscall(libc::SYS_fsconfig, ctx, CMD_CREATE, std::ptr::null::<c_char>(), std::ptr::null::<c_char>(), 0),
+        }
+    };
+    Errno::result(r).map(drop)
+}
+
+/// `fsmount(ctx, FSMOUNT_CLOEXEC, attrs)`: the configured filesystem as a detached mount.
+pub fn fsmount(ctx: BorrowedFd<'_>, attrs: libc::c_uint) -> Result<OwnedFd, Errno> {
+    // SAFETY: fsmount(2) on a borrowed fd with integer arguments.
+    let fd = Errno::result(unsafe { libc::syscall(libc::SYS_fsmount, ctx.as_raw_fd(), 1 as libc::c_uint, attrs) })?;
+    // SAFETY: a fresh fd owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(int(fd)) })
 }
 
 /// `execve` with pointer arrays built in advance; returns only on failure. *Child-safe*
