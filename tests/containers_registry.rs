@@ -391,3 +391,86 @@ fn cache_over_its_limit_evicts_the_least_recently_used_image() {
     assert!(ls.contains(&r("a")) && ls.contains(&r("c")) && !ls.contains(&r("b")), "{ls}");
     assert!(du(&cache.join("blobs")) + du(&cache.join("layers")) <= max);
 }
+
+/// The native fixture (`fcsup-fixture` and the libraries `ldd` lists) as an image in the OCI
+/// layout `dir/layout`, tag `1`: a marker file, `Env`, `WorkingDir`, `Entrypoint`.
+fn fixture_image(dir: &Path) -> PathBuf {
+    let layout = dir.join("layout");
+    let bundle = dir.join("bundle");
+    let image = format!("{}:1", layout.display());
+    run(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
+    run(Command::new("umoci").args(["new", "--image", &image]));
+    run(Command::new("umoci").args(["unpack", "--image", &image]).arg(&bundle));
+    let rootfs = bundle.join("rootfs");
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_fcsup-fixture"));
+    let ldd = run(Command::new("ldd").arg(&exe));
+    let libs = String::from_utf8_lossy(&ldd.stdout)
+        .lines()
+        .filter_map(|l| l.split("=>").last()?.split_whitespace().next().filter(|p| p.starts_with('/')).map(PathBuf::from))
+        .collect::<Vec<_>>();
+    for f in libs {
+        let inside = rootfs.join(f.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(inside.parent().unwrap()).unwrap();
+        std::fs::copy(&f, &inside).unwrap();
+    }
+    std::fs::create_dir_all(rootfs.join("app")).unwrap();
+    std::fs::copy(&exe, rootfs.join("app/fcsup-fixture")).unwrap();
+    std::fs::write(rootfs.join("marker.txt"), "from the registry\n").unwrap();
+    std::fs::create_dir_all(rootfs.join("srv/work")).unwrap();
+    run(Command::new("umoci").args(["repack", "--image", &image]).arg(&bundle));
+    run(Command::new("umoci").args([
+        "config",
+        "--image",
+        &image,
+        "--config.env",
+        "IMAGE_GREETING=pulled",
+        "--config.workingdir",
+        "/srv/work",
+        "--config.entrypoint",
+        "/app/fcsup-fixture",
+    ]));
+    layout
+}
+
+fn container_function(name: &str, image: &str) -> String {
+    format!(
+        "  {name}:\n    component: fc3\n    props:\n      runtime: custom-container\n      memorySize: 512\n      timeout: 10\n      customContainerConfig:\n        image: {image}\n        port: 9000\n"
+    )
+}
+
+#[test]
+fn a_function_serves_from_an_image_fcsup_pulls_once_from_the_registry() {
+    if !ready() {
+        return;
+    }
+    let reg = Registry::start(None);
+    let work = tempfile::tempdir().unwrap();
+    let layout = fixture_image(work.path());
+    reg.push(&layout, "test/fn:1", None);
+    let cache = work.path().join("cache");
+    let image = format!("{}/test/fn:1", reg.addr);
+    let missing = format!("{}/test/fn:nope", reg.addr);
+    let yaml = format!("edition: 3.0.0\nresources:\n{}{}", container_function("pulled", &image), container_function("missing", &missing));
+    let mut fcsup = common::Fcsup::serve_file(&yaml, &["--image-cache", cache.to_str().unwrap()]);
+
+    let r = fcsup.invoke("pulled", "show:/marker.txt");
+    let text = r.text();
+    assert_eq!(r.status, 200, "{} {text}", r.header("x-fc-error-type"));
+    assert!(text.contains("file=from the registry") && text.contains("cwd=/srv/work\n") && text.contains("env IMAGE_GREETING=pulled\n"), "{text}");
+    let gets = reg.blob_gets();
+    assert_eq!(gets, 2, "config and layer, once: {}", reg.log());
+    // A second instance at once: from the cache, nothing fetched again.
+    let rs = fcsup.invoke_concurrently("pulled", "sleep:300", 2, Duration::ZERO);
+    assert!(rs.iter().all(|(r, _)| r.status == 200));
+    assert_eq!(reg.blob_gets(), gets, "no second pull");
+
+    // A tag the registry lacks: FC's error on invocation, naming the image; the other serves.
+    let r = fcsup.invoke("missing", "ok");
+    let body = r.text();
+    assert_eq!(r.header("x-fc-error-type"), "InitializationError", "{body}");
+    assert!(body.contains(&missing) && body.contains("not found"), "{body}");
+    assert_eq!(fcsup.invoke("pulled", "ok").status, 200);
+    fcsup.stop_and_check_clean();
+    let index = std::fs::read_to_string(cache.join("images.json")).unwrap();
+    assert!(index.contains(&image) && !index.contains(&missing), "{index}");
+}

@@ -220,7 +220,7 @@ impl Images {
         if let Some(image) = self.resolved.lock().expect("resolved images").get(reference) {
             return Ok(image.clone());
         }
-        let image = std::sync::Arc::new(import(&*self.store()?, reference)?);
+        let image = std::sync::Arc::new(registry::resolve(&*self.store()?, reference)?);
         self.resolved.lock().expect("resolved images").insert(reference.to_string(), image.clone());
         Ok(image)
     }

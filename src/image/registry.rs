@@ -241,6 +241,32 @@ pub fn evict(store: &Store, max_bytes: u64, in_use: &[String]) -> Result<Vec<Str
     Ok(removed)
 }
 
+/// The image `reference` for a function's instances: a local source imported (see
+/// [`super::import`]); a registry image from the cache, pulled first when it is not there
+/// (credentials from the user's Docker config, plain HTTP to loopback registries only).
+/// Blocking, like an import: the pull runs on a thread and runtime of its own, so it may be
+/// called from inside the supervisor's runtime.
+pub fn resolve(store: &Store, reference: &str) -> Result<Image, ImageError> {
+    if is_local(reference) {
+        return super::import(store, reference);
+    }
+    let name = normalize(reference);
+    if let Some(image) = store.image(&name) {
+        mark_used(store, &name);
+        return Ok(image);
+    }
+    let failed = |message: String| ImageError::Source { reference: reference.to_string(), message };
+    let pulled = std::thread::scope(|s| {
+        s.spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| failed(format!("cannot pull: {e}")))?;
+            rt.block_on(pull(store, reference, &RegistryOptions::default())).map_err(|e| failed(e.kind.to_string()))
+        })
+        .join()
+        .unwrap_or_else(|_| Err(failed("the pull panicked".to_string())))
+    })?;
+    Ok(pulled.image)
+}
+
 /// The names a pull's errors carry.
 struct Ctx {
     reference: String,
