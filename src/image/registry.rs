@@ -38,6 +38,24 @@ pub struct RegistryOptions {
     pub insecure: Vec<String>,
 }
 
+impl RegistryOptions {
+    /// The options `fcsup image` takes as flags, from `FCSUP_REGISTRY_AUTH` (a file) and
+    /// `FCSUP_INSECURE_REGISTRY` (comma-separated), for pulls that have no flags of their own
+    /// (`fcsup serve` pulling its functions' images).
+    pub fn from_env() -> RegistryOptions {
+        RegistryOptions {
+            auth_file: std::env::var_os("FCSUP_REGISTRY_AUTH").filter(|v| !v.is_empty()).map(PathBuf::from),
+            insecure: std::env::var("FCSUP_INSECURE_REGISTRY")
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+        }
+    }
+}
+
 /// What a pull did; `downloaded` is 0 when every blob was already cached.
 #[derive(Debug)]
 pub struct Pulled {
@@ -243,7 +261,7 @@ pub fn evict(store: &Store, max_bytes: u64, in_use: &[String]) -> Result<Vec<Str
 
 /// The image `reference` for a function's instances: a local source imported (see
 /// [`super::import`]); a registry image from the cache, pulled first when it is not there
-/// (credentials from the user's Docker config, plain HTTP to loopback registries only).
+/// (credentials and insecure registries from [`RegistryOptions::from_env`]).
 /// Blocking, like an import: the pull runs on a thread and runtime of its own, so it may be
 /// called from inside the supervisor's runtime.
 pub fn resolve(store: &Store, reference: &str) -> Result<Image, ImageError> {
@@ -259,7 +277,7 @@ pub fn resolve(store: &Store, reference: &str) -> Result<Image, ImageError> {
     let pulled = std::thread::scope(|s| {
         s.spawn(|| {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| failed(format!("cannot pull: {e}")))?;
-            rt.block_on(pull(store, reference, &RegistryOptions::default())).map_err(|e| failed(e.kind.to_string()))
+            rt.block_on(pull(store, reference, &RegistryOptions::from_env())).map_err(|e| failed(e.kind.to_string()))
         })
         .join()
         .unwrap_or_else(|_| Err(failed("the pull panicked".to_string())))
