@@ -55,6 +55,10 @@ fn build_image() -> TestImage {
         std::fs::copy(&f, &inside).unwrap();
     }
     std::fs::write(rootfs.join("marker.txt"), "from the image\n").unwrap();
+    // Root's alone (0600, owner 0): readable only by the instance's root, and only if the
+    // layers show the image's owners as the instance's own ids.
+    std::fs::write(rootfs.join("secret.txt"), "root only\n").unwrap();
+    std::fs::set_permissions(rootfs.join("secret.txt"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     std::fs::create_dir_all(rootfs.join("srv/work")).unwrap();
     std::fs::create_dir_all(rootfs.join("etc")).unwrap();
     std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/srv:/bin/sh\n").unwrap();
@@ -73,6 +77,8 @@ fn build_image() -> TestImage {
         "--config.cmd",
         "from-image-cmd",
     ]));
+    // The same image running as the image's user `app` (a name from its /etc/passwd).
+    run(Command::new("umoci").args(["config", "--image", &image, "--tag", "asuser", "--config.user", "app"]));
     let archive = dir.path().join("image.tar");
     run(Command::new("skopeo").args(["copy", &format!("oci:{image}"), &format!("docker-archive:{}:app:1", archive.display())]));
     TestImage { _dir: dir, layout, archive }
@@ -139,6 +145,7 @@ fn functions_run_from_local_images_frozen_like_the_rest() {
         // FC's entrypoint and command replace the image's.
         container_props("overridden", &oci, "entrypoint: [/app/fcsup-fixture]\ncommand: [fc-command, second]", ""),
         container_props("busy", &oci, "", "environmentVariables:\n  FIXTURE_BUSY_THREADS: '2'"),
+        container_props("asuser", &format!("oci:{}:asuser", img.layout.display()), "", ""),
     ];
     let mounts_before = image_mounts(&cache);
     let mut fcsup = serve_with_cache(&resources.concat(), &cache);
@@ -157,6 +164,17 @@ fn functions_run_from_local_images_frozen_like_the_rest() {
     let text = show("fromarchive");
     assert!(text.contains("file=from the image") && text.contains("env IMAGE_GREETING=hello from the image\n"), "from the archive: {text}");
     assert!(text.contains("cwd=/srv/work\n"), "{text}");
+    // Root of its user namespace by default; the image's User by name from its /etc/passwd.
+    let status = fcsup.invoke("fromoci", "show:/proc/self/status").text();
+    assert!(status.contains("Uid:\t0\t0\t0\t0\n") && status.contains("Gid:\t0\t0\t0\t0\n"), "{status}");
+    let status = fcsup.invoke("asuser", "show:/proc/self/status").text();
+    assert!(status.contains("Uid:\t1000\t1000\t1000\t1000\n") && status.contains("Gid:\t1000\t1000\t1000\t1000\n"), "{status}");
+    assert!(status.contains("env HOME=/\n"), "{status}");
+    // The image's files belong to the instance's root (idmapped layers), not to nobody.
+    let secret = fcsup.invoke("fromoci", "show:/secret.txt").text();
+    assert!(secret.contains("file=root only\n"), "{secret}");
+    let secret = fcsup.invoke("asuser", "show:/secret.txt").text();
+    assert!(secret.contains("file=<Permission denied"), "{secret}");
     let text = show("overridden");
     assert!(text.contains("args=[\"/app/fcsup-fixture\", \"fc-command\", \"second\"]"), "FC's entrypoint and command: {text}");
 

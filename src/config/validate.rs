@@ -237,6 +237,30 @@ mod tests {
         Config::parse(yaml, &PathBuf::from("s.yaml"), dir.path())
     }
 
+    #[test]
+    fn custom_containers_need_an_image_and_take_fcs_overrides() {
+        let c = |ccc: &str| format!("resources:\n  app:\n    props:\n      runtime: custom-container\n      customContainerConfig:\n{ccc}");
+        let err = parse(&c("        port: 8080\n")).unwrap_err().to_string();
+        assert!(err.contains("customContainerConfig.image: required"), "{err}");
+        let err = parse(&c("        image: oci:/x\n        port: 0\n")).unwrap_err().to_string();
+        assert!(err.contains("customContainerConfig.port"), "{err}");
+        let cfg = parse(&c("        image: oci:rel/dir:v1\n        port: 8080\n        entrypoint: [/bin/app]\n")).unwrap();
+        let f = &cfg.functions[0];
+        assert_eq!(f.port, 8080);
+        assert!(f.code_dir.as_os_str().is_empty(), "no code directory needed");
+        let container = f.container.as_ref().unwrap();
+        assert_eq!(container.image, format!("oci:{}", cfg.base.join("rel/dir:v1").display()), "relative to the file");
+        let image =
+            |e: &[&str], c: &[&str]| (e.iter().map(|s| s.to_string()).collect::<Vec<_>>(), c.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let (ie, ic) = image(&["/img/entry"], &["img-cmd"]);
+        // An entrypoint alone drops the image's Cmd (docker run --entrypoint).
+        assert_eq!(container.argv(&ie, &ic), ["/bin/app"]);
+        let none = super::super::Container { image: String::new(), entrypoint: None, command: None };
+        assert_eq!(none.argv(&ie, &ic), ["/img/entry", "img-cmd"]);
+        let cmd = super::super::Container { command: Some(vec!["fc-cmd".into()]), ..none };
+        assert_eq!(cmd.argv(&ie, &ic), ["/img/entry", "fc-cmd"]);
+    }
+
     const GOOD: &str = "
 edition: 3.0.0
 resources:

@@ -253,11 +253,8 @@ impl Write for BlobWriter {
         let n = file.write(buf)?;
         self.hasher.update(&buf[..n]);
         self.written += n as u64;
-        if self.expected_size.is_some_and(|size| self.written > size) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("blob {} is larger than its descriptor's {} bytes", self.digest, self.written),
-            ));
+        if let Some(size) = self.expected_size.filter(|size| self.written > *size) {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("blob {} is larger than its descriptor's {size} bytes", self.digest)));
         }
         Ok(n)
     }

@@ -97,9 +97,11 @@ fn private_copy(path: &std::path::Path) -> io::Result<OwnedFd> {
 pub struct IdRanges {
     base: u32,
     free: Mutex<VecDeque<u32>>,
-    /// A user namespace holding each slot's mapping, made on first need (idmapped image
-    /// layers) and kept: making one costs a fork.
-    userns: Mutex<std::collections::HashMap<u32, Arc<OwnedFd>>>,
+    /// User namespaces with the mapping of the next slots to be handed out, made ahead
+    /// (idmapped image layers; making one costs a fork), each used once.
+    userns: Mutex<std::collections::HashMap<u32, OwnedFd>>,
+    /// Wakes the thread that makes them.
+    refill: Mutex<Option<std::sync::mpsc::Sender<()>>>,
 }
 
 impl IdRanges {
@@ -109,7 +111,7 @@ impl IdRanges {
         if base == 0 || slots == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("no room for instance id ranges from {base} below {ID_CEILING}")));
         }
-        Ok(IdRanges { base, free: Mutex::new((0..slots).collect()), userns: Mutex::default() })
+        Ok(IdRanges { base, free: Mutex::new((0..slots).collect()), userns: Mutex::default(), refill: Mutex::default() })
     }
 
     /// A range of its own for one instance, returned when the value is dropped.
@@ -131,57 +133,114 @@ pub struct IdRange {
 impl IdRange {
     /// Writes `pid`'s uid and gid maps (0 inside is `first` outside).
     pub fn write_maps(&self, pid: i32) -> io::Result<()> {
-        let line = format!("0 {} {IDS_PER_INSTANCE}\n", self.first);
-        for map in ["uid_map", "gid_map"] {
-            std::fs::write(format!("/proc/{pid}/{map}"), &line).map_err(|e| io::Error::new(e.kind(), format!("write {map} of {pid}: {e}")))?;
-        }
-        Ok(())
+        write_maps(pid, self.first)
     }
 }
 
 impl IdRange {
     /// A user namespace with this range's mapping (0 inside is `first`), for idmapped mounts
-    /// that show files owned by 0 … 65535 as the instance's own.
-    pub fn userns(&self) -> io::Result<Arc<OwnedFd>> {
-        if let Some(fd) = self.owner.userns.lock().expect("userns cache").get(&self.slot) {
-            return Ok(fd.clone());
+    /// that show files owned by 0 … 65535 as the instance's own: made ahead (see
+    /// [`IdRange::prepare_next`]), else made now (a fork).
+    pub fn userns(&self) -> io::Result<OwnedFd> {
+        let ready = self.owner.userns.lock().expect("userns cache").remove(&self.slot);
+        match ready {
+            Some(fd) => Ok(fd),
+            None => make_userns(self.first),
         }
-        let fd = Arc::new(self.make_userns()?);
-        self.owner.userns.lock().expect("userns cache").insert(self.slot, fd.clone());
-        Ok(fd)
     }
 
-    /// Forks a child that enters a new user namespace and waits; maps it, keeps a handle on
-    /// the namespace, lets the child exit.
-    fn make_userns(&self) -> io::Result<OwnedFd> {
-        let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        // SAFETY: the child makes raw syscalls only (no allocation, no lock) and exits.
-        match unsafe { nix::unistd::fork() }? {
-            nix::unistd::ForkResult::Child => {
-                // Its copy of the go-ahead's write end would keep the read below from ever
-                // seeing the parent's close.
-                drop((ready_r, go_w));
-                let ok = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).is_ok();
-                let _ = nix::unistd::write(&ready_w, if ok { b"1" } else { b"0" });
-                let mut b = [0u8; 1];
-                let _ = nix::unistd::read(&go_r, &mut b);
-                super::sys::exit_now(0)
+    /// Has the user namespaces of the next ranges to be handed out made ahead, in the
+    /// background. Called once an instance that needed one has started: a fork of the
+    /// supervisor during a start would hold up that start (the init shares its memory).
+    pub fn prepare_next(&self) {
+        self.owner.prepare_userns();
+    }
+}
+
+/// How many of the next id ranges to be handed out get their user namespace made ahead.
+const USERNS_AHEAD: usize = 4;
+
+impl IdRanges {
+    /// Has a thread of its own make the user namespaces of the next [`USERNS_AHEAD`] free
+    /// ranges (started on first need: only instances of images use them), off the cold start.
+    fn prepare_userns(self: &Arc<Self>) {
+        let mut refill = self.refill.lock().expect("userns refill");
+        if refill.is_none() {
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let me = Arc::downgrade(self);
+            let spawned = std::thread::Builder::new().name("fcsup-userns".into()).spawn(move || {
+                // Not real-time: this is background work.
+                let _ = super::sys::sched_setscheduler(libc::SCHED_OTHER, 0);
+                while rx.recv().is_ok() {
+                    let Some(ranges) = me.upgrade() else { return };
+                    let next: Vec<u32> = ranges.free.lock().expect("id ranges").iter().take(USERNS_AHEAD).copied().collect();
+                    for slot in next {
+                        if ranges.userns.lock().expect("userns cache").contains_key(&slot) {
+                            continue;
+                        }
+                        match make_userns(ranges.base + slot * IDS_PER_INSTANCE) {
+                            Ok(fd) => {
+                                let mut cache = ranges.userns.lock().expect("userns cache");
+                                if cache.len() < 2 * USERNS_AHEAD {
+                                    cache.insert(slot, fd);
+                                }
+                            }
+                            Err(e) => tracing::warn!("cannot make a user namespace ahead: {e}"),
+                        }
+                    }
+                }
+            });
+            match spawned {
+                Ok(_) => *refill = Some(tx),
+                Err(e) => {
+                    tracing::warn!("cannot start the user namespace thread: {e}");
+                    return;
+                }
             }
-            nix::unistd::ForkResult::Parent { child } => {
-                drop((ready_w, go_r));
-                let mut b = [0u8; 1];
-                let ready = nix::unistd::read(&ready_r, &mut b);
-                let result = match ready {
-                    Ok(1) if b[0] == b'1' => self
-                        .write_maps(child.as_raw())
-                        .and_then(|()| std::fs::File::open(format!("/proc/{}/ns/user", child.as_raw())).map(OwnedFd::from)),
-                    _ => Err(io::Error::other("the helper could not enter a new user namespace")),
-                };
-                drop(go_w);
-                let _ = nix::sys::wait::waitpid(child, None);
-                result
-            }
+        }
+        if let Some(tx) = &*refill {
+            let _ = tx.send(());
+        }
+    }
+}
+
+fn write_maps(pid: i32, first: u32) -> io::Result<()> {
+    let line = format!("0 {first} {IDS_PER_INSTANCE}\n");
+    for map in ["uid_map", "gid_map"] {
+        std::fs::write(format!("/proc/{pid}/{map}"), &line).map_err(|e| io::Error::new(e.kind(), format!("write {map} of {pid}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Forks a child that enters a new user namespace and waits; maps it (0 inside is `first`),
+/// keeps a handle on the namespace, lets the child exit.
+fn make_userns(first: u32) -> io::Result<OwnedFd> {
+    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    // SAFETY: the child makes raw syscalls only (no allocation, no lock) and exits.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Child => {
+            // Its copy of the go-ahead's write end would keep the read below from ever
+            // seeing the parent's close.
+            drop((ready_r, go_w));
+            let ok = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).is_ok();
+            let _ = nix::unistd::write(&ready_w, if ok { b"1" } else { b"0" });
+            let mut b = [0u8; 1];
+            let _ = nix::unistd::read(&go_r, &mut b);
+            super::sys::exit_now(0)
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop((ready_w, go_r));
+            let mut b = [0u8; 1];
+            let ready = nix::unistd::read(&ready_r, &mut b);
+            let pid = child.as_raw();
+            let result = match ready {
+                Ok(1) if b[0] == b'1' => write_maps(pid, first).and_then(|()| std::fs::File::open(format!("/proc/{pid}/ns/user")).map(OwnedFd::from)),
+                _ => Err(io::Error::other("the helper could not enter a new user namespace")),
+            };
+            drop(go_w);
+            let _ = nix::sys::wait::waitpid(child, None);
+            result
         }
     }
 }

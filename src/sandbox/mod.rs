@@ -197,6 +197,7 @@ pub fn spawn(
     let code_tree = match &spec.image {
         None => rootfs::detached_ro_tree(&spec.code_dir).map_err(setup(format!("prepare {} for /code", spec.code_dir.display())))?,
         Some(image) => {
+            let t0 = Instant::now();
             let userns = match &ids {
                 Some(ids) => Some((ids.userns().map_err(setup("make a user namespace for the image's idmapped layers"))?, ids.first)),
                 None => None,
@@ -205,8 +206,11 @@ pub fn spawn(
             let hosts = std::fs::read("/etc/hosts").unwrap_or_default();
             let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
             let etc: [(&str, &[u8]); 2] = [("hosts", &hosts), ("resolv.conf", &resolv)];
-            rootfs::detached_image_root(&image.layers, spec.tmp_size_mb, userns.as_ref().map(|(fd, id)| (&**fd, *id)), &etc)
-                .map_err(setup("prepare the image's root"))?
+            let t1 = Instant::now();
+            let root = rootfs::detached_image_root(&image.layers, spec.tmp_size_mb, userns.as_ref().map(|(fd, id)| (fd, *id)), &etc)
+                .map_err(setup("prepare the image's root"))?;
+            tracing::debug!(userns_us = (t1 - t0).as_micros(), overlay_us = t1.elapsed().as_micros(), "image root");
+            root
         }
     };
     let root = Root { ns: template.fd(), code: code_tree.as_raw_fd() };
@@ -250,6 +254,9 @@ pub fn spawn(
         report = read_report(&mut status);
     }
     let clone_to_exec = t0.elapsed();
+    if let (Ok(None), Some(ids), Some(_)) = (&report, &ids, &spec.image) {
+        ids.prepare_next();
+    }
     match report {
         Ok(None) => Ok(Child { pid, pidfd, netns, stdout: out_r, stderr: err_r, clone_to_exec, init_stack, ids }),
         Ok(Some((step, errno))) => {
