@@ -32,6 +32,16 @@ pub async fn run(mountinfo: &Path, cgroup_root: &str) -> Vec<Finding> {
         "kernel",
         format!("{kernel} (fcsup needs 5.14+ for clone3 into cgroups, pidfds and cgroup.kill)"),
     ));
+    let containers = procfs::KernelVersion::from_str(kernel).is_ok_and(|v| v >= procfs::KernelVersion::new(6, 13, 0));
+    out.push(f(
+        if containers { "ok" } else { "warn" },
+        "custom containers",
+        if containers {
+            "the kernel assembles image roots from layer fds (6.13+)".to_string()
+        } else {
+            format!("{kernel} is older than 6.13: `runtime: custom-container` functions cannot start (overlayfs layers given as fds); custom runtimes are unaffected")
+        },
+    ));
     let effective = caps::read(None, CapSet::Effective).unwrap_or_default();
     let cap_eff = effective.iter().fold(0u64, |m, c| m | c.bitmask());
     let sys_admin = effective.contains(&Capability::CAP_SYS_ADMIN);
