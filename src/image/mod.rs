@@ -174,11 +174,26 @@ impl Image {
 
     /// A regular file of the image (the topmost layer that has the path decides; a whiteout
     /// or anything but a regular file there means none).
+    /// The path is looked up without following symlinks on the host: a directory on the way
+    /// that is a symlink in the image (say `etc -> /etc`) makes the file absent rather than
+    /// reading the host's; files past 1 MiB are not read.
     fn file(&self, rel: &str) -> Option<String> {
+        use std::io::Read;
         for layer in self.layers.iter().rev() {
             let p = layer.join(rel);
+            let mut dir = layer.clone();
+            for part in Path::new(rel).parent().into_iter().flat_map(Path::components) {
+                dir.push(part);
+                if fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_symlink()) {
+                    return None;
+                }
+            }
             match fs::symlink_metadata(&p) {
-                Ok(m) if m.is_file() => return fs::read_to_string(&p).ok(),
+                Ok(m) if m.is_file() => {
+                    let mut text = String::new();
+                    fs::File::open(&p).ok()?.take(1 << 20).read_to_string(&mut text).ok()?;
+                    return Some(text);
+                }
                 Ok(_) => return None,
                 Err(_) => {}
             }
@@ -189,19 +204,21 @@ impl Image {
 
 /// The images of the functions one supervisor serves: the store opened on first need (a
 /// supervisor without containers never creates it), each reference resolved once (imported
-/// from its local source if it is not in the store) and kept. A failure is not kept: the next
-/// start tries again.
+/// from its local source if it is not in the store) and kept. A failed import is tried again
+/// at the next start; a failed registry pull is not (it may take minutes, and instance starts
+/// hold their pool): its error answers at once until fcsup restarts.
 #[derive(Debug)]
 pub struct Images {
     dir: PathBuf,
     store: Mutex<Option<std::sync::Arc<Store>>>,
     resolved: Mutex<BTreeMap<String, std::sync::Arc<Image>>>,
+    failed_pulls: Mutex<BTreeMap<String, String>>,
 }
 
 impl Images {
     /// Images kept in a store under `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Images {
-        Images { dir: dir.into(), store: Mutex::default(), resolved: Mutex::default() }
+        Images { dir: dir.into(), store: Mutex::default(), resolved: Mutex::default(), failed_pulls: Mutex::default() }
     }
 
     /// The store, opened on first use.
@@ -220,7 +237,20 @@ impl Images {
         if let Some(image) = self.resolved.lock().expect("resolved images").get(reference) {
             return Ok(image.clone());
         }
-        let image = std::sync::Arc::new(registry::resolve(&*self.store()?, reference)?);
+        if let Some(message) = self.failed_pulls.lock().expect("failed pulls").get(reference) {
+            return Err(ImageError::Source {
+                reference: reference.to_string(),
+                message: format!("{message} (the pull is tried again when fcsup restarts)"),
+            });
+        }
+        let image = match registry::resolve(&*self.store()?, reference) {
+            Ok(image) => std::sync::Arc::new(image),
+            Err(ImageError::Source { reference: r, message }) if !registry::is_local(reference) => {
+                self.failed_pulls.lock().expect("failed pulls").insert(reference.to_string(), message.clone());
+                return Err(ImageError::Source { reference: r, message });
+            }
+            Err(e) => return Err(e),
+        };
         self.resolved.lock().expect("resolved images").insert(reference.to_string(), image.clone());
         Ok(image)
     }
@@ -293,6 +323,35 @@ impl Drop for BlobWriter {
     }
 }
 
+/// Refuses a cache another user could change: its layers become instances' roots. `dir` must
+/// be a real directory (not a symlink) owned by the user fcsup runs as, and each directory
+/// above it owned by that user or root and writable by nobody else (a sticky one like /tmp
+/// excepted).
+fn check_private(dir: &Path) -> Result<(), ImageError> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    let refuse = |why: String| ImageError::Io {
+        op: format!("use {} as the image cache", dir.display()),
+        source: std::io::Error::new(std::io::ErrorKind::PermissionDenied, why),
+    };
+    let meta = fs::symlink_metadata(dir).map_err(io_err(format!("stat {}", dir.display())))?;
+    if !meta.file_type().is_dir() {
+        return Err(refuse("it is not a directory (a symlink is refused)".into()));
+    }
+    if meta.uid() != me {
+        return Err(refuse(format!("it is owned by uid {}, not {me}", meta.uid())));
+    }
+    let absolute = fs::canonicalize(dir).map_err(io_err(format!("resolve {}", dir.display())))?;
+    for parent in absolute.ancestors().skip(1) {
+        let m = fs::metadata(parent).map_err(io_err(format!("stat {}", parent.display())))?;
+        let writable_by_others = m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0;
+        if (m.uid() != me && m.uid() != 0) || writable_by_others {
+            return Err(refuse(format!("{} could be changed by another user", parent.display())));
+        }
+    }
+    Ok(())
+}
+
 /// Creates `dir` (and parents) with `mode` on the last component.
 fn mkdir_mode(dir: &Path, mode: u32) -> Result<(), ImageError> {
     use std::os::unix::fs::DirBuilderExt;
@@ -307,6 +366,7 @@ impl Store {
     pub fn open(dir: impl Into<PathBuf>) -> Result<Store, ImageError> {
         let dir = dir.into();
         mkdir_mode(&dir, 0o700)?;
+        check_private(&dir)?;
         fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(io_err(format!("chmod {}", dir.display())))?;
         for sub in ["blobs/sha256", "layers/sha256", "tmp"] {
             mkdir_mode(&dir.join(sub), 0o700)?;
@@ -326,7 +386,7 @@ impl Store {
 
     /// Whether the blob `digest` is in the store.
     pub fn has_blob(&self, digest: &str) -> bool {
-        self.blob_path(digest).is_ok_and(|p| p.is_file())
+        self.blob_path(digest).is_ok_and(|p| fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_file()))
     }
 
     /// A writer for the blob `digest` (see [`BlobWriter`]).
@@ -372,8 +432,17 @@ impl Store {
         Ok(digest)
     }
 
+    /// Reads a manifest or config blob (JSON; refused past 8 MiB, as containerd does for
+    /// manifests: an image's author must not make the supervisor hold more).
     fn read_blob(&self, digest: &str) -> Result<Vec<u8>, ImageError> {
+        const MAX_JSON_BLOB: u64 = 8 << 20;
         let path = self.blob_path(digest)?;
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.len() > MAX_JSON_BLOB) {
+            return Err(ImageError::Io {
+                op: format!("read {digest}"),
+                source: io::Error::new(io::ErrorKind::InvalidData, "a manifest or config larger than 8 MiB is refused"),
+            });
+        }
         fs::read(&path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => ImageError::MissingBlob(digest.to_string()),
             _ => ImageError::Io { op: format!("read {}", path.display()), source: e },
@@ -455,7 +524,7 @@ impl Store {
         for layer in manifest.layers() {
             let digest = layer.digest().to_string();
             let dir = self.dir.join("layers/sha256").join(digest_hex(&digest)?);
-            if !dir.is_dir() {
+            if !fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_dir()) {
                 if !unpack {
                     return Err(ImageError::MissingBlob(digest));
                 }
@@ -477,7 +546,7 @@ impl Store {
                     // Another unpack of the same layer may have won the race: keep the first.
                     match fs::rename(&tmp, &dir) {
                         Ok(()) => Ok(()),
-                        Err(_) if dir.is_dir() => Ok(()),
+                        Err(_) if fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_dir()) => Ok(()),
                         Err(e) => Err(ImageError::Io { op: format!("move layer {digest} into place"), source: e }),
                     }
                 }) {
@@ -524,6 +593,30 @@ mod tests {
 
     fn sha(bytes: &[u8]) -> String {
         format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+    }
+
+    #[test]
+    fn a_cache_another_user_could_change_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let real = t.path().join("real");
+        fs::create_dir(&real).unwrap();
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let e = Store::open(&link).unwrap_err();
+        assert!(e.to_string().contains("symlink"), "{e}");
+        if nix::unistd::geteuid().is_root() {
+            let theirs = t.path().join("theirs");
+            fs::create_dir(&theirs).unwrap();
+            nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+            let e = Store::open(&theirs).unwrap_err();
+            assert!(e.to_string().contains("owned by uid 65534"), "{e}");
+            let open = t.path().join("open");
+            fs::create_dir(&open).unwrap();
+            fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+            let e = Store::open(open.join("cache")).unwrap_err();
+            assert!(e.to_string().contains("could be changed by another user"), "{e}");
+        }
+        Store::open(t.path().join("mine")).unwrap();
     }
 
     #[test]

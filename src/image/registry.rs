@@ -273,16 +273,85 @@ pub fn resolve(store: &Store, reference: &str) -> Result<Image, ImageError> {
         mark_used(store, &name);
         return Ok(image);
     }
+    pull_in_child(store, reference)?;
+    let image = store.image(&name).ok_or_else(|| ImageError::Source { reference: reference.into(), message: "the pull left no image".into() })?;
+    mark_used(store, &name);
+    Ok(image)
+}
+
+/// The address space a pull may use: a registry is not trusted, and a body it makes the client
+/// hold (an endless manifest, a huge token reply) must end the pull, not the supervisor.
+const PULL_ADDRESS_SPACE: u64 = 4 << 30;
+
+/// How long a pull may take in all (`FCSUP_PULL_TIMEOUT`, seconds): a registry that trickles
+/// bytes never trips a read timeout.
+fn pull_deadline() -> std::time::Duration {
+    let secs = std::env::var("FCSUP_PULL_TIMEOUT").ok().and_then(|s| s.parse().ok()).unwrap_or(600);
+    std::time::Duration::from_secs(secs)
+}
+
+/// Runs `fcsup image pull` as a child process (same store; credentials and insecure registries
+/// from the environment it inherits) with a bounded address space and an overall deadline, and
+/// dying with the supervisor; its log lines are passed on, its last one is the error.
+fn pull_in_child(store: &Store, reference: &str) -> Result<(), ImageError> {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
     let failed = |message: String| ImageError::Source { reference: reference.to_string(), message };
-    let pulled = std::thread::scope(|s| {
-        s.spawn(|| {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| failed(format!("cannot pull: {e}")))?;
-            rt.block_on(pull(store, reference, &RegistryOptions::from_env())).map_err(|e| failed(e.kind.to_string()))
-        })
-        .join()
-        .unwrap_or_else(|_| Err(failed("the pull panicked".to_string())))
-    })?;
-    Ok(pulled.image)
+    let exe = std::env::current_exe().map_err(|e| failed(format!("cannot find fcsup to pull with: {e}")))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["image", "pull", reference, "--image-cache"]).arg(store.dir()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    // SAFETY: between fork and exec the child makes two plain syscalls (prctl, setrlimit).
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_AS, PULL_ADDRESS_SPACE, PULL_ADDRESS_SPACE)?;
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| failed(format!("cannot start the pull: {e}")))?;
+    let stderr = child.stderr.take().expect("piped");
+    // The child's lines pass through; its `Error: …` line is the reason.
+    let relay = std::thread::spawn(move || {
+        let mut error = String::new();
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            if let Some(e) = line.strip_prefix("Error: ") {
+                error = e.to_string();
+            }
+        }
+        error
+    });
+    let deadline = Instant::now() + pull_deadline();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let last = relay.join().unwrap_or_default();
+    match status {
+        Some(s) if s.success() => Ok(()),
+        Some(s) => {
+            use std::os::unix::process::ExitStatusExt;
+            let why = last.trim();
+            let why = why.strip_prefix(&format!("{reference}: ")).or_else(|| why.strip_prefix(&format!("{}: ", normalize(reference)))).unwrap_or(why);
+            Err(failed(match (why.is_empty(), s.signal()) {
+                (false, _) => why.to_string(),
+                (true, Some(sig)) => format!(
+                    "the pull was killed by signal {sig}: the registry's answers outgrew the pull's {} GiB, or it crashed",
+                    PULL_ADDRESS_SPACE >> 30
+                ),
+                (true, None) => format!("the pull failed ({s})"),
+            }))
+        }
+        None => Err(failed(format!("the pull did not finish within {} s (FCSUP_PULL_TIMEOUT)", pull_deadline().as_secs()))),
+    }
 }
 
 /// The names a pull's errors carry.

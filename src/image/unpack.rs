@@ -126,6 +126,11 @@ fn unpack_entry<R: Read>(mut entry: tar::Entry<R>, dest: &Path) -> Result<(), St
     }
     let path = parent.join(name);
     if let Some(hidden) = name_bytes.strip_prefix(b".wh.") {
+        // The hidden name is one ordinary entry of this directory: `.wh.` alone, `.wh..` or
+        // `.wh...` would reach the directory itself or the one above the layer.
+        if hidden.is_empty() || hidden == b"." || hidden == b".." || hidden.contains(&b'/') {
+            return Err(format!("the whiteout {} names no entry", rel(dest, &path)));
+        }
         let target = parent.join(OsStr::from_bytes(hidden));
         remove_any(&target).map_err(|e| format!("replace {}: {e}", rel(dest, &target)))?;
         nix::sys::stat::mknod(&target, nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::empty(), 0)
@@ -224,6 +229,18 @@ mod tests {
         let err = unpack(l.path(), Compression::Sniff, &dir.path().join("l")).unwrap_err();
         assert!(err.contains("leaves the layer"), "{err}");
         assert!(!dir.path().join("evil").exists());
+    }
+
+    #[test]
+    fn refuses_whiteouts_that_name_no_entry() {
+        for name in [".wh.", ".wh..", ".wh...", "d/.wh..."] {
+            let l = layer(&[("d/keep", tar::EntryType::Regular, "x"), (name, tar::EntryType::Regular, "")]);
+            let root = tempfile::tempdir().unwrap();
+            std::fs::write(root.path().join("sibling"), "a neighbour of the layer").unwrap();
+            let e = unpack(l.path(), Compression::Sniff, &root.path().join("layer")).unwrap_err();
+            assert!(e.contains("names no entry"), "{name}: {e}");
+            assert!(root.path().join("sibling").exists(), "{name} removed what lies beside the layer");
+        }
     }
 
     #[test]
