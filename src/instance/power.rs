@@ -32,12 +32,12 @@ impl<K: Kernel> Instance<K> {
         match self.kernel.freeze().await {
             Ok(()) => {
                 let took = t.elapsed();
+                self.transition(Lifecycle::froze);
                 self.latencies.freeze(took);
                 self.reporting.samples().record("freeze", took);
                 let now = self.settled_reading().await;
                 self.record(windows.close(now));
                 windows.frozen(now, self.provisioned);
-                self.transition(Lifecycle::froze);
                 tracing::debug!(function = %self.function.name, instance = %self.id, us = us(took), "frozen");
             }
             Err(e) => tracing::error!(instance = %self.id, "freeze failed: {e}"),
