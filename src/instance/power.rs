@@ -35,8 +35,7 @@ impl<K: Kernel> Instance<K> {
                 self.transition(Lifecycle::froze);
                 self.latencies.freeze(took);
                 self.reporting.samples().record("freeze", took);
-                let now = self.settled_reading().await;
-                self.record(windows.close(now));
+                let now = self.close_window(&mut windows);
                 windows.frozen(now, self.provisioned);
                 tracing::debug!(function = %self.function.name, instance = %self.id, us = us(took), "frozen");
             }
@@ -55,24 +54,6 @@ impl<K: Kernel> Instance<K> {
         self.reporting.samples().record("thaw", took);
         tracing::debug!(function = %self.function.name, instance = %self.id, us = us(took), "thawed");
         Ok(())
-    }
-
-    /// The meters once a freeze has settled. The kernel reports `frozen 1` when the last task
-    /// enters the freezer, a moment before it stops running: the CPU it used since its last
-    /// accounting is added to `cpu.stat` when it does. Read until two readings agree (a few
-    /// tens of µs, off the request path), so that CPU stays in the window it belongs to and
-    /// does not leak into a provisioned instance's idle time.
-    async fn settled_reading(&self) -> Reading {
-        let mut last = self.reading();
-        for _ in 0..4 {
-            crate::timer::fine_sleep(std::time::Duration::from_micros(50)).await;
-            let now = self.reading();
-            if now.cpu == last.cpu {
-                return now;
-            }
-            last = now;
-        }
-        last
     }
 
     /// The meters now.
