@@ -364,7 +364,9 @@ async fn run_in(
                 let n = if opts.quick { 3 } else { 10 };
                 match image::first_pulls(image, &image_dir.join("pulls"), n, &mut raw).await {
                     Ok(true) => {}
-                    Ok(false) => raw.note("first_pull: docker-registry or skopeo is not installed, skipped (apt-get install docker-registry skopeo)".into()),
+                    Ok(false) => {
+                        raw.note("first_pull: docker-registry or skopeo is not installed, skipped (apt-get install docker-registry skopeo)".into())
+                    }
                     Err(e) => raw.note(format!("first_pull: failed, skipped: {e}")),
                 }
             }
