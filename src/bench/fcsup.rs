@@ -10,16 +10,22 @@ use super::{Plan, Raw, Result};
 use crate::config::Config;
 use crate::supervisor::{Options, Supervisor};
 
-/// The functions the bench serves.
-fn config_yaml(native_dir: &Path, python_dir: &Path) -> String {
+/// The functions the bench serves; `image` (a reference) adds `image`, the native fixture as a
+/// custom container.
+fn config_yaml(native_dir: &Path, python_dir: &Path, image: Option<&str>) -> String {
     let native = |name: &str, extra: &str| {
         format!(
             "  {name}:\n    props:\n      code: {}\n      memorySize: 1024\n      cpu: 1\n      timeout: 60\n      customRuntimeConfig: {{command: [/code/fcsup-fixture]}}\n      fcsup: {{idleTimeout: 3600, maxInstances: 120}}\n{extra}",
             native_dir.display()
         )
     };
+    let container = image.map_or_else(String::new, |r| {
+        format!(
+            "  image:\n    props:\n      runtime: custom-container\n      memorySize: 1024\n      cpu: 1\n      timeout: 60\n      customContainerConfig: {{image: '{r}', port: 9000}}\n      fcsup: {{idleTimeout: 3600, maxInstances: 120}}\n"
+        )
+    });
     format!(
-        "fcsup: {{maxInstances: 250}}\nresources:\n{}{}{}{}{}{}  python:\n    props:\n      code: {}\n      memorySize: 1024\n      cpu: 1\n      timeout: 60\n      customRuntimeConfig: {{command: [/usr/bin/python3, server.py]}}\n      fcsup: {{idleTimeout: 3600}}\n",
+        "fcsup: {{maxInstances: 250}}\nresources:\n{container}{}{}{}{}{}{}  python:\n    props:\n      code: {}\n      memorySize: 1024\n      cpu: 1\n      timeout: 60\n      customRuntimeConfig: {{command: [/usr/bin/python3, server.py]}}\n      fcsup: {{idleTimeout: 3600}}\n",
         native("native", ""),
         native("native16", "      instanceConcurrency: 16\n"),
         native("busy1", "      environmentVariables: {FIXTURE_BUSY_THREADS: '1'}\n"),
@@ -50,15 +56,20 @@ fn invoke_path(function: &str) -> String {
 
 impl Rig {
     /// Starts a supervisor serving the fixtures under its own cgroup root; `insecure` runs
-    /// its instances without a user namespace and seccomp filter.
-    pub async fn start(native_dir: &Path, python_dir: &Path, insecure: bool) -> Result<Rig> {
-        let yaml = config_yaml(native_dir, python_dir);
+    /// its instances without a user namespace and seccomp filter; `image` (a reference and an
+    /// image cache directory) also serves the native fixture from that image.
+    pub async fn start(native_dir: &Path, python_dir: &Path, insecure: bool, image: Option<(&str, &Path)>) -> Result<Rig> {
+        let yaml = config_yaml(native_dir, python_dir, image.map(|(r, _)| r));
         let config = Config::parse(&yaml, Path::new("bench.yaml"), Path::new("/"))?;
         let opts = Options {
             cgroup_root: format!("fcsup-bench-{}", std::process::id()),
             echo_logs: false,
             insecure_instances: insecure,
             ..Options::default()
+        };
+        let opts = match image {
+            Some((_, cache)) => Options { image_cache: cache.to_path_buf(), ..opts },
+            None => opts,
         };
         let sup = Supervisor::start(&config, &opts).await?;
         sup.reporting().samples().enable();

@@ -45,6 +45,7 @@ macro_rules! ensure {
 mod chart;
 mod client;
 mod fcsup;
+mod image;
 mod peers;
 pub mod stats;
 
@@ -168,6 +169,16 @@ impl Raw {
                 rows.extend(more);
             }
         }
+        // What a custom container adds over the custom runtime of the same fixture, phase by phase.
+        let image_added: Vec<Row> = rows
+            .iter()
+            .filter(|r| r.system == "fcsup" && r.workload == "image" && (r.metric == "cold_start" || r.metric.starts_with("cold_start.")))
+            .filter_map(|r| {
+                let base = rows.iter().find(|b| b.system == "fcsup" && b.workload == "native" && b.metric == r.metric)?;
+                Some(r.minus(base, &r.metric.replacen("cold_start", "cold_start_image_added", 1)))
+            })
+            .collect();
+        rows.extend(image_added);
         rows.extend(self.scalars.iter().cloned());
         rows
     }
@@ -244,7 +255,17 @@ pub async fn run(opts: BenchOptions) -> Result<Report> {
     std::fs::copy(&opts.fixture, native_dir.join("fcsup-fixture"))?;
     let examples = crate::demo::write_examples()?;
     let python_dir = examples.join("hello");
-    let result = run_in(&opts, &plan, &native_dir, &python_dir).await;
+    let result = async {
+        let image_dir = work.join("image");
+        let image = if opts.wants("cold") {
+            std::fs::create_dir_all(&image_dir)?;
+            image::build(&image_dir, &opts.fixture)?
+        } else {
+            None
+        };
+        run_in(&opts, &plan, &native_dir, &python_dir, image.as_ref(), &image_dir).await
+    }
+    .await;
     let _ = std::fs::remove_dir_all(&work);
     let _ = std::fs::remove_dir_all(&examples);
     let report = result?;
@@ -256,9 +277,16 @@ pub async fn run(opts: BenchOptions) -> Result<Report> {
     Ok(report)
 }
 
-async fn run_in(opts: &BenchOptions, plan: &Plan, native_dir: &Path, python_dir: &Path) -> Result<Report> {
+async fn run_in(
+    opts: &BenchOptions,
+    plan: &Plan,
+    native_dir: &Path,
+    python_dir: &Path,
+    image: Option<&image::FixtureImage>,
+    image_dir: &Path,
+) -> Result<Report> {
     let peers_on = !opts.no_peers;
-    let total = (plan.cold_n * 3 + plan.python_n * 2 + plan.freeze_n * 2 + plan.warm_n * 2) as u64
+    let total = (plan.cold_n * 4 + plan.python_n * 2 + plan.freeze_n * 2 + plan.warm_n * 2) as u64
         + if peers_on { (plan.freeze_n * 2 + (plan.peer_cold_n + plan.freeze_n * 3) * 2) as u64 } else { 0 };
     let pb = progress(total);
     let tick = || pb.inc(1);
@@ -269,11 +297,19 @@ async fn run_in(opts: &BenchOptions, plan: &Plan, native_dir: &Path, python_dir:
     let python_cmd = vec!["/usr/bin/python3".to_string(), "server.py".to_string()];
 
     pb.set_message("fcsup: starting the supervisor");
-    let rig = fcsup::Rig::start(native_dir, python_dir, false).await?;
+    let reference = image.map(image::FixtureImage::reference);
+    let cache = image_dir.join("cache");
+    let rig = fcsup::Rig::start(native_dir, python_dir, false, reference.as_deref().map(|r| (r, cache.as_path()))).await?;
     let measured = async {
         if opts.wants("cold") {
-            pb.set_message("cold start: fcsup, native");
-            rig.cold_starts("native", "native", plan.cold_n, &mut raw, &tick).await?;
+            pb.set_message(if image.is_some() { "cold start: fcsup, native and from its image" } else { "cold start: fcsup, native" });
+            for _ in 0..plan.cold_n {
+                // Interleaved, so both see the same state of the host.
+                rig.cold_starts("native", "native", 1, &mut raw, &tick).await?;
+                if image.is_some() {
+                    rig.cold_starts("image", "image", 1, &mut raw, &tick).await?;
+                }
+            }
             pb.set_message("cold start: fcsup, python");
             rig.cold_starts("python", "python", plan.python_n, &mut raw, &tick).await?;
         }
@@ -312,7 +348,7 @@ async fn run_in(opts: &BenchOptions, plan: &Plan, native_dir: &Path, python_dir:
     measured?;
     if opts.wants("cold") {
         pb.set_message("cold start: fcsup --insecure-instances, native");
-        let rig = fcsup::Rig::start(native_dir, python_dir, true).await?;
+        let rig = fcsup::Rig::start(native_dir, python_dir, true, None).await?;
         let measured = rig.cold_starts("native", "native", plan.cold_n, &mut raw, &tick).await;
         rig.shutdown().await;
         measured?;
@@ -321,6 +357,20 @@ async fn run_in(opts: &BenchOptions, plan: &Plan, native_dir: &Path, python_dir:
     pb.set_message("plain process");
     if opts.wants("cold") {
         plain_rows(&native_cmd, &python_cmd, python_dir, plan, &mut raw, &tick)?;
+        match image {
+            None => raw.note("custom container rows: umoci is not installed, skipped (apt-get install umoci)".into()),
+            Some(image) => {
+                pb.set_message("first pull from docker-registry");
+                let n = if opts.quick { 3 } else { 10 };
+                match image::first_pulls(image, &image_dir.join("pulls"), n, &mut raw).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        raw.note("first_pull: docker-registry or skopeo is not installed, skipped (apt-get install docker-registry skopeo)".into())
+                    }
+                    Err(e) => raw.note(format!("first_pull: failed, skipped: {e}")),
+                }
+            }
+        }
     }
     if opts.wants("warm") {
         let (c1, c16) = peers::plain_warm(&fixture, plan, &mut raw, &tick)?;
@@ -342,7 +392,8 @@ async fn run_in(opts: &BenchOptions, plan: &Plan, native_dir: &Path, python_dir:
     if peers_on && (opts.wants("cold") || opts.wants("freeze") || opts.wants("warm")) {
         for name in ["crun", "runc"] {
             pb.set_message(name);
-            match container_rows(name, &fixture, opts.quick) {
+            let bundle = if name == "crun" && opts.wants("cold") { image.map(|i| i.bundle.as_path()) } else { None };
+            match container_rows(name, &fixture, bundle, opts.quick) {
                 Ok(Some(r)) => {
                     for row in r.rows {
                         raw.samples.entry((row.0, row.1, row.2)).or_default().extend(row.3);
@@ -384,7 +435,7 @@ pub struct WorkerOutput {
 /// crun's and runc's rows. crun refuses hybrid hosts whose cgroup2 lists controllers, so there
 /// it runs in a worker process inside a private mount namespace with cgroup2 unmounted: no
 /// per-call wrapper cost is added to its figures.
-fn container_rows(name: &str, fixture: &Path, quick: bool) -> Result<Option<WorkerOutput>> {
+fn container_rows(name: &str, fixture: &Path, image_bundle: Option<&Path>, quick: bool) -> Result<Option<WorkerOutput>> {
     if peers::Runtime::find(name, fixture).is_none() {
         return Ok(None);
     }
@@ -397,20 +448,35 @@ fn container_rows(name: &str, fixture: &Path, quick: bool) -> Result<Option<Work
         if quick {
             cmd.arg("--quick");
         }
+        if let Some(b) = image_bundle {
+            cmd.env(IMAGE_BUNDLE_ENV, b);
+        }
         let out = cmd.stderr(std::process::Stdio::inherit()).output()?;
         ensure!(out.status.success(), "the {name} worker failed ({})", out.status);
         return Ok(Some(serde_json::from_slice(&out.stdout)?));
     }
-    worker(name, fixture, quick).map(Some)
+    worker_with(name, fixture, image_bundle, quick).map(Some)
 }
+
+/// Where a `bench-worker` finds the fixture image's bundle (`umoci unpack`), for its cold
+/// starts from that image.
+const IMAGE_BUNDLE_ENV: &str = "FCSUP_BENCH_IMAGE_BUNDLE";
 
 /// Runs one container runtime's rows in this process (the `bench-worker` command).
 pub fn worker(name: &str, fixture: &Path, quick: bool) -> Result<WorkerOutput> {
+    let bundle = std::env::var_os(IMAGE_BUNDLE_ENV).map(PathBuf::from);
+    worker_with(name, fixture, bundle.as_deref(), quick)
+}
+
+fn worker_with(name: &str, fixture: &Path, image_bundle: Option<&Path>, quick: bool) -> Result<WorkerOutput> {
     let plan = Plan::new(quick);
     let mut rt = peers::Runtime::find(name, fixture).ok_or_else(|| failed!("{name} is not installed"))?;
     let mut raw = Raw::default();
     let tick = || {};
-    rt.cold(plan.peer_cold_n, &mut raw, &tick)?;
+    rt.cold(plan.peer_cold_n, None, &mut raw, &tick)?;
+    if let Some(b) = image_bundle {
+        rt.cold(plan.peer_cold_n, Some(b), &mut raw, &tick)?;
+    }
     rt.pause_resume(1, "1 busy thread", &plan, &mut raw, &tick)?;
     rt.pause_resume(50, "50 busy threads", &plan, &mut raw, &tick)?;
     rt.pause_resume(0, "idle", &plan, &mut raw, &tick)?;

@@ -252,11 +252,35 @@ impl Runtime {
         let _ = std::fs::remove_dir_all(dir);
     }
 
-    /// `<rt> run` per call to the first response (`s local`'s model), and teardown.
-    pub fn cold(&mut self, n: usize, raw: &mut Raw, tick: &dyn Fn()) -> Result<()> {
+    /// The image's bundle (`umoci unpack`, its rootfs the image's) set up to run the fixture on
+    /// `port` with host networking, as [`Runtime::bundle`]'s; reused by every call.
+    fn image_bundle(&mut self, bundle: &Path, port: u16) -> Result<String> {
+        self.seq += 1;
+        let id = format!("fcsup-bench-{}-{}-{}", self.name, std::process::id(), self.seq);
+        let path = bundle.join("config.json");
+        let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+        spec["process"]["terminal"] = false.into();
+        spec["process"]["args"] = serde_json::json!(["/fcsup-fixture"]);
+        spec["process"]["env"] = serde_json::json!(["PATH=/", format!("FC_SERVER_PORT={port}")]);
+        if let Some(ns) = spec["linux"]["namespaces"].as_array_mut() {
+            ns.retain(|n| n["type"] != "network");
+        }
+        std::fs::write(&path, serde_json::to_vec_pretty(&spec)?)?;
+        Ok(id)
+    }
+
+    /// `<rt> run` per call to the first response (`s local`'s model), and teardown; from the
+    /// fixture's image bundle (workload `image`) when `image` is given.
+    pub fn cold(&mut self, n: usize, image: Option<&Path>, raw: &mut Raw, tick: &dyn Fn()) -> Result<()> {
+        let workload = if image.is_some() { "image" } else { "native" };
         for _ in 0..n {
             let port = free_port();
-            let (dir, id) = self.bundle(port, 0)?;
+            let (dir, id) = match image {
+                Some(b) => (b.to_path_buf(), self.image_bundle(b, port)?),
+                None => self.bundle(port, 0)?,
+            };
+            // The image's bundle is kept for the next call.
+            let owned = image.is_none();
             let t = Instant::now();
             let mut child = self.run_cmd(false, &dir, &id).spawn()?;
             let ready = Conn::open_when_ready(&format!("127.0.0.1:{port}"), Instant::now() + Duration::from_secs(30));
@@ -264,16 +288,22 @@ impl Runtime {
             if let Err(e) = answered {
                 let _ = child.kill();
                 let _ = child.wait();
-                self.remove(&id, &dir);
+                let _ = self.cli(&["kill", &id, "KILL"]);
+                let _ = self.cli(&["delete", "-f", &id]);
+                if owned {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
                 bail!("{} run did not serve: {e}", self.name);
             }
-            raw.push(&self.name, "cold_start", "native", t.elapsed().as_secs_f64() * 1e6);
+            raw.push(&self.name, "cold_start", workload, t.elapsed().as_secs_f64() * 1e6);
             let t = Instant::now();
             let _ = self.cli(&["kill", &id, "KILL"]);
             let _ = child.wait();
             let _ = self.cli(&["delete", "-f", &id]);
-            raw.push(&self.name, "teardown", "native", t.elapsed().as_secs_f64() * 1e6);
-            let _ = std::fs::remove_dir_all(&dir);
+            raw.push(&self.name, "teardown", workload, t.elapsed().as_secs_f64() * 1e6);
+            if owned {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
             tick();
         }
         Ok(())

@@ -12,7 +12,7 @@ use crate::config::Function;
 use crate::image::Images;
 use crate::logs::{Echo, InstanceLog, LogFiles};
 use crate::metrics::{Latencies, Metrics, Samples};
-use crate::sandbox::{self, ImageRoot, Isolation, NetnsPool, RootTemplate, SandboxError, SandboxSpec};
+use crate::sandbox::{self, ImageRoot, ImageRoots, Isolation, NetnsPool, RootTemplate, SandboxError, SandboxSpec};
 
 /// Where instances account for what they used: billing records, Prometheus metrics and the
 /// bench's raw samples.
@@ -73,6 +73,8 @@ pub struct Launcher {
     log_files: LogFiles,
     reporting: Arc<Reporting>,
     images: Images,
+    /// Custom containers' roots, made ahead of their starts.
+    image_roots: Arc<ImageRoots>,
 }
 
 impl Launcher {
@@ -87,7 +89,17 @@ impl Launcher {
         log_files: LogFiles,
         reporting: Arc<Reporting>,
     ) -> Self {
-        Launcher { cgroups, netns, root_template, isolation, echo, log_files, reporting, images: Images::new(crate::image::DEFAULT_DIR) }
+        Launcher {
+            cgroups,
+            netns,
+            root_template,
+            isolation,
+            echo,
+            log_files,
+            reporting,
+            images: Images::new(crate::image::DEFAULT_DIR),
+            image_roots: Arc::default(),
+        }
     }
 
     /// Keeps custom containers' images in a store under `dir` (default [`crate::image::DEFAULT_DIR`]).
@@ -105,7 +117,9 @@ impl Launcher {
                 let t0 = Instant::now();
                 match self.images.get(&c.image) {
                     Ok(image) => {
-                        tracing::info!(function = %f.name, image = %c.image, digest = %image.manifest_digest, ms = t0.elapsed().as_millis(), "image ready")
+                        tracing::info!(function = %f.name, image = %c.image, digest = %image.manifest_digest, ms = t0.elapsed().as_millis(), "image ready");
+                        // The first start's root, made ahead too.
+                        self.image_roots.prepare(&image.layers, f.disk_mb, self.isolation.ids.clone());
                     }
                     Err(e) => tracing::error!(function = %f.name, "image {} is not usable: {e}", c.image),
                 }
@@ -180,8 +194,15 @@ impl Launch<Sandboxed> for Launcher {
                 return Err(setup("create a network namespace")(e));
             }
         };
-        let child = match sandbox::spawn(&spec, &self.root_template, netns, cgroup.dir_fd(), &cgroup.v1_procs_fds(), &self.isolation) {
-            Ok(c) => c,
+        let prepared = spec.image.as_ref().and_then(|i| self.image_roots.take(&i.layers, spec.tmp_size_mb));
+        let child = match sandbox::spawn(&spec, &self.root_template, netns, cgroup.dir_fd(), &cgroup.v1_procs_fds(), &self.isolation, prepared) {
+            Ok(c) => {
+                if let Some(image) = &spec.image {
+                    // The next start's root, off this one's path.
+                    self.image_roots.prepare(&image.layers, spec.tmp_size_mb, self.isolation.ids.clone());
+                }
+                c
+            }
             Err(e) => {
                 let _ = cgroup.remove();
                 return Err(e.into());

@@ -215,6 +215,10 @@ fn write_maps(pid: i32, first: u32) -> io::Result<()> {
 /// Forks a child that enters a new user namespace and waits; maps it (0 inside is `first`),
 /// keeps a handle on the namespace, lets the child exit.
 fn make_userns(first: u32) -> io::Result<OwnedFd> {
+    // One helper at a time: a helper forked while another's pipes are open would hold their
+    // ends, and each would wait forever for the other's go-ahead to close.
+    static FORKING: Mutex<()> = Mutex::new(());
+    let _one = FORKING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     // SAFETY: the child makes raw syscalls only (no allocation, no lock) and exits.

@@ -9,6 +9,7 @@
 //! instance's network namespace ([`Netns::socket`]).
 
 mod child;
+mod image_roots;
 mod isolation;
 mod netns;
 mod rootfs;
@@ -27,6 +28,7 @@ use nix::mount::MsFlags;
 
 pub use child::instance_init;
 use child::{ExecArgs, Op, Plan, START_STACK, STEP_EXEC, STEP_IDS, STEP_SECCOMP, STEP_USERNS_MAP};
+pub use image_roots::{ImageRoots, PreparedRoot};
 pub use isolation::{IdRange, IdRanges, Isolation, DEFAULT_ID_BASE, IDS_PER_INSTANCE};
 pub use netns::{Netns, NetnsPool, INSTANCE_ADDR};
 pub use rootfs::RootTemplate;
@@ -167,7 +169,8 @@ pub struct Child {
 
 /// Spawns `spec` into the cgroup directory `cgroup_fd`; `v1_procs` are v1 `cgroup.procs`
 /// files the child writes itself into before anything else.
-/// The child joins the prepared root `template` (see [`rootfs`]) and attaches the code.
+/// The child joins the prepared root `template` (see [`rootfs`]) and attaches the code; an
+/// image's root comes made ahead in `prepared` (with the ids it is idmapped to) or is made now.
 pub fn spawn(
     spec: &SandboxSpec,
     template: &RootTemplate,
@@ -175,11 +178,15 @@ pub fn spawn(
     cgroup_fd: RawFd,
     v1_procs: &[RawFd],
     isolation: &Isolation,
+    prepared: Option<PreparedRoot>,
 ) -> Result<Child, SandboxError> {
     let (out_r, out_w) = pipe_cloexec().map_err(setup("create stdout pipe"))?;
     let (err_r, err_w) = pipe_cloexec().map_err(setup("create stderr pipe"))?;
     let (status_r, status_w) = pipe_cloexec().map_err(setup("create status pipe"))?;
-    let ids = isolation.ids.as_ref().map(|r| r.take()).transpose().map_err(setup("reserve the instance's host ids"))?;
+    let (ids, prepared_root) = match prepared {
+        Some(p) => (p.ids, Some(p.root)),
+        None => (isolation.ids.as_ref().map(|r| r.take()).transpose().map_err(setup("reserve the instance's host ids"))?, None),
+    };
     let sync = match &ids {
         Some(ids) => {
             // The function's root owns its output pipes, so it can reopen /dev/stdout (as runc does).
@@ -194,22 +201,13 @@ pub fn spawn(
     };
     let devnull = nix::fcntl::open(c"/dev/null", OFlag::O_RDONLY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
         .map_err(|e| setup("open /dev/null")(e.into()))?;
-    let code_tree = match &spec.image {
-        None => rootfs::detached_ro_tree(&spec.code_dir).map_err(setup(format!("prepare {} for /code", spec.code_dir.display())))?,
-        Some(image) => {
+    let code_tree = match (&spec.image, prepared_root) {
+        (None, _) => rootfs::detached_ro_tree(&spec.code_dir).map_err(setup(format!("prepare {} for /code", spec.code_dir.display())))?,
+        (Some(_), Some(root)) => root,
+        (Some(image), None) => {
             let t0 = Instant::now();
-            let userns = match &ids {
-                Some(ids) => Some((ids.userns().map_err(setup("make a user namespace for the image's idmapped layers"))?, ids.first)),
-                None => None,
-            };
-            // The instance's /etc/hosts and /etc/resolv.conf are the host's, as custom runtimes see them.
-            let hosts = std::fs::read("/etc/hosts").unwrap_or_default();
-            let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
-            let etc: [(&str, &[u8]); 2] = [("hosts", &hosts), ("resolv.conf", &resolv)];
-            let t1 = Instant::now();
-            let root = rootfs::detached_image_root(&image.layers, spec.tmp_size_mb, userns.as_ref().map(|(fd, id)| (fd, *id)), &etc)
-                .map_err(setup("prepare the image's root"))?;
-            tracing::debug!(userns_us = (t1 - t0).as_micros(), overlay_us = t1.elapsed().as_micros(), "image root");
+            let root = image_roots::make(&image.layers, spec.tmp_size_mb, ids.as_ref()).map_err(setup("prepare the image's root"))?;
+            tracing::debug!(us = t0.elapsed().as_micros(), "image root made during the start");
             root
         }
     };
