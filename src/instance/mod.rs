@@ -378,6 +378,15 @@ impl<K: Kernel> Instance<K> {
         l.booted().expect("waited for it").map_err(InvokeError::from)
     }
 
+    /// Waits until the boot is over and the instance froze (or a request took it first, or it
+    /// is on its way out): a minimum instance is idle, and billed as such, from then on.
+    pub async fn wait_settled(&self) -> Result<(), InvokeError> {
+        self.wait_booted().await?;
+        let mut rx = self.life.subscribe();
+        let _ = rx.wait_for(|l| l.frozen() || l.admitted() > 0 || l.ending()).await;
+        Ok(())
+    }
+
     /// Resolves once the process has exited (crash, OOM kill or stop); its status.
     pub async fn exited(&self) -> i32 {
         let mut rx = self.life.subscribe();

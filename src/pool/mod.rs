@@ -95,15 +95,15 @@ impl<K: Kernel> Pool<K> {
         })
     }
 
-    /// Starts the minimum instances and waits until they are initialized (each freezes right
-    /// after), then starts the idle reaper.
+    /// Starts the minimum instances and waits until they are initialized and frozen, then
+    /// starts the idle reaper.
     pub async fn start(self: &Arc<Self>) -> Result<(), InvokeError> {
         let mut boots = Vec::new();
         for _ in 0..self.scaling().min_instances {
             boots.push(self.add_locked(&mut self.members.lock().expect("pool"), true)?);
         }
         for inst in boots {
-            inst.wait_booted().await?;
+            inst.wait_settled().await?;
         }
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
