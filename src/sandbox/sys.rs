@@ -246,26 +246,7 @@ pub fn open_tree_clone(path: &CStr) -> Result<OwnedFd, Errno> {
 /// `mount_setattr(tree, "", AT_EMPTY_PATH | AT_RECURSIVE, {attr_set})` on a whole detached tree
 /// (kernel ≥ 5.12; nix lacks the new mount API).
 pub fn mount_setattr_recursive(tree: BorrowedFd<'_>, attr_set: u64) -> Result<(), Errno> {
-    #[repr(C)]
-    struct MountAttr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
-    let attr = MountAttr { attr_set, attr_clr: 0, propagation: 0, userns_fd: 0 };
-    // SAFETY: mount_setattr(2) on a borrowed fd with a mount_attr of the right size.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    Errno::result(r).map(drop)
+    mount_setattr(tree, &MountAttr { attr_set, attr_clr: 0, propagation: 0, userns_fd: 0 })
 }
 
 /// `move_mount(fd, "", AT_FDCWD, dst, MOVE_MOUNT_F_EMPTY_PATH)`: attaches the detached tree at
@@ -324,24 +305,30 @@ pub fn become_raw(uid: u32, gid: u32) -> Result<(), Errno> {
 /// `mount_setattr(tree, "", AT_EMPTY_PATH | AT_RECURSIVE, {MOUNT_ATTR_IDMAP, userns})`: the
 /// detached tree shows its files' ids through `userns`'s mapping (kernel ≥ 5.12).
 pub fn mount_setattr_idmap(tree: BorrowedFd<'_>, userns: BorrowedFd<'_>) -> Result<(), Errno> {
-    #[repr(C)]
-    struct MountAttr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
     const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
     let userns_fd = u64::try_from(userns.as_raw_fd()).map_err(|_| Errno::EBADF)?;
-    let attr = MountAttr { attr_set: MOUNT_ATTR_IDMAP, attr_clr: 0, propagation: 0, userns_fd };
-    // SAFETY: mount_setattr(2) on borrowed fds with a mount_attr of the right size.
+    mount_setattr(tree, &MountAttr { attr_set: MOUNT_ATTR_IDMAP, attr_clr: 0, propagation: 0, userns_fd })
+}
+
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// `mount_setattr(tree, "", AT_EMPTY_PATH | AT_RECURSIVE, attr)`, the one place it is called.
+fn mount_setattr(tree: BorrowedFd<'_>, attr: &MountAttr) -> Result<(), Errno> {
+    // SAFETY: mount_setattr(2) on a borrowed fd with a mount_attr of the right size.
     let r = unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
             tree.as_raw_fd(),
             c"".as_ptr(),
             libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
-            &attr as *const MountAttr,
+            std::ptr::from_ref(attr),
             std::mem::size_of::<MountAttr>(),
         )
     };
