@@ -255,6 +255,7 @@ impl CgroupRoot {
     /// Kills and removes every instance cgroup a previous run left behind; returns how many.
     pub async fn reap_leftovers(&self) -> Result<usize> {
         let mut n = 0;
+        let mut failed = None;
         let Ok(rd) = std::fs::read_dir(&self.v2) else { return Ok(0) };
         for entry in rd.flatten() {
             if !entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
@@ -268,19 +269,32 @@ impl CgroupRoot {
                 }
             }
             let _ = cg.write_freeze(false);
-            cg.kill().await?;
-            cg.remove()?;
-            n += 1;
+            // A task killed deep in reclaim can take longer than one wait to go (seen in a
+            // thrashing memory cgroup): keep killing for a minute, and go on with the others,
+            // rather than leave the cgroup (and so the root) behind.
+            let mut killed = cg.kill().await;
+            for _ in 0..5 {
+                if killed.is_ok() {
+                    break;
+                }
+                killed = cg.kill().await;
+            }
+            match killed.and_then(|()| cg.remove()) {
+                Ok(()) => n += 1,
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            };
         }
         // v1 directories whose v2 twin is already gone.
         for (_, root) in &self.v1 {
             for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
                 if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                    let _ = std::fs::remove_dir(entry.path());
+                    let _ = remove_dir_retrying(&entry.path());
                 }
             }
         }
-        Ok(n)
+        failed.map_or(Ok(n), Err)
     }
 
     /// Removes the root itself (it must be empty).
