@@ -102,7 +102,10 @@ pub fn of(result: &Result<Reply, InvokeError>, http_trigger: bool) -> Outcome {
         InvokeError::Initialization(_) => function("InitializationError", "InitializationError"),
         InvokeError::Timeout(_) => function(UNHANDLED, "FunctionTimeoutError"),
         InvokeError::OutOfMemory { .. } => function(UNHANDLED, "FunctionOOMError"),
-        InvokeError::Crashed { .. } | InvokeError::ResponseTooLarge { .. } => function(UNHANDLED, "FunctionUnhandledError"),
+        InvokeError::Crashed { .. } | InvokeError::Failed { .. } | InvokeError::ResponseTooLarge { .. } => {
+            function(UNHANDLED, "FunctionUnhandledError")
+        }
+        InvokeError::Unsendable(_) => platform(StatusCode::BAD_REQUEST, "InvalidArgument"),
         InvokeError::Throttled(_) => platform(StatusCode::TOO_MANY_REQUESTS, "ResourceExhausted"),
         InvokeError::Canceled => platform(StatusCode::from_u16(499).expect("499 is a valid status"), "ClientClosedRequest"),
         InvokeError::Internal(_) => platform(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError"),
@@ -170,13 +173,14 @@ mod tests {
 
     #[test]
     fn function_errors_have_fc_metric_names() {
-        let cases: [(Make, &str, &str); 6] = [
+        let cases: [(Make, &str, &str); 7] = [
             (|| initializer(500), "InitializationError", "InitializationError"),
             (|| StartError::NotListening { port: 9000, secs: 3 }.into(), "InitializationError", "InitializationError"),
             (|| InvokeError::Timeout(3), UNHANDLED, "FunctionTimeoutError"),
             (|| InvokeError::Crashed { duration_ms: 12, max_memory_mb: 1.0 }, UNHANDLED, "FunctionUnhandledError"),
             (|| InvokeError::OutOfMemory { limit_mb: 128, duration_ms: 12, max_memory_mb: 128.0 }, UNHANDLED, "FunctionOOMError"),
             (|| InvokeError::ResponseTooLarge { limit_mb: 32 }, UNHANDLED, "FunctionUnhandledError"),
+            (|| InvokeError::Failed { status: 3, duration_ms: 12, max_memory_mb: 1.0 }, UNHANDLED, "FunctionUnhandledError"),
         ];
         for (e, error_type, metric) in cases {
             let msg = e().to_string();
@@ -191,7 +195,8 @@ mod tests {
 
     #[test]
     fn platform_errors() {
-        let cases: [(Make, u16, &str); 4] = [
+        let cases: [(Make, u16, &str); 5] = [
+            (|| InvokeError::Unsendable("no".into()), 400, "InvalidArgument"),
             (|| Exhausted::Supervisor { max: 100 }.into(), 429, "ResourceExhausted"),
             (|| InvokeError::Canceled, 499, "ClientClosedRequest"),
             (internal, 500, "InternalServerError"),
@@ -215,6 +220,8 @@ mod tests {
             initializer(404),
             InvokeError::Timeout(1),
             InvokeError::Crashed { duration_ms: 0, max_memory_mb: 0.0 },
+            InvokeError::Failed { status: 3, duration_ms: 0, max_memory_mb: 0.0 },
+            InvokeError::Unsendable("x".into()),
             InvokeError::OutOfMemory { limit_mb: 1, duration_ms: 0, max_memory_mb: 0.0 },
             InvokeError::ResponseTooLarge { limit_mb: 1 },
             InvokeError::Canceled,

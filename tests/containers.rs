@@ -242,3 +242,63 @@ fn a_corrupt_image_fails_clearly_without_a_cache_entry_and_others_serve() {
     fcsup.stop_and_check_clean();
     assert_no_image_mounts(&cache, &mounts_before);
 }
+
+#[test]
+fn a_container_without_a_web_server_runs_once_per_event() {
+    if !privileged() {
+        return;
+    }
+    use base64::Engine as _;
+    let img = build_image();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = cache_dir.path().join("images");
+    let oci = format!("oci:{}:app", img.layout.display());
+    let resources = container_props("job", &oci, "webServerMode: false", "").replace("timeout: 10", "timeout: 2");
+    let mounts_before = image_mounts(&cache);
+    let mut fcsup = serve_with_cache(&resources, &cache);
+
+    // The event arrives in FC_CUSTOM_CONTAINER_EVENT; exit 0 is a success with its output in Tail.
+    let r = fcsup.invoke_with("job", "hello event", &[("x-fc-log-type", "Tail")]);
+    assert_eq!(r.status, 200, "{} {}", r.header("x-fc-error-type"), r.text());
+    assert_eq!(r.header("x-fc-error-type"), "", "{}", r.text());
+    let tail = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(r.header("x-fc-log-result")).unwrap()).unwrap();
+    assert!(tail.contains("event=hello event"), "the event: {tail}");
+    assert!(tail.contains("cwd=/srv/work greeting=hello from the image"), "the image's WorkingDir and Env: {tail}");
+    let first = r.header("x-fc-instance-id").to_string();
+    // Each event gets an instance of its own, which is gone once it exited.
+    let r = fcsup.invoke("job", "again");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_ne!(r.header("x-fc-instance-id"), first, "a fresh instance per event");
+    wait_for("the one-shot instances to go", Duration::from_secs(10), || fcsup.instances().is_empty().then_some(()));
+
+    // Its whole life is the event's invoke window, CPU included.
+    let r = fcsup.invoke("job", "burn:300");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.header("x-fc-request-id").to_string();
+    let ledger = http(&fcsup.addr, "GET", "/admin/ledger", &[], b"").text();
+    let w: serde_json::Value = ledger
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|w| w["request_ids"].as_array().unwrap().iter().any(|i| *i == id))
+        .unwrap_or_else(|| panic!("no window for {id}: {ledger}"));
+    assert_eq!(w["phase"], "invoke", "{w}");
+    let cpu = w["cpu_us"].as_u64().unwrap();
+    assert!(cpu >= 100_000 && cpu <= w["wall_us"].as_u64().unwrap() + 10_000, "a 300 ms burn billed {cpu} µs: {w}");
+
+    // A non-zero exit is the function's error; running past the timeout is a timeout.
+    let r = fcsup.invoke("job", "exit:3");
+    assert_eq!(r.header("x-fc-error-type"), "UnhandledInvocationError", "{}", r.text());
+    assert!(r.json()["errorMessage"].as_str().unwrap().starts_with("Process exited with status 3"), "{}", r.text());
+    let r = fcsup.invoke("job", "sleep:5000");
+    assert_eq!(r.header("x-fc-error-type"), "UnhandledInvocationError", "{}", r.text());
+    assert!(r.text().contains("Function time out after 2 seconds"), "{}", r.text());
+
+    // What an environment variable cannot carry is refused before anything starts.
+    let r = http(&fcsup.addr, "POST", "/2023-03-30/functions/job/invocations", &[], b"a\0b");
+    assert_eq!((r.status, r.json()["Code"].as_str().unwrap().to_string()), (400, "InvalidArgument".to_string()), "{}", r.text());
+    let r = http(&fcsup.addr, "POST", "/http/job/", &[], b"x");
+    assert_eq!(r.status, 400, "an HTTP trigger: {}", r.text());
+
+    fcsup.stop_and_check_clean();
+    assert_no_image_mounts(&cache, &mounts_before);
+}

@@ -72,10 +72,11 @@ pub struct Windows {
 }
 
 impl Windows {
-    /// Opens the start window: from the instance's creation (a new cgroup's CPU is zero).
-    pub fn start(&mut self, created: Instant, created_ms: u64) {
+    /// Opens the start window, of `phase`: from the instance's creation (a new cgroup's CPU is
+    /// zero).
+    pub fn start(&mut self, created: Instant, created_ms: u64, phase: Phase) {
         let start = Reading { at: created, at_ms: created_ms, cpu: CpuStat::default() };
-        self.open = Some(Open { start, phase: Phase::Initialize, request_ids: Vec::new(), cold_start: true });
+        self.open = Some(Open { start, phase, request_ids: Vec::new(), cold_start: true });
     }
 
     /// Makes the open window one of `phase`, closing one of another phase at `now` (the new
@@ -155,7 +156,7 @@ mod tests {
     fn windows_are_contiguous_so_every_cpu_microsecond_is_billed_once() {
         let t = Instant::now();
         let mut w = Windows::default();
-        w.start(t, 1_000_000);
+        w.start(t, 1_000_000, Phase::Initialize);
         let mut closed = Vec::new();
         closed.extend(w.close(at(t, 50, 40_000))); // start + Initializer, frozen
         closed.extend(w.switch(Phase::Invoke, || at(t, 500, 40_000))); // nothing open: nothing closed

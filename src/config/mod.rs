@@ -153,6 +153,8 @@ pub struct CustomContainerConfig {
     pub port: Option<u16>,
     /// `healthCheckConfig`.
     pub health_check_config: Option<HealthCheckConfig>,
+    /// FC 2.0's `webServerMode` (default true); `false` runs the container once per event.
+    pub web_server_mode: Option<bool>,
 }
 
 /// `healthCheckConfig`.
@@ -250,6 +252,9 @@ pub struct Container {
     pub entrypoint: Option<Vec<String>>,
     /// FC's `command`: replaces the image's `Cmd`.
     pub command: Option<Vec<String>>,
+    /// FC 2.0's `webServerMode: false`: no HTTP server; each event runs the container once,
+    /// the event in `FC_CUSTOM_CONTAINER_EVENT`, and its exit status is the outcome.
+    pub per_event: bool,
 }
 
 impl Container {

@@ -56,7 +56,8 @@ pub fn validate(p: &Props, default_name: &str, base: &Path) -> Result<Function, 
             .iter()
             .find_map(|t| image.strip_prefix(t).filter(|rest| !rest.starts_with('/')).map(|rest| format!("{t}{}", base.join(rest).display())))
             .unwrap_or(image);
-        Some(super::Container { image, entrypoint: ccc.entrypoint, command: ccc.command })
+        let per_event = ccc.web_server_mode == Some(false);
+        Some(super::Container { image, entrypoint: ccc.entrypoint, command: ccc.command, per_event })
     } else {
         None
     };
@@ -194,6 +195,22 @@ pub fn validate(p: &Props, default_name: &str, base: &Path) -> Result<Function, 
     if ext.max_instances == Some(0) {
         return bad("fcsup.maxInstances", "0 would refuse every request: at least 1");
     }
+    if container.as_ref().is_some_and(|c| c.per_event) {
+        // FC (seed 003, Limits): without a web server there is nothing to call hooks or
+        // health checks on, and an instance lives for one event.
+        let k = "customContainerConfig.webServerMode";
+        let refused = [
+            ("instanceLifecycleConfig.initializer", initializer.is_some()),
+            ("instanceLifecycleConfig.preFreeze", pre_freeze.is_some()),
+            ("instanceLifecycleConfig.preStop", pre_stop.is_some()),
+            ("customContainerConfig.healthCheckConfig", health_check.is_some()),
+            ("instanceConcurrency", concurrency > 1),
+            ("fcsup.minInstances", ext.min_instances.unwrap_or(0) > 0),
+        ];
+        if let Some((field, _)) = refused.iter().find(|(_, set)| *set) {
+            return bad(field, format!("not available with {k}: false (each event runs the container once, without an HTTP server to call)"));
+        }
+    }
     Ok(Function {
         name,
         runtime,
@@ -255,10 +272,29 @@ mod tests {
         let (ie, ic) = image(&["/img/entry"], &["img-cmd"]);
         // An entrypoint alone drops the image's Cmd (docker run --entrypoint).
         assert_eq!(container.argv(&ie, &ic), ["/bin/app"]);
-        let none = super::super::Container { image: String::new(), entrypoint: None, command: None };
+        let none = super::super::Container { image: String::new(), entrypoint: None, command: None, per_event: false };
         assert_eq!(none.argv(&ie, &ic), ["/img/entry", "img-cmd"]);
         let cmd = super::super::Container { command: Some(vec!["fc-cmd".into()]), ..none };
         assert_eq!(cmd.argv(&ie, &ic), ["/img/entry", "fc-cmd"]);
+    }
+
+    #[test]
+    fn containers_without_a_web_server_refuse_what_needs_one() {
+        let c = |extra: &str| {
+            format!(
+                "resources:\n  job:\n    props:\n      runtime: custom-container\n      customContainerConfig:\n        image: oci:/x\n        webServerMode: false\n{extra}"
+            )
+        };
+        let f = parse(&c("")).unwrap().functions.remove(0);
+        assert!(f.container.unwrap().per_event);
+        for (extra, field) in [
+            ("      instanceConcurrency: 2\n", "instanceConcurrency"),
+            ("      instanceLifecycleConfig:\n        preStop: {handler: x, timeout: 3}\n", "instanceLifecycleConfig.preStop"),
+            ("      fcsup: {minInstances: 1}\n", "fcsup.minInstances"),
+        ] {
+            let err = parse(&c(extra)).unwrap_err().to_string();
+            assert!(err.contains(field) && err.contains("webServerMode: false"), "{err}");
+        }
     }
 
     const GOOD: &str = "

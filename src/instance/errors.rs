@@ -184,6 +184,19 @@ pub enum InvokeError {
         /// Peak memory.
         max_memory_mb: f64,
     },
+    /// A custom container without web server mode exited with a status other than 0.
+    #[error("Process exited with status {status} (duration: {duration_ms}ms, maxMemoryUsage: {max_memory_mb:.2}MB)")]
+    Failed {
+        /// As a shell shows it: the exit code, or 128 + the signal.
+        status: i32,
+        /// Time from the instance's start.
+        duration_ms: u64,
+        /// Peak memory.
+        max_memory_mb: f64,
+    },
+    /// The request cannot be carried to the function (FC's 400 `InvalidArgument`).
+    #[error("{0}")]
+    Unsendable(String),
     /// The function answered with a body over FC's limit.
     #[error("The function's response body is larger than {limit_mb} MB, the limit for a synchronous invocation")]
     ResponseTooLarge {

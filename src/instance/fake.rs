@@ -254,7 +254,7 @@ pub struct FakeLauncher {
 }
 
 impl Launch<Recording> for FakeLauncher {
-    fn launch(&self, function: Arc<Function>, provisioned: bool) -> Result<Arc<Instance<Recording>>, StartError> {
+    fn launch(&self, function: Arc<Function>, provisioned: bool, _call: Option<&super::Call>) -> Result<Arc<Instance<Recording>>, StartError> {
         let script = self.scripts.lock().unwrap().pop_front().unwrap_or_default();
         let (kernel, trace) = recording(script);
         let id = format!("c-{}", self.launched.lock().unwrap().len());

@@ -197,7 +197,7 @@ impl<K: Kernel> Instance<K> {
         }
     }
 
-    fn max_memory_mb(&self) -> f64 {
+    pub(super) fn max_memory_mb(&self) -> f64 {
         self.kernel.memory().peak().map(|b| b as f64 / 1024.0 / 1024.0).unwrap_or(0.0)
     }
 }
@@ -219,7 +219,7 @@ impl<K: Kernel> Drop for Running<'_, K> {
 }
 
 /// Resolves when the client has gone (the API sent on the channel); never otherwise.
-async fn client_gone(canceled: Option<oneshot::Receiver<()>>) {
+pub(super) async fn client_gone(canceled: Option<oneshot::Receiver<()>>) {
     if let Some(rx) = canceled {
         if rx.await.is_ok() {
             return;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{hooks, us, Instance, Sandboxed, Spawned, StartError, StartTrace};
+use super::{hooks, us, Call, Instance, Sandboxed, Spawned, StartError, StartTrace};
 use crate::billing::{Ledger, WindowRecord};
 use crate::cgroup::{CgroupRoot, Limits};
 use crate::config::Function;
@@ -13,6 +13,9 @@ use crate::image::Images;
 use crate::logs::{Echo, InstanceLog, LogFiles};
 use crate::metrics::{Latencies, Metrics, Samples};
 use crate::sandbox::{self, ImageRoot, ImageRoots, Isolation, NetnsPool, RootTemplate, SandboxError, SandboxSpec};
+
+/// Where a custom container without web server mode finds its event (FC 2.0).
+pub const EVENT_VARIABLE: &str = "FC_CUSTOM_CONTAINER_EVENT";
 
 /// Where instances account for what they used: billing records, Prometheus metrics and the
 /// bench's raw samples.
@@ -58,8 +61,9 @@ impl Reporting {
 
 /// Starts instances on the kernel `K` (real ones: [`Launcher`]; unit tests start fakes).
 pub trait Launch<K: super::Kernel>: Send + Sync + std::fmt::Debug {
-    /// Starts an instance's process; it needs [`Instance::boot`] next.
-    fn launch(&self, function: Arc<Function>, provisioned: bool) -> Result<Arc<Instance<K>>, StartError>;
+    /// Starts an instance's process; it needs [`Instance::boot`] next, or, when it is started
+    /// for one `call` (a custom container without web server mode), [`Instance::run_once`].
+    fn launch(&self, function: Arc<Function>, provisioned: bool, call: Option<&Call>) -> Result<Arc<Instance<K>>, StartError>;
 }
 
 /// Starts real instances: a cgroup with the function's limits, a sandboxed process in it.
@@ -128,7 +132,7 @@ impl Launcher {
     }
 
     /// The sandbox spec of an instance `id` of `function`.
-    fn spec(&self, function: &Function, id: &str) -> Result<SandboxSpec, SandboxError> {
+    fn spec(&self, function: &Function, id: &str, call: Option<&Call>) -> Result<SandboxSpec, SandboxError> {
         let mut spec = SandboxSpec {
             argv: function.command.clone(),
             env: Vec::new(),
@@ -152,6 +156,10 @@ impl Launcher {
             });
         }
         spec.env = hooks::container_environment(function, id, &image.config.env, user.0);
+        if let Some(call) = call {
+            // Checked to be text by the pool (see `run_once::event_text`).
+            spec.env.push((EVENT_VARIABLE.into(), String::from_utf8_lossy(&call.body).into_owned()));
+        }
         let wd = &image.config.working_dir;
         let working_dir = if wd.starts_with('/') { wd.clone() } else { format!("/{wd}") };
         spec.image = Some(ImageRoot { layers: image.layers.clone(), working_dir, user });
@@ -177,13 +185,13 @@ impl Launcher {
 impl Launch<Sandboxed> for Launcher {
     /// Creates the cgroup and starts the process (synchronous: a few hundred µs to a few
     /// ms). The instance then needs [`Instance::boot`].
-    fn launch(&self, function: Arc<Function>, provisioned: bool) -> Result<Arc<Instance>, StartError> {
+    fn launch(&self, function: Arc<Function>, provisioned: bool, call: Option<&Call>) -> Result<Arc<Instance>, StartError> {
         let created = Instant::now();
         let id = instance_id();
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "cpu is validated to FC's range of 0.05 to 16 vCPUs")]
         let cpu_millis = (function.cpu * 1000.0).round() as u64;
         let limits = Limits { memory_bytes: Some(function.memory_mb * 1024 * 1024), pids_max: Some(function.pids_max), cpu_millis: Some(cpu_millis) };
-        let spec = self.spec(&function, &id)?;
+        let spec = self.spec(&function, &id, call)?;
         let cgroup = self.cgroups.create(&id, &limits)?;
         let cgroup_us = us(created.elapsed());
         let setup = |op: &'static str| move |source: std::io::Error| StartError::Sandbox(SandboxError::Setup { op: op.into(), source });
@@ -218,6 +226,10 @@ impl Launch<Sandboxed> for Launcher {
             self.log_files.for_function(&function.name),
         );
         let (kernel, stdout, stderr) = Sandboxed::new(cgroup, child).map_err(setup("watch the instance's pidfd"))?;
+        if let Some(call) = call {
+            // All it prints is the call's, from its first line.
+            log.begin(&call.request_id);
+        }
         log.attach(stdout, stderr);
         Ok(Instance::new(function, Spawned { id, kernel, log, created, start_trace }, self.reporting.clone(), provisioned))
     }

@@ -20,6 +20,7 @@ pub mod kernel;
 mod launch;
 pub mod lifecycle;
 mod power;
+mod run_once;
 mod start;
 mod stop;
 #[cfg(test)]
@@ -46,6 +47,7 @@ pub use hooks::HookKind;
 pub use kernel::{Kernel, Sandboxed};
 pub use launch::{Launch, Launcher, Reporting};
 pub use lifecycle::{Lifecycle, Retire, State};
+pub use run_once::event_text;
 
 /// When each step of an instance's start ended, in µs from its creation (the cold-start
 /// phases `fcsup bench` reports).

@@ -60,7 +60,7 @@ impl<K: Kernel> Instance<K> {
             // instance's creation (a new cgroup's cpu.stat starts at zero). The window stays
             // open until the freeze confirms (or the stop ends it), so no CPU between here and
             // the freeze goes unbilled.
-            windows.start(self.created, self.created_ms);
+            windows.start(self.created, self.created_ms, crate::billing::Phase::Initialize);
             let initialized = if self.function.initializer.is_some() { self.initialize().await } else { Ok(()) };
             if let (Ok(()), Some(hc)) = (&initialized, &self.function.health_check) {
                 self.first_health_check(hc).await?;

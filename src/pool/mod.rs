@@ -121,6 +121,9 @@ impl<K: Kernel> Pool<K> {
 
     /// Runs `call` on an instance.
     pub async fn dispatch(self: &Arc<Self>, call: Call) -> Dispatched {
+        if self.function.container.as_ref().is_some_and(|c| c.per_event) {
+            return self.run_event(call).await;
+        }
         let (ticket, cold_start) = match self.reserve() {
             Ok(x) => x,
             Err(e) => return Dispatched { result: Err(e), cold_start: false, instance_id: None },
@@ -128,6 +131,28 @@ impl<K: Kernel> Pool<K> {
         let instance_id = Some(ticket.instance().id.clone());
         let result = ticket.invoke(call).await;
         Dispatched { result, cold_start, instance_id }
+    }
+
+    /// Runs `call` in an instance of its own, started with the event in its environment
+    /// (a custom container without web server mode). It is a member while it runs, under the
+    /// same caps, and holds its only slot, so no other request is given to it.
+    async fn run_event(self: &Arc<Self>, call: Call) -> Dispatched {
+        let failed = |e| Dispatched { result: Err(e), cold_start: false, instance_id: None };
+        if let Err(e) = crate::instance::event_text(&call) {
+            return failed(e);
+        }
+        let launched = self.launch_locked(&mut self.members.lock().expect("pool"), false, Some(&call));
+        let inst = match launched {
+            Ok(i) => i,
+            Err(e) => return failed(e),
+        };
+        let ticket = inst.admit_first();
+        let instance_id = Some(inst.id.clone());
+        let result = inst.run_once(call).await;
+        drop(ticket);
+        self.remove(&inst);
+        self.track_stop(async move { inst.stop().await });
+        Dispatched { result, cold_start: true, instance_id }
     }
 
     /// Takes a slot on the busiest instance that has one, or on a new instance; both under
@@ -142,7 +167,7 @@ impl<K: Kernel> Pool<K> {
         if let Some(ticket) = members.iter().filter(|m| m.instance.has_slot()).find_map(|m| m.instance.admit()) {
             return Ok((ticket, false));
         }
-        let inst = self.launch_locked(&mut members, false)?;
+        let inst = self.launch_locked(&mut members, false, None)?;
         // Admitted before its boot begins, so the boot hands the instance to this request
         // instead of freezing it first.
         let ticket = inst.admit_first();
@@ -152,13 +177,14 @@ impl<K: Kernel> Pool<K> {
 
     /// Starts one instance into `members` (the pool's lock held) and boots it.
     fn add_locked(self: &Arc<Self>, members: &mut Vec<Member<K>>, provisioned: bool) -> Result<Arc<Instance<K>>, InvokeError> {
-        let inst = self.launch_locked(members, provisioned)?;
+        let inst = self.launch_locked(members, provisioned, None)?;
         self.boot_and_watch(inst.clone());
         Ok(inst)
     }
 
-    /// Starts one instance's process into `members` (the pool's lock held).
-    fn launch_locked(&self, members: &mut Vec<Member<K>>, provisioned: bool) -> Result<Arc<Instance<K>>, InvokeError> {
+    /// Starts one instance's process into `members` (the pool's lock held), for `call` alone
+    /// when given.
+    fn launch_locked(&self, members: &mut Vec<Member<K>>, provisioned: bool, call: Option<&Call>) -> Result<Arc<Instance<K>>, InvokeError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(InvokeError::Gone);
         }
@@ -169,7 +195,7 @@ impl<K: Kernel> Pool<K> {
             }
         }
         let live = self.global.take()?;
-        let instance = self.launcher.launch(self.function.clone(), provisioned)?;
+        let instance = self.launcher.launch(self.function.clone(), provisioned, call)?;
         members.push(Member { instance: instance.clone(), _live: live });
         Ok(instance)
     }
