@@ -89,6 +89,8 @@ pub struct Options {
     pub print_rate: u32,
     /// Where custom containers' images are kept.
     pub image_cache: PathBuf,
+    /// Registry credentials and plain-HTTP registries for pulls.
+    pub registry: crate::image::registry::RegistryOptions,
 }
 
 impl Default for Options {
@@ -106,6 +108,7 @@ impl Default for Options {
             log_rotation: Rotation::default(),
             print_rate: 1000,
             image_cache: crate::image::DEFAULT_DIR.into(),
+            registry: crate::image::registry::RegistryOptions::default(),
         }
     }
 }
@@ -217,7 +220,7 @@ impl Supervisor {
         let echo = opts.echo_logs.then(|| Echo::start(opts.print_rate));
         let reporting = Arc::new(Reporting::new(ledger));
         let launcher = Launcher::new(cgroups, NetnsPool::new(NETNS_READY), root_template, isolation, echo, log_files, reporting);
-        let launcher = Arc::new(launcher.with_image_cache(&opts.image_cache));
+        let launcher = Arc::new(launcher.with_image_cache(&opts.image_cache, opts.registry.clone()));
         launcher.prepare_images(&config.functions);
         let global = GlobalCount::new(config.global.max_instances.unwrap_or(100));
         let mut pools = BTreeMap::new();
@@ -292,6 +295,9 @@ impl Supervisor {
     /// maxInstances or idleTimeout alone is applied to the running instances.
     pub async fn reload(&self, config: &Config) -> Result<Reloaded, SupervisorError> {
         let mut done = Reloaded::default();
+        // Pulls that failed are tried again (off the runtime: a pull blocks).
+        let (launcher, functions) = (self.launcher.clone(), config.functions.clone());
+        let _ = tokio::task::spawn_blocking(move || launcher.retry_images(&functions)).await;
         for f in &config.functions {
             match self.pool(&f.name) {
                 Some(p) if p.function.same_instances_as(f) => {

@@ -470,7 +470,15 @@ fn a_function_serves_from_an_image_fcsup_pulls_once_from_the_registry() {
     assert_eq!(r.header("x-fc-error-type"), "InitializationError", "{body}");
     assert!(body.contains(&missing) && body.contains("not found"), "{body}");
     assert_eq!(fcsup.invoke("pulled", "ok").status, 200);
+    // Once the tag exists, a reload tries the failed pull again.
+    reg.push(&layout, "test/fn:nope", None);
+    assert_eq!(fcsup.invoke("missing", "ok").header("x-fc-error-type"), "InitializationError", "a failed pull is not retried per request");
+    fcsup.hangup();
+    fcsup.wait_line("the reload", |l| l.contains("reloaded"), Duration::from_secs(60));
+    let r = fcsup.invoke("missing", "ok");
+    assert_eq!(r.status, 200, "{} {}", r.header("x-fc-error-type"), r.text());
+    assert_eq!(r.header("x-fc-error-type"), "");
     fcsup.stop_and_check_clean();
     let index = std::fs::read_to_string(cache.join("images.json")).unwrap();
-    assert!(index.contains(&image) && !index.contains(&missing), "{index}");
+    assert!(index.contains(&image) && index.contains(&missing), "{index}");
 }

@@ -40,13 +40,11 @@ pub struct ImageArgs {
     #[arg(long, value_name = "DIR", default_value = fcsup::image::DEFAULT_DIR, env = "FCSUP_IMAGE_CACHE", global = true)]
     pub image_cache: PathBuf,
     /// Registry credentials in `~/.docker/config.json`'s format (`auths.<host>.auth`, base64
-    /// `user:password`); by default that file is read. `fcsup serve` reads it from the
-    /// environment.
+    /// `user:password`); by default that file is read.
     #[arg(long, value_name = "FILE", env = "FCSUP_REGISTRY_AUTH", global = true)]
     pub registry_auth: Option<PathBuf>,
-    /// A registry reached over plain HTTP (`HOST` or `HOST:PORT`; repeatable). Loopback
-    /// registries always are, as with Docker. `fcsup serve` reads a comma-separated list
-    /// from the environment.
+    /// A registry reached over plain HTTP (`HOST` or `HOST:PORT`; repeatable, or
+    /// comma-separated in the variable). Loopback registries always are, as with Docker.
     #[arg(long, value_name = "HOST[:PORT]", env = "FCSUP_INSECURE_REGISTRY", value_delimiter = ',', global = true)]
     pub insecure_registry: Vec<String>,
     /// Keep the cache under this size (e.g. 512M, 20G): after a pull, images other than the

@@ -58,6 +58,14 @@ pub struct SupervisorArgs {
     /// Where custom containers' images are kept: blobs and unpacked layers, content-addressed.
     #[arg(long, default_value = fcsup::image::DEFAULT_DIR, env = "FCSUP_IMAGE_CACHE")]
     image_cache: PathBuf,
+    /// Registry credentials for pulls, in `~/.docker/config.json`'s format (by default that
+    /// file is read).
+    #[arg(long, value_name = "FILE", env = "FCSUP_REGISTRY_AUTH")]
+    registry_auth: Option<PathBuf>,
+    /// A registry reached over plain HTTP (`HOST` or `HOST:PORT`; repeatable, or
+    /// comma-separated in the variable). Loopback registries always are, as with Docker.
+    #[arg(long, value_name = "HOST[:PORT]", env = "FCSUP_INSECURE_REGISTRY", value_delimiter = ',')]
+    insecure_registry: Vec<String>,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -141,6 +149,7 @@ impl SupervisorArgs {
             log_rotation: fcsup::logs::Rotation { max_bytes: self.log_max_bytes, max_files: self.log_max_files },
             print_rate: self.print_rate,
             image_cache: self.image_cache.clone(),
+            registry: fcsup::image::registry::RegistryOptions { auth_file: self.registry_auth.clone(), insecure: self.insecure_registry.clone() },
             ..Options::default()
         }
     }

@@ -213,12 +213,19 @@ pub struct Images {
     store: Mutex<Option<std::sync::Arc<Store>>>,
     resolved: Mutex<BTreeMap<String, std::sync::Arc<Image>>>,
     failed_pulls: Mutex<BTreeMap<String, String>>,
+    registry: registry::RegistryOptions,
 }
 
 impl Images {
-    /// Images kept in a store under `dir`.
-    pub fn new(dir: impl Into<PathBuf>) -> Images {
-        Images { dir: dir.into(), store: Mutex::default(), resolved: Mutex::default(), failed_pulls: Mutex::default() }
+    /// Images kept in a store under `dir`, pulled with `registry`'s credentials and insecure
+    /// registries.
+    pub fn new(dir: impl Into<PathBuf>, registry: registry::RegistryOptions) -> Images {
+        Images { dir: dir.into(), store: Mutex::default(), resolved: Mutex::default(), failed_pulls: Mutex::default(), registry }
+    }
+
+    /// Forgets the pulls that failed, so the next use tries them again (a reload).
+    pub fn retry_failed(&self) {
+        self.failed_pulls.lock().expect("failed pulls").clear();
     }
 
     /// The store, opened on first use.
@@ -240,10 +247,10 @@ impl Images {
         if let Some(message) = self.failed_pulls.lock().expect("failed pulls").get(reference) {
             return Err(ImageError::Source {
                 reference: reference.to_string(),
-                message: format!("{message} (the pull is tried again when fcsup restarts)"),
+                message: format!("{message} (the pull is tried again when fcsup reloads or restarts)"),
             });
         }
-        let image = match registry::resolve(&*self.store()?, reference) {
+        let image = match registry::resolve(&*self.store()?, reference, &self.registry) {
             Ok(image) => std::sync::Arc::new(image),
             Err(ImageError::Source { reference: r, message }) if !registry::is_local(reference) => {
                 self.failed_pulls.lock().expect("failed pulls").insert(reference.to_string(), message.clone());
@@ -541,7 +548,8 @@ impl Store {
                     }
                 };
                 let tmp = self.dir.join("tmp").join(format!("layer-{}", uuid::Uuid::new_v4()));
-                let result = unpack::unpack(&blob, compression, &tmp).map_err(|message| ImageError::Layer { digest: digest.clone(), message });
+                let result = unpack::unpack(&blob, compression, &tmp, unpack::LayerLimits::default())
+                    .map_err(|message| ImageError::Layer { digest: digest.clone(), message });
                 if let Err(e) = result.and_then(|()| {
                     // Another unpack of the same layer may have won the race: keep the first.
                     match fs::rename(&tmp, &dir) {

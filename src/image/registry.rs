@@ -38,24 +38,6 @@ pub struct RegistryOptions {
     pub insecure: Vec<String>,
 }
 
-impl RegistryOptions {
-    /// The options `fcsup image` takes as flags, from `FCSUP_REGISTRY_AUTH` (a file) and
-    /// `FCSUP_INSECURE_REGISTRY` (comma-separated), for pulls that have no flags of their own
-    /// (`fcsup serve` pulling its functions' images).
-    pub fn from_env() -> RegistryOptions {
-        RegistryOptions {
-            auth_file: std::env::var_os("FCSUP_REGISTRY_AUTH").filter(|v| !v.is_empty()).map(PathBuf::from),
-            insecure: std::env::var("FCSUP_INSECURE_REGISTRY")
-                .unwrap_or_default()
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect(),
-        }
-    }
-}
-
 /// What a pull did; `downloaded` is 0 when every blob was already cached.
 #[derive(Debug)]
 pub struct Pulled {
@@ -261,10 +243,10 @@ pub fn evict(store: &Store, max_bytes: u64, in_use: &[String]) -> Result<Vec<Str
 
 /// The image `reference` for a function's instances: a local source imported (see
 /// [`super::import`]); a registry image from the cache, pulled first when it is not there
-/// (credentials and insecure registries from [`RegistryOptions::from_env`]).
+/// (with `options`' credentials and insecure registries).
 /// Blocking, like an import: the pull runs on a thread and runtime of its own, so it may be
 /// called from inside the supervisor's runtime.
-pub fn resolve(store: &Store, reference: &str) -> Result<Image, ImageError> {
+pub fn resolve(store: &Store, reference: &str, options: &RegistryOptions) -> Result<Image, ImageError> {
     if is_local(reference) {
         return super::import(store, reference);
     }
@@ -273,7 +255,7 @@ pub fn resolve(store: &Store, reference: &str) -> Result<Image, ImageError> {
         mark_used(store, &name);
         return Ok(image);
     }
-    pull_in_child(store, reference)?;
+    pull_in_child(store, reference, options)?;
     let image = store.image(&name).ok_or_else(|| ImageError::Source { reference: reference.into(), message: "the pull left no image".into() })?;
     mark_used(store, &name);
     Ok(image)
@@ -290,10 +272,10 @@ fn pull_deadline() -> std::time::Duration {
     std::time::Duration::from_secs(secs)
 }
 
-/// Runs `fcsup image pull` as a child process (same store; credentials and insecure registries
-/// from the environment it inherits) with a bounded address space and an overall deadline, and
-/// dying with the supervisor; its log lines are passed on, its last one is the error.
-fn pull_in_child(store: &Store, reference: &str) -> Result<(), ImageError> {
+/// Runs `fcsup image pull` as a child process (same store, `options` as its flags) with a
+/// bounded address space and an overall deadline, and dying with the supervisor; its log
+/// lines are passed on, its last one is the error.
+fn pull_in_child(store: &Store, reference: &str, options: &RegistryOptions) -> Result<(), ImageError> {
     use std::io::BufRead;
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
@@ -301,6 +283,12 @@ fn pull_in_child(store: &Store, reference: &str) -> Result<(), ImageError> {
     let exe = std::env::current_exe().map_err(|e| failed(format!("cannot find fcsup to pull with: {e}")))?;
     let mut cmd = Command::new(exe);
     cmd.args(["image", "pull", reference, "--image-cache"]).arg(store.dir()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    if let Some(auth) = &options.auth_file {
+        cmd.arg("--registry-auth").arg(auth);
+    }
+    for host in &options.insecure {
+        cmd.arg("--insecure-registry").arg(host);
+    }
     // SAFETY: between fork and exec the child makes two plain syscalls (prctl, setrlimit).
     unsafe {
         cmd.pre_exec(|| {

@@ -24,8 +24,24 @@ pub enum Compression {
     Gzip,
 }
 
-/// Unpacks the layer `blob` into `dest` (which must not exist).
-pub fn unpack(blob: &Path, compression: Compression, dest: &Path) -> Result<(), String> {
+/// What one layer may unpack to. A registry is not trusted, and a small gzip blob can expand a
+/// thousandfold onto the host's disk; FC's own limit is on the compressed image (10 GB).
+#[derive(Debug, Clone, Copy)]
+pub struct LayerLimits {
+    /// Bytes of file data.
+    pub bytes: u64,
+    /// Entries (files, directories, links…).
+    pub entries: u64,
+}
+
+impl Default for LayerLimits {
+    fn default() -> Self {
+        LayerLimits { bytes: 32 << 30, entries: 1_000_000 }
+    }
+}
+
+/// Unpacks the layer `blob` into `dest` (which must not exist), within `limits`.
+pub fn unpack(blob: &Path, compression: Compression, dest: &Path, limits: LayerLimits) -> Result<(), String> {
     let mut file = File::open(blob).map_err(|e| format!("open {}: {e}", blob.display()))?;
     let mut magic = [0u8; 4];
     let n = read_up_to(&mut file, &mut magic).map_err(|e| format!("read {}: {e}", blob.display()))?;
@@ -43,8 +59,18 @@ pub fn unpack(blob: &Path, compression: Compression, dest: &Path) -> Result<(), 
     archive.set_preserve_mtime(true);
     archive.set_unpack_xattrs(false);
     archive.set_overwrite(true);
+    let (mut bytes, mut entries) = (0u64, 0u64);
     for entry in archive.entries().map_err(|e| format!("read the layer: {e}"))? {
         let entry = entry.map_err(|e| format!("read the layer: {e}"))?;
+        // Counted from the headers, before anything is written.
+        bytes = bytes.saturating_add(entry.size());
+        entries += 1;
+        if bytes > limits.bytes {
+            return Err(format!("it unpacks to more than {} MiB, the limit for one layer", limits.bytes >> 20));
+        }
+        if entries > limits.entries {
+            return Err(format!("it has more than {} entries, the limit for one layer", limits.entries));
+        }
         unpack_entry(entry, dest)?;
     }
     Ok(())
@@ -226,7 +252,7 @@ mod tests {
     fn refuses_parent_components() {
         let l = layer(&[("../evil", tar::EntryType::Regular, "x")]);
         let dir = tempfile::tempdir().unwrap();
-        let err = unpack(l.path(), Compression::Sniff, &dir.path().join("l")).unwrap_err();
+        let err = unpack(l.path(), Compression::Sniff, &dir.path().join("l"), LayerLimits::default()).unwrap_err();
         assert!(err.contains("leaves the layer"), "{err}");
         assert!(!dir.path().join("evil").exists());
     }
@@ -237,7 +263,7 @@ mod tests {
             let l = layer(&[("d/keep", tar::EntryType::Regular, "x"), (name, tar::EntryType::Regular, "")]);
             let root = tempfile::tempdir().unwrap();
             std::fs::write(root.path().join("sibling"), "a neighbour of the layer").unwrap();
-            let e = unpack(l.path(), Compression::Sniff, &root.path().join("layer")).unwrap_err();
+            let e = unpack(l.path(), Compression::Sniff, &root.path().join("layer"), LayerLimits::default()).unwrap_err();
             assert!(e.contains("names no entry"), "{name}: {e}");
             assert!(root.path().join("sibling").exists(), "{name} removed what lies beside the layer");
         }
@@ -248,14 +274,14 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         let l = layer(&[("esc", tar::EntryType::Symlink, outside.path().to_str().unwrap()), ("esc/pwned", tar::EntryType::Regular, "x")]);
         let dir = tempfile::tempdir().unwrap();
-        let err = unpack(l.path(), Compression::Sniff, &dir.path().join("l")).unwrap_err();
+        let err = unpack(l.path(), Compression::Sniff, &dir.path().join("l"), LayerLimits::default()).unwrap_err();
         assert!(err.contains("symlink"), "{err}");
         assert!(!outside.path().join("pwned").exists());
         // A file entry over a symlink replaces the link, not its target.
         let target = outside.path().join("t");
         fs::write(&target, "keep").unwrap();
         let l = layer(&[("ln", tar::EntryType::Symlink, target.to_str().unwrap()), ("ln", tar::EntryType::Regular, "new")]);
-        unpack(l.path(), Compression::Sniff, &dir.path().join("l2")).unwrap();
+        unpack(l.path(), Compression::Sniff, &dir.path().join("l2"), LayerLimits::default()).unwrap();
         assert_eq!(fs::read_to_string(&target).unwrap(), "keep");
         assert_eq!(fs::read_to_string(dir.path().join("l2/ln")).unwrap(), "new");
     }
@@ -272,11 +298,32 @@ mod tests {
         ]);
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("l");
-        unpack(l.path(), Compression::Sniff, &dest).unwrap();
+        unpack(l.path(), Compression::Sniff, &dest, LayerLimits::default()).unwrap();
         let wh = fs::symlink_metadata(dest.join("etc/gone")).unwrap();
         assert!(std::os::unix::fs::FileTypeExt::is_char_device(&wh.file_type()));
         assert_eq!(std::os::unix::fs::MetadataExt::rdev(&wh), 0);
         assert_eq!(xattr::get(dest.join("d"), "trusted.overlay.opaque").unwrap().as_deref(), Some(&b"y"[..]));
         assert!(!dest.join("d/.wh..wh..opq").exists());
+    }
+
+    #[test]
+    fn a_layer_that_expands_past_its_limits_is_refused_before_it_is_written() {
+        // 8 MiB of zeros: a few KB of gzip.
+        let zeros = "\0".repeat(8 << 20);
+        let plain = layer(&[("big", tar::EntryType::Regular, &zeros)]);
+        let gz = tempfile::NamedTempFile::new().unwrap();
+        let mut enc = flate2::write::GzEncoder::new(gz.reopen().unwrap(), flate2::Compression::best());
+        io::copy(&mut File::open(plain.path()).unwrap(), &mut enc).unwrap();
+        enc.finish().unwrap();
+        assert!(fs::metadata(gz.path()).unwrap().len() < 1 << 20);
+        let dir = tempfile::tempdir().unwrap();
+        let small = LayerLimits { bytes: 1 << 20, entries: 100 };
+        let err = unpack(gz.path(), Compression::Sniff, &dir.path().join("l"), small).unwrap_err();
+        assert!(err.contains("more than 1 MiB"), "{err}");
+        assert!(!dir.path().join("l/big").exists(), "nothing of the entry written");
+        let many: Vec<(String, tar::EntryType, &str)> = (0..5).map(|i| (format!("f{i}"), tar::EntryType::Regular, "x")).collect();
+        let many: Vec<(&str, tar::EntryType, &str)> = many.iter().map(|(p, k, d)| (p.as_str(), *k, *d)).collect();
+        let err = unpack(layer(&many).path(), Compression::Sniff, &dir.path().join("m"), LayerLimits { bytes: 1 << 20, entries: 4 }).unwrap_err();
+        assert!(err.contains("more than 4 entries"), "{err}");
     }
 }

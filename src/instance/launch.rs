@@ -9,6 +9,7 @@ use super::{hooks, us, Call, Instance, Sandboxed, Spawned, StartError, StartTrac
 use crate::billing::{Ledger, WindowRecord};
 use crate::cgroup::{CgroupRoot, Limits};
 use crate::config::Function;
+use crate::image::registry::RegistryOptions;
 use crate::image::Images;
 use crate::logs::{Echo, InstanceLog, LogFiles};
 use crate::metrics::{Latencies, Metrics, Samples};
@@ -101,15 +102,23 @@ impl Launcher {
             echo,
             log_files,
             reporting,
-            images: Images::new(crate::image::DEFAULT_DIR),
+            images: Images::new(crate::image::DEFAULT_DIR, RegistryOptions::default()),
             image_roots: Arc::default(),
         }
     }
 
-    /// Keeps custom containers' images in a store under `dir` (default [`crate::image::DEFAULT_DIR`]).
-    pub fn with_image_cache(mut self, dir: &std::path::Path) -> Self {
-        self.images = Images::new(dir);
+    /// Keeps custom containers' images in a store under `dir` (default
+    /// [`crate::image::DEFAULT_DIR`]), pulled with `registry`'s credentials and insecure
+    /// registries.
+    pub fn with_image_cache(mut self, dir: &std::path::Path, registry: RegistryOptions) -> Self {
+        self.images = Images::new(dir, registry);
         self
+    }
+
+    /// Tries the pulls that failed again, for `functions` (a reload). Blocking.
+    pub fn retry_images(&self, functions: &[Function]) {
+        self.images.retry_failed();
+        self.prepare_images(functions);
     }
 
     /// Resolves the images of `functions` now (importing local sources into the store), so
