@@ -299,6 +299,15 @@ fn a_container_without_a_web_server_runs_once_per_event() {
     let r = http(&fcsup.addr, "POST", "/http/job/", &[], b"x");
     assert_eq!(r.status, 400, "an HTTP trigger: {}", r.text());
 
+    // Its layers are instances' roots: `fcsup image rm` refuses while fcsup serves from them.
+    let rm = Command::new(env!("CARGO_BIN_EXE_fcsup")).args(["image", "rm", &oci, "--image-cache"]).arg(&cache).output().unwrap();
+    let err = String::from_utf8_lossy(&rm.stderr);
+    assert!(!rm.status.success() && err.contains("in use by a running fcsup serve"), "{err}");
+    assert_eq!(fcsup.invoke("job", "still there").status, 200);
+
     fcsup.stop_and_check_clean();
     assert_no_image_mounts(&cache, &mounts_before);
+    // Once nothing serves, it may.
+    let rm = Command::new(env!("CARGO_BIN_EXE_fcsup")).args(["image", "rm", &oci, "--image-cache"]).arg(&cache).output().unwrap();
+    assert!(rm.status.success(), "{}", String::from_utf8_lossy(&rm.stderr));
 }

@@ -20,6 +20,8 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use nix::fcntl::{Flock, FlockArg};
+
 use oci_spec::image::{ImageConfiguration, ImageManifest, MediaType};
 use sha2::{Digest as _, Sha256};
 
@@ -79,6 +81,11 @@ pub enum ImageError {
         /// What is wrong.
         message: String,
     },
+    /// A running `fcsup serve` uses the store: its instances' roots are its layers.
+    #[error(
+        "the image cache {0} is in use by a running fcsup serve (its instances run from these layers); remove images while nothing serves from it"
+    )]
+    InUse(String),
     /// A file operation failed.
     #[error("{op}: {source}")]
     Io {
@@ -235,6 +242,7 @@ impl Images {
             return Ok(s.clone());
         }
         let s = std::sync::Arc::new(Store::open(&self.dir)?);
+        s.hold()?;
         *store = Some(s.clone());
         Ok(s)
     }
@@ -267,8 +275,18 @@ impl Images {
 #[derive(Debug)]
 pub struct Store {
     dir: PathBuf,
-    /// Serializes read-modify-write of `images.json` and layer unpacking within this process.
+    /// Serializes read-modify-write of `images.json` within this process (`index.lock`, an
+    /// flock, across processes).
     index_lock: Mutex<()>,
+    /// A shared flock on `in-use.lock` while a supervisor runs instances from the store (see
+    /// [`Store::hold`]).
+    held: Mutex<Option<Flock<File>>>,
+}
+
+/// `images.json` locked for a read-modify-write, in this process and across processes.
+struct IndexGuard<'a> {
+    _flock: Flock<File>,
+    _guard: std::sync::MutexGuard<'a, ()>,
 }
 
 /// A blob being written into the store: hashed as it is written into a temporary file of the
@@ -378,7 +396,39 @@ impl Store {
         for sub in ["blobs/sha256", "layers/sha256", "tmp"] {
             mkdir_mode(&dir.join(sub), 0o700)?;
         }
-        Ok(Store { dir, index_lock: Mutex::new(()) })
+        Ok(Store { dir, index_lock: Mutex::new(()), held: Mutex::default() })
+    }
+
+    /// Marks the store as in use by this process until it exits: removing images (`fcsup image
+    /// rm`, eviction) is refused meanwhile, since running instances' roots are its layers.
+    pub fn hold(&self) -> Result<(), ImageError> {
+        let mut held = self.held.lock().expect("store hold");
+        if held.is_none() {
+            let lock = Flock::lock(self.lock_file("in-use.lock")?, FlockArg::LockShared)
+                .map_err(|(_, e)| ImageError::Io { op: "lock the image cache (shared)".into(), source: e.into() })?;
+            *held = Some(lock);
+        }
+        Ok(())
+    }
+
+    fn lock_file(&self, name: &str) -> Result<File, ImageError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.dir.join(name);
+        fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(io_err(format!("open {}", path.display())))
+    }
+
+    fn lock_index(&self) -> Result<IndexGuard<'_>, ImageError> {
+        let guard = self.index_lock.lock().expect("image index");
+        let flock = Flock::lock(self.lock_file("index.lock")?, FlockArg::LockExclusive)
+            .map_err(|(_, e)| ImageError::Io { op: "lock the image index".into(), source: e.into() })?;
+        Ok(IndexGuard { _flock: flock, _guard: guard })
     }
 
     /// The store's directory.
@@ -460,7 +510,7 @@ impl Store {
     /// not unpacked yet, and records `reference` as that image.
     pub fn commit_image(&self, reference: &str, manifest_digest: &str) -> Result<Image, ImageError> {
         let image = self.load(manifest_digest, true)?;
-        let _guard = self.index_lock.lock().expect("image index");
+        let _guard = self.lock_index()?;
         let mut index = self.read_index()?;
         index.insert(reference.to_string(), manifest_digest.to_string());
         self.write_index(&index)?;
@@ -485,7 +535,10 @@ impl Store {
     /// Forgets `reference`; blobs and layers no other reference uses are removed. Returns
     /// whether the reference was recorded.
     pub fn remove(&self, reference: &str) -> Result<bool, ImageError> {
-        let _guard = self.index_lock.lock().expect("image index");
+        let _guard = self.lock_index()?;
+        // Not while a supervisor runs instances from these layers (its shared lock).
+        let _exclusive = Flock::lock(self.lock_file("in-use.lock")?, FlockArg::LockExclusiveNonblock)
+            .map_err(|_| ImageError::InUse(self.dir.display().to_string()))?;
         let mut index = self.read_index()?;
         if index.remove(reference).is_none() {
             return Ok(false);

@@ -232,10 +232,18 @@ pub fn evict(store: &Store, max_bytes: u64, in_use: &[String]) -> Result<Vec<Str
         if cache_size(store) <= max_bytes {
             break;
         }
-        if store.remove(&reference)? {
-            forget_used(store, &reference);
-            tracing::info!("evicted {reference} from the image cache (over {max_bytes} bytes)");
-            removed.push(reference);
+        match store.remove(&reference) {
+            Ok(true) => {
+                forget_used(store, &reference);
+                tracing::info!("evicted {reference} from the image cache (over {max_bytes} bytes)");
+                removed.push(reference);
+            }
+            Ok(false) => {}
+            Err(e @ ImageError::InUse(_)) => {
+                tracing::warn!("not evicting: {e}");
+                break;
+            }
+            Err(e) => return Err(e),
         }
     }
     Ok(removed)
