@@ -280,11 +280,36 @@ fn pull_deadline() -> std::time::Duration {
     std::time::Duration::from_secs(secs)
 }
 
+/// The longest line of a pull's output the supervisor keeps: a registry's error body can end up
+/// in it, and the supervisor's memory is not the registry's to fill.
+const MAX_LINE: u64 = 4096;
+
+/// The next line of `r`, cut at [`MAX_LINE`] bytes (the rest of the line skipped); `None` at
+/// the end.
+fn bounded_line(r: &mut impl std::io::BufRead) -> Option<String> {
+    use std::io::{BufRead, Read};
+    let mut buf = Vec::new();
+    if r.by_ref().take(MAX_LINE).read_until(b'\n', &mut buf).ok()? == 0 {
+        return None;
+    }
+    if !buf.ends_with(b"\n") {
+        let mut rest = Vec::new();
+        loop {
+            rest.clear();
+            match r.by_ref().take(MAX_LINE).read_until(b'\n', &mut rest) {
+                Ok(n) if n > 0 && !rest.ends_with(b"\n") => {}
+                _ => break,
+            }
+        }
+        buf.extend_from_slice("…".as_bytes());
+    }
+    Some(String::from_utf8_lossy(&buf).trim_end().to_string())
+}
+
 /// Runs `fcsup image pull` as a child process (same store, `options` as its flags) with a
 /// bounded address space and an overall deadline, and dying with the supervisor; its log
 /// lines are passed on, its last one is the error.
 fn pull_in_child(store: &Store, reference: &str, options: &RegistryOptions) -> Result<(), ImageError> {
-    use std::io::BufRead;
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
     let failed = |message: String| ImageError::Source { reference: reference.to_string(), message };
@@ -310,7 +335,8 @@ fn pull_in_child(store: &Store, reference: &str, options: &RegistryOptions) -> R
     // The child's lines pass through; its `Error: …` line is the reason.
     let relay = std::thread::spawn(move || {
         let mut error = String::new();
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        let mut lines = std::io::BufReader::new(stderr);
+        while let Some(line) = bounded_line(&mut lines) {
             eprintln!("{line}");
             if let Some(e) = line.strip_prefix("Error: ") {
                 error = e.to_string();
@@ -667,6 +693,18 @@ fn host_arch() -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_pull_s_lines_are_cut_so_a_registry_cannot_fill_the_supervisor() {
+        let long = "x".repeat(3 * 4096);
+        let text = format!("first\nError: {long}\nlast\n");
+        let mut r = std::io::BufReader::new(text.as_bytes());
+        assert_eq!(super::bounded_line(&mut r).as_deref(), Some("first"));
+        let cut = super::bounded_line(&mut r).unwrap();
+        assert!(cut.starts_with("Error: xxx") && cut.ends_with('…') && cut.len() <= 4096 + 3, "{}", cut.len());
+        assert_eq!(super::bounded_line(&mut r).as_deref(), Some("last"));
+        assert_eq!(super::bounded_line(&mut r), None);
+    }
+
     use super::*;
 
     #[test]
