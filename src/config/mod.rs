@@ -105,11 +105,21 @@ pub struct Props {
     /// `instanceLifecycleConfig`.
     pub instance_lifecycle_config: Option<LifecycleConfig>,
     /// `gpuConfig`: refused for now (fcsup does not wire GPUs into instances yet).
-    pub gpu_config: Option<serde::de::IgnoredAny>,
+    pub gpu_config: Option<GpuConfig>,
     /// `asyncInvokeConfig` (FC's PutAsyncInvokeConfig, kept with the function).
     pub async_invoke_config: Option<AsyncInvokeConfig>,
     /// fcsup's own settings for this function.
     pub fcsup: Option<FunctionExt>,
+}
+
+/// `gpuConfig` (FC 3.0's GPUConfig).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuConfig {
+    /// `fc.gpu.tesla.1`, `fc.gpu.ampere.1` or `fc.gpu.ada.1`.
+    pub gpu_type: Option<String>,
+    /// GPU memory, MB: a multiple of 1024.
+    pub gpu_memory_size: Option<u64>,
 }
 
 /// `asyncInvokeConfig`: how Async invocations are retried.
@@ -193,6 +203,9 @@ pub struct LifecycleConfig {
 pub struct HookConfig {
     /// Handler name; an empty string disables the hook.
     pub handler: Option<String>,
+    /// The execute-instruction Initializer: a command run in the instance (GPU functions
+    /// only, instead of `handler`).
+    pub command: Option<Vec<String>>,
     /// Seconds (Serverless Devs default 3).
     pub timeout: Option<u64>,
 }
@@ -213,6 +226,44 @@ pub struct FunctionExt {
     pub stop_grace: Option<u64>,
     /// Task limit per instance (default 1024).
     pub pids_max: Option<u64>,
+    /// Devices granted to every instance, by CDI name (`vendor.com/class=name`).
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// The host GPUs a `gpuConfig` function gets: `all` (default) or a list of indices or
+    /// UUIDs.
+    pub gpus: Option<GpuSelection>,
+    /// Seconds idle before a GPU instance's device memory is checkpointed to host memory with
+    /// `cuda-checkpoint` and its GPU released (off by default).
+    pub gpu_hibernate_after: Option<u64>,
+}
+
+/// Which host GPUs: `all` or a list.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum GpuSelection {
+    /// `all`.
+    Keyword(String),
+    /// Indices (`0`) or UUIDs (`GPU-…`).
+    List(Vec<GpuId>),
+}
+
+/// One GPU: its index or its UUID.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum GpuId {
+    /// Index, as `nvidia-smi` numbers them.
+    Index(u32),
+    /// `GPU-<uuid>` (or `MIG-…`).
+    Name(String),
+}
+
+impl std::fmt::Display for GpuId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GpuId::Index(i) => write!(f, "{i}"),
+            GpuId::Name(n) => f.write_str(n),
+        }
+    }
 }
 
 /// A hook with its resolved timeout.
@@ -328,6 +379,68 @@ pub struct Function {
     pub stop_grace: Duration,
     /// Task limit.
     pub pids_max: u64,
+    /// The execute-instruction Initializer (GPU functions; `initializer` is then `None`).
+    pub init_command: Option<InitCommand>,
+    /// `gpuConfig`: host GPUs granted to each instance.
+    pub gpu: Option<Gpu>,
+    /// Devices granted to each instance by CDI name (`fcsup.devices`).
+    pub devices: Vec<String>,
+    /// Idle time after which a GPU instance is hibernated (`fcsup.gpuHibernateAfter`).
+    pub gpu_hibernate_after: Option<Duration>,
+}
+
+/// FC's execute-instruction Initializer: a command run once in each new instance before it
+/// takes requests; exit 0 is success.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitCommand {
+    /// The command and its arguments.
+    pub argv: Vec<String>,
+    /// How long it may run.
+    pub timeout: Duration,
+}
+
+/// FC's GPU card families (`gpuType`), with what FC bills for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GpuType {
+    /// `fc.gpu.tesla.1` (Tesla T4, 16 GB).
+    Tesla,
+    /// `fc.gpu.ampere.1` (Ampere A10, 24 GB).
+    Ampere,
+    /// `fc.gpu.ada.1` (Ada, 48 GB).
+    Ada,
+}
+
+impl GpuType {
+    /// From FC's `gpuType` name.
+    pub fn from_fc(name: &str) -> Option<GpuType> {
+        match name {
+            "fc.gpu.tesla.1" => Some(GpuType::Tesla),
+            "fc.gpu.ampere.1" => Some(GpuType::Ampere),
+            "fc.gpu.ada.1" => Some(GpuType::Ada),
+            _ => None,
+        }
+    }
+
+    /// The card's memory, MB: the most `gpuMemorySize` may ask for.
+    pub fn card_memory_mb(self) -> u64 {
+        match self {
+            GpuType::Tesla => 16 * 1024,
+            GpuType::Ampere => 24 * 1024,
+            GpuType::Ada => 48 * 1024,
+        }
+    }
+}
+
+/// A GPU function's grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gpu {
+    /// The card family (prices).
+    pub kind: GpuType,
+    /// `gpuMemorySize`, MB (billed).
+    pub memory_mb: u64,
+    /// The host GPUs (indices or UUIDs); empty: all of them.
+    pub devices: Vec<String>,
 }
 
 /// How many instances of a function run: changeable without replacing any instance.

@@ -13,6 +13,9 @@ fn bad<T>(key: &str, message: impl Into<String>) -> Result<T, Invalid> {
 
 fn hook(key: &str, h: &Option<HookConfig>, max_secs: u64) -> Result<Option<Hook>, Invalid> {
     let Some(h) = h else { return Ok(None) };
+    if h.command.is_some() && key != "instanceLifecycleConfig.initializer" {
+        return bad(&format!("{key}.command"), "only the Initializer can be a command");
+    }
     let handler = h.handler.clone().unwrap_or_default();
     if handler.is_empty() {
         return Ok(None);
@@ -61,12 +64,6 @@ pub fn validate(p: &Props, default_name: &str, base: &Path) -> Result<Function, 
     } else {
         None
     };
-    if p.gpu_config.is_some() {
-        return bad(
-            "gpuConfig",
-            "GPU functions are not supported by this fcsup yet (no device wiring, no GPU billing); remove gpuConfig to run on CPU",
-        );
-    }
     let (code_dir, code_checksum) = if container.is_some() {
         // A container's code is its image.
         (std::path::PathBuf::new(), String::new())
@@ -183,6 +180,40 @@ pub fn validate(p: &Props, default_name: &str, base: &Path) -> Result<Function, 
     let pre_stop = hook("instanceLifecycleConfig.preStop", &lc.pre_stop, 90)?;
     let pre_freeze = hook("instanceLifecycleConfig.preFreeze", &lc.pre_freeze, 90)?;
     let ext = p.fcsup.clone().unwrap_or_default();
+    let gpu = gpu(p, &ext, container.is_some())?;
+    let init_command = match lc.initializer.as_ref().and_then(|h| h.command.clone()) {
+        None => None,
+        Some(_) if initializer.is_some() => {
+            return bad("instanceLifecycleConfig.initializer", "handler and command are exclusive: give one (FC's two kinds of Initializer)");
+        }
+        Some(_) if gpu.is_none() => {
+            return bad(
+                "instanceLifecycleConfig.initializer.command",
+                "FC runs an execute-instruction Initializer for GPU functions only (gpuConfig)",
+            );
+        }
+        Some(argv) if argv.is_empty() || argv[0].is_empty() => {
+            return bad("instanceLifecycleConfig.initializer.command", "an empty command: give the program and its arguments");
+        }
+        Some(argv) => {
+            let secs = lc.initializer.as_ref().and_then(|h| h.timeout).unwrap_or(3);
+            if !(1..=300).contains(&secs) {
+                return bad("instanceLifecycleConfig.initializer.timeout", format!("{secs} is out of range: a hook timeout is 1 to 300 seconds"));
+            }
+            Some(super::InitCommand { argv, timeout: Duration::from_secs(secs) })
+        }
+    };
+    for d in &ext.devices {
+        if !valid_cdi_name(d) {
+            return bad("fcsup.devices", format!("{d:?} is not a CDI device name: vendor.com/class=name (e.g. nvidia.com/gpu=0)"));
+        }
+    }
+    let gpu_hibernate_after = match ext.gpu_hibernate_after {
+        None => None,
+        Some(_) if gpu.is_none() => return bad("fcsup.gpuHibernateAfter", "only GPU functions (gpuConfig) hibernate their GPU"),
+        Some(0) => return bad("fcsup.gpuHibernateAfter", "0 is too short: at least 1 second"),
+        Some(s) => Some(Duration::from_secs(s)),
+    };
     let idle = ext.idle_timeout.unwrap_or(180);
     if idle < 1 {
         return bad("fcsup.idleTimeout", "0 is too short: at least 1 second (default 180)");
@@ -239,7 +270,57 @@ pub fn validate(p: &Props, default_name: &str, base: &Path) -> Result<Function, 
         start_timeout: Duration::from_secs(ext.start_timeout.unwrap_or(120)),
         stop_grace: Duration::from_secs(ext.stop_grace.unwrap_or(3)),
         pids_max: ext.pids_max.unwrap_or(1024),
+        init_command,
+        gpu,
+        devices: ext.devices.clone(),
+        gpu_hibernate_after,
     })
+}
+
+/// `gpuConfig` (with `fcsup.gpus`), validated as FC does.
+fn gpu(p: &Props, ext: &super::FunctionExt, is_container: bool) -> Result<Option<super::Gpu>, Invalid> {
+    let Some(g) = &p.gpu_config else {
+        if ext.gpus.is_some() {
+            return bad("fcsup.gpus", "only GPU functions (gpuConfig) get GPUs");
+        }
+        return Ok(None);
+    };
+    if !is_container {
+        return bad("gpuConfig", "FC runs GPU functions from container images only: use runtime custom-container");
+    }
+    let name = g.gpu_type.clone().unwrap_or_default();
+    let Some(kind) = super::GpuType::from_fc(&name) else {
+        return bad("gpuConfig.gpuType", format!("{name:?} is not a GPU type: fc.gpu.tesla.1, fc.gpu.ampere.1 or fc.gpu.ada.1"));
+    };
+    let Some(memory_mb) = g.gpu_memory_size else { return bad("gpuConfig.gpuMemorySize", "required: MB of GPU memory, a multiple of 1024") };
+    if memory_mb == 0 || memory_mb % 1024 != 0 || memory_mb > kind.card_memory_mb() {
+        return bad("gpuConfig.gpuMemorySize", format!("{memory_mb} is invalid: a multiple of 1024 up to {} (MB) for {name}", kind.card_memory_mb()));
+    }
+    let devices = match &ext.gpus {
+        None => Vec::new(),
+        Some(super::GpuSelection::Keyword(k)) if k == "all" => Vec::new(),
+        Some(super::GpuSelection::Keyword(k)) => return bad("fcsup.gpus", format!("{k:?}: use all, or a list of GPU indices or UUIDs")),
+        Some(super::GpuSelection::List(ids)) if ids.is_empty() => return bad("fcsup.gpus", "an empty list grants no GPU: use all, or name some"),
+        Some(super::GpuSelection::List(ids)) => {
+            let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+            if let Some(bad_id) = ids.iter().find(|i| i.is_empty() || !i.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == ':')) {
+                return bad("fcsup.gpus", format!("{bad_id:?} is not a GPU index or UUID"));
+            }
+            ids
+        }
+    };
+    Ok(Some(super::Gpu { kind, memory_mb, devices }))
+}
+
+/// CDI's `vendor.com/class=name` (CDI spec: vendor a domain-like name, class and device
+/// alphanumerics with `_`, `-`, `.`, and `:` in the device name).
+fn valid_cdi_name(name: &str) -> bool {
+    let Some((kind, device)) = name.split_once('=') else { return false };
+    let Some((vendor, class)) = kind.split_once('/') else { return false };
+    let word = |s: &str, extra: &[char]| {
+        !s.is_empty() && s.starts_with(|c: char| c.is_ascii_alphanumeric()) && s.chars().all(|c| c.is_ascii_alphanumeric() || extra.contains(&c))
+    };
+    word(vendor, &['_', '-', '.']) && word(class, &['_', '-']) && word(device, &['_', '-', '.', ':'])
 }
 
 #[cfg(test)]
