@@ -108,6 +108,30 @@ fn granted_nodes_open_and_the_rest_are_denied() {
     loads.sort();
     attaches.sort();
     eprintln!("device program of {} instructions: load p50 {:?}, attach p50 {:?} (n = 20)", program.len(), loads[10], attaches[10]);
+    let mut creates = Vec::new();
+    for i in 0..20 {
+        let t = Instant::now();
+        let cg = root.create(&format!("c{i}"), &Limits::default()).unwrap();
+        creates.push(t.elapsed());
+        cg.remove().unwrap();
+    }
+    creates.sort();
+    eprintln!("instance cgroup with runc's device list (program cached): create p50 {:?}", creates[10]);
+    if let Some(v1) = v1_devices_root(&name) {
+        let mut writes = Vec::new();
+        for i in 0..20 {
+            let dir = v1.join(format!("w{i}"));
+            std::fs::create_dir(&dir).unwrap();
+            let t = Instant::now();
+            for (file, line) in DeviceRules::runc_default().effective().unwrap().v1_writes() {
+                std::fs::write(dir.join(file), line).unwrap();
+            }
+            writes.push(t.elapsed());
+            std::fs::remove_dir(&dir).unwrap();
+        }
+        writes.sort();
+        eprintln!("of which the v1 devices.deny/allow writes (hybrid hosts): p50 {:?}", writes[10]);
+    }
 
     let rules =
         DeviceRules::runc_default().with_granted(&[DeviceRule::allow_char(major, 0, Access::RW), DeviceRule::allow_char(major, 2, Access::READ)]);
@@ -223,6 +247,20 @@ fn an_instance_has_runcs_device_list() {
     }
     let major = free_local_major();
     let mut f = Fcsup::serve_file(&format!("edition: 3.0.0\nresources:\n{}", devices_props("d")), &["--insecure-instances"]);
+    // A restart after a crash removes the instance's v1 devices cgroup with the others.
+    let v1_root = v1_devices_root(&f.cgroup_root);
+    let leftover = f.warm("d");
+    let pids = std::fs::read_to_string(Path::new(&leftover).join("cgroup.procs")).unwrap();
+    f.kill_hard();
+    wait_for("instance processes gone after fcsup's SIGKILL", Duration::from_secs(5), || {
+        pids.lines().all(|p| !Path::new(&format!("/proc/{p}")).exists()).then_some(())
+    });
+    let old = v1_root.as_ref().map(|v1| v1.join(Path::new(&leftover).file_name().unwrap()));
+    assert!(old.as_ref().is_none_or(|o| o.exists()), "the crash left the v1 devices cgroup");
+    f.restart_after_kill();
+    if let Some(old) = &old {
+        assert!(!old.exists(), "{} survived the restart", old.display());
+    }
     let p = probe_instance(&mut f, major, "/dev");
     assert_eq!(p["dev_null"], 0, "{p}");
     assert_eq!(p["dev_zero"], 0, "{p}");
