@@ -5,18 +5,24 @@
 //! right after the write, then watched for `POLLPRI` with a short re-check, because the kernel
 //! rate-limits those notifications (see `notes/cgroups.md` §3).
 //! On hybrid hosts the memory, pids and cpu limits go to the v1 hierarchies instead.
+//!
+//! Every instance cgroup also gets its device rules ([`devices`]) before anything runs in it:
+//! a device BPF program on cgroup2 and, on hybrid hosts, the same rules in a v1 `devices`
+//! cgroup the instance joins with the others.
 
+pub mod devices;
 mod memory;
 mod mount;
 mod stat;
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub use devices::{Access, DeviceError, DeviceKind, DeviceRule, DeviceRules};
 pub use memory::{MemoryMeter, MemorySource};
 pub use mount::{own_v1_paths, Hierarchy, Mode};
 pub use stat::{CpuStat, Events};
@@ -51,6 +57,9 @@ pub enum CgroupError {
     /// No cgroup2 mount exists.
     #[error("no cgroup2 mount in {0}: fcsup needs cgroup v2 (unified, or hybrid with cgroup2 mounted)")]
     NoCgroup2(PathBuf),
+    /// The device rules could not be made or applied.
+    #[error(transparent)]
+    Devices(#[from] DeviceError),
     /// A state change was not confirmed in time.
     #[error("{path} did not report {what} within {timeout:?}")]
     Timeout {
@@ -74,7 +83,7 @@ const RECHECK: Duration = Duration::from_millis(1);
 const FIRST_RECHECK: Duration = Duration::from_micros(25);
 
 /// Resource limits for one instance.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Limits {
     /// Memory in bytes.
     pub memory_bytes: Option<u64>,
@@ -82,6 +91,9 @@ pub struct Limits {
     pub pids_max: Option<u64>,
     /// CPU in millicores (1000 = one vCPU).
     pub cpu_millis: Option<u64>,
+    /// Which device nodes the instance may use; by default runc's list
+    /// ([`DeviceRules::runc_default`]).
+    pub devices: DeviceRules,
 }
 
 /// Where each limit is enforced on this host.
@@ -105,6 +117,9 @@ pub struct Capabilities {
     pub pids: Enforcement,
     /// CPU quota.
     pub cpu: Enforcement,
+    /// Device rules: `v2` when the device BPF program loads (on hybrid hosts the v1 `devices`
+    /// controller gets the rules too), `v1` when only that controller can.
+    pub devices: Enforcement,
 }
 
 /// The supervisor's root cgroup; instance cgroups are created beneath it.
@@ -115,6 +130,8 @@ pub struct CgroupRoot {
     v1: Vec<(&'static str, PathBuf)>,
     caps: Capabilities,
     mode: Mode,
+    /// The device programs loaded so far, one per distinct rule set.
+    programs: devices::ProgramCache,
 }
 
 impl CgroupRoot {
@@ -123,7 +140,7 @@ impl CgroupRoot {
     pub fn open(hier: &Hierarchy, name: &str, proc_self_cgroup: &str) -> Result<Self> {
         let v2 = hier.v2.join(name.trim_start_matches('/'));
         mkdir_all(&v2)?;
-        let mut caps = Capabilities { memory: Enforcement::No, pids: Enforcement::No, cpu: Enforcement::No };
+        let mut caps = Capabilities { memory: Enforcement::No, pids: Enforcement::No, cpu: Enforcement::No, devices: Enforcement::No };
         let mut v1 = Vec::new();
         match hier.mode {
             Mode::Unified => {
@@ -143,7 +160,7 @@ impl CgroupRoot {
             }
             Mode::Hybrid => {
                 let own = own_v1_paths(proc_self_cgroup);
-                for ctrl in ["memory", "pids", "cpu"] {
+                for ctrl in ["memory", "pids", "cpu", "devices"] {
                     let Some(mnt) = hier.v1.get(ctrl) else { continue };
                     let base = own.get(ctrl).map(|p| p.trim_start_matches('/')).unwrap_or("");
                     let dir = mnt.join(base).join(name.trim_start_matches('/'));
@@ -151,16 +168,33 @@ impl CgroupRoot {
                         match ctrl {
                             "memory" => caps.memory = Enforcement::V1,
                             "pids" => caps.pids = Enforcement::V1,
-                            _ => caps.cpu = Enforcement::V1,
+                            "cpu" => caps.cpu = Enforcement::V1,
+                            _ => caps.devices = Enforcement::V1,
                         }
                         v1.push((ctrl, dir));
                     }
                 }
             }
         }
-        let root = CgroupRoot { v2, v1, caps, mode: hier.mode };
+        let mut root = CgroupRoot { v2, v1, caps, mode: hier.mode, programs: devices::ProgramCache::default() };
         root.cap_tasks();
+        root.probe_device_program();
         Ok(root)
+    }
+
+    /// Loads runc's default device program now (so the first start does not pay for it) and
+    /// finds out whether this kernel takes device programs at all: where it does not (no
+    /// `CONFIG_CGROUP_BPF`, a sandboxed kernel, no privilege for `bpf(2)`), instances start
+    /// without one, with a warning, rather than not at all.
+    fn probe_device_program(&mut self) {
+        let loaded = DeviceRules::runc_default().effective().map_err(CgroupError::from).and_then(|e| Ok(self.programs.get(&e)?));
+        match loaded {
+            Ok(_) => self.caps.devices = Enforcement::V2,
+            Err(e) => tracing::warn!(
+                "device rules are {} on this host: {e}",
+                if self.caps.devices == Enforcement::V1 { "enforced only through the v1 devices controller" } else { "NOT enforced" }
+            ),
+        }
     }
 
     /// Every instance has its own `pids.max`, but together they could still take every pid
@@ -198,12 +232,19 @@ impl CgroupRoot {
         self.mode
     }
 
-    /// Creates the cgroup of one instance and applies `limits`.
+    /// Creates the cgroup of one instance and applies `limits`, device rules included: the
+    /// device program is attached here, before any task can be in the cgroup (the instance's
+    /// process is cloned into it with `CLONE_INTO_CGROUP`, and joins the v1 cgroups, the
+    /// `devices` one included, as its first step, before it makes its `/dev`).
     pub fn create(&self, id: &str, limits: &Limits) -> Result<Cgroup> {
         let path = self.v2.join(id);
         std::fs::create_dir(&path).map_err(|source| CgroupError::Io { op: "create", path: path.clone(), source })?;
         let mut cg = Cgroup::open_dir(path)?;
         let result = (|| {
+            let devices = if self.caps.devices == Enforcement::No { None } else { Some(limits.devices.effective()?) };
+            if let (Some(rules), Enforcement::V2) = (&devices, self.caps.devices) {
+                self.programs.attach(rules, cg.dir.as_fd())?;
+            }
             if self.mode == Mode::Unified {
                 if let (Some(m), Enforcement::V2) = (limits.memory_bytes, self.caps.memory) {
                     write_file(&cg.path.join("memory.max"), &m.to_string())?;
@@ -220,6 +261,18 @@ impl CgroupRoot {
             }
             for (ctrl, root) in &self.v1 {
                 let dir = root.join(id);
+                if *ctrl == "devices" {
+                    let Some(rules) = &devices else { continue };
+                    std::fs::create_dir(&dir).map_err(|source| CgroupError::Io { op: "create", path: dir.clone(), source })?;
+                    cg.v1_dirs.push(dir.clone());
+                    for (file, line) in rules.v1_writes() {
+                        write_file(&dir.join(file), &line)?;
+                    }
+                    let procs = dir.join("tasks");
+                    let f = File::options().write(true).open(&procs).map_err(|source| CgroupError::Io { op: "open", path: procs, source })?;
+                    cg.v1_procs.push(f);
+                    continue;
+                }
                 let setting = match *ctrl {
                     "memory" => limits.memory_bytes.map(|m| ("memory.limit_in_bytes", m.to_string())),
                     "pids" => limits.pids_max.map(|p| ("pids.max", p.to_string())),

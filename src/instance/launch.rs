@@ -199,7 +199,12 @@ impl Launch<Sandboxed> for Launcher {
         let id = instance_id();
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "cpu is validated to FC's range of 0.05 to 16 vCPUs")]
         let cpu_millis = (function.cpu * 1000.0).round() as u64;
-        let limits = Limits { memory_bytes: Some(function.memory_mb * 1024 * 1024), pids_max: Some(function.pids_max), cpu_millis: Some(cpu_millis) };
+        let limits = Limits {
+            memory_bytes: Some(function.memory_mb * 1024 * 1024),
+            pids_max: Some(function.pids_max),
+            cpu_millis: Some(cpu_millis),
+            ..Limits::default()
+        };
         let spec = self.spec(&function, &id, call)?;
         let cgroup = self.cgroups.create(&id, &limits)?;
         let cgroup_us = us(created.elapsed());

@@ -458,3 +458,149 @@ pub fn exit_now(code: i32) -> ! {
 fn int(r: libc::c_long) -> libc::c_int {
     r as libc::c_int
 }
+
+/// One eBPF instruction, `struct bpf_insn` (`regs` holds `dst_reg:4, src_reg:4`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BpfInsn {
+    /// Opcode.
+    pub code: u8,
+    /// Destination register in the low nibble, source in the high one (little-endian hosts).
+    pub regs: u8,
+    /// Jump offset or memory offset.
+    pub off: i16,
+    /// Immediate.
+    pub imm: i32,
+}
+
+/// `bpf(2)` commands and constants fcsup uses (libc lacks `union bpf_attr`).
+const BPF_PROG_LOAD: libc::c_int = 5;
+const BPF_PROG_ATTACH: libc::c_int = 8;
+const BPF_PROG_GET_FD_BY_ID: libc::c_int = 13;
+const BPF_PROG_QUERY: libc::c_int = 16;
+/// `BPF_PROG_TYPE_CGROUP_DEVICE`.
+const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
+/// `BPF_CGROUP_DEVICE`, the attach type.
+const BPF_CGROUP_DEVICE: u32 = 6;
+/// `BPF_F_ALLOW_MULTI`: the program runs beside those attached above and below.
+const BPF_F_ALLOW_MULTI: u32 = 2;
+
+/// The `BPF_PROG_LOAD` part of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct BpfProgLoad {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+/// The `BPF_PROG_ATTACH` part of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct BpfProgAttach {
+    target_fd: u32,
+    attach_bpf_fd: u32,
+    attach_type: u32,
+    attach_flags: u32,
+    replace_bpf_fd: u32,
+}
+
+/// The `BPF_PROG_QUERY` part of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct BpfProgQuery {
+    target_fd: u32,
+    attach_type: u32,
+    query_flags: u32,
+    attach_flags: u32,
+    prog_ids: u64,
+    prog_cnt: u32,
+}
+
+/// The `BPF_PROG_GET_FD_BY_ID` part of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct BpfGetId {
+    id: u32,
+    next_id: u32,
+    open_flags: u32,
+}
+
+/// `bpf(cmd, attr, sizeof attr)`.
+fn bpf<T>(cmd: libc::c_int, attr: &mut T) -> Result<libc::c_long, Errno> {
+    // SAFETY: `attr` is a live `#[repr(C)]` prefix of `union bpf_attr` for `cmd`, and its size
+    // is passed along (the kernel reads no further); any pointers inside it are the caller's,
+    // alive for the call.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr).cast::<libc::c_void>(), std::mem::size_of::<T>()) };
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(r)
+    }
+}
+
+/// `BPF_PROG_LOAD` of a `BPF_PROG_TYPE_CGROUP_DEVICE` program; with a non-empty `log`, the
+/// verifier writes its log there (level 1).
+pub fn bpf_load_cgroup_device(insns: &[BpfInsn], license: &CStr, log: &mut [u8]) -> Result<OwnedFd, Errno> {
+    let mut attr = BpfProgLoad {
+        prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
+        insn_cnt: u32::try_from(insns.len()).map_err(|_| Errno::E2BIG)?,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        ..Default::default()
+    };
+    if !log.is_empty() {
+        attr.log_level = 1;
+        attr.log_size = u32::try_from(log.len()).unwrap_or(u32::MAX);
+        attr.log_buf = log.as_mut_ptr() as u64;
+    }
+    let fd = bpf(BPF_PROG_LOAD, &mut attr)?;
+    // SAFETY: a fresh program fd owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(int(fd)) })
+}
+
+/// `BPF_PROG_ATTACH` of a device program to the cgroup directory `cgroup` with
+/// `BPF_F_ALLOW_MULTI`.
+pub fn bpf_attach_cgroup_device(prog: BorrowedFd<'_>, cgroup: BorrowedFd<'_>) -> Result<(), Errno> {
+    let fd = |f: BorrowedFd<'_>| u32::try_from(f.as_raw_fd()).map_err(|_| Errno::EBADF);
+    let mut attr = BpfProgAttach {
+        target_fd: fd(cgroup)?,
+        attach_bpf_fd: fd(prog)?,
+        attach_type: BPF_CGROUP_DEVICE,
+        attach_flags: BPF_F_ALLOW_MULTI,
+        ..Default::default()
+    };
+    bpf(BPF_PROG_ATTACH, &mut attr).map(drop)
+}
+
+/// `BPF_PROG_QUERY`: the ids of the device programs attached to the cgroup directory
+/// `cgroup` itself (at most 64).
+pub fn bpf_query_cgroup_device(cgroup: BorrowedFd<'_>) -> Result<Vec<u32>, Errno> {
+    let mut ids = [0u32; 64];
+    let mut attr = BpfProgQuery {
+        target_fd: u32::try_from(cgroup.as_raw_fd()).map_err(|_| Errno::EBADF)?,
+        attach_type: BPF_CGROUP_DEVICE,
+        prog_ids: ids.as_mut_ptr() as u64,
+        prog_cnt: 64,
+        ..Default::default()
+    };
+    bpf(BPF_PROG_QUERY, &mut attr)?;
+    Ok(ids[..usize::try_from(attr.prog_cnt).unwrap_or(0).min(64)].to_vec())
+}
+
+/// `BPF_PROG_GET_FD_BY_ID`: an fd of the loaded program `id` (`ENOENT` once it is freed).
+pub fn bpf_prog_fd_by_id(id: u32) -> Result<OwnedFd, Errno> {
+    let mut attr = BpfGetId { id, ..Default::default() };
+    let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr)?;
+    // SAFETY: a fresh program fd owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(int(fd)) })
+}

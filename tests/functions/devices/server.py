@@ -1,0 +1,57 @@
+"""Test fixture: probes the device cgroup from inside an instance. `{"op": "probe", "major": M}`
+(and `"dir": D`, default /dev) opens /dev/null and /dev/zero, tries to mknod a char device M:1
+in D and to open it, and reports each errno (0 = it worked) with its /proc/self/cgroup."""
+import json
+import os
+import stat
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def errno_of(fn):
+    try:
+        fn()
+        return 0
+    except OSError as e:
+        return e.errno
+
+
+def open_close(path, flags):
+    os.close(os.open(path, flags))
+
+
+def probe(major, directory):
+    node = directory + "/fcsup-test-node"
+    out = {
+        "dev_null": errno_of(lambda: open_close("/dev/null", os.O_RDWR)),
+        "dev_zero": errno_of(lambda: open_close("/dev/zero", os.O_RDONLY)),
+        "mknod": errno_of(lambda: os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(major, 1))),
+    }
+    out["open_own_node"] = errno_of(lambda: open_close(node, os.O_RDONLY)) if out["mknod"] == 0 else None
+    with open("/proc/self/cgroup") as f:
+        out["self_cgroup"] = f.read()
+    return out
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):
+        req = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        data = json.dumps(probe(req["major"], req.get("dir", "/dev")) if req.get("op") == "probe" else req).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+if __name__ == "__main__":
+    ThreadingHTTPServer(("0.0.0.0", int(os.environ.get("FC_SERVER_PORT", "9000"))), Handler).serve_forever()
