@@ -47,6 +47,16 @@ impl Phase {
     }
 }
 
+/// Where an instance spent idle time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IdleTier {
+    /// Its cgroup frozen.
+    Frozen,
+    /// Frozen, with its GPU memory checkpointed to host memory and the GPU released.
+    GpuHibernated,
+}
+
 /// FC's resource modes (`resourceMode` in its request metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum ResourceMode {
@@ -114,6 +124,16 @@ pub struct WindowRecord {
     /// Configured disk, MB.
     #[serde(default)]
     pub disk_mb: u64,
+    /// The GPU type, for a GPU function.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_type: Option<crate::config::GpuType>,
+    /// `gpuMemorySize`, MB, for a GPU function.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_memory_mb: Option<u64>,
+    /// For idle time, where the instance spent it: frozen, or frozen with its GPU memory
+    /// checkpointed to host memory (`gpu-hibernated`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_tier: Option<IdleTier>,
     /// FC's capacity units for the window.
     #[serde(default)]
     pub cu: Cu,
@@ -142,7 +162,11 @@ impl WindowRecord {
         let billed_ms = wall_us.div_ceil(1000);
         // Saturates: 2^32 requests cannot share one window.
         let invocations = if matches!(phase, Phase::Invoke | Phase::PreFreeze) { u32::try_from(request_ids.len()).unwrap_or(u32::MAX) } else { 0 };
-        let cu = Cu::of(phase != Phase::Idle, f.cpu, f.memory_mb, f.disk_mb, billed_ms, invocations);
+        let active = phase != Phase::Idle;
+        let mut cu = Cu::of(active, f.cpu, f.memory_mb, f.disk_mb, billed_ms, invocations);
+        if let Some(g) = &f.gpu {
+            cu = cu.with_gpu(active, g.kind, g.memory_mb, billed_ms);
+        }
         WindowRecord {
             instance: instance.into(),
             function: f.name.clone(),
@@ -162,6 +186,9 @@ impl WindowRecord {
             memory_mb: f.memory_mb,
             vcpu: f.cpu,
             disk_mb: f.disk_mb,
+            gpu_type: f.gpu.as_ref().map(|g| g.kind),
+            gpu_memory_mb: f.gpu.as_ref().map(|g| g.memory_mb),
+            idle_tier: (phase == Phase::Idle).then_some(IdleTier::Frozen),
             measured_cpu_cu: price::measured_cpu_cu(usage.cpu.usage_usec),
             cost_usd: price::usd(cu.total),
             cu,

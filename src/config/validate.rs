@@ -360,6 +360,45 @@ mod tests {
     }
 
     #[test]
+    fn gpu_functions_are_validated_as_fc_does() {
+        let c = |props: &str| {
+            format!("resources:\n  g:\n    props:\n      runtime: custom-container\n      customContainerConfig:\n        image: oci:/x\n{props}")
+        };
+        let f =
+            parse(&c("      gpuConfig: {gpuType: fc.gpu.ada.1, gpuMemorySize: 8192}\n      fcsup: {gpus: [0, GPU-abc], gpuHibernateAfter: 30}\n"))
+                .unwrap()
+                .functions
+                .remove(0);
+        let g = f.gpu.unwrap();
+        assert_eq!((g.kind, g.memory_mb, g.devices), (super::super::GpuType::Ada, 8192, vec!["0".to_string(), "GPU-abc".to_string()]));
+        assert_eq!(f.gpu_hibernate_after, Some(std::time::Duration::from_secs(30)));
+        for (props, want) in [
+            ("      gpuConfig: {gpuType: fc.gpu.nope.1, gpuMemorySize: 8192}\n", "gpuConfig.gpuType"),
+            ("      gpuConfig: {gpuType: fc.gpu.tesla.1, gpuMemorySize: 1000}\n", "a multiple of 1024 up to 16384"),
+            ("      gpuConfig: {gpuType: fc.gpu.tesla.1, gpuMemorySize: 32768}\n", "a multiple of 1024 up to 16384"),
+            ("      fcsup: {gpuHibernateAfter: 5}\n", "only GPU functions"),
+            ("      instanceLifecycleConfig: {initializer: {command: [/bin/true]}}\n", "GPU functions only"),
+            (
+                "      gpuConfig: {gpuType: fc.gpu.tesla.1, gpuMemorySize: 2048}\n      instanceLifecycleConfig: {initializer: {handler: x, command: [/bin/true]}}\n",
+                "exclusive",
+            ),
+            ("      fcsup: {devices: [nvidia.com/gpu]}\n", "not a CDI device name"),
+        ] {
+            let err = parse(&c(props)).unwrap_err().to_string();
+            assert!(err.contains(want), "{props}: {err}");
+        }
+        let f = parse(&c("      gpuConfig: {gpuType: fc.gpu.tesla.1, gpuMemorySize: 2048}\n      instanceLifecycleConfig: {initializer: {command: [python3, warm.py], timeout: 60}}\n      fcsup: {devices: [example.com/fakegpu=0]}\n"))
+            .unwrap()
+            .functions
+            .remove(0);
+        assert_eq!(f.init_command.unwrap().argv, ["python3", "warm.py"]);
+        assert!(f.initializer.is_none());
+        assert_eq!(f.devices, ["example.com/fakegpu=0"]);
+        let err = parse("resources:\n  g:\n    props:\n      gpuConfig: {gpuType: fc.gpu.tesla.1, gpuMemorySize: 2048}\n").unwrap_err().to_string();
+        assert!(err.contains("custom-container"), "{err}");
+    }
+
+    #[test]
     fn containers_without_a_web_server_refuse_what_needs_one() {
         let c = |extra: &str| {
             format!(

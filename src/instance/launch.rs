@@ -149,6 +149,7 @@ impl Launcher {
             hostname: id.to_string(),
             tmp_size_mb: function.disk_mb,
             image: None,
+            grants: sandbox::Grants::default(),
         };
         let Some(container) = &function.container else {
             spec.env = hooks::environment(function, id);

@@ -30,8 +30,11 @@ pub enum Op {
     Mkdir { path: CString, mode: libc::mode_t },
     /// symlink(2).
     Symlink { target: CString, path: CString },
-    /// mknod(2) of a character device.
-    Mknod { path: CString, mode: libc::mode_t, dev: libc::dev_t },
+    /// mknod(2) of a device node (`kind`: `S_IFCHR` or `S_IFBLK`).
+    Mknod { path: CString, kind: SFlag, mode: libc::mode_t, dev: libc::dev_t },
+    /// Create an empty file if nothing is there (a bind mount's target); an existing one is
+    /// fine, even on a read-only root.
+    Touch(CString),
     /// chdir(2).
     Chdir(CString),
     /// chroot(2).
@@ -191,7 +194,14 @@ pub fn run(plan: &Plan, exec: &ExecArgs) -> ! {
                 Err(errno) => fail(e, i, errno),
             },
             Op::Symlink { target, path } => check(nix::unistd::symlinkat(target.as_c_str(), nix::fcntl::AT_FDCWD, path.as_c_str()), e, i),
-            Op::Mknod { path, mode, dev } => check(nix::sys::stat::mknod(path.as_c_str(), SFlag::S_IFCHR, Mode::from_bits_retain(*mode), *dev), e, i),
+            Op::Mknod { path, kind, mode, dev } => check(nix::sys::stat::mknod(path.as_c_str(), *kind, Mode::from_bits_retain(*mode), *dev), e, i),
+            Op::Touch(path) => {
+                let flags = nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC;
+                match nix::fcntl::open(path.as_c_str(), flags, Mode::from_bits_retain(0o644)) {
+                    Ok(f) => drop(f),
+                    Err(errno) => fail(e, i, errno),
+                }
+            }
             Op::Chdir(p) => check(nix::unistd::chdir(p.as_c_str()), e, i),
             Op::Chroot(p) => check(nix::unistd::chroot(p.as_c_str()), e, i),
             Op::WriteFd { fd: f, data } => check(nix::unistd::write(fd(*f), data), e, i),

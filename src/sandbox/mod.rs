@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use caps::Capability;
 use nix::fcntl::OFlag;
 use nix::mount::MsFlags;
+use nix::sys::stat::SFlag;
 
 pub use child::instance_init;
 use child::{ExecArgs, Op, Plan, START_STACK, STEP_EXEC, STEP_IDS, STEP_SECCOMP, STEP_USERNS_MAP};
@@ -100,6 +101,43 @@ pub struct SandboxSpec {
     pub tmp_size_mb: u64,
     /// The image the instance's root is made of (`code_dir` is then unused).
     pub image: Option<ImageRoot>,
+    /// Devices granted beyond the default set (CDI, GPUs).
+    pub grants: Grants,
+}
+
+/// What CDI or a GPU grant adds to an instance's filesystem (the device cgroup allows the
+/// nodes separately).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// Device nodes made in its `/dev`.
+    pub nodes: Vec<DeviceNode>,
+    /// Host files and directories bound read-only into its root.
+    pub mounts: Vec<GrantMount>,
+}
+
+/// A device node to make in the instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceNode {
+    /// Where, under `/dev` (absolute).
+    pub path: String,
+    /// A block device (else a character device).
+    pub block: bool,
+    /// Major number.
+    pub major: u32,
+    /// Minor number.
+    pub minor: u32,
+    /// Permission bits.
+    pub mode: u32,
+}
+
+/// A host path bound read-only (nosuid, nodev) into the instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantMount {
+    /// The host path.
+    pub host: PathBuf,
+    /// Where in the instance (absolute); made if the root is writable (an image's), else it
+    /// must exist.
+    pub target: String,
 }
 
 /// An instance root made from an image (see [`rootfs::detached_image_root`]).
@@ -211,7 +249,14 @@ pub fn spawn(
             root
         }
     };
-    let root = Root { ns: template.fd(), code: code_tree.as_raw_fd() };
+    let grant_trees = spec
+        .grants
+        .mounts
+        .iter()
+        .map(|m| rootfs::detached_ro_tree(&m.host).map_err(setup(format!("prepare {} for {}", m.host.display(), m.target))))
+        .collect::<Result<Vec<OwnedFd>, _>>()?;
+    let grant_fds: Vec<RawFd> = grant_trees.iter().map(AsRawFd::as_raw_fd).collect();
+    let root = Root { ns: template.fd(), code: code_tree.as_raw_fd(), grants: &grant_fds };
     let fds = Fds {
         netns: netns.fd().as_raw_fd(),
         stdio: [devnull.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
@@ -358,11 +403,13 @@ fn path_c(p: &Path) -> Result<CString, SandboxError> {
     cstr(p.as_os_str().as_bytes())
 }
 
-/// The prepared root's mount namespace (fd) and the detached code tree (fd).
+/// The prepared root's mount namespace (fd), the detached code tree (fd), and the detached
+/// trees of granted host paths.
 #[derive(Debug, Clone, Copy)]
-struct Root {
+struct Root<'a> {
     ns: RawFd,
     code: RawFd,
+    grants: &'a [RawFd],
 }
 
 /// The supervisor's fds the child uses.
@@ -382,6 +429,40 @@ struct Fds {
 const PROC_MASKED: &[&str] = &["/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug", "/proc/latency_stats"];
 /// `/proc` paths made read-only (runc's list).
 const PROC_READ_ONLY: &[&str] = &["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs"];
+
+/// The steps that make granted device nodes and bind granted host paths (`trees`, one
+/// detached mount per [`GrantMount`]), after `/dev` and the root are in place.
+fn grants(spec: &SandboxSpec, trees: &[RawFd], push: &mut impl FnMut(Op, String)) -> Result<(), SandboxError> {
+    // mkdir -p of `path`'s parents (an existing one, even on a read-only root, is fine).
+    fn parents(path: &str, push: &mut impl FnMut(Op, String)) -> Result<(), SandboxError> {
+        let mut dir = PathBuf::from("/");
+        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        for part in parts.iter().take(parts.len().saturating_sub(1)) {
+            dir.push(part);
+            push(Op::Mkdir { path: path_c(&dir)?, mode: 0o755 }, format!("create {}", dir.display()));
+        }
+        Ok(())
+    }
+    for n in &spec.grants.nodes {
+        parents(&n.path, push)?;
+        let kind = if n.block { SFlag::S_IFBLK } else { SFlag::S_IFCHR };
+        push(
+            Op::Mknod { path: cstr(&n.path)?, kind, mode: n.mode & 0o777, dev: nix::sys::stat::makedev(n.major.into(), n.minor.into()) },
+            format!("create the granted device {}", n.path),
+        );
+    }
+    for (m, fd) in spec.grants.mounts.iter().zip(trees) {
+        parents(&m.target, push)?;
+        let target = cstr(&m.target)?;
+        if m.host.is_dir() {
+            push(Op::Mkdir { path: target.clone(), mode: 0o755 }, format!("create {}", m.target));
+        } else {
+            push(Op::Touch(target.clone()), format!("create {}", m.target));
+        }
+        push(Op::MoveMount { fd: *fd, dst: target }, format!("bind {} at {}", m.host.display(), m.target));
+    }
+    Ok(())
+}
 
 /// Builds the child's steps and exec arguments.
 fn plan(spec: &SandboxSpec, root_how: Root, v1_procs: &[RawFd], fds: Fds) -> Result<Plan, SandboxError> {
@@ -434,7 +515,7 @@ fn plan(spec: &SandboxSpec, root_how: Root, v1_procs: &[RawFd], fds: Fds) -> Res
     );
     for (name, major, minor) in [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)] {
         push(
-            Op::Mknod { path: under(&format!("dev/{name}"))?, mode: 0o666, dev: nix::sys::stat::makedev(major, minor) },
+            Op::Mknod { path: under(&format!("dev/{name}"))?, kind: SFlag::S_IFCHR, mode: 0o666, dev: nix::sys::stat::makedev(major, minor) },
             format!("create /dev/{name}"),
         );
     }
@@ -458,6 +539,7 @@ fn plan(spec: &SandboxSpec, root_how: Root, v1_procs: &[RawFd], fds: Fds) -> Res
     for p in PROC_READ_ONLY {
         push(Op::ReadOnly(cstr(p)?), format!("make {p} read-only"));
     }
+    grants(spec, root_how.grants, &mut push)?;
     push(Op::Hostname(cstr(&spec.hostname)?), "set the hostname".into());
     let workdir = spec.image.as_ref().map_or("/code", |i| i.working_dir.as_str());
     push(Op::Chdir(cstr(workdir)?), format!("chdir to {workdir}"));
