@@ -21,8 +21,9 @@
 //!   [`run_hooks_all`] runs them all and returns the errors.
 //!
 //! Where fcsup differs from runc, on purpose:
-//! - The environment is exactly the hook's `env`. runc hands its own environment to a hook
-//!   without one, which would leak the supervisor's.
+//! - The environment is exactly the hook's `env` (order and duplicates kept: argv and envp
+//!   go to `execve` as given). runc hands its own environment to a hook without one, which
+//!   would leak the supervisor's; here such a hook gets an empty environment.
 //! - A hook without a `timeout` gets [`DEFAULT_TIMEOUT`] (runc waits forever): a hung hook
 //!   must not hang an instance start.
 //! - The hook runs as the leader of its own process group, and at the timeout, or when it
@@ -303,42 +304,44 @@ pub fn run_hook(phase: HookPhase, index: usize, hook: &Hook, state: &State, opts
     };
     let input = serde_json::to_vec(state).map_err(|e| invalid(format!("state does not serialise: {e}")))?;
 
-    let mut cmd = Command::new(hook.path());
+    // argv and envp go to execve exactly as given (order, duplicates), as runc passes them;
+    // std's Command would sort the environment and keep one entry per name.
+    let cstr = |what: &str, s: &[u8]| CString::new(s).map_err(|_| invalid(format!("{what} contains a NUL byte")));
     let args = hook.args().as_deref().unwrap_or_default();
-    match args.first() {
-        Some(a0) => cmd.arg0(a0),
-        None => cmd.arg0(hook.path()),
-    };
-    cmd.args(args.iter().skip(1));
-    cmd.env_clear();
-    for e in hook.env().iter().flatten() {
-        let (k, v) = e.split_once('=').filter(|(k, _)| !k.is_empty()).ok_or_else(|| invalid(format!("env entry {e:?} is not NAME=VALUE")))?;
-        cmd.env(k, v);
+    let mut argv = args.iter().map(|a| cstr("an argument", a.as_bytes())).collect::<Result<Vec<_>, _>>()?;
+    if argv.is_empty() {
+        argv.push(cstr("the path", hook.path().as_os_str().as_bytes())?);
     }
+    let mut envp = Vec::new();
+    for e in hook.env().iter().flatten() {
+        if e.split_once('=').is_none_or(|(k, _)| k.is_empty()) {
+            return Err(invalid(format!("env entry {e:?} is not NAME=VALUE")));
+        }
+        envp.push(cstr("an env entry", e.as_bytes())?);
+    }
+    let exec = ExecArgs::new(cstr("the path", hook.path().as_os_str().as_bytes())?, argv, envp);
+    let cwd = cstr("the cwd", opts.cwd.as_os_str().as_bytes())?;
+    let ns_fd: Option<RawFd> = opts.mount_ns.map(|ns| ns.as_raw_fd());
+
+    let mut cmd = Command::new(hook.path());
+    cmd.env_clear();
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd.process_group(0);
-    match opts.mount_ns {
-        None => {
-            cmd.current_dir(&opts.cwd);
-        }
-        Some(ns) => {
-            // std changes directory before pre_exec runs, and setns(CLONE_NEWNS) moves the
-            // cwd to the namespace's root, so the cwd is set again after the setns.
-            let cwd = CString::new(opts.cwd.as_os_str().as_bytes()).map_err(|_| invalid("cwd contains a NUL byte".into()))?;
-            let ns_fd: RawFd = ns.as_raw_fd();
-            // SAFETY: the closure runs in the forked child before exec and only makes
-            // async-signal-safe syscalls (setns, chdir) on data prepared before the fork; the
-            // fd stays open for the duration of the spawn since the caller borrows it to us.
-            unsafe {
-                cmd.pre_exec(move || {
-                    // SAFETY: ns_fd is open in the child (inherited across fork).
-                    let fd = BorrowedFd::borrow_raw(ns_fd);
-                    nix::sched::setns(fd, CloneFlags::CLONE_NEWNS).map_err(io::Error::from)?;
-                    nix::unistd::chdir(cwd.as_c_str()).map_err(io::Error::from)?;
-                    Ok(())
-                });
+    // SAFETY: the closure runs in the forked child before std's own exec and only makes
+    // async-signal-safe syscalls (setns, chdir, execve) on data prepared before the fork; the
+    // namespace fd stays open for the spawn since the caller lends it to us for longer.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(fd) = ns_fd {
+                // SAFETY: the fd is open in the child (inherited across fork).
+                let fd = BorrowedFd::borrow_raw(fd);
+                nix::sched::setns(fd, CloneFlags::CLONE_NEWNS).map_err(io::Error::from)?;
             }
-        }
+            // After setns(CLONE_NEWNS) the cwd is the namespace's root, so it is set here.
+            nix::unistd::chdir(cwd.as_c_str()).map_err(io::Error::from)?;
+            exec.exec();
+            Err(io::Error::last_os_error())
+        });
     }
     let mut child = cmd.spawn().map_err(|source| HookError::Spawn { hook: label.clone(), source })?;
     supervise(&mut child, &input, timeout).map_err(|e| match e {
@@ -346,6 +349,35 @@ pub fn run_hook(phase: HookPhase, index: usize, hook: &Hook, state: &State, opts
         Supervised::TimedOut(out) => HookError::TimedOut { hook: label.clone(), timeout, stdout: out.stdout, stderr: out.stderr },
         Supervised::Failed(status, out) => HookError::Failed { hook: label.clone(), status, stdout: out.stdout, stderr: out.stderr },
     })
+}
+
+/// execve's arguments, built before the fork so the child only reads them.
+struct ExecArgs {
+    path: CString,
+    _argv: Vec<CString>,
+    _envp: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    envp_ptrs: Vec<*const libc::c_char>,
+}
+
+// SAFETY: the pointers point into the CStrings this struct owns (heap buffers that do not
+// move with the struct) and nothing mutates them; they are only read, in the forked child.
+unsafe impl Send for ExecArgs {}
+// SAFETY: as above: shared access is read-only.
+unsafe impl Sync for ExecArgs {}
+
+impl ExecArgs {
+    fn new(path: CString, argv: Vec<CString>, envp: Vec<CString>) -> ExecArgs {
+        let nul_terminated = |v: &[CString]| v.iter().map(|c| c.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+        ExecArgs { argv_ptrs: nul_terminated(&argv), envp_ptrs: nul_terminated(&envp), path, _argv: argv, _envp: envp }
+    }
+
+    /// `execve`; returns only on failure (errno set).
+    fn exec(&self) {
+        // SAFETY: path is a C string and both arrays are NULL-terminated arrays of C strings,
+        // all owned by self and alive for the call.
+        unsafe { libc::execve(self.path.as_ptr(), self.argv_ptrs.as_ptr(), self.envp_ptrs.as_ptr()) };
+    }
 }
 
 enum Supervised {
