@@ -17,6 +17,7 @@ pub mod image;
 pub mod instance;
 pub mod logs;
 pub mod metrics;
+pub mod oci;
 pub mod outcome;
 pub mod pool;
 pub mod queue;
