@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod pool;
 pub mod queue;
+pub mod runtime_api;
 pub mod sandbox;
 pub mod supervisor;
 pub mod timer;
