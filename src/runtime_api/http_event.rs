@@ -41,19 +41,24 @@ pub fn event(method: &Method, path_and_query: &str, version: Version, headers: &
     let mut hdrs: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in headers {
         let v = String::from_utf8_lossy(value.as_bytes());
-        hdrs.entry(canonical_header(name.as_str())).and_modify(|s| {
-            s.push(',');
-            s.push_str(&v);
-        }).or_insert_with(|| v.into_owned());
+        hdrs.entry(canonical_header(name.as_str()))
+            .and_modify(|s| {
+                s.push(',');
+                s.push_str(&v);
+            })
+            .or_insert_with(|| v.into_owned());
     }
     let mut params: BTreeMap<String, String> = BTreeMap::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let (k, v) = (form_decode(k), form_decode(v));
-        params.entry(k).and_modify(|s| {
-            s.push(',');
-            s.push_str(&v);
-        }).or_insert(v);
+        params
+            .entry(k)
+            .and_modify(|s| {
+                s.push(',');
+                s.push_str(&v);
+            })
+            .or_insert(v);
     }
     let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let (body, is_base64) = match std::str::from_utf8(body) {
@@ -113,7 +118,10 @@ fn is_textual(content_type: &str) -> bool {
     t.starts_with("text/")
         || t.ends_with("+json")
         || t.ends_with("+xml")
-        || matches!(t.as_str(), "application/json" | "application/xml" | "application/javascript" | "application/x-www-form-urlencoded" | "application/graphql")
+        || matches!(
+            t.as_str(),
+            "application/json" | "application/xml" | "application/javascript" | "application/x-www-form-urlencoded" | "application/graphql"
+        )
 }
 
 /// The HTTP response a handler's result maps to.
@@ -148,7 +156,9 @@ pub fn response(result: &[u8]) -> Result<HttpResponse, BadResponse> {
 fn structured(m: Map<String, Value>) -> Result<HttpResponse, BadResponse> {
     let bad = |s: String| BadResponse(s);
     let status = match &m["statusCode"] {
-        Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()).and_then(|n| StatusCode::from_u16(n).ok()).filter(|s| (100..600).contains(&s.as_u16())),
+        Value::Number(n) => {
+            n.as_u64().and_then(|n| u16::try_from(n).ok()).and_then(|n| StatusCode::from_u16(n).ok()).filter(|s| (100..600).contains(&s.as_u16()))
+        }
         _ => None,
     }
     .ok_or_else(|| bad(format!("statusCode {} is not an HTTP status (an integer from 100 to 599)", m["statusCode"])))?;
@@ -187,7 +197,9 @@ fn structured(m: Map<String, Value>) -> Result<HttpResponse, BadResponse> {
         Some(other) => other.to_string(),
     };
     let body = if base64 {
-        base64::engine::general_purpose::STANDARD.decode(text.as_bytes()).map_err(|e| bad(format!("body is not valid base64 though isBase64Encoded is true: {e}")))?
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map_err(|e| bad(format!("body is not valid base64 though isBase64Encoded is true: {e}")))?
     } else {
         text.into_bytes()
     };
@@ -199,7 +211,14 @@ mod tests {
     use super::*;
 
     fn ctx() -> RequestContext<'static> {
-        RequestContext { request_id: "1-abc", account_id: "123", domain_name: "fn.local", domain_prefix: "fn", source_ip: "10.0.0.7", time_ms: 1_693_896_071_895 }
+        RequestContext {
+            request_id: "1-abc",
+            account_id: "123",
+            domain_name: "fn.local",
+            domain_prefix: "fn",
+            source_ip: "10.0.0.7",
+            time_ms: 1_693_896_071_895,
+        }
     }
 
     fn ev(method: Method, pq: &str, headers: &[(&str, &str)], body: &[u8]) -> Value {
@@ -212,7 +231,12 @@ mod tests {
 
     #[test]
     fn event_has_fc_shape() {
-        let e = ev(Method::POST, "/a%20b/c?x=1&y=two+words&x=2&flag", &[("content-type", "text/plain"), ("user-agent", "curl/8"), ("x-multi", "1"), ("x-multi", "2")], b"Hello FC!");
+        let e = ev(
+            Method::POST,
+            "/a%20b/c?x=1&y=two+words&x=2&flag",
+            &[("content-type", "text/plain"), ("user-agent", "curl/8"), ("x-multi", "1"), ("x-multi", "2")],
+            b"Hello FC!",
+        );
         assert_eq!(e["version"], "v1");
         assert_eq!(e["rawPath"], "/a%20b/c");
         assert_eq!(e["body"], "Hello FC!");

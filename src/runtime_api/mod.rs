@@ -14,6 +14,7 @@
 //! Nothing the agent does can wedge the server or the caller: every misuse gets an HTTP error
 //! that says what was wrong, and a caller that gives up (drops the future) frees the slot.
 
+pub mod agents;
 pub mod http_event;
 mod server;
 

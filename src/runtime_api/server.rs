@@ -111,7 +111,11 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Resp {
                 return r;
             }
             if !valid_request_id(id) {
-                return refuse(StatusCode::BAD_REQUEST, "InvalidRequestId", &format!("request id {id:?} is invalid: 1 to 128 characters from A-Z a-z 0-9 . _ -"));
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidRequestId",
+                    &format!("request id {id:?} is invalid: 1 to 128 characters from A-Z a-z 0-9 . _ -"),
+                );
             }
             let id = id.to_string();
             return answer_call(shared, &id, answer, req).await;
@@ -154,7 +158,7 @@ async fn answer_call(shared: &Shared, id: &str, answer: Answer, req: Request<Inc
     // Settle who the answer is for before reading a possibly large body.
     let seq = match check_active(shared, id) {
         Ok(seq) => seq,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let handled = req.headers().get("x-fc-error-type").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"HandledInvocationError"));
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
@@ -166,7 +170,11 @@ async fn answer_call(shared: &Shared, id: &str, answer: Answer, req: Request<Inc
         Err(BodyRead::TooLarge) => {
             // The caller hears of it now rather than at its timeout.
             finish(shared, seq, Err(CallError::ResponseTooLarge { limit }));
-            return refuse(StatusCode::PAYLOAD_TOO_LARGE, "EntityTooLarge", &format!("the body is larger than {limit} bytes, the limit for a synchronous invocation's response; the call failed"));
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "EntityTooLarge",
+                &format!("the body is larger than {limit} bytes, the limit for a synchronous invocation's response; the call failed"),
+            );
         }
         Err(BodyRead::Broken(e)) => return refuse(StatusCode::BAD_REQUEST, "InvalidBody", &format!("cannot read the body: {e}")),
     };
@@ -178,28 +186,38 @@ async fn answer_call(shared: &Shared, id: &str, answer: Answer, req: Request<Inc
         accepted()
     } else {
         // Withdrawn while the body was arriving.
-        refuse(StatusCode::GONE, "InvocationCanceled", &format!("invocation {id} was withdrawn by the supervisor (timeout or client gone); nothing to answer"))
+        refuse(
+            StatusCode::GONE,
+            "InvocationCanceled",
+            &format!("invocation {id} was withdrawn by the supervisor (timeout or client gone); nothing to answer"),
+        )
     }
 }
 
 /// The sequence number of the active call with `id`, or the refusal for an answer to it.
-fn check_active(shared: &Shared, id: &str) -> Result<u64, Resp> {
+fn check_active(shared: &Shared, id: &str) -> Result<u64, Box<Resp>> {
     let st = shared.lock();
     if let Some(a) = st.active.as_ref().filter(|a| a.id == id) {
         return Ok(a.seq);
     }
-    Err(match st.ended(id) {
+    Err(Box::new(match st.ended(id) {
         Some(Ended::Answered) => refuse(StatusCode::CONFLICT, "InvocationAlreadyAnswered", &format!("invocation {id} was answered already")),
-        Some(Ended::Canceled) => refuse(StatusCode::GONE, "InvocationCanceled", &format!("invocation {id} was withdrawn by the supervisor (timeout or client gone); nothing to answer")),
-        None if st.queued.as_ref().is_some_and(|q| q.id == id) => refuse(StatusCode::CONFLICT, "InvocationNotTaken", &format!("invocation {id} has not been taken with GET next yet")),
+        Some(Ended::Canceled) => refuse(
+            StatusCode::GONE,
+            "InvocationCanceled",
+            &format!("invocation {id} was withdrawn by the supervisor (timeout or client gone); nothing to answer"),
+        ),
+        None if st.queued.as_ref().is_some_and(|q| q.id == id) => {
+            refuse(StatusCode::CONFLICT, "InvocationNotTaken", &format!("invocation {id} has not been taken with GET next yet"))
+        }
         None => refuse(StatusCode::NOT_FOUND, "InvocationNotFound", &format!("no invocation {id} is in progress")),
-    })
+    }))
 }
 
 /// Completes the active call `seq`; false when it is no longer active.
 fn finish(shared: &Shared, seq: u64, result: Result<Reply, CallError>) -> bool {
     let mut st = shared.lock();
-    if !st.active.as_ref().is_some_and(|a| a.seq == seq) {
+    if st.active.as_ref().is_none_or(|a| a.seq != seq) {
         return false;
     }
     let a = st.active.take().expect("checked");
@@ -215,7 +233,9 @@ async fn init_error(shared: &Shared, req: Request<Incoming>) -> Resp {
     let limit = shared.limits.max_response_bytes;
     let body = match read_body(req, limit).await {
         Ok(b) => b,
-        Err(BodyRead::TooLarge) => return refuse(StatusCode::PAYLOAD_TOO_LARGE, "EntityTooLarge", &format!("the init error is larger than {limit} bytes")),
+        Err(BodyRead::TooLarge) => {
+            return refuse(StatusCode::PAYLOAD_TOO_LARGE, "EntityTooLarge", &format!("the init error is larger than {limit} bytes"))
+        }
         Err(BodyRead::Broken(e)) => return refuse(StatusCode::BAD_REQUEST, "InvalidBody", &format!("cannot read the body: {e}")),
     };
     let err = AgentError::parse(body, false);

@@ -16,7 +16,15 @@ const WAIT: Duration = Duration::from_secs(10);
 async fn server(limits: Limits) -> (RuntimeApi, SocketAddr) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    let info = InstanceInfo { function_name: "f".into(), handler: "index.handler".into(), memory_mb: 128, timeout_s: 3, region: "cn-test".into(), account_id: "42".into(), ..Default::default() };
+    let info = InstanceInfo {
+        function_name: "f".into(),
+        handler: "index.handler".into(),
+        memory_mb: 128,
+        timeout_s: 3,
+        region: "cn-test".into(),
+        account_id: "42".into(),
+        ..Default::default()
+    };
     (RuntimeApi::serve_with(l, info, limits), addr)
 }
 
@@ -67,7 +75,8 @@ async fn until_queued(api: &RuntimeApi) {
 #[tokio::test]
 async fn invoke_round_trip_carries_fc_headers() {
     let (api, addr) = server(Limits::default()).await;
-    let mut call = Call::new(CallKind::Invoke, "1-abc-def", SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123), Bytes::from_static(b"event"));
+    let mut call =
+        Call::new(CallKind::Invoke, "1-abc-def", SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123), Bytes::from_static(b"event"));
     call.credentials = Some(Credentials { access_key_id: "ak".into(), access_key_secret: "sk".into(), security_token: "tok".into() });
     call.retry_count = 2;
     let agent = tokio::spawn(async move {
@@ -152,7 +161,7 @@ async fn one_call_at_a_time() {
     assert_eq!(next(addr).await.0, StatusCode::OK);
     assert!(matches!(api.call(Call::new(CallKind::Invoke, "two", deadline(), Bytes::new())).await, Err(CallError::Busy(_))));
     assert_eq!(post(addr, "/2020-11-11/runtime/invocation/one/response", b"1").await.0, StatusCode::OK);
-    assert!(first.await.unwrap().is_ok());
+    first.await.unwrap().unwrap();
 }
 
 #[tokio::test]
@@ -174,7 +183,7 @@ async fn a_newer_poll_supersedes_an_older_one() {
     let (s, h, _) = new.await.unwrap();
     assert_eq!((s, h["x-fc-request-id"].to_str().unwrap()), (StatusCode::OK, "x"));
     post(addr, "/2020-11-11/runtime/invocation/x/response", b"").await;
-    assert!(call.await.unwrap().is_ok());
+    call.await.unwrap().unwrap();
 }
 
 #[tokio::test]
@@ -193,7 +202,7 @@ async fn agent_that_disconnects_mid_poll_loses_nothing() {
     let (s, h, _) = next(addr).await;
     assert_eq!((s, h["x-fc-request-id"].to_str().unwrap()), (StatusCode::OK, "after"));
     post(addr, "/2020-11-11/runtime/invocation/after/response", b"").await;
-    assert!(call.await.unwrap().is_ok());
+    call.await.unwrap().unwrap();
 }
 
 #[tokio::test]
@@ -252,7 +261,7 @@ async fn oversized_answer_fails_the_call_at_once() {
         next(addr).await;
         post(addr, "/2020-11-11/runtime/invocation/fits/response", &[b'x'; 16]).await.0
     });
-    assert!(api.call(Call::new(CallKind::Invoke, "fits", deadline(), Bytes::new())).await.is_ok());
+    api.call(Call::new(CallKind::Invoke, "fits", deadline(), Bytes::new())).await.unwrap();
     assert_eq!(agent.await.unwrap(), StatusCode::OK);
 }
 
@@ -261,7 +270,7 @@ async fn a_withdrawn_call_frees_the_instance() {
     let (api, addr) = server(Limits::default()).await;
     // Withdrawn while queued.
     let r = tokio::time::timeout(Duration::from_millis(50), api.call(Call::new(CallKind::Invoke, "q", deadline(), Bytes::new()))).await;
-    assert!(r.is_err());
+    r.unwrap_err();
     assert!(api.shared.lock().queued.is_none());
     // Withdrawn while the agent works on it: its late answer gets 410.
     let agent = tokio::spawn(async move {
@@ -269,7 +278,7 @@ async fn a_withdrawn_call_frees_the_instance() {
         h["x-fc-request-id"].to_str().unwrap().to_string()
     });
     let r = tokio::time::timeout(Duration::from_millis(300), api.call(Call::new(CallKind::Invoke, "slow", deadline(), Bytes::new()))).await;
-    assert!(r.is_err());
+    r.unwrap_err();
     assert_eq!(agent.await.unwrap(), "slow");
     let (s, b) = post(addr, "/2020-11-11/runtime/invocation/slow/response", b"late").await;
     assert_eq!((s, error_code(&b).as_str()), (StatusCode::GONE, "InvocationCanceled"));
@@ -278,7 +287,7 @@ async fn a_withdrawn_call_frees_the_instance() {
         next(addr).await;
         post(addr, "/2020-11-11/runtime/invocation/later/response", b"ok").await.0
     });
-    assert!(api.call(Call::new(CallKind::Invoke, "later", deadline(), Bytes::new())).await.is_ok());
+    api.call(Call::new(CallKind::Invoke, "later", deadline(), Bytes::new())).await.unwrap();
     assert_eq!(agent.await.unwrap(), StatusCode::OK);
 }
 
@@ -319,7 +328,10 @@ async fn unix_socket_listener_works() {
         let r = tx.send_request(req).await.unwrap();
         let id = r.headers()["x-fc-request-id"].to_str().unwrap().to_string();
         r.into_body().collect().await.unwrap();
-        let req = Request::post(format!("/2020-11-11/runtime/invocation/{id}/response")).header("host", "rt").body(Full::new(Bytes::from_static(b"unix"))).unwrap();
+        let req = Request::post(format!("/2020-11-11/runtime/invocation/{id}/response"))
+            .header("host", "rt")
+            .body(Full::new(Bytes::from_static(b"unix")))
+            .unwrap();
         tx.send_request(req).await.unwrap().status()
     });
     let Reply::Success(s) = api.call(Call::new(CallKind::Invoke, "u1", deadline(), Bytes::new())).await.unwrap() else { panic!() };
