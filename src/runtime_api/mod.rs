@@ -319,6 +319,8 @@ struct Shared {
     /// Wakes polls: a call was queued, or a newer poll superseded an older one.
     changed: Notify,
     init_tx: watch::Sender<Option<AgentError>>,
+    /// Held while a posted body is read, so memory holds one body at a time.
+    body_slot: tokio::sync::Semaphore,
     info: InstanceInfo,
     limits: Limits,
 }
@@ -366,7 +368,14 @@ impl RuntimeApi {
     /// [`RuntimeApi::serve`] with other limits.
     pub fn serve_with<L: Listener>(listener: L, info: InstanceInfo, limits: Limits) -> RuntimeApi {
         let (init_tx, _) = watch::channel(None);
-        let shared = Arc::new(Shared { state: Mutex::new(State::default()), changed: Notify::new(), init_tx, info, limits });
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            changed: Notify::new(),
+            init_tx,
+            body_slot: tokio::sync::Semaphore::new(1),
+            info,
+            limits,
+        });
         let task = tokio::spawn(server::accept_loop(listener, shared.clone()));
         RuntimeApi { shared, task }
     }

@@ -43,18 +43,32 @@ impl Listener for tokio::net::UnixListener {
     }
 }
 
+/// Connections one server keeps open at most. The API is reachable by the function's own
+/// code, so it must not be able to take all of fcsup's file descriptors; the agents need one
+/// or two (the Go SDK's client keeps a few idle).
+pub(super) const MAX_CONNECTIONS: usize = 32;
+
+/// The largest init error accepted: a message and a stack trace.
+const MAX_INIT_ERROR_BYTES: usize = 1024 * 1024;
+
+/// How long an answer waits for another answer's body to finish arriving.
+const BODY_SLOT_WAIT: Duration = Duration::from_secs(10);
+
 /// Accepts until aborted; the connections live in a `JoinSet`, so aborting this task closes
-/// them all.
+/// them all. At [`MAX_CONNECTIONS`] it stops accepting (the kernel's backlog holds newcomers).
 pub(super) async fn accept_loop<L: Listener>(mut listener: L, shared: Arc<Shared>) {
     let mut conns = tokio::task::JoinSet::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut delay = Duration::from_millis(10);
     loop {
         while conns.try_join_next().is_some() {}
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
         match listener.accept_one().await {
             Ok(io) => {
                 delay = Duration::from_millis(10);
                 let shared = shared.clone();
                 conns.spawn(async move {
+                    let _slot = slot;
                     let svc = hyper::service::service_fn(move |req| {
                         let shared = shared.clone();
                         async move { Ok::<_, Infallible>(route(&shared, req).await) }
@@ -64,6 +78,7 @@ pub(super) async fn accept_loop<L: Listener>(mut listener: L, shared: Arc<Shared
                 });
             }
             Err(e) => {
+                drop(slot);
                 // EMFILE and friends: back off rather than spin.
                 tracing::warn!(function = %shared.info.function_name, "runtime API: accept failed ({e}); retrying in {delay:?}");
                 tokio::time::sleep(delay).await;
@@ -165,6 +180,10 @@ async fn answer_call(shared: &Shared, id: &str, answer: Answer, req: Request<Inc
     let content_type = header(CONTENT_TYPE.as_str());
     let http_params = header("x-fc-http-params").filter(|p| !p.trim().is_empty());
     let limit = shared.limits.max_response_bytes;
+    // One body in memory at a time, however many connections post at once.
+    let Ok(Ok(_slot)) = tokio::time::timeout(BODY_SLOT_WAIT, shared.body_slot.acquire()).await else {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "Busy", &format!("another answer's body has been arriving for {BODY_SLOT_WAIT:?}; retry"));
+    };
     let body = match read_body(req, limit).await {
         Ok(b) => b,
         Err(BodyRead::TooLarge) => {
@@ -230,7 +249,11 @@ fn finish(shared: &Shared, seq: u64, result: Result<Reply, CallError>) -> bool {
 /// `POST /runtime/init/error`: the function cannot load. Every outstanding and later call
 /// fails with it.
 async fn init_error(shared: &Shared, req: Request<Incoming>) -> Resp {
-    let limit = shared.limits.max_response_bytes;
+    let limit = shared.limits.max_response_bytes.min(MAX_INIT_ERROR_BYTES);
+    // One body in memory at a time, however many connections post at once.
+    let Ok(Ok(_slot)) = tokio::time::timeout(BODY_SLOT_WAIT, shared.body_slot.acquire()).await else {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "Busy", &format!("another answer's body has been arriving for {BODY_SLOT_WAIT:?}; retry"));
+    };
     let body = match read_body(req, limit).await {
         Ok(b) => b,
         Err(BodyRead::TooLarge) => {

@@ -338,3 +338,20 @@ async fn unix_socket_listener_works() {
     assert_eq!(&s.body[..], b"unix");
     assert_eq!(agent.await.unwrap(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn connections_are_capped() {
+    let (_api, addr) = server(Limits::default()).await;
+    let mut held = Vec::new();
+    for _ in 0..server::MAX_CONNECTIONS {
+        held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // The next connection waits in the backlog: no answer while all slots are held…
+    let extra = tokio::spawn(send(addr, "GET", "/nowhere", &[], b""));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!extra.is_finished(), "a connection beyond the cap was served");
+    // …and is served as soon as one closes.
+    drop(held.pop());
+    let (s, _, _) = tokio::time::timeout(WAIT, extra).await.unwrap().unwrap();
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
