@@ -415,3 +415,11 @@ async fn go_sdk_function_runs_unchanged() {
     rt.ok(CallKind::PreStop, "stop-go", b"").await;
     rt.out.wait_line("preStop output", |l| l == "preStop ran for stop-go").await;
 }
+
+#[tokio::test]
+async fn node_es_module_handlers_load() {
+    let Some(node) = need("node", &["node", "nodejs"]) else { return };
+    let rt =
+        Runtime::agent(&node, agents::NODE, "bootstrap.js", &functions().join("runtime-node-esm"), &[("FC_FUNCTION_HANDLER", "index.handler")]).await;
+    assert_eq!(&rt.ok(CallKind::Invoke, "esm-1", b"x").await.body[..], b"esm:x:esm-1");
+}
