@@ -21,6 +21,7 @@ pub mod oci;
 pub mod outcome;
 pub mod pool;
 pub mod queue;
+pub mod runtime_api;
 pub mod sandbox;
 pub mod supervisor;
 pub mod timer;
