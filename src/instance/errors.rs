@@ -18,6 +18,9 @@ pub enum StartError {
     /// The process could not be started.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    /// Its devices (`fcsup.devices`, `gpuConfig`) could not be granted.
+    #[error("cannot grant the function's devices: {0}")]
+    Devices(#[from] crate::oci::grant::GrantError),
     /// The process exited before listening.
     #[error("Function instance exited unexpectedly(code {code}, message:{message}) with start command '{command}'")]
     Exited {

@@ -13,6 +13,7 @@ use crate::image::registry::RegistryOptions;
 use crate::image::Images;
 use crate::logs::{Echo, InstanceLog, LogFiles};
 use crate::metrics::{Latencies, Metrics, Samples};
+use crate::oci::grant::Granted;
 use crate::sandbox::{self, ImageRoot, ImageRoots, Isolation, NetnsPool, RootTemplate, SandboxError, SandboxSpec};
 
 /// Where a custom container without web server mode finds its event (FC 2.0).
@@ -80,6 +81,8 @@ pub struct Launcher {
     images: Images,
     /// Custom containers' roots, made ahead of their starts.
     image_roots: Arc<ImageRoots>,
+    /// The CDI specs devices are granted from (re-read on reload).
+    cdi: std::sync::RwLock<Arc<crate::oci::cdi::Registry>>,
 }
 
 impl Launcher {
@@ -104,7 +107,22 @@ impl Launcher {
             reporting,
             images: Images::new(crate::image::DEFAULT_DIR, RegistryOptions::default()),
             image_roots: Arc::default(),
+            cdi: std::sync::RwLock::new(Arc::new(crate::oci::cdi::Registry::default())),
         }
+    }
+
+    /// Reads CDI specs from `dirs` (lowest priority first); a bad spec is logged and skipped.
+    pub fn load_cdi(&self, dirs: &[std::path::PathBuf]) {
+        let registry = crate::oci::cdi::Registry::load(dirs);
+        for e in registry.errors() {
+            tracing::warn!("CDI: {e}");
+        }
+        *self.cdi.write().expect("cdi") = Arc::new(registry);
+    }
+
+    /// The CDI specs in use.
+    pub fn cdi(&self) -> Arc<crate::oci::cdi::Registry> {
+        self.cdi.read().expect("cdi").clone()
     }
 
     /// Keeps custom containers' images in a store under `dir` (default
@@ -138,6 +156,14 @@ impl Launcher {
                 }
             }
         }
+    }
+
+    /// What `function`'s instances are granted (`fcsup.devices`, `gpuConfig`).
+    fn grant(&self, function: &Function) -> Result<Granted, StartError> {
+        if function.devices.is_empty() && function.gpu.is_none() {
+            return Ok(Granted::default());
+        }
+        Ok(crate::oci::grant::resolve(function, &self.cdi(), std::env::var_os("PATH").as_deref())?)
     }
 
     /// The sandbox spec of an instance `id` of `function`.
@@ -200,13 +226,15 @@ impl Launch<Sandboxed> for Launcher {
         let id = instance_id();
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "cpu is validated to FC's range of 0.05 to 16 vCPUs")]
         let cpu_millis = (function.cpu * 1000.0).round() as u64;
+        let granted = self.grant(&function)?;
         let limits = Limits {
             memory_bytes: Some(function.memory_mb * 1024 * 1024),
             pids_max: Some(function.pids_max),
             cpu_millis: Some(cpu_millis),
-            ..Limits::default()
+            devices: crate::cgroup::DeviceRules::runc_default().with_granted(&granted.rules),
         };
-        let spec = self.spec(&function, &id, call)?;
+        let mut spec = self.spec(&function, &id, call)?;
+        apply_grant(&mut spec, &granted);
         let cgroup = self.cgroups.create(&id, &limits)?;
         let cgroup_us = us(created.elapsed());
         let setup = |op: &'static str| move |source: std::io::Error| StartError::Sandbox(SandboxError::Setup { op: op.into(), source });
@@ -248,6 +276,18 @@ impl Launch<Sandboxed> for Launcher {
         log.attach(stdout, stderr);
         Ok(Instance::new(function, Spawned { id, kernel, log, created, start_trace }, self.reporting.clone(), provisioned))
     }
+}
+
+/// Puts a grant's environment, nodes and binds into `spec`.
+fn apply_grant(spec: &mut SandboxSpec, granted: &Granted) {
+    for kv in &granted.env {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        match spec.env.iter_mut().find(|(ek, _)| ek == k) {
+            Some(e) => e.1 = v.to_string(),
+            None => spec.env.push((k.to_string(), v.to_string())),
+        }
+    }
+    spec.grants = granted.sandbox.clone();
 }
 
 /// An FC style instance id (also its cgroup's name): `c-<8 hex>-<8 hex>-<12 hex>`.

@@ -9,5 +9,6 @@
 
 pub mod bundle;
 pub mod cdi;
+pub mod grant;
 pub mod hooks;
 pub mod nvidia;
