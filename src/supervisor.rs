@@ -225,7 +225,7 @@ impl Supervisor {
         let echo = opts.echo_logs.then(|| Echo::start(opts.print_rate));
         let reporting = Arc::new(Reporting::new(ledger));
         let launcher = Launcher::new(cgroups, NetnsPool::new(NETNS_READY), root_template, isolation, echo, log_files, reporting);
-        let launcher = Arc::new(launcher.with_image_cache(&opts.image_cache, opts.registry.clone()));
+        let launcher = Arc::new(launcher.with_image_cache(&opts.image_cache, opts.registry.clone()).with_bundle_dir(run_dir.join("bundles")));
         launcher.load_cdi(&opts.cdi_spec_dirs);
         launcher.prepare_images(&config.functions);
         let global = GlobalCount::new(config.global.max_instances.unwrap_or(100));

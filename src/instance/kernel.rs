@@ -76,6 +76,8 @@ pub struct Sandboxed {
     init_stack: Mutex<Option<InitStack>>,
     /// The host ids of its user namespace, free for another instance once this one is gone.
     ids: Option<IdRange>,
+    /// Its OCI hooks, whose `poststop` runs once it is removed.
+    oci_hooks: Mutex<Option<crate::oci::instance_hooks::InstanceHooks>>,
 }
 
 impl Sandboxed {
@@ -103,8 +105,16 @@ impl Sandboxed {
             reaped: Arc::default(),
             init_stack: Mutex::new(Some(init_stack)),
             ids,
+            oci_hooks: Mutex::new(None),
         };
         Ok((me, stdout, stderr))
+    }
+
+    /// Runs `hooks`' `poststop` (and removes their bundle) once the instance is removed.
+    #[must_use]
+    pub fn with_hooks(self, hooks: Option<crate::oci::instance_hooks::InstanceHooks>) -> Self {
+        *self.oci_hooks.lock().expect("hooks") = hooks;
+        self
     }
 
     /// The cgroup (for the demo's and tests' look at `cgroup.events`).
@@ -151,7 +161,12 @@ impl Kernel for Sandboxed {
     }
 
     fn remove(&self) -> Result<(), CgroupError> {
-        self.cgroup.remove()
+        self.cgroup.remove()?;
+        if let Some(hooks) = self.oci_hooks.lock().expect("hooks").take() {
+            // Off the runtime: a hook may take its whole timeout.
+            std::thread::spawn(move || hooks.after_stop());
+        }
+        Ok(())
     }
 
     fn exited(&self) -> impl Future<Output = Exit> + Send + 'static {

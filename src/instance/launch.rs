@@ -13,7 +13,9 @@ use crate::image::registry::RegistryOptions;
 use crate::image::Images;
 use crate::logs::{Echo, InstanceLog, LogFiles};
 use crate::metrics::{Latencies, Metrics, Samples};
+use crate::oci::bundle::BundleConfig;
 use crate::oci::grant::Granted;
+use crate::oci::instance_hooks::InstanceHooks;
 use crate::sandbox::{self, ImageRoot, ImageRoots, Isolation, NetnsPool, RootTemplate, SandboxError, SandboxSpec};
 
 /// Where a custom container without web server mode finds its event (FC 2.0).
@@ -83,6 +85,8 @@ pub struct Launcher {
     image_roots: Arc<ImageRoots>,
     /// The CDI specs devices are granted from (re-read on reload).
     cdi: std::sync::RwLock<Arc<crate::oci::cdi::Registry>>,
+    /// Where instances with OCI hooks get their bundle directory.
+    bundle_dir: std::path::PathBuf,
 }
 
 impl Launcher {
@@ -108,7 +112,38 @@ impl Launcher {
             images: Images::new(crate::image::DEFAULT_DIR, RegistryOptions::default()),
             image_roots: Arc::default(),
             cdi: std::sync::RwLock::new(Arc::new(crate::oci::cdi::Registry::default())),
+            bundle_dir: std::env::temp_dir(),
         }
+    }
+
+    /// Puts instances' OCI bundles under `dir` (private to the supervisor; made if missing).
+    pub fn with_bundle_dir(mut self, dir: std::path::PathBuf) -> Self {
+        self.bundle_dir = dir;
+        self
+    }
+
+    /// The OCI hooks of instance `id` with `spec`, and their bundle.
+    fn instance_hooks(&self, id: &str, spec: &SandboxSpec, granted: &Granted) -> Result<InstanceHooks, StartError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let failed = |m: String| StartError::Sandbox(SandboxError::Hooks(m));
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.bundle_dir)
+            .map_err(|e| failed(format!("create {}: {e}", self.bundle_dir.display())))?;
+        let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        env.extend(granted.bundle_env.iter().cloned());
+        let config = BundleConfig {
+            root: std::path::PathBuf::from(if spec.image.is_some() { sandbox::IMAGE_ROOT_AT } else { "/" }),
+            args: spec.argv.clone(),
+            env,
+            cwd: spec.image.as_ref().map_or_else(|| "/code".into(), |i| i.working_dir.clone().into()),
+            uid: spec.image.as_ref().map_or(0, |i| i.user.0),
+            gid: spec.image.as_ref().map_or(0, |i| i.user.1),
+            hooks: granted.hooks.clone(),
+            ..BundleConfig::default()
+        };
+        InstanceHooks::prepare(&self.bundle_dir, id, config).map_err(failed)
     }
 
     /// Reads CDI specs from `dirs` (lowest priority first); a bad spec is logged and skipped.
@@ -235,6 +270,7 @@ impl Launch<Sandboxed> for Launcher {
         };
         let mut spec = self.spec(&function, &id, call)?;
         apply_grant(&mut spec, &granted);
+        let oci_hooks = if granted.has_hooks() { Some(self.instance_hooks(&id, &spec, &granted)?) } else { None };
         let cgroup = self.cgroups.create(&id, &limits)?;
         let cgroup_us = us(created.elapsed());
         let setup = |op: &'static str| move |source: std::io::Error| StartError::Sandbox(SandboxError::Setup { op: op.into(), source });
@@ -246,7 +282,10 @@ impl Launch<Sandboxed> for Launcher {
             }
         };
         let prepared = spec.image.as_ref().and_then(|i| self.image_roots.take(&i.layers, spec.tmp_size_mb));
-        let child = match sandbox::spawn(&spec, &self.root_template, netns, cgroup.dir_fd(), &cgroup.v1_procs_fds(), &self.isolation, prepared) {
+        let mut before_start = oci_hooks.as_ref().map(|h| move |pid: i32| h.before_start(pid));
+        let gate = before_start.as_mut().map(|g| g as &mut dyn FnMut(i32) -> Result<(), String>);
+        let child = match sandbox::spawn(&spec, &self.root_template, netns, cgroup.dir_fd(), &cgroup.v1_procs_fds(), &self.isolation, prepared, gate)
+        {
             Ok(c) => {
                 if let Some(image) = &spec.image {
                     // The next start's root, off this one's path.
@@ -268,7 +307,11 @@ impl Launch<Sandboxed> for Launcher {
             self.echo.as_ref().map(|e| e.for_function(&function.name)),
             self.log_files.for_function(&function.name),
         );
+        if let Some(h) = &oci_hooks {
+            h.after_start(child.pid);
+        }
         let (kernel, stdout, stderr) = Sandboxed::new(cgroup, child).map_err(setup("watch the instance's pidfd"))?;
+        let kernel = kernel.with_hooks(oci_hooks);
         if let Some(call) = call {
             // All it prints is the call's, from its first line.
             log.begin(&call.request_id);

@@ -11,4 +11,5 @@ pub mod bundle;
 pub mod cdi;
 pub mod grant;
 pub mod hooks;
+pub mod instance_hooks;
 pub mod nvidia;

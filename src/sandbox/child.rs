@@ -56,9 +56,12 @@ pub enum Op {
     /// Take a cgroup namespace rooted at the instance's cgroups (after joining the v1 ones),
     /// so `/proc/self/cgroup` shows `/`, not the supervisor's layout.
     UnshareCgroupNs,
-    /// Bind `/dev/null` over a `/proc` file that reveals or controls the host (as runc masks
-    /// them); a file this kernel lacks is skipped.
-    Mask(CString),
+    /// Bind `null` (the instance's `/dev/null`) over a `/proc` file that reveals or controls
+    /// the host (as runc masks them); a file this kernel lacks is skipped.
+    Mask { null: CString, path: CString },
+    /// Report [`STEP_GATE`] and wait on this fd until the supervisor has run the OCI hooks
+    /// (EOF without a byte: it gave up, and the start fails).
+    Gate(RawFd),
     /// Bind a `/proc` path over itself and make it read-only; a missing path is skipped.
     ReadOnly(CString),
     /// Enter a new user namespace, then ask the supervisor (a [`STEP_USERNS_MAP`] report on the
@@ -113,6 +116,8 @@ pub const STEP_IDS: u32 = u32::MAX - 1;
 pub const STEP_SECCOMP: u32 = u32::MAX - 2;
 /// Not a failure: the init has entered its user namespace and waits for its id maps.
 pub const STEP_USERNS_MAP: u32 = u32::MAX - 3;
+/// Not a failure: the instance is assembled and waits for the OCI hooks.
+pub const STEP_GATE: u32 = u32::MAX - 4;
 
 fn ptrs(v: &[CString]) -> Vec<*const c_char> {
     v.iter().map(|c| c.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
@@ -212,9 +217,16 @@ pub fn run(plan: &Plan, exec: &ExecArgs) -> ! {
             Op::Hostname(h) => check(nix::unistd::sethostname(OsStr::from_bytes(h.as_bytes())), e, i),
             Op::SchedOther => check(sys::sched_setscheduler(libc::SCHED_OTHER, 0), e, i),
             Op::UnshareCgroupNs => check(nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP), e, i),
-            Op::Mask(path) => {
-                if let Err(errno) = bind(c"/dev/null", path, MsFlags::empty()) {
+            Op::Mask { null, path } => {
+                if let Err(errno) = bind(null, path, MsFlags::empty()) {
                     fail(e, i, errno);
+                }
+            }
+            Op::Gate(gate) => {
+                report(e, STEP_GATE, 0);
+                let mut go = [0u8; 1];
+                if nix::unistd::read(fd(*gate), &mut go) != Ok(1) {
+                    fail(e, i, Errno::ECANCELED);
                 }
             }
             Op::ReadOnly(path) => match bind(path, path, MsFlags::MS_REC) {
