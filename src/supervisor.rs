@@ -374,6 +374,8 @@ impl Supervisor {
             tracing::error!("{leaked} instance cgroup(s) were still there at shutdown; killed");
         }
         self.reporting().ledger().sync();
+        let launcher = self.launcher.clone();
+        let _ = tokio::task::spawn_blocking(move || launcher.wait_poststops()).await;
         if let Some(echo) = self.launcher.echo().cloned() {
             let _ = tokio::task::spawn_blocking(move || echo.flush(std::time::Duration::from_secs(2))).await;
         }

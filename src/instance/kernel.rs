@@ -76,8 +76,8 @@ pub struct Sandboxed {
     init_stack: Mutex<Option<InitStack>>,
     /// The host ids of its user namespace, free for another instance once this one is gone.
     ids: Option<IdRange>,
-    /// Its OCI hooks, whose `poststop` runs once it is removed.
-    oci_hooks: Mutex<Option<crate::oci::instance_hooks::InstanceHooks>>,
+    /// Its OCI hooks, whose `poststop` runs once it is removed (on `poststops`).
+    oci_hooks: Mutex<Option<(crate::oci::instance_hooks::InstanceHooks, Arc<crate::oci::instance_hooks::Poststops>)>>,
 }
 
 impl Sandboxed {
@@ -110,10 +110,15 @@ impl Sandboxed {
         Ok((me, stdout, stderr))
     }
 
-    /// Runs `hooks`' `poststop` (and removes their bundle) once the instance is removed.
+    /// Runs `hooks`' `poststop` (and removes their bundle) on `poststops` once the instance
+    /// is removed.
     #[must_use]
-    pub fn with_hooks(self, hooks: Option<crate::oci::instance_hooks::InstanceHooks>) -> Self {
-        *self.oci_hooks.lock().expect("hooks") = hooks;
+    pub fn with_hooks(
+        self,
+        hooks: Option<crate::oci::instance_hooks::InstanceHooks>,
+        poststops: &Arc<crate::oci::instance_hooks::Poststops>,
+    ) -> Self {
+        *self.oci_hooks.lock().expect("hooks") = hooks.map(|h| (h, poststops.clone()));
         self
     }
 
@@ -162,9 +167,9 @@ impl Kernel for Sandboxed {
 
     fn remove(&self) -> Result<(), CgroupError> {
         self.cgroup.remove()?;
-        if let Some(hooks) = self.oci_hooks.lock().expect("hooks").take() {
+        if let Some((hooks, poststops)) = self.oci_hooks.lock().expect("hooks").take() {
             // Off the runtime: a hook may take its whole timeout.
-            std::thread::spawn(move || hooks.after_stop());
+            poststops.spawn(hooks);
         }
         Ok(())
     }

@@ -87,6 +87,8 @@ pub struct Launcher {
     cdi: std::sync::RwLock<Arc<crate::oci::cdi::Registry>>,
     /// Where instances with OCI hooks get their bundle directory.
     bundle_dir: std::path::PathBuf,
+    /// Instances' `poststop` hooks still running.
+    poststops: Arc<crate::oci::instance_hooks::Poststops>,
 }
 
 impl Launcher {
@@ -113,6 +115,7 @@ impl Launcher {
             image_roots: Arc::default(),
             cdi: std::sync::RwLock::new(Arc::new(crate::oci::cdi::Registry::default())),
             bundle_dir: std::env::temp_dir(),
+            poststops: Arc::default(),
         }
     }
 
@@ -237,6 +240,11 @@ impl Launcher {
         Ok(spec)
     }
 
+    /// Waits for the `poststop` hooks still running (blocking).
+    pub fn wait_poststops(&self) {
+        self.poststops.wait();
+    }
+
     /// The root cgroup of every instance.
     pub fn cgroups(&self) -> &CgroupRoot {
         &self.cgroups
@@ -311,7 +319,7 @@ impl Launch<Sandboxed> for Launcher {
             h.after_start(child.pid);
         }
         let (kernel, stdout, stderr) = Sandboxed::new(cgroup, child).map_err(setup("watch the instance's pidfd"))?;
-        let kernel = kernel.with_hooks(oci_hooks);
+        let kernel = kernel.with_hooks(oci_hooks, &self.poststops);
         if let Some(call) = call {
             // All it prints is the call's, from its first line.
             log.begin(&call.request_id);

@@ -14,6 +14,28 @@ use oci_spec::runtime::Hooks;
 use super::bundle::{Bundle, BundleConfig};
 use super::hooks::{self, HookOptions, HookPhase};
 
+/// `poststop` hooks still running (each on a thread of its own, off the async runtime): the
+/// supervisor waits for them before it exits.
+#[derive(Debug, Default)]
+pub struct Poststops(std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>);
+
+impl Poststops {
+    /// Runs `hooks`' poststop on a thread of its own.
+    pub fn spawn(&self, hooks: InstanceHooks) {
+        let mut running = self.0.lock().expect("poststops");
+        running.retain(|t| !t.is_finished());
+        running.push(std::thread::spawn(move || hooks.after_stop()));
+    }
+
+    /// Waits for every poststop still running (blocking).
+    pub fn wait(&self) {
+        let running = std::mem::take(&mut *self.0.lock().expect("poststops"));
+        for t in running {
+            let _ = t.join();
+        }
+    }
+}
+
 /// An instance's hooks and the bundle they read.
 #[derive(Debug)]
 pub struct InstanceHooks {
