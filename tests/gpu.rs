@@ -188,3 +188,59 @@ fn without_a_cdi_spec_the_legacy_nvidia_hook_runs() {
     assert_eq!(config["root"]["path"], "/code", "{config}");
     f.stop_and_check_clean();
 }
+
+/// A CDI spec of `nvidia.com/gpu` naming the fake GPU `0` (no hooks), in `dir/cdi`.
+fn plain_gpu_spec(dir: &Path) -> std::path::PathBuf {
+    fake_gpus(dir, free_local_major());
+    let cdi = dir.join("cdi");
+    std::fs::create_dir(&cdi).unwrap();
+    std::fs::write(
+        cdi.join("nvidia.yaml"),
+        format!(
+            "cdiVersion: \"0.6.0\"\nkind: nvidia.com/gpu\ndevices:\n  - name: \"0\"\n    containerEdits:\n      deviceNodes: [{{path: /dev/nvidia0, hostPath: {}/gpu0}}]\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    cdi
+}
+
+/// FC's execute-instruction Initializer runs inside the instance (its PID namespace, root,
+/// cgroup and user) once it listens and before its first request, once only, with its output
+/// in the instance's log; a failing one fails the start with its status.
+#[test]
+fn the_execute_instruction_initializer_runs_once_inside_the_instance() {
+    if !privileged() {
+        return;
+    }
+    let img = build_image();
+    let fx = tempfile::tempdir().unwrap();
+    let cdi = plain_gpu_spec(fx.path());
+    let cache = fx.path().join("images");
+    let oci = format!("oci:{}:app", img.layout.display());
+    let init = |code: u32| {
+        format!("      instanceLifecycleConfig:\n        initializer:\n          command: [/app/fcsup-fixture, init-command, \"{code}\"]\n          timeout: 10\n")
+    };
+    let yaml = format!("edition: 3.0.0\nresources:\n{}{}", gpu_function("good", &oci, "[0]", &init(0)), gpu_function("bad", &oci, "[0]", &init(3)));
+    let mut f = Fcsup::serve_file(&yaml, &["--image-cache", cache.to_str().unwrap(), "--cdi-spec-dir", cdi.to_str().unwrap()]);
+    for _ in 0..3 {
+        let r = f.invoke("good", "show:/tmp/init-command.log");
+        assert_eq!(r.status, 200, "{} {}", r.header("x-fc-error-type"), r.text());
+    }
+    let text = f.invoke("good", "show:/tmp/init-command.log").text();
+    let log = text.split("file=").nth(1).unwrap().split("\nenv ").next().unwrap().to_string();
+    assert_eq!(log.lines().count(), 1, "run once, before the first request: {log}");
+    let pid: u32 = log.split("pid=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(pid < 100, "in the instance's PID namespace (pid {pid}): {log}");
+    assert!(log.contains("uid=0 ") && log.trim_end().ends_with("cgroup=0::/"), "as the function's root, in its cgroup namespace: {log}");
+    let cgroup = f.instances()[0]["cgroup"].as_str().unwrap().to_string();
+    assert!(usage_usec(&cgroup) > 0);
+    wait_for("the command's output in the instance log", Duration::from_secs(5), || {
+        let l = f.log_file("good");
+        (l.contains("init command ran") && l.contains("FC Initialize End RequestId")).then_some(())
+    });
+    let r = f.invoke("bad", "ok");
+    assert_eq!(r.header("x-fc-error-type"), "InitializationError", "{}", r.text());
+    assert!(r.text().contains("exited with status 3"), "{}", r.text());
+    f.stop_and_check_clean();
+}

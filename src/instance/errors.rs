@@ -112,6 +112,15 @@ pub enum InitError {
     /// It did not answer.
     #[error("Initializer failed: {0}")]
     Hook(#[from] HookError),
+    /// The execute-instruction Initializer could not run, exited with a failure, or ran past
+    /// its timeout (killed).
+    #[error("Initializer command {command:?} failed: {why}")]
+    Command {
+        /// The command.
+        command: String,
+        /// What happened.
+        why: String,
+    },
 }
 
 impl InitError {

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::kernel::InsideContext;
 use super::{hooks, us, Call, Instance, Sandboxed, Spawned, StartError, StartTrace};
 use crate::billing::{Ledger, WindowRecord};
 use crate::cgroup::{CgroupRoot, Limits};
@@ -319,7 +320,12 @@ impl Launch<Sandboxed> for Launcher {
             h.after_start(child.pid);
         }
         let (kernel, stdout, stderr) = Sandboxed::new(cgroup, child).map_err(setup("watch the instance's pidfd"))?;
-        let kernel = kernel.with_hooks(oci_hooks, &self.poststops);
+        let mut kernel = kernel.with_hooks(oci_hooks, &self.poststops);
+        if function.init_command.is_some() {
+            let cwd = spec.image.as_ref().map_or_else(|| "/code".to_string(), |i| i.working_dir.clone());
+            let user = spec.image.as_ref().map_or((0, 0), |i| i.user);
+            kernel = kernel.with_inside(InsideContext { env: spec.env.clone(), cwd, user, isolation: self.isolation.clone() });
+        }
         if let Some(call) = call {
             // All it prints is the call's, from its first line.
             log.begin(&call.request_id);

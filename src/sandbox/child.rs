@@ -144,14 +144,14 @@ fn fd(raw: RawFd) -> BorrowedFd<'static> {
 }
 
 /// Writes one 8-byte report (step, errno) on the error pipe.
-fn report(err_fd: RawFd, step: u32, errno: i32) {
+pub(super) fn report(err_fd: RawFd, step: u32, errno: i32) {
     let mut msg = [0u8; 8];
     msg[..4].copy_from_slice(&step.to_ne_bytes());
     msg[4..].copy_from_slice(&errno.to_ne_bytes());
     let _ = nix::unistd::write(fd(err_fd), &msg);
 }
 
-fn fail(err_fd: RawFd, step: u32, errno: Errno) -> ! {
+pub(super) fn fail(err_fd: RawFd, step: u32, errno: Errno) -> ! {
     report(err_fd, step, errno as i32);
     sys::exit_now(127)
 }
@@ -396,7 +396,7 @@ pub fn instance_init(main: libc::pid_t) -> ! {
 /// init can use it after the supervisor has freed the plan (the filter itself is owned by the
 /// supervisor for its whole life).
 #[derive(Clone, Copy)]
-struct Confinement {
+pub(super) struct Confinement {
     userns: bool,
     /// The ids to take ((0, 0): root of the user namespace, or stay as is without one).
     user: (u32, u32),
@@ -406,12 +406,19 @@ struct Confinement {
 
 impl Confinement {
     fn of(plan: &Plan) -> Confinement {
-        let filter = plan.seccomp.as_ref().map(|f| (f.program().as_ptr(), f.program().len()));
-        Confinement { userns: plan.userns, user: (0, 0), keep_caps: plan.keep_caps, filter }
+        Confinement::new(plan.userns, plan.keep_caps, plan.seccomp.as_deref())
+    }
+
+    /// The confinement of a process in an instance (in a user namespace or not), keeping the
+    /// capabilities in `keep_caps`, under `seccomp`'s filter (which must outlive the process's
+    /// exec).
+    pub(super) fn new(userns: bool, keep_caps: u64, seccomp: Option<&super::isolation::Filters>) -> Confinement {
+        let filter = seccomp.map(|f| (f.program().as_ptr(), f.program().len()));
+        Confinement { userns, user: (0, 0), keep_caps, filter }
     }
 
     /// The same confinement, taking `user`'s ids.
-    fn as_user(self, user: (u32, u32)) -> Confinement {
+    pub(super) fn as_user(self, user: (u32, u32)) -> Confinement {
         Confinement { user, ..self }
     }
 
@@ -421,7 +428,7 @@ impl Confinement {
     ///
     /// # Safety
     /// Async-signal-safe calls only; the filter must still be alive.
-    unsafe fn apply(self) -> Result<(), (u32, Errno)> {
+    pub(super) unsafe fn apply(self) -> Result<(), (u32, Errno)> {
         if self.userns || self.user != (0, 0) {
             sys::become_raw(self.user.0, self.user.1).map_err(|e| (STEP_IDS, e))?;
         }

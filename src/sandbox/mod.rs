@@ -9,6 +9,7 @@
 //! instance's network namespace ([`Netns::socket`]).
 
 mod child;
+pub mod enter;
 mod image_roots;
 mod isolation;
 mod netns;
