@@ -64,6 +64,7 @@ pub fn clone3(ns_flags: u64, cgroup_fd: RawFd) -> io::Result<Forked> {
         pid => {
             // SAFETY: the kernel stored a fresh pidfd that nothing else owns.
             let fd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+            #[allow(clippy::cast_possible_truncation, reason = "the kernel's pids fit in pid_t")]
             Ok(Forked::Parent(pid as i32, fd))
         }
     }
@@ -614,6 +615,7 @@ pub fn fork_raw() -> Result<Option<i32>, Errno> {
     match r {
         -1 => Err(Errno::last()),
         0 => Ok(None),
+        #[allow(clippy::cast_possible_truncation, reason = "the kernel's pids fit in pid_t")]
         pid => Ok(Some(pid as i32)),
     }
 }
