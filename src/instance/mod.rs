@@ -14,6 +14,7 @@ mod errors;
 #[cfg(test)]
 pub(crate) mod fake;
 mod health;
+mod hibernate;
 mod hooks;
 mod init_command;
 mod invoke;
@@ -192,6 +193,9 @@ pub struct Instance<K: Kernel = Sandboxed> {
     /// Its function's freeze/thaw histograms, looked up once.
     latencies: crate::metrics::Latencies,
     start_trace: Mutex<StartTrace>,
+    /// Set once GPU-hibernated (`fcsup.gpuHibernateAfter`) until the next thaw: the host pids
+    /// whose GPU memory is checkpointed (none: no CUDA process to hibernate).
+    gpu_hibernated: Mutex<Option<Vec<i32>>>,
     stop_trace: Mutex<Option<StopTrace>>,
 }
 
@@ -283,6 +287,7 @@ impl<K: Kernel> Instance<K> {
             created_ms: now,
             created,
             start_trace: Mutex::new(start_trace),
+            gpu_hibernated: Mutex::new(None),
             stop_trace: Mutex::new(None),
             id,
             function,
