@@ -171,6 +171,8 @@ impl Supervisor {
         let lock_path = run_dir.join("lock");
         let lock = File::create(&lock_path).map_err(io("cannot create", &lock_path))?;
         let Ok(lock) = Flock::lock(lock, FlockArg::LockExclusiveNonblock) else { return Err(SupervisorError::Busy(name)) };
+        // A previous run that crashed left its instances' bundles (their hooks are not run).
+        let _ = std::fs::remove_dir_all(run_dir.join(BUNDLES));
         let admin_path = opts.admin_socket.clone().unwrap_or_else(|| run_dir.join(admin_socket::FILE_NAME));
         let admin_listener = admin_socket::bind(&admin_path).map_err(|e| {
             remove_run_dir(&run_dir, None);
@@ -225,7 +227,7 @@ impl Supervisor {
         let echo = opts.echo_logs.then(|| Echo::start(opts.print_rate));
         let reporting = Arc::new(Reporting::new(ledger));
         let launcher = Launcher::new(cgroups, NetnsPool::new(NETNS_READY), root_template, isolation, echo, log_files, reporting);
-        let launcher = Arc::new(launcher.with_image_cache(&opts.image_cache, opts.registry.clone()).with_bundle_dir(run_dir.join("bundles")));
+        let launcher = Arc::new(launcher.with_image_cache(&opts.image_cache, opts.registry.clone()).with_bundle_dir(run_dir.join(BUNDLES)));
         launcher.load_cdi(&opts.cdi_spec_dirs);
         launcher.prepare_images(&config.functions);
         let global = GlobalCount::new(config.global.max_instances.unwrap_or(100));
@@ -416,11 +418,16 @@ fn isolation(opts: &Options) -> Result<Isolation, SupervisorError> {
 
 /// Removes the admin socket, the runtime directory (`rootfs` mount point, lock file) and its
 /// base if empty.
+/// Where instances' OCI bundles are, in the runtime directory.
+const BUNDLES: &str = "bundles";
+
 fn remove_run_dir(run_dir: &Path, admin_socket: Option<&Path>) {
     if let Some(p) = admin_socket {
         admin_socket::remove(p);
     }
     let _ = std::fs::remove_dir(run_dir.join("rootfs"));
+    // Instances' OCI bundles (each removed with its instance; a crash leaves them).
+    let _ = std::fs::remove_dir_all(run_dir.join(BUNDLES));
     let _ = std::fs::remove_file(run_dir.join("lock"));
     let _ = std::fs::remove_dir(run_dir);
     if let Some(base) = run_dir.parent() {

@@ -352,6 +352,13 @@ impl Fcsup {
             panic!("cgroup root {} left behind, holding {left:?}; fcsup said:\n{}", self.root_path().display(), out.join("\n"));
         }
         assert!(!self.admin_socket.exists(), "admin socket {} left behind", self.admin_socket.display());
+        let run_dir = Path::new("/run/fcsup").join(&self.cgroup_root);
+        assert!(
+            !run_dir.exists(),
+            "runtime directory {} left behind: {:?}",
+            run_dir.display(),
+            std::fs::read_dir(&run_dir).map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+        );
         for pid in self.seen_pids.lock().unwrap().iter() {
             assert!(!Path::new(&format!("/proc/{pid}")).exists(), "instance process {pid} left behind");
         }
