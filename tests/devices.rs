@@ -12,23 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::devices::*;
 use common::*;
 use fcsup::cgroup::{devices, own_v1_paths, Access, CgroupRoot, DeviceError, DeviceRule, DeviceRules, Enforcement, Hierarchy, Limits};
 use fcsup::sandbox::sys::BpfInsn;
-
-/// A char major no driver owns: one of the local/experimental 120–127 absent from
-/// `/proc/devices`.
-fn free_local_major() -> u32 {
-    let devices = std::fs::read_to_string("/proc/devices").unwrap();
-    let chars = devices.split("Block devices:").next().unwrap_or_default();
-    let used: Vec<u32> = chars.lines().filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect();
-    (120..=127).find(|m| !used.contains(m)).expect("a free local-use char major")
-}
-
-fn mknod(path: &Path, major: u32, minor: u32) {
-    use nix::sys::stat::{makedev, Mode, SFlag};
-    nix::sys::stat::mknod(path, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(major.into(), minor.into())).unwrap();
-}
 
 /// The v1 `devices` directory of the cgroup root `name` (hybrid hosts only).
 fn v1_devices_root(name: &str) -> Option<PathBuf> {
@@ -291,11 +278,8 @@ fn a_cdi_device_reaches_its_instance_and_no_other() {
     let fixture = tempfile::tempdir().unwrap();
     let host = fixture.path();
     for n in 0..2 {
-        let node = host.join(format!("fakegpu{n}"));
-        mknod(&node, major, n);
-        // As NVIDIA's nodes are (mknod's mode went through the umask); the instance's copy
-        // takes the host node's mode.
-        std::fs::set_permissions(&node, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+        // The instance's copy takes the host node's mode (0666, as NVIDIA's are).
+        mknod(&host.join(format!("fakegpu{n}")), major, n);
     }
     std::fs::write(host.join("libfake.so"), "fake driver library\n").unwrap();
     let cdi = host.join("cdi");

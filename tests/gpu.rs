@@ -9,24 +9,14 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::devices::*;
 use common::image::build_image;
 use common::*;
 
-/// A char major no driver owns (120–127, absent from `/proc/devices`).
-fn free_local_major() -> u32 {
-    let devices = std::fs::read_to_string("/proc/devices").unwrap();
-    let chars = devices.split("Block devices:").next().unwrap_or_default();
-    let used: Vec<u32> = chars.lines().filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect();
-    (120..=127).find(|m| !used.contains(m)).expect("a free local-use char major")
-}
-
 /// Driverless nodes `gpu0`, `gpu1` (mode 0666, as NVIDIA's are) in `dir`.
 fn fake_gpus(dir: &Path, major: u32) {
-    use nix::sys::stat::{makedev, Mode, SFlag};
     for n in 0u32..2 {
-        let node = dir.join(format!("gpu{n}"));
-        nix::sys::stat::mknod(&node, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(major.into(), n.into())).unwrap();
-        std::fs::set_permissions(&node, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+        mknod(&dir.join(format!("gpu{n}")), major, n);
     }
 }
 

@@ -7,14 +7,13 @@
 //! program dies with it (parent-death signal).
 
 use std::ffi::CString;
-use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 
 use super::child::{fail, report, Confinement, STEP_EXEC};
-use super::{cstr, keep_caps_mask, pipe_cloexec, setup, sys, Isolation, SandboxError};
+use super::{cstr, keep_caps_mask, pipe_cloexec, read_report, setup, sys, wait_blocking, Isolation, SandboxError};
 
 /// A program started inside an instance.
 #[derive(Debug)]
@@ -125,22 +124,12 @@ pub fn enter(inside: &Inside<'_>, isolation: &Isolation) -> Result<Entered, Sand
         sys::Forked::Parent(pid, pidfd) => {
             drop((status_w, out_w, err_w, devnull, root));
             let mut status = std::fs::File::from(status_r);
-            let mut msg = [0u8; 8];
-            let mut got = 0;
-            while got < msg.len() {
-                match status.read(&mut msg[got..]) {
-                    Ok(0) => break,
-                    Ok(n) => got += n,
-                    Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(err) => return Err(setup("read the program's start status")(err)),
-                }
-            }
-            if got < msg.len() {
+            let Some((step, errno)) = read_report(&mut status).map_err(setup("read the program's start status"))? else {
                 return Ok(Entered { pid, pidfd, stdout: out_r, stderr: err_r });
-            }
+            };
             let _ = sys::pidfd_signal(pidfd.as_raw_fd(), libc::SIGKILL);
-            let step = u32::from_ne_bytes(msg[..4].try_into().expect("4 bytes"));
-            let source = std::io::Error::from_raw_os_error(i32::from_ne_bytes(msg[4..].try_into().expect("4 bytes")));
+            let _ = wait_blocking(&pidfd);
+            let source = std::io::Error::from_raw_os_error(errno);
             Err(match step {
                 STEP_EXEC if source.raw_os_error() == Some(libc::ENOENT) => SandboxError::CommandNotFound { command: cmd.clone() },
                 STEP_EXEC => SandboxError::Exec { command: cmd.clone(), source },

@@ -3,6 +3,7 @@
 //! reads its output, and checks that nothing is left behind.
 #![allow(dead_code)]
 
+pub mod devices;
 pub mod image;
 
 use std::collections::HashMap;
