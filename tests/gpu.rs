@@ -27,6 +27,16 @@ fn gpu_function(name: &str, image: &str, gpus: &str, extra: &str) -> String {
     )
 }
 
+/// Writes the shell script `script` as the program `name` in `dir/bin`; the `PATH` that finds
+/// it first.
+fn fake_tool(dir: &Path, name: &str, script: &str) -> String {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(bin.join(name), format!("#!/bin/sh\n{script}")).unwrap();
+    std::fs::set_permissions(bin.join(name), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default())
+}
+
 fn read_when(path: &Path) -> String {
     wait_for(&format!("{} to be written", path.display()), Duration::from_secs(10), || std::fs::read_to_string(path).ok().filter(|s| !s.is_empty()))
 }
@@ -152,18 +162,17 @@ fn without_a_cdi_spec_the_legacy_nvidia_hook_runs() {
     }
     let img = build_image();
     let fx = tempfile::tempdir().unwrap();
-    let bin = fx.path().join("bin");
-    std::fs::create_dir(&bin).unwrap();
     let rec = fx.path().join("legacy");
-    let hook = bin.join("nvidia-container-runtime-hook");
-    std::fs::write(&hook, format!("#!/bin/sh\necho \"$@\" > {r}.args\ncat > {r}.state\ncp config.json {r}.config\n", r = rec.display())).unwrap();
-    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = fake_tool(
+        fx.path(),
+        "nvidia-container-runtime-hook",
+        &format!("echo \"$@\" > {r}.args\ncat > {r}.state\ncp config.json {r}.config\n", r = rec.display()),
+    );
     let empty_cdi = fx.path().join("cdi");
     std::fs::create_dir(&empty_cdi).unwrap();
     let cache = fx.path().join("images");
     let oci = format!("oci:{}:app", img.layout.display());
     let yaml = format!("edition: 3.0.0\nresources:\n{}", gpu_function("gpu", &oci, "[1]", ""));
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
     let mut f =
         Fcsup::serve_file_env(&yaml, &["--image-cache", cache.to_str().unwrap(), "--cdi-spec-dir", empty_cdi.to_str().unwrap()], &[("PATH", &path)]);
     let r = f.invoke("gpu", "ok");
@@ -249,21 +258,18 @@ fn an_idle_gpu_instance_hibernates_before_its_freeze_and_wakes_after_its_thaw() 
     let img = build_image();
     let fx = tempfile::tempdir().unwrap();
     let cdi = plain_gpu_spec(fx.path());
-    let bin = fx.path().join("bin");
-    std::fs::create_dir(&bin).unwrap();
     let rec = fx.path().join("cuda-checkpoint.log");
     let fail = fx.path().join("fail-restore");
-    std::fs::write(
-        bin.join("cuda-checkpoint"),
-        format!(
-            "#!/bin/sh\npid=${{4:-$3}}\n[ \"$1\" = --get-state ] && pid=$3\ncg=$(grep '^0::' /proc/$pid/cgroup | cut -d: -f3)\nfrozen=$(grep '^frozen' \"{cg2}$cg/cgroup.events\" | cut -d' ' -f2)\necho \"$1 $2 pid=$pid frozen=$frozen\" >> {rec}\n[ \"$1\" = --get-state ] && echo running\n[ \"$2\" = restore ] && [ -e {fail} ] && {{ echo 'out of GPU memory' >&2; exit 2; }}\nexit 0\n",
+    let path = fake_tool(
+        fx.path(),
+        "cuda-checkpoint",
+        &format!(
+            "pid=${{4:-$3}}\n[ \"$1\" = --get-state ] && pid=$3\ncg=$(grep '^0::' /proc/$pid/cgroup | cut -d: -f3)\nfrozen=$(grep '^frozen' \"{cg2}$cg/cgroup.events\" | cut -d' ' -f2)\necho \"$1 $2 pid=$pid frozen=$frozen\" >> {rec}\n[ \"$1\" = --get-state ] && echo running\n[ \"$2\" = restore ] && [ -e {fail} ] && {{ echo 'out of GPU memory' >&2; exit 2; }}\nexit 0\n",
             cg2 = cgroup2_mount().display(),
             rec = rec.display(),
             fail = fail.display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(bin.join("cuda-checkpoint"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    );
     let cache = fx.path().join("images");
     let oci = format!("oci:{}:app", img.layout.display());
     let yaml = format!(
@@ -271,7 +277,6 @@ fn an_idle_gpu_instance_hibernates_before_its_freeze_and_wakes_after_its_thaw() 
         gpu_function("gpu", &oci, "[0]", "")
             .replace("        gpus: [0]\n", "        gpus: [0]\n        gpuHibernateAfter: 1\n        minInstances: 1\n")
     );
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
     let mut f =
         Fcsup::serve_file_env(&yaml, &["--image-cache", cache.to_str().unwrap(), "--cdi-spec-dir", cdi.to_str().unwrap()], &[("PATH", &path)]);
     let lines = || std::fs::read_to_string(&rec).unwrap_or_default().lines().map(String::from).collect::<Vec<_>>();
