@@ -206,7 +206,8 @@ impl Launch<Sandboxed> for Launcher {
             cpu_millis: Some(cpu_millis),
             ..Limits::default()
         };
-        let spec = self.spec(&function, &id, call)?;
+        let mut spec = self.spec(&function, &id, call)?;
+        super::builtin::prepare(&function, &mut spec)?;
         let cgroup = self.cgroups.create(&id, &limits)?;
         let cgroup_us = us(created.elapsed());
         let setup = |op: &'static str| move |source: std::io::Error| StartError::Sandbox(SandboxError::Setup { op: op.into(), source });
@@ -215,6 +216,14 @@ impl Launch<Sandboxed> for Launcher {
             Err(e) => {
                 let _ = cgroup.remove();
                 return Err(setup("create a network namespace")(e));
+            }
+        };
+        // Before the process starts, so the agent's first poll finds it.
+        let runtime_api = match super::builtin::serve(&function, &netns, &id) {
+            Ok(api) => api,
+            Err(e) => {
+                let _ = cgroup.remove();
+                return Err(e);
             }
         };
         let prepared = spec.image.as_ref().and_then(|i| self.image_roots.take(&i.layers, spec.tmp_size_mb));
@@ -246,7 +255,7 @@ impl Launch<Sandboxed> for Launcher {
             log.begin(&call.request_id);
         }
         log.attach(stdout, stderr);
-        Ok(Instance::new(function, Spawned { id, kernel, log, created, start_trace }, self.reporting.clone(), provisioned))
+        Ok(Instance::new(function, Spawned { id, kernel, log, created, start_trace, runtime_api }, self.reporting.clone(), provisioned))
     }
 }
 
