@@ -272,3 +272,22 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[test]
+fn demo_shows_a_python_handler_frozen() {
+    if !privileged() {
+        return;
+    }
+    let root = format!("fcsup-test-demo-{}", uuid::Uuid::new_v4().simple());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fcsup"))
+        .args(["demo", "--no-wait", "--listen", "127.0.0.1:0", "--cgroup-root", &root])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let line = stdout.lines().find(|l| l.contains("hello-py was frozen for 500 ms")).unwrap_or_else(|| panic!("{stdout}"));
+    let ticked: u64 = line.split("ticked ").nth(1).and_then(|t| t.split(' ').next()).and_then(|n| n.parse().ok()).unwrap();
+    assert!(ticked <= 3, "{line}");
+    assert!(stdout.contains("[INFO] handling 5 bytes"), "the handler's logger line in Tail: {stdout}");
+    assert!(stdout.contains("no instance, cgroup or mount is left"), "{stdout}");
+}
