@@ -158,8 +158,8 @@ fn a_python_background_thread_is_paused_while_frozen() {
     let during = held["after"].as_i64().unwrap() - held["before"].as_i64().unwrap();
     assert!(during >= 100, "the thread counts while a call runs: {during} in 300 ms");
     let cgroup = f.instances()[0]["cgroup"].as_str().unwrap().to_string();
-    assert_eq!(f.instances()[0]["state"], "frozen", "{:?}", f.instances());
     wait_frozen(&cgroup);
+    assert_eq!(f.instances()[0]["state"], "frozen", "{:?}", f.instances());
     let a = f.invoke("counter", "{}").json()["ticks"].as_i64().unwrap();
     wait_frozen(&cgroup);
     let cpu = usage_usec(&cgroup);
@@ -186,8 +186,28 @@ fn a_layers_modules_import_from_opt() {
     let mut f = Fcsup::serve(&props("layered", "python3.10", &functions().join("builtin-python"), &extra));
     let r = f.invoke("layered", r#"{"cmd":"layer"}"#);
     assert_eq!(r.header("x-fc-error-type"), "", "{}", r.text());
-    assert_eq!(r.json(), serde_json::json!({"value": "from the layer", "file": "/opt/python/fcsup_layer_probe.py"}));
+    assert_eq!(r.json(), serde_json::json!({"value": "from the layer", "file": "/opt/python/fcsup_layer_probe.py", "base": null}));
     f.stop_and_check_clean();
+
+    // Two layers merged at /opt as FC merges them: the first listed wins a file both have.
+    let base = layers.path().join("base/1/python");
+    std::fs::create_dir_all(&base).unwrap();
+    std::fs::write(base.join("fcsup_layer_probe.py"), "VALUE = 'from the second layer'\n").unwrap();
+    std::fs::write(base.join("fcsup_layer_base.py"), "VALUE = 'only in the second layer'\n").unwrap();
+    open_up(layers.path());
+    let two = extra.replace("/versions/3]", "/versions/3, acs:fc:cn-hangzhou:123:layers/base/versions/1]");
+    let mut f = Fcsup::serve(&props("layered", "python3", &functions().join("builtin-python"), &two));
+    let v = f.invoke("layered", r#"{"cmd":"layer"}"#).json();
+    assert_eq!((v["value"].as_str(), v["base"].as_str()), (Some("from the layer"), Some("only in the second layer")), "{v}");
+    f.stop_and_check_clean();
+    let left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("fcsup-layers-"))
+        .collect();
+    assert!(left.is_empty(), "merge directories left: {left:?}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains("fcsup-layers-"), "a merged layer is still mounted on the host");
 
     // An unknown layer is refused at start, naming where it was looked for.
     let yaml =

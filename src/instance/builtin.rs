@@ -34,21 +34,70 @@ const VISIBLE: &[&str] = &["/usr/", "/bin/", "/sbin/", "/lib/", "/lib64/", "/lib
 /// Where a bare interpreter name is looked up: the instance's own `PATH`, as the host has it.
 const SEARCH: &[&str] = &["/usr/local/bin", "/usr/bin", "/bin"];
 
-/// Completes an instance's sandbox spec for its runtime: the layers at `/opt` (every runtime
-/// but custom containers) and, for a built-in runtime, the command and FC's environment.
-pub(super) fn prepare(function: &Function, spec: &mut SandboxSpec) -> Result<(), StartError> {
-    match function.layers.as_slice() {
-        [] => {}
-        [one] => spec.grants.mounts.push(GrantMount { host: one.clone(), target: "/opt".into() }),
-        more => {
-            return Err(StartError::Runtime(format!(
-                "function {} has {} layers: fcsup mounts one layer at /opt for now; merge them into one directory",
-                function.name,
-                more.len()
-            )))
+/// Several layers merged for one start: an overlay on a temporary directory of the host,
+/// detached once the instance has cloned it (dropped after the spawn), so nothing stays
+/// mounted.
+pub(super) struct Merged {
+    dir: PathBuf,
+    mounted: bool,
+}
+
+impl Drop for Merged {
+    fn drop(&mut self) {
+        if self.mounted {
+            if let Err(e) = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH) {
+                tracing::warn!("cannot detach the merged layers at {}: {e}", self.dir.display());
+            }
         }
+        let _ = std::fs::remove_dir(&self.dir);
     }
-    let Some(builtin) = &function.builtin else { return Ok(()) };
+}
+
+impl Merged {
+    /// `layers` in one read-only overlay, the first on top: FC merges them at `/opt` so that a
+    /// file in an earlier layer hides the same file in a later one.
+    fn mount(layers: &[PathBuf]) -> Result<Merged, StartError> {
+        let failed = |what: String| move |e: std::io::Error| StartError::Runtime(format!("cannot merge the function's layers: {what}: {e}"));
+        let mut lower = Vec::with_capacity(layers.len());
+        for l in layers {
+            let Some(s) = l.to_str().filter(|s| !s.contains([':', ',', '\\'])) else {
+                return Err(StartError::Runtime(format!(
+                    "layer directory {} has ':', ',' or '\\' in its path, which overlayfs cannot take",
+                    l.display()
+                )));
+            };
+            lower.push(s);
+        }
+        let dir = std::env::temp_dir().join(format!("fcsup-layers-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir(&dir).map_err(failed(format!("create {}", dir.display())))?;
+        // From here on, dropping it removes the directory (and detaches whatever is there).
+        let mut merged = Merged { dir, mounted: false };
+        let data = format!("lowerdir={}", lower.join(":"));
+        let flags = nix::mount::MsFlags::MS_RDONLY | nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV;
+        nix::mount::mount(Some("overlay"), &merged.dir, Some("overlay"), flags, Some(data.as_str()))
+            .map_err(|e| failed(format!("mount overlayfs with {data}"))(e.into()))?;
+        merged.mounted = true;
+        Ok(merged)
+    }
+}
+
+/// Completes an instance's sandbox spec for its runtime: the layers at `/opt` (every runtime
+/// but custom containers) and, for a built-in runtime, the command and FC's environment. Keep
+/// what it returns until the process has been spawned.
+pub(super) fn prepare(function: &Function, spec: &mut SandboxSpec) -> Result<Option<Merged>, StartError> {
+    let merged = match function.layers.as_slice() {
+        [] => None,
+        [one] => {
+            spec.grants.mounts.push(GrantMount { host: one.clone(), target: "/opt".into() });
+            None
+        }
+        more => {
+            let m = Merged::mount(more)?;
+            spec.grants.mounts.push(GrantMount { host: m.dir.clone(), target: "/opt".into() });
+            Some(m)
+        }
+    };
+    let Some(builtin) = &function.builtin else { return Ok(merged) };
     spec.argv = match builtin.language {
         Language::Python => {
             let python = interpreter(&function.runtime, builtin.interpreter.as_deref().unwrap_or("python3"), "python3")?;
@@ -71,7 +120,7 @@ pub(super) fn prepare(function: &Function, spec: &mut SandboxSpec) -> Result<(),
         }
     };
     spec.env = environment(function, &spec.hostname);
-    Ok(())
+    Ok(merged)
 }
 
 /// FC's environment for a built-in runtime: the custom runtime's, without its port, plus the

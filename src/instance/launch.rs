@@ -207,7 +207,7 @@ impl Launch<Sandboxed> for Launcher {
             ..Limits::default()
         };
         let mut spec = self.spec(&function, &id, call)?;
-        super::builtin::prepare(&function, &mut spec)?;
+        let _layers = super::builtin::prepare(&function, &mut spec)?;
         let cgroup = self.cgroups.create(&id, &limits)?;
         let cgroup_us = us(created.elapsed());
         let setup = |op: &'static str| move |source: std::io::Error| StartError::Sandbox(SandboxError::Setup { op: op.into(), source });

@@ -25,5 +25,11 @@ def handler(event, context):
     if ev.get("cmd") == "layer":
         import fcsup_layer_probe
 
-        return {"value": fcsup_layer_probe.VALUE, "file": fcsup_layer_probe.__file__}
+        try:
+            import fcsup_layer_base
+
+            base = fcsup_layer_base.VALUE
+        except ImportError:
+            base = None
+        return {"value": fcsup_layer_probe.VALUE, "file": fcsup_layer_probe.__file__, "base": base}
     return {"ticks": ticks[0]}
