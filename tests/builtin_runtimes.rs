@@ -311,3 +311,29 @@ fn demo_shows_a_python_handler_frozen() {
     assert!(stdout.contains("[INFO] handling 5 bytes"), "the handler's logger line in Tail: {stdout}");
     assert!(stdout.contains("no instance, cgroup or mount is left"), "{stdout}");
 }
+
+#[test]
+fn a_function_that_cannot_load_fails_its_start_with_the_runtimes_error() {
+    let Some(mut f) = serve_if_privileged(&props("broken", "python3.9", &functions().join("runtime-python-broken"), "")) else { return };
+    let r = f.invoke("broken", "x");
+    assert_eq!((r.status, r.header("x-fc-error-type")), (200, "InitializationError"), "{}", r.text());
+    let msg = r.json()["errorMessage"].as_str().unwrap().to_string();
+    assert!(msg.contains("ModuleNotFoundError") && msg.contains("a_module_that_does_not_exist"), "{msg}");
+    // The next request starts a new instance, which fails the same way; nothing is left.
+    assert_eq!(f.invoke("broken", "x").header("x-fc-error-type"), "InitializationError");
+    f.stop_and_check_clean();
+}
+
+#[test]
+fn a_handler_past_its_timeout_fails_and_its_instance_is_replaced() {
+    let p = props("slow", "python3", &functions().join("builtin-python"), "").replace("timeout: 10", "timeout: 1");
+    let Some(mut f) = serve_if_privileged(&p) else { return };
+    let r = f.invoke("slow", r#"{"cmd":"hold","ms":3000}"#);
+    assert_eq!(r.header("x-fc-error-type"), "UnhandledInvocationError", "{}", r.text());
+    assert_eq!(r.json()["errorMessage"], "Function time out after 1 seconds");
+    let first = r.header("x-fc-instance-id").to_string();
+    let r = f.invoke("slow", "{}");
+    assert_eq!(r.header("x-fc-error-type"), "", "{}", r.text());
+    assert_ne!(r.header("x-fc-instance-id"), first, "the hung instance was replaced");
+    f.stop_and_check_clean();
+}
