@@ -91,6 +91,8 @@ pub struct Options {
     pub image_cache: PathBuf,
     /// Registry credentials and plain-HTTP registries for pulls.
     pub registry: crate::image::registry::RegistryOptions,
+    /// Where CDI specs are read from, lowest priority first.
+    pub cdi_spec_dirs: Vec<PathBuf>,
 }
 
 impl Default for Options {
@@ -109,6 +111,7 @@ impl Default for Options {
             print_rate: 1000,
             image_cache: crate::image::DEFAULT_DIR.into(),
             registry: crate::image::registry::RegistryOptions::default(),
+            cdi_spec_dirs: crate::oci::cdi::DEFAULT_SPEC_DIRS.iter().map(PathBuf::from).collect(),
         }
     }
 }
@@ -133,6 +136,8 @@ pub struct Supervisor {
     /// Where the admin socket is.
     pub admin_socket: PathBuf,
     admin_listener: Mutex<Option<UnixListener>>,
+    /// Where CDI specs are read from (again on reload).
+    cdi_spec_dirs: Vec<PathBuf>,
     /// Held while this supervisor runs: a second one with the same cgroup root is refused.
     _lock: Flock<File>,
 }
@@ -220,7 +225,8 @@ impl Supervisor {
         let echo = opts.echo_logs.then(|| Echo::start(opts.print_rate));
         let reporting = Arc::new(Reporting::new(ledger));
         let launcher = Launcher::new(cgroups, NetnsPool::new(NETNS_READY), root_template, isolation, echo, log_files, reporting);
-        let launcher = Arc::new(launcher.with_image_cache(&opts.image_cache, opts.registry.clone()));
+        let launcher = Arc::new(launcher.with_image_cache(&opts.image_cache, opts.registry.clone()).with_bundle_dir(run_dir.join("bundles")));
+        launcher.load_cdi(&opts.cdi_spec_dirs);
         launcher.prepare_images(&config.functions);
         let global = GlobalCount::new(config.global.max_instances.unwrap_or(100));
         let mut pools = BTreeMap::new();
@@ -229,6 +235,7 @@ impl Supervisor {
         }
         let sup = Arc::new_cyclic(|me: &std::sync::Weak<Supervisor>| Supervisor {
             launcher,
+            cdi_spec_dirs: opts.cdi_spec_dirs.clone(),
             run_dir,
             pools: RwLock::new(pools),
             replaced: Mutex::default(),
@@ -296,6 +303,7 @@ impl Supervisor {
     pub async fn reload(&self, config: &Config) -> Result<Reloaded, SupervisorError> {
         let mut done = Reloaded::default();
         // Pulls that failed are tried again (off the runtime: a pull blocks).
+        self.launcher.load_cdi(&self.cdi_spec_dirs);
         let (launcher, functions) = (self.launcher.clone(), config.functions.clone());
         let _ = tokio::task::spawn_blocking(move || launcher.retry_images(&functions)).await;
         for f in &config.functions {
@@ -366,6 +374,8 @@ impl Supervisor {
             tracing::error!("{leaked} instance cgroup(s) were still there at shutdown; killed");
         }
         self.reporting().ledger().sync();
+        let launcher = self.launcher.clone();
+        let _ = tokio::task::spawn_blocking(move || launcher.wait_poststops()).await;
         if let Some(echo) = self.launcher.echo().cloned() {
             let _ = tokio::task::spawn_blocking(move || echo.flush(std::time::Duration::from_secs(2))).await;
         }

@@ -278,3 +278,76 @@ fn an_isolated_instance_cannot_mknod() {
     assert_eq!(p["dev_null"], 0, "{p}");
     assert_eq!(p["mknod"], libc::EPERM, "{p}");
 }
+
+/// `fcsup.devices` grants a CDI device: its node opens up to the missing driver (ENXIO), its
+/// spec's environment and read-only mount are there; another function's instance has none of
+/// it; a node of the same major it was not granted cannot be made or opened.
+#[test]
+fn a_cdi_device_reaches_its_instance_and_no_other() {
+    if !privileged() {
+        return;
+    }
+    let major = free_local_major();
+    let fixture = tempfile::tempdir().unwrap();
+    let host = fixture.path();
+    for n in 0..2 {
+        let node = host.join(format!("fakegpu{n}"));
+        mknod(&node, major, n);
+        // As NVIDIA's nodes are (mknod's mode went through the umask); the instance's copy
+        // takes the host node's mode.
+        std::fs::set_permissions(&node, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    }
+    std::fs::write(host.join("libfake.so"), "fake driver library\n").unwrap();
+    let cdi = host.join("cdi");
+    std::fs::create_dir(&cdi).unwrap();
+    std::fs::write(
+        cdi.join("fake.yaml"),
+        format!(
+            "cdiVersion: \"0.6.0\"\nkind: example.com/fakegpu\ndevices:\n  - name: \"0\"\n    containerEdits:\n      deviceNodes:\n        - {{path: /dev/fakegpu0, hostPath: {h}/fakegpu0}}\n  - name: \"1\"\n    containerEdits:\n      deviceNodes:\n        - {{path: /dev/fakegpu1, hostPath: {h}/fakegpu1}}\ncontainerEdits:\n  env: [FAKE_GPU_DRIVER=1.0]\n  mounts:\n    - {{hostPath: {h}/libfake.so, containerPath: /tmp/fake/libfake.so, options: [ro, nosuid, nodev, bind]}}\n",
+            h = host.display()
+        ),
+    )
+    .unwrap();
+    let granted = format!("{}      fcsup:\n        devices: [example.com/fakegpu=0]\n", devices_props("gpu"));
+    let yaml = format!("edition: 3.0.0\nresources:\n{granted}{}", devices_props("plain"));
+    let mut f = Fcsup::serve_file(&yaml, &["--cdi-spec-dir", cdi.to_str().unwrap()]);
+    let look = r#"{"op":"look","open":["/dev/fakegpu0","/dev/fakegpu1"],"read":["/tmp/fake/libfake.so"],"write":["/tmp/fake/libfake.so"],"env":["FAKE_GPU_DRIVER"]}"#;
+    let r = f.invoke("gpu", look);
+    assert_eq!(r.status, 200, "{} {}", r.header("x-fc-error-type"), r.text());
+    let g = r.json();
+    assert_eq!(g["open"]["/dev/fakegpu0"], libc::ENXIO, "granted: allowed up to the missing driver: {g}");
+    assert_eq!(g["open"]["/dev/fakegpu1"], libc::ENOENT, "not granted: not there: {g}");
+    assert_eq!(g["read"]["/tmp/fake/libfake.so"], "fake driver library\n", "{g}");
+    assert!(
+        [i64::from(libc::EROFS), i64::from(libc::EACCES)].contains(&g["write"]["/tmp/fake/libfake.so"].as_i64().unwrap()),
+        "the spec's mount is read-only: {g}"
+    );
+    assert_eq!(g["env"]["FAKE_GPU_DRIVER"], "1.0", "{g}");
+    // It cannot make the node it was not granted (no CAP_MKNOD on the host), and the cgroup
+    // would refuse it anyway (tests above).
+    let p = f.invoke("gpu", &format!(r#"{{"op":"probe","major":{major},"dir":"/tmp"}}"#)).json();
+    assert_eq!(p["mknod"], libc::EPERM, "{p}");
+    // Another function gets nothing of it.
+    let o = f.invoke("plain", look).json();
+    assert_eq!(o["open"]["/dev/fakegpu0"], libc::ENOENT, "{o}");
+    assert_eq!(o["env"]["FAKE_GPU_DRIVER"], serde_json::Value::Null, "{o}");
+    assert_eq!(o["read"]["/tmp/fake/libfake.so"], libc::ENOENT, "{o}");
+    // The granted instance's cgroup allows exactly its node beyond runc's list.
+    let inst = f.instances().into_iter().find(|i| i["function"] == "gpu").unwrap();
+    let cgroup = PathBuf::from(inst["cgroup"].as_str().unwrap());
+    if let Some(v1) = v1_devices_root(&f.cgroup_root) {
+        let list = std::fs::read_to_string(v1.join(cgroup.file_name().unwrap()).join("devices.list")).unwrap();
+        assert!(list.contains(&format!("c {major}:0 rwm\n")) && !list.contains(&format!("c {major}:1")), "{list}");
+    }
+    f.stop_and_check_clean();
+
+    // A name no spec defines fails the start clearly; the other function serves.
+    let missing = format!("{}      fcsup:\n        devices: [example.com/fakegpu=7]\n", devices_props("gpu"));
+    let mut f =
+        Fcsup::serve_file(&format!("edition: 3.0.0\nresources:\n{missing}{}", devices_props("plain")), &["--cdi-spec-dir", cdi.to_str().unwrap()]);
+    let r = f.invoke("gpu", "{}");
+    assert_eq!(r.header("x-fc-error-type"), "InitializationError", "{}", r.text());
+    assert!(r.text().contains("example.com/fakegpu=7"), "{}", r.text());
+    assert_eq!(f.invoke("plain", "{}").status, 200);
+    f.stop_and_check_clean();
+}

@@ -66,6 +66,10 @@ pub struct SupervisorArgs {
     /// comma-separated in the variable). Loopback registries always are, as with Docker.
     #[arg(long, value_name = "HOST[:PORT]", env = "FCSUP_INSECURE_REGISTRY", value_delimiter = ',')]
     insecure_registry: Vec<String>,
+    /// A directory of CDI specs (`*.json`, `*.yaml`) devices are granted from; repeatable,
+    /// lowest priority first (default: /etc/cdi, then /var/run/cdi).
+    #[arg(long, value_name = "DIR", env = "FCSUP_CDI_SPEC_DIRS", value_delimiter = ',')]
+    cdi_spec_dir: Vec<PathBuf>,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -150,6 +154,11 @@ impl SupervisorArgs {
             print_rate: self.print_rate,
             image_cache: self.image_cache.clone(),
             registry: fcsup::image::registry::RegistryOptions { auth_file: self.registry_auth.clone(), insecure: self.insecure_registry.clone() },
+            cdi_spec_dirs: if self.cdi_spec_dir.is_empty() {
+                fcsup::oci::cdi::DEFAULT_SPEC_DIRS.iter().map(PathBuf::from).collect()
+            } else {
+                self.cdi_spec_dir.clone()
+            },
             ..Options::default()
         }
     }

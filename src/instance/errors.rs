@@ -18,6 +18,9 @@ pub enum StartError {
     /// The process could not be started.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    /// Its devices (`fcsup.devices`, `gpuConfig`) could not be granted.
+    #[error("cannot grant the function's devices: {0}")]
+    Devices(#[from] crate::oci::grant::GrantError),
     /// The process exited before listening.
     #[error("Function instance exited unexpectedly(code {code}, message:{message}) with start command '{command}'")]
     Exited {
@@ -132,6 +135,15 @@ pub enum InitError {
     /// It did not answer.
     #[error("Initializer failed: {0}")]
     Hook(#[from] HookError),
+    /// The execute-instruction Initializer could not run, exited with a failure, or ran past
+    /// its timeout (killed).
+    #[error("Initializer command {command:?} failed: {why}")]
+    Command {
+        /// The command.
+        command: String,
+        /// What happened.
+        why: String,
+    },
 }
 
 impl InitError {

@@ -154,6 +154,11 @@ impl Kernel for Recording {
     fn placement(&self) -> Placement {
         Placement { pid: 0, cgroup: String::new(), host_uid: None }
     }
+
+    fn enter(&self, argv: &[String]) -> Result<super::kernel::Entered, String> {
+        self.trace.push("enter");
+        Err(format!("the recording kernel runs nothing ({argv:?})"))
+    }
 }
 
 /// Serves the fake function on loopback: FC's lifecycle paths and `/invoke`.

@@ -60,6 +60,34 @@ pub trait Kernel: Send + Sync + std::fmt::Debug + 'static {
     fn connect(&self, port: u16) -> impl Future<Output = io::Result<TcpStream>> + Send;
     /// Where it lives.
     fn placement(&self) -> Placement;
+    /// Starts `argv` inside the instance, as its function runs (FC's execute-instruction
+    /// Initializer): its pidfd (readable once it exited) and its stdout and stderr.
+    fn enter(&self, argv: &[String]) -> Result<Entered, String>;
+}
+
+/// A program started inside an instance ([`Kernel::enter`]).
+#[derive(Debug)]
+pub struct Entered {
+    /// Readable once it exited; [`crate::sandbox::pidfd_try_wait`] gives its status.
+    pub pidfd: OwnedFd,
+    /// Its stdout.
+    pub stdout: OwnedFd,
+    /// Its stderr.
+    pub stderr: OwnedFd,
+}
+
+/// What a program started inside an instance gets: the function's environment, working
+/// directory and ids, and the supervisor's isolation.
+#[derive(Debug, Clone, Default)]
+pub struct InsideContext {
+    /// The function's environment.
+    pub env: Vec<(String, String)>,
+    /// Its working directory.
+    pub cwd: String,
+    /// Its uid and gid inside the instance.
+    pub user: (u32, u32),
+    /// The isolation instances get.
+    pub isolation: sandbox::Isolation,
 }
 
 /// A real instance: its cgroup, its sandboxed process and its network namespace.
@@ -76,6 +104,10 @@ pub struct Sandboxed {
     init_stack: Mutex<Option<InitStack>>,
     /// The host ids of its user namespace, free for another instance once this one is gone.
     ids: Option<IdRange>,
+    /// What a program started inside it gets ([`Kernel::enter`]).
+    inside: InsideContext,
+    /// Its OCI hooks, whose `poststop` runs once it is removed (on `poststops`).
+    oci_hooks: Mutex<Option<(crate::oci::instance_hooks::InstanceHooks, Arc<crate::oci::instance_hooks::Poststops>)>>,
 }
 
 impl Sandboxed {
@@ -103,8 +135,29 @@ impl Sandboxed {
             reaped: Arc::default(),
             init_stack: Mutex::new(Some(init_stack)),
             ids,
+            inside: InsideContext::default(),
+            oci_hooks: Mutex::new(None),
         };
         Ok((me, stdout, stderr))
+    }
+
+    /// What programs started inside it ([`Kernel::enter`]) get.
+    #[must_use]
+    pub fn with_inside(mut self, inside: InsideContext) -> Self {
+        self.inside = inside;
+        self
+    }
+
+    /// Runs `hooks`' `poststop` (and removes their bundle) on `poststops` once the instance
+    /// is removed.
+    #[must_use]
+    pub fn with_hooks(
+        self,
+        hooks: Option<crate::oci::instance_hooks::InstanceHooks>,
+        poststops: &Arc<crate::oci::instance_hooks::Poststops>,
+    ) -> Self {
+        *self.oci_hooks.lock().expect("hooks") = hooks.map(|h| (h, poststops.clone()));
+        self
     }
 
     /// The cgroup (for the demo's and tests' look at `cgroup.events`).
@@ -151,7 +204,12 @@ impl Kernel for Sandboxed {
     }
 
     fn remove(&self) -> Result<(), CgroupError> {
-        self.cgroup.remove()
+        self.cgroup.remove()?;
+        if let Some((hooks, poststops)) = self.oci_hooks.lock().expect("hooks").take() {
+            // Off the runtime: a hook may take its whole timeout.
+            poststops.spawn(hooks);
+        }
+        Ok(())
     }
 
     fn exited(&self) -> impl Future<Output = Exit> + Send + 'static {
@@ -194,5 +252,21 @@ impl Kernel for Sandboxed {
 
     fn placement(&self) -> Placement {
         Placement { pid: self.pid, cgroup: self.cgroup.path().display().to_string(), host_uid: self.ids.as_ref().map(|r| r.first) }
+    }
+
+    fn enter(&self, argv: &[String]) -> Result<Entered, String> {
+        let v1 = self.cgroup.v1_procs_fds();
+        let inside = sandbox::enter::Inside {
+            init_pid: self.pid,
+            init_pidfd: self.pidfd.get_ref().as_raw_fd(),
+            cgroup_fd: self.cgroup.dir_fd(),
+            v1_procs: &v1,
+            argv,
+            env: &self.inside.env,
+            cwd: &self.inside.cwd,
+            user: self.inside.user,
+        };
+        let e = sandbox::enter::enter(&inside, &self.inside.isolation).map_err(|e| e.to_string())?;
+        Ok(Entered { pidfd: e.pidfd, stdout: e.stdout, stderr: e.stderr })
     }
 }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::kernel::InsideContext;
 use super::{hooks, us, Call, Instance, Sandboxed, Spawned, StartError, StartTrace};
 use crate::billing::{Ledger, WindowRecord};
 use crate::cgroup::{CgroupRoot, Limits};
@@ -13,6 +14,9 @@ use crate::image::registry::RegistryOptions;
 use crate::image::Images;
 use crate::logs::{Echo, InstanceLog, LogFiles};
 use crate::metrics::{Latencies, Metrics, Samples};
+use crate::oci::bundle::BundleConfig;
+use crate::oci::grant::Granted;
+use crate::oci::instance_hooks::InstanceHooks;
 use crate::sandbox::{self, ImageRoot, ImageRoots, Isolation, NetnsPool, RootTemplate, SandboxError, SandboxSpec};
 
 /// Where a custom container without web server mode finds its event (FC 2.0).
@@ -80,6 +84,12 @@ pub struct Launcher {
     images: Images,
     /// Custom containers' roots, made ahead of their starts.
     image_roots: Arc<ImageRoots>,
+    /// The CDI specs devices are granted from (re-read on reload).
+    cdi: std::sync::RwLock<Arc<crate::oci::cdi::Registry>>,
+    /// Where instances with OCI hooks get their bundle directory.
+    bundle_dir: std::path::PathBuf,
+    /// Instances' `poststop` hooks still running.
+    poststops: Arc<crate::oci::instance_hooks::Poststops>,
 }
 
 impl Launcher {
@@ -104,7 +114,54 @@ impl Launcher {
             reporting,
             images: Images::new(crate::image::DEFAULT_DIR, RegistryOptions::default()),
             image_roots: Arc::default(),
+            cdi: std::sync::RwLock::new(Arc::new(crate::oci::cdi::Registry::default())),
+            bundle_dir: std::env::temp_dir(),
+            poststops: Arc::default(),
         }
+    }
+
+    /// Puts instances' OCI bundles under `dir` (private to the supervisor; made if missing).
+    pub fn with_bundle_dir(mut self, dir: std::path::PathBuf) -> Self {
+        self.bundle_dir = dir;
+        self
+    }
+
+    /// The OCI hooks of instance `id` with `spec`, and their bundle.
+    fn instance_hooks(&self, id: &str, spec: &SandboxSpec, granted: &Granted) -> Result<InstanceHooks, StartError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let failed = |m: String| StartError::Sandbox(SandboxError::Hooks(m));
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.bundle_dir)
+            .map_err(|e| failed(format!("create {}: {e}", self.bundle_dir.display())))?;
+        let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        env.extend(granted.bundle_env.iter().cloned());
+        let config = BundleConfig {
+            root: std::path::PathBuf::from(if spec.image.is_some() { sandbox::IMAGE_ROOT_AT } else { "/" }),
+            args: spec.argv.clone(),
+            env,
+            cwd: spec.image.as_ref().map_or_else(|| "/code".into(), |i| i.working_dir.clone().into()),
+            uid: spec.image.as_ref().map_or(0, |i| i.user.0),
+            gid: spec.image.as_ref().map_or(0, |i| i.user.1),
+            hooks: granted.hooks.clone(),
+            ..BundleConfig::default()
+        };
+        InstanceHooks::prepare(&self.bundle_dir, id, config).map_err(failed)
+    }
+
+    /// Reads CDI specs from `dirs` (lowest priority first); a bad spec is logged and skipped.
+    pub fn load_cdi(&self, dirs: &[std::path::PathBuf]) {
+        let registry = crate::oci::cdi::Registry::load(dirs);
+        for e in registry.errors() {
+            tracing::warn!("CDI: {e}");
+        }
+        *self.cdi.write().expect("cdi") = Arc::new(registry);
+    }
+
+    /// The CDI specs in use.
+    pub fn cdi(&self) -> Arc<crate::oci::cdi::Registry> {
+        self.cdi.read().expect("cdi").clone()
     }
 
     /// Keeps custom containers' images in a store under `dir` (default
@@ -138,6 +195,14 @@ impl Launcher {
                 }
             }
         }
+    }
+
+    /// What `function`'s instances are granted (`fcsup.devices`, `gpuConfig`).
+    fn grant(&self, function: &Function) -> Result<Granted, StartError> {
+        if function.devices.is_empty() && function.gpu.is_none() {
+            return Ok(Granted::default());
+        }
+        Ok(crate::oci::grant::resolve(function, &self.cdi(), std::env::var_os("PATH").as_deref())?)
     }
 
     /// The sandbox spec of an instance `id` of `function`.
@@ -176,6 +241,11 @@ impl Launcher {
         Ok(spec)
     }
 
+    /// Waits for the `poststop` hooks still running (blocking).
+    pub fn wait_poststops(&self) {
+        self.poststops.wait();
+    }
+
     /// The root cgroup of every instance.
     pub fn cgroups(&self) -> &CgroupRoot {
         &self.cgroups
@@ -200,14 +270,17 @@ impl Launch<Sandboxed> for Launcher {
         let id = instance_id();
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "cpu is validated to FC's range of 0.05 to 16 vCPUs")]
         let cpu_millis = (function.cpu * 1000.0).round() as u64;
+        let granted = self.grant(&function)?;
         let limits = Limits {
             memory_bytes: Some(function.memory_mb * 1024 * 1024),
             pids_max: Some(function.pids_max),
             cpu_millis: Some(cpu_millis),
-            ..Limits::default()
+            devices: crate::cgroup::DeviceRules::runc_default().with_granted(&granted.rules),
         };
         let mut spec = self.spec(&function, &id, call)?;
         let _layers = super::builtin::prepare(&function, &mut spec)?;
+        apply_grant(&mut spec, &granted);
+        let oci_hooks = if granted.has_hooks() { Some(self.instance_hooks(&id, &spec, &granted)?) } else { None };
         let cgroup = self.cgroups.create(&id, &limits)?;
         let cgroup_us = us(created.elapsed());
         let setup = |op: &'static str| move |source: std::io::Error| StartError::Sandbox(SandboxError::Setup { op: op.into(), source });
@@ -227,7 +300,10 @@ impl Launch<Sandboxed> for Launcher {
             }
         };
         let prepared = spec.image.as_ref().and_then(|i| self.image_roots.take(&i.layers, spec.tmp_size_mb));
-        let child = match sandbox::spawn(&spec, &self.root_template, netns, cgroup.dir_fd(), &cgroup.v1_procs_fds(), &self.isolation, prepared) {
+        let mut before_start = oci_hooks.as_ref().map(|h| move |pid: i32| h.before_start(pid));
+        let gate = before_start.as_mut().map(|g| g as &mut dyn FnMut(i32) -> Result<(), String>);
+        let child = match sandbox::spawn(&spec, &self.root_template, netns, cgroup.dir_fd(), &cgroup.v1_procs_fds(), &self.isolation, prepared, gate)
+        {
             Ok(c) => {
                 if let Some(image) = &spec.image {
                     // The next start's root, off this one's path.
@@ -249,7 +325,16 @@ impl Launch<Sandboxed> for Launcher {
             self.echo.as_ref().map(|e| e.for_function(&function.name)),
             self.log_files.for_function(&function.name),
         );
+        if let Some(h) = &oci_hooks {
+            h.after_start(child.pid);
+        }
         let (kernel, stdout, stderr) = Sandboxed::new(cgroup, child).map_err(setup("watch the instance's pidfd"))?;
+        let mut kernel = kernel.with_hooks(oci_hooks, &self.poststops);
+        if function.init_command.is_some() {
+            let cwd = spec.image.as_ref().map_or_else(|| "/code".to_string(), |i| i.working_dir.clone());
+            let user = spec.image.as_ref().map_or((0, 0), |i| i.user);
+            kernel = kernel.with_inside(InsideContext { env: spec.env.clone(), cwd, user, isolation: self.isolation.clone() });
+        }
         if let Some(call) = call {
             // All it prints is the call's, from its first line.
             log.begin(&call.request_id);
@@ -257,6 +342,18 @@ impl Launch<Sandboxed> for Launcher {
         log.attach(stdout, stderr);
         Ok(Instance::new(function, Spawned { id, kernel, log, created, start_trace, runtime_api }, self.reporting.clone(), provisioned))
     }
+}
+
+/// Puts a grant's environment, nodes and binds into `spec`.
+fn apply_grant(spec: &mut SandboxSpec, granted: &Granted) {
+    for kv in &granted.env {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        match spec.env.iter_mut().find(|(ek, _)| ek == k) {
+            Some(e) => e.1 = v.to_string(),
+            None => spec.env.push((k.to_string(), v.to_string())),
+        }
+    }
+    spec.grants = granted.sandbox.clone();
 }
 
 /// An FC style instance id (also its cgroup's name): `c-<8 hex>-<8 hex>-<12 hex>`.

@@ -16,6 +16,7 @@ mod errors;
 pub(crate) mod fake;
 mod health;
 mod hooks;
+mod init_command;
 mod invoke;
 pub mod kernel;
 mod launch;

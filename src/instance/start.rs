@@ -100,7 +100,11 @@ impl<K: Kernel> Instance<K> {
             // open until the freeze confirms (or the stop ends it), so no CPU between here and
             // the freeze goes unbilled.
             windows.start(self.created, self.created_ms, crate::billing::Phase::Initialize);
-            let initialized = if self.function.initializer.is_some() { self.initialize().await } else { Ok(()) };
+            let initialized = match &self.function.init_command {
+                Some(cmd) => self.run_init_command(cmd).await.map_err(std::sync::Arc::new),
+                None if self.function.initializer.is_some() => self.initialize().await,
+                None => Ok(()),
+            };
             if let (Ok(()), Some(hc)) = (&initialized, &self.function.health_check) {
                 self.first_health_check(hc).await?;
             }

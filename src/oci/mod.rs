@@ -9,5 +9,7 @@
 
 pub mod bundle;
 pub mod cdi;
+pub mod grant;
 pub mod hooks;
+pub mod instance_hooks;
 pub mod nvidia;

@@ -56,9 +56,12 @@ pub enum Op {
     /// Take a cgroup namespace rooted at the instance's cgroups (after joining the v1 ones),
     /// so `/proc/self/cgroup` shows `/`, not the supervisor's layout.
     UnshareCgroupNs,
-    /// Bind `/dev/null` over a `/proc` file that reveals or controls the host (as runc masks
-    /// them); a file this kernel lacks is skipped.
-    Mask(CString),
+    /// Bind `null` (the instance's `/dev/null`) over a `/proc` file that reveals or controls
+    /// the host (as runc masks them); a file this kernel lacks is skipped.
+    Mask { null: CString, path: CString },
+    /// Report [`STEP_GATE`] and wait on this fd until the supervisor has run the OCI hooks
+    /// (EOF without a byte: it gave up, and the start fails).
+    Gate(RawFd),
     /// Bind a `/proc` path over itself and make it read-only; a missing path is skipped.
     ReadOnly(CString),
     /// Enter a new user namespace, then ask the supervisor (a [`STEP_USERNS_MAP`] report on the
@@ -113,6 +116,8 @@ pub const STEP_IDS: u32 = u32::MAX - 1;
 pub const STEP_SECCOMP: u32 = u32::MAX - 2;
 /// Not a failure: the init has entered its user namespace and waits for its id maps.
 pub const STEP_USERNS_MAP: u32 = u32::MAX - 3;
+/// Not a failure: the instance is assembled and waits for the OCI hooks.
+pub const STEP_GATE: u32 = u32::MAX - 4;
 
 fn ptrs(v: &[CString]) -> Vec<*const c_char> {
     v.iter().map(|c| c.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
@@ -139,14 +144,14 @@ fn fd(raw: RawFd) -> BorrowedFd<'static> {
 }
 
 /// Writes one 8-byte report (step, errno) on the error pipe.
-fn report(err_fd: RawFd, step: u32, errno: i32) {
+pub(super) fn report(err_fd: RawFd, step: u32, errno: i32) {
     let mut msg = [0u8; 8];
     msg[..4].copy_from_slice(&step.to_ne_bytes());
     msg[4..].copy_from_slice(&errno.to_ne_bytes());
     let _ = nix::unistd::write(fd(err_fd), &msg);
 }
 
-fn fail(err_fd: RawFd, step: u32, errno: Errno) -> ! {
+pub(super) fn fail(err_fd: RawFd, step: u32, errno: Errno) -> ! {
     report(err_fd, step, errno as i32);
     sys::exit_now(127)
 }
@@ -212,9 +217,16 @@ pub fn run(plan: &Plan, exec: &ExecArgs) -> ! {
             Op::Hostname(h) => check(nix::unistd::sethostname(OsStr::from_bytes(h.as_bytes())), e, i),
             Op::SchedOther => check(sys::sched_setscheduler(libc::SCHED_OTHER, 0), e, i),
             Op::UnshareCgroupNs => check(nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP), e, i),
-            Op::Mask(path) => {
-                if let Err(errno) = bind(c"/dev/null", path, MsFlags::empty()) {
+            Op::Mask { null, path } => {
+                if let Err(errno) = bind(null, path, MsFlags::empty()) {
                     fail(e, i, errno);
+                }
+            }
+            Op::Gate(gate) => {
+                report(e, STEP_GATE, 0);
+                let mut go = [0u8; 1];
+                if nix::unistd::read(fd(*gate), &mut go) != Ok(1) {
+                    fail(e, i, Errno::ECANCELED);
                 }
             }
             Op::ReadOnly(path) => match bind(path, path, MsFlags::MS_REC) {
@@ -384,7 +396,7 @@ pub fn instance_init(main: libc::pid_t) -> ! {
 /// init can use it after the supervisor has freed the plan (the filter itself is owned by the
 /// supervisor for its whole life).
 #[derive(Clone, Copy)]
-struct Confinement {
+pub(super) struct Confinement {
     userns: bool,
     /// The ids to take ((0, 0): root of the user namespace, or stay as is without one).
     user: (u32, u32),
@@ -394,12 +406,19 @@ struct Confinement {
 
 impl Confinement {
     fn of(plan: &Plan) -> Confinement {
-        let filter = plan.seccomp.as_ref().map(|f| (f.program().as_ptr(), f.program().len()));
-        Confinement { userns: plan.userns, user: (0, 0), keep_caps: plan.keep_caps, filter }
+        Confinement::new(plan.userns, plan.keep_caps, plan.seccomp.as_deref())
+    }
+
+    /// The confinement of a process in an instance (in a user namespace or not), keeping the
+    /// capabilities in `keep_caps`, under `seccomp`'s filter (which must outlive the process's
+    /// exec).
+    pub(super) fn new(userns: bool, keep_caps: u64, seccomp: Option<&super::isolation::Filters>) -> Confinement {
+        let filter = seccomp.map(|f| (f.program().as_ptr(), f.program().len()));
+        Confinement { userns, user: (0, 0), keep_caps, filter }
     }
 
     /// The same confinement, taking `user`'s ids.
-    fn as_user(self, user: (u32, u32)) -> Confinement {
+    pub(super) fn as_user(self, user: (u32, u32)) -> Confinement {
         Confinement { user, ..self }
     }
 
@@ -409,7 +428,7 @@ impl Confinement {
     ///
     /// # Safety
     /// Async-signal-safe calls only; the filter must still be alive.
-    unsafe fn apply(self) -> Result<(), (u32, Errno)> {
+    pub(super) unsafe fn apply(self) -> Result<(), (u32, Errno)> {
         if self.userns || self.user != (0, 0) {
             sys::become_raw(self.user.0, self.user.1).map_err(|e| (STEP_IDS, e))?;
         }

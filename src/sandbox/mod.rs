@@ -9,6 +9,7 @@
 //! instance's network namespace ([`Netns::socket`]).
 
 mod child;
+pub mod enter;
 mod image_roots;
 mod isolation;
 mod netns;
@@ -17,7 +18,7 @@ pub mod sys;
 
 use std::ffi::CString;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -28,7 +29,7 @@ use nix::mount::MsFlags;
 use nix::sys::stat::SFlag;
 
 pub use child::instance_init;
-use child::{ExecArgs, Op, Plan, START_STACK, STEP_EXEC, STEP_IDS, STEP_SECCOMP, STEP_USERNS_MAP};
+use child::{ExecArgs, Op, Plan, START_STACK, STEP_EXEC, STEP_GATE, STEP_IDS, STEP_SECCOMP, STEP_USERNS_MAP};
 pub use image_roots::{ImageRoots, PreparedRoot};
 pub use isolation::{IdRange, IdRanges, Isolation, DEFAULT_ID_BASE, IDS_PER_INSTANCE};
 pub use netns::{Netns, NetnsPool, INSTANCE_ADDR};
@@ -62,6 +63,9 @@ pub enum SandboxError {
         /// argv\[0\].
         command: String,
     },
+    /// An OCI hook failed (the instance was killed before its function started).
+    #[error("Failed to start function instance. Error: {0}")]
+    Hooks(String),
     /// The function's image cannot be used (not found, corrupt, bad config).
     #[error("Failed to start function instance. Error: image {reference}: {message}")]
     Image {
@@ -205,10 +209,17 @@ pub struct Child {
     pub ids: Option<IdRange>,
 }
 
+/// What runs while the instance waits, assembled, before its root becomes its own and its
+/// function starts (OCI hooks): given the init's host pid; an error fails the start.
+pub type Gate<'a> = &'a mut dyn FnMut(i32) -> Result<(), String>;
+
 /// Spawns `spec` into the cgroup directory `cgroup_fd`; `v1_procs` are v1 `cgroup.procs`
 /// files the child writes itself into before anything else.
 /// The child joins the prepared root `template` (see [`rootfs`]) and attaches the code; an
 /// image's root comes made ahead in `prepared` (with the ids it is idmapped to) or is made now.
+/// With a `gate`, the child stops once assembled (an image's root still at
+/// [`IMAGE_ROOT_AT`]) until the gate has run.
+#[allow(clippy::too_many_arguments, reason = "each is one of the start's inputs; a struct would only rename them")]
 pub fn spawn(
     spec: &SandboxSpec,
     template: &RootTemplate,
@@ -217,6 +228,7 @@ pub fn spawn(
     v1_procs: &[RawFd],
     isolation: &Isolation,
     prepared: Option<PreparedRoot>,
+    gate: Option<Gate<'_>>,
 ) -> Result<Child, SandboxError> {
     let (out_r, out_w) = pipe_cloexec().map_err(setup("create stdout pipe"))?;
     let (err_r, err_w) = pipe_cloexec().map_err(setup("create stderr pipe"))?;
@@ -256,12 +268,30 @@ pub fn spawn(
         .map(|m| rootfs::detached_ro_tree(&m.host).map_err(setup(format!("prepare {} for {}", m.host.display(), m.target))))
         .collect::<Result<Vec<OwnedFd>, _>>()?;
     let grant_fds: Vec<RawFd> = grant_trees.iter().map(AsRawFd::as_raw_fd).collect();
+    if spec.image.is_some() {
+        // Its /dev, /proc and /tmp are mounted before the root is its own: none may be a
+        // symlink out of it.
+        for dir in ["dev", "proc", "tmp"] {
+            let at = nix::sys::stat::fstatat(code_tree.as_fd(), dir, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW);
+            if at.is_ok_and(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK) {
+                return Err(SandboxError::Setup {
+                    op: format!("use the image's /{dir}"),
+                    source: io::Error::new(io::ErrorKind::InvalidData, "it is a symlink"),
+                });
+            }
+        }
+    }
+    let gate_pipe = match gate {
+        Some(_) => Some(pipe_cloexec().map_err(setup("create the hooks' pipe"))?),
+        None => None,
+    };
     let root = Root { ns: template.fd(), code: code_tree.as_raw_fd(), grants: &grant_fds };
     let fds = Fds {
         netns: netns.fd().as_raw_fd(),
         stdio: [devnull.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
         err: status_w.as_raw_fd(),
         sync: sync.as_ref().map(|(r, w)| (r.as_raw_fd(), w.as_raw_fd())),
+        gate: gate_pipe.as_ref().map(|(r, _)| r.as_raw_fd()),
     };
     let mut plan = plan(spec, root, v1_procs, fds)?;
     plan.seccomp = isolation.seccomp.clone();
@@ -282,6 +312,18 @@ pub fn spawn(
     };
     let mut status = std::fs::File::from(status_r);
     let mut report = read_report(&mut status);
+    if let (Ok(Some((STEP_GATE, _))), Some(gate), Some((_, go))) = (&report, gate, gate_pipe) {
+        // Assembled and waiting: the hooks run now.
+        if let Err(message) = gate(pid) {
+            kill(&pidfd);
+            return Err(SandboxError::Hooks(message));
+        }
+        if let Err(e) = std::fs::File::from(go).write_all(b"1") {
+            kill(&pidfd);
+            return Err(SandboxError::Setup { op: "resume the instance after its hooks".into(), source: e });
+        }
+        report = read_report(&mut status);
+    }
     if let (Ok(Some((STEP_USERNS_MAP, _))), Some(ids), Some((_, sync_w))) = (&report, &ids, sync) {
         // The init is in its user namespace, waiting: map it, then let it go on.
         if let Err(e) = ids.write_maps(pid) {
@@ -312,6 +354,7 @@ pub fn spawn(
                 STEP_IDS => SandboxError::Child { step: "become root of the instance's user namespace".into(), source },
                 STEP_SECCOMP => SandboxError::Child { step: "install the seccomp filter".into(), source },
                 STEP_USERNS_MAP => SandboxError::Child { step: "enter a user namespace".into(), source },
+                STEP_GATE => SandboxError::Child { step: "stop for the OCI hooks".into(), source },
                 s => SandboxError::Child { step: plan.ops.get(s as usize).map(|o| o.1.clone()).unwrap_or_default(), source },
             })
         }
@@ -423,43 +466,64 @@ struct Fds {
     err: RawFd,
     /// The user namespace go-ahead pipe (read, write), when the instance gets one.
     sync: Option<(RawFd, RawFd)>,
+    /// Read end of the OCI hooks' go-ahead, when hooks run before the function starts.
+    gate: Option<RawFd>,
 }
+
+/// Where an image's root is assembled before it becomes the instance's root (and where OCI
+/// hooks find it).
+pub const IMAGE_ROOT_AT: &str = "/code";
 
 /// `/proc` files that reveal or control the host, covered with `/dev/null` (runc's list).
 const PROC_MASKED: &[&str] = &["/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug", "/proc/latency_stats"];
 /// `/proc` paths made read-only (runc's list).
 const PROC_READ_ONLY: &[&str] = &["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs"];
 
-/// The steps that make granted device nodes and bind granted host paths (`trees`, one
-/// detached mount per [`GrantMount`]), after `/dev` and the root are in place.
-fn grants(spec: &SandboxSpec, trees: &[RawFd], push: &mut impl FnMut(Op, String)) -> Result<(), SandboxError> {
-    // mkdir -p of `path`'s parents (an existing one, even on a read-only root, is fine).
-    fn parents(path: &str, push: &mut impl FnMut(Op, String)) -> Result<(), SandboxError> {
-        let mut dir = PathBuf::from("/");
-        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-        for part in parts.iter().take(parts.len().saturating_sub(1)) {
-            dir.push(part);
-            push(Op::Mkdir { path: path_c(&dir)?, mode: 0o755 }, format!("create {}", dir.display()));
-        }
-        Ok(())
+/// mkdir -p of `path`'s parents (an existing one, even on a read-only root, is fine).
+fn parents(path: &Path, push: &mut impl FnMut(Op, String)) -> Result<(), SandboxError> {
+    let mut dir = PathBuf::from("/");
+    let parts: Vec<_> = path.components().skip(1).collect();
+    for part in parts.iter().take(parts.len().saturating_sub(1)) {
+        dir.push(part);
+        push(Op::Mkdir { path: path_c(&dir)?, mode: 0o755 }, format!("create {}", dir.display()));
     }
+    Ok(())
+}
+
+/// The steps that make granted device nodes in the instance's `/dev` (under `base`).
+fn device_nodes(spec: &SandboxSpec, base: &Path, push: &mut impl FnMut(Op, String)) -> Result<(), SandboxError> {
     for n in &spec.grants.nodes {
-        parents(&n.path, push)?;
+        let rel = n.path.trim_start_matches('/');
+        if !rel.starts_with("dev/") || rel.split('/').any(|c| c == ".." || c == "." || c.is_empty()) {
+            return Err(SandboxError::Setup {
+                op: format!("create the granted device {}", n.path),
+                source: io::Error::new(io::ErrorKind::InvalidInput, "a device node must be a plain path under /dev"),
+            });
+        }
+        let path = base.join(rel);
+        parents(&path, push)?;
         let kind = if n.block { SFlag::S_IFBLK } else { SFlag::S_IFCHR };
         push(
-            Op::Mknod { path: cstr(&n.path)?, kind, mode: n.mode & 0o777, dev: nix::sys::stat::makedev(n.major.into(), n.minor.into()) },
+            Op::Mknod { path: path_c(&path)?, kind, mode: n.mode & 0o777, dev: nix::sys::stat::makedev(n.major.into(), n.minor.into()) },
             format!("create the granted device {}", n.path),
         );
     }
+    Ok(())
+}
+
+/// The steps that bind granted host paths (`trees`, one detached mount per [`GrantMount`])
+/// into the root, once it is the instance's own (so its symlinks resolve inside it).
+fn grant_mounts(spec: &SandboxSpec, trees: &[RawFd], push: &mut impl FnMut(Op, String)) -> Result<(), SandboxError> {
     for (m, fd) in spec.grants.mounts.iter().zip(trees) {
-        parents(&m.target, push)?;
-        let target = cstr(&m.target)?;
+        let target = Path::new(&m.target);
+        parents(target, push)?;
+        let target_c = path_c(target)?;
         if m.host.is_dir() {
-            push(Op::Mkdir { path: target.clone(), mode: 0o755 }, format!("create {}", m.target));
+            push(Op::Mkdir { path: target_c.clone(), mode: 0o755 }, format!("create {}", m.target));
         } else {
-            push(Op::Touch(target.clone()), format!("create {}", m.target));
+            push(Op::Touch(target_c.clone()), format!("create {}", m.target));
         }
-        push(Op::MoveMount { fd: *fd, dst: target }, format!("bind {} at {}", m.host.display(), m.target));
+        push(Op::MoveMount { fd: *fd, dst: target_c }, format!("bind {} at {}", m.host.display(), m.target));
     }
     Ok(())
 }
@@ -485,19 +549,16 @@ fn plan(spec: &SandboxSpec, root_how: Root, v1_procs: &[RawFd], fds: Fds) -> Res
     };
     push(Op::JoinMountNs(root_how.ns), "join the prepared root's mount namespace".into());
     push(Op::UnshareMountNs, "copy the prepared root".into());
-    let base = Path::new("/");
+    // An image's root is assembled at /code (its /dev and /proc mounted inside it), where
+    // OCI hooks find it as `root.path`, and then moved over / (as switch_root does: nothing is
+    // detached, so no unmount waits for an RCU grace period; the prepared root stays covered
+    // below it). A custom runtime's root is the prepared one, /code its code.
+    let base = Path::new(if spec.image.is_some() { IMAGE_ROOT_AT } else { "/" });
     let under = |rel: &str| path_c(&base.join(rel));
     if spec.image.is_some() {
-        // The image's overlay, attached at /code for a moment, is moved over the prepared
-        // root and made the root (as switch_root does: nothing is detached, so no unmount
-        // waits for an RCU grace period); the prepared root stays covered below it.
-        push(Op::MoveMount { fd: root_how.code, dst: cstr("/code")? }, "attach the image's root".into());
-        push(Op::Chdir(cstr("/code")?), "enter the image's root".into());
-        push(mount(Some("."), cstr("/")?, None, MsFlags::MS_MOVE, None)?, "move the image's root over /".into());
-        push(Op::Chroot(cstr(".")?), "chroot into the image's root".into());
-        push(Op::Chdir(cstr("/")?), "chdir to /".into());
-        // Mount points the image may lack (made in its private writable layer); /tmp lives
-        // in that layer, within diskSize.
+        push(Op::MoveMount { fd: root_how.code, dst: cstr(IMAGE_ROOT_AT)? }, "attach the image's root".into());
+        // Mount points the image may lack (made in its private writable layer; the image's
+        // own were checked not to be symlinks); /tmp lives in that layer, within diskSize.
         for (dir, mode) in [("tmp", 0o1777), ("dev", 0o755), ("proc", 0o555)] {
             push(Op::Mkdir { path: under(dir)?, mode }, format!("create /{dir}"));
         }
@@ -530,16 +591,29 @@ fn plan(spec: &SandboxSpec, root_how: Root, v1_procs: &[RawFd], fds: Fds) -> Res
     // hidepid: the function sees only the processes it could ptrace, so not the init (not
     // dumpable), whose command line would be the supervisor's.
     push(
-        mount(Some("proc"), cstr("/proc")?, Some("proc"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some("hidepid=invisible"))?,
+        mount(Some("proc"), under("proc")?, Some("proc"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some("hidepid=invisible"))?,
         "mount /proc".into(),
     );
     for p in PROC_MASKED {
-        push(Op::Mask(cstr(p)?), format!("mask {p}"));
+        push(Op::Mask { null: under("dev/null")?, path: under(p.trim_start_matches('/'))? }, format!("mask {p}"));
     }
     for p in PROC_READ_ONLY {
-        push(Op::ReadOnly(cstr(p)?), format!("make {p} read-only"));
+        push(Op::ReadOnly(under(p.trim_start_matches('/'))?), format!("make {p} read-only"));
     }
-    grants(spec, root_how.grants, &mut push)?;
+    device_nodes(spec, base, &mut push)?;
+    if let (Some(gate_r), true) = (fds.gate, spec.image.is_some()) {
+        push(Op::Gate(gate_r), "wait for the OCI hooks".into());
+    }
+    if spec.image.is_some() {
+        push(Op::Chdir(cstr(IMAGE_ROOT_AT)?), "enter the image's root".into());
+        push(mount(Some("."), cstr("/")?, None, MsFlags::MS_MOVE, None)?, "move the image's root over /".into());
+        push(Op::Chroot(cstr(".")?), "chroot into the image's root".into());
+        push(Op::Chdir(cstr("/")?), "chdir to /".into());
+    }
+    grant_mounts(spec, root_how.grants, &mut push)?;
+    if let (Some(gate_r), false) = (fds.gate, spec.image.is_some()) {
+        push(Op::Gate(gate_r), "wait for the OCI hooks".into());
+    }
     push(Op::Hostname(cstr(&spec.hostname)?), "set the hostname".into());
     let workdir = spec.image.as_ref().map_or("/code", |i| i.working_dir.as_str());
     push(Op::Chdir(cstr(workdir)?), format!("chdir to {workdir}"));

@@ -37,7 +37,7 @@ struct CloneArgs {
 }
 
 /// Outcome of [`clone3`].
-#[cfg(not(target_arch = "x86_64"))]
+#[derive(Debug)]
 pub enum Forked {
     /// In the parent: the child's pid and its pidfd.
     Parent(i32, OwnedFd),
@@ -46,7 +46,6 @@ pub enum Forked {
 }
 
 /// `clone3` with `CLONE_PIDFD | CLONE_INTO_CGROUP` plus `ns_flags`, fork-style (no new stack).
-#[cfg(not(target_arch = "x86_64"))]
 pub fn clone3(ns_flags: u64, cgroup_fd: RawFd) -> io::Result<Forked> {
     let mut pidfd: libc::c_int = -1;
     let mut args = CloneArgs {
@@ -65,6 +64,7 @@ pub fn clone3(ns_flags: u64, cgroup_fd: RawFd) -> io::Result<Forked> {
         pid => {
             // SAFETY: the kernel stored a fresh pidfd that nothing else owns.
             let fd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+            #[allow(clippy::cast_possible_truncation, reason = "the kernel's pids fit in pid_t")]
             Ok(Forked::Parent(pid as i32, fd))
         }
     }
@@ -603,4 +603,48 @@ pub fn bpf_prog_fd_by_id(id: u32) -> Result<OwnedFd, Errno> {
     let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr)?;
     // SAFETY: a fresh program fd owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(int(fd)) })
+}
+
+/// A plain fork by the raw `clone` syscall (no glibc atfork handlers, which may take locks a
+/// forked child of a threaded process must not): the child's pid in the parent, `None` in the
+/// child. *Child-safe.*
+pub fn fork_raw() -> Result<Option<i32>, Errno> {
+    // SAFETY: clone with SIGCHLD only and no stack behaves like fork; the caller's child runs
+    // async-signal-safe code only.
+    let r = unsafe { libc::syscall(libc::SYS_clone, libc::c_long::from(libc::SIGCHLD), 0, 0, 0, 0) };
+    match r {
+        -1 => Err(Errno::last()),
+        0 => Ok(None),
+        #[allow(clippy::cast_possible_truncation, reason = "the kernel's pids fit in pid_t")]
+        pid => Ok(Some(pid as i32)),
+    }
+}
+
+/// `setns(pidfd, flags)`: joins several of a process's namespaces at once (Linux ≥ 5.8).
+/// *Child-safe.*
+pub fn setns_pidfd(pidfd: RawFd, flags: libc::c_int) -> Result<(), Errno> {
+    // SAFETY: setns with an fd and integer flags.
+    Errno::result(unsafe { libc::setns(pidfd, flags) }).map(drop)
+}
+
+/// `waitpid(pid)` until it ends: its status as a shell shows it. *Child-safe.*
+pub fn wait_status(pid: i32) -> i32 {
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: waitpid with a pointer to a local.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            break;
+        }
+        if r == -1 && Errno::last() != Errno::EINTR {
+            return 127;
+        }
+    }
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        127
+    }
 }

@@ -3,6 +3,8 @@
 //! reads its output, and checks that nothing is left behind.
 #![allow(dead_code)]
 
+pub mod image;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -77,6 +79,8 @@ pub struct Fcsup {
     seen_pids: Mutex<std::collections::HashSet<i64>>,
     /// Extra CLI arguments.
     args: Vec<String>,
+    /// Extra environment variables.
+    env: Vec<(String, String)>,
 }
 
 /// Whether `GET /metrics` on `addr` gets an answer.
@@ -129,6 +133,11 @@ impl Fcsup {
 
     /// Serves the given whole file; `args` are extra CLI arguments.
     pub fn serve_file(yaml: &str, args: &[&str]) -> Fcsup {
+        Self::serve_file_env(yaml, args, &[])
+    }
+
+    /// Serves the given whole file with extra CLI arguments and environment variables.
+    pub fn serve_file_env(yaml: &str, args: &[&str], env: &[(&str, &str)]) -> Fcsup {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("s.yaml"), yaml).unwrap();
         let cgroup_root = format!("fcsup-test-{}", uuid::Uuid::new_v4().simple());
@@ -145,6 +154,7 @@ impl Fcsup {
             output: Arc::default(),
             seen_pids: Mutex::default(),
             args: args.iter().map(|a| a.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         f.spawn();
         f
@@ -163,6 +173,7 @@ impl Fcsup {
             .arg(d.join("logs"))
             .args(&self.args)
             .env("FCSUP_LOG", "fcsup=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
