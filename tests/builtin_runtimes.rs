@@ -166,8 +166,9 @@ fn a_python_background_thread_is_paused_while_frozen() {
     std::thread::sleep(Duration::from_millis(500));
     let used = usage_usec(&cgroup) - cpu;
     let b = f.invoke("counter", "{}").json()["ticks"].as_i64().unwrap();
-    // Thawed for about a millisecond around each call; 500 ms running would be ~450 ticks.
-    assert!(b - a <= 3, "across a 500 ms frozen gap the thread counted {}", b - a);
+    // Thawed for a few milliseconds around each call (until the freeze confirms; from the
+    // thaw to the handler's read), more on a loaded host; 500 ms running would be ~450 ticks.
+    assert!(b - a < 45, "across a 500 ms frozen gap the thread counted {}: it ran while frozen", b - a);
     assert!(used < 5_000, "a frozen runtime used {used} µs of CPU in 500 ms");
     f.stop_and_check_clean();
 }

@@ -278,8 +278,9 @@ impl Launch<Sandboxed> for Launcher {
             devices: crate::cgroup::DeviceRules::runc_default().with_granted(&granted.rules),
         };
         let mut spec = self.spec(&function, &id, call)?;
-        let _layers = super::builtin::prepare(&function, &mut spec)?;
         apply_grant(&mut spec, &granted);
+        // After the grant, which sets the spec's grants: the layers add theirs.
+        let _layers = super::builtin::prepare(&function, &mut spec)?;
         let oci_hooks = if granted.has_hooks() { Some(self.instance_hooks(&id, &spec, &granted)?) } else { None };
         let cgroup = self.cgroups.create(&id, &limits)?;
         let cgroup_us = us(created.elapsed());
