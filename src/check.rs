@@ -88,7 +88,7 @@ pub async fn run(mountinfo: &Path, cgroup_root: &str) -> Vec<Finding> {
     match CgroupRoot::open(&hier, &probe_root, &self_cg) {
         Ok(root) => {
             let caps = root.capabilities();
-            for (name, e) in [("memory limit", caps.memory), ("pids limit", caps.pids), ("cpu limit", caps.cpu)] {
+            for (name, e) in [("memory limit", caps.memory), ("pids limit", caps.pids), ("cpu limit", caps.cpu), ("device rules", caps.devices)] {
                 let (lvl, d) = match e {
                     Enforcement::V2 => ("ok", "enforced through cgroup2".to_string()),
                     Enforcement::V1 => ("ok", "enforced through the v1 hierarchy (hybrid host)".to_string()),
@@ -132,16 +132,63 @@ pub async fn run(mountinfo: &Path, cgroup_root: &str) -> Vec<Finding> {
     } else {
         f("warn", "real-time priority", "SCHED_FIFO refused: thaw latency will suffer under load (see --no-realtime)")
     });
-    let gpu = Path::new("/dev/nvidiactl").exists();
-    let cdi = ["/etc/cdi", "/var/run/cdi"].iter().any(|d| std::fs::read_dir(d).map(|mut r| r.next().is_some()).unwrap_or(false));
+    out.extend(devices(&crate::oci::cdi::DEFAULT_SPEC_DIRS.map(std::path::PathBuf::from)));
+    out
+}
+
+/// GPUs, CDI specs, NVIDIA's hooks and `cuda-checkpoint`, and what a GPU function gets.
+pub fn devices(cdi_dirs: &[std::path::PathBuf]) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let gpus: Vec<String> = std::fs::read_dir("/proc/driver/nvidia/gpus")
+        .map(|d| {
+            d.flatten()
+                .map(|e| {
+                    let info = std::fs::read_to_string(e.path().join("information")).unwrap_or_default();
+                    let field = |k: &str| {
+                        info.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim_start_matches(':').trim().to_string()).unwrap_or_default()
+                    };
+                    format!("{} {} ({})", field("Model"), field("GPU UUID"), e.file_name().to_string_lossy())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.push(if gpus.is_empty() {
+        f("ok", "gpus", "no NVIDIA GPU (/proc/driver/nvidia/gpus): GPU functions cannot start; others run as usual")
+    } else {
+        f("ok", "gpus", gpus.join("; "))
+    });
+    let registry = crate::oci::cdi::Registry::load(cdi_dirs);
+    let names = registry.device_names();
+    let dirs = cdi_dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ");
+    out.push(f("ok", "cdi devices", if names.is_empty() { format!("none in {dirs}") } else { names.join(", ") }));
+    for e in registry.errors() {
+        out.push(f("warn", "cdi spec", e.clone()));
+    }
+    let hook = crate::oci::nvidia::find_hook(std::env::var_os("PATH").as_deref());
+    out.push(match &hook {
+        Ok(p) => f("ok", "nvidia legacy hook", p.display().to_string()),
+        Err(e) => f("ok", "nvidia legacy hook", e.to_string()),
+    });
+    let by_cdi = names.iter().any(|n| n.starts_with(crate::oci::grant::NVIDIA_GPU_KIND));
+    out.push(f(
+        if by_cdi || hook.is_ok() || gpus.is_empty() { "ok" } else { "warn" },
+        "gpu functions",
+        if by_cdi {
+            "get their GPUs through the nvidia.com/gpu CDI spec (nodes, libraries, hooks)".to_string()
+        } else if hook.is_ok() {
+            "get their GPUs through nvidia-container-runtime-hook prestart (no nvidia.com/gpu CDI spec)".to_string()
+        } else {
+            "cannot start: no nvidia.com/gpu CDI spec (nvidia-ctk cdi generate) and no nvidia-container-runtime-hook".to_string()
+        },
+    ));
+    let checkpoint =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).map(|d| d.join("cuda-checkpoint")).find(|c| c.is_file())).unwrap_or_default();
     out.push(f(
         "ok",
-        "gpu",
-        match (gpu, cdi) {
-            (true, true) => "NVIDIA devices and CDI specs present",
-            (true, false) => "NVIDIA devices present, no CDI spec",
-            (false, true) => "CDI specs present, no NVIDIA device node",
-            (false, false) => "no GPU (functions run CPU-only)",
+        "cuda-checkpoint",
+        match checkpoint {
+            Some(p) => format!("{}: fcsup.gpuHibernateAfter can hand idle GPU memory back", p.display()),
+            None => "not on PATH: fcsup.gpuHibernateAfter cannot hibernate (install NVIDIA's cuda-checkpoint, driver 570+)".to_string(),
         },
     ));
     out

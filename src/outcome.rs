@@ -111,7 +111,7 @@ pub fn of(result: &Result<Reply, InvokeError>, http_trigger: bool) -> Outcome {
         InvokeError::Throttled(_) => platform(StatusCode::TOO_MANY_REQUESTS, "ResourceExhausted"),
         InvokeError::Canceled => platform(StatusCode::from_u16(499).expect("499 is a valid status"), "ClientClosedRequest"),
         InvokeError::Internal(_) => platform(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError"),
-        InvokeError::Gone => platform(StatusCode::SERVICE_UNAVAILABLE, "ResourceThrottled"),
+        InvokeError::Gone | InvokeError::GpuRestore(_) => platform(StatusCode::SERVICE_UNAVAILABLE, "ResourceThrottled"),
     }
 }
 
@@ -229,6 +229,7 @@ mod tests {
             InvokeError::ResponseTooLarge { limit_mb: 1 },
             InvokeError::Canceled,
             InvokeError::Gone,
+            InvokeError::GpuRestore("no memory".into()),
             Exhausted::Function { function: "f".into(), live: 1, max: 1 }.into(),
             internal(),
         ];

@@ -244,3 +244,85 @@ fn the_execute_instruction_initializer_runs_once_inside_the_instance() {
     assert!(r.text().contains("exited with status 3"), "{}", r.text());
     f.stop_and_check_clean();
 }
+
+/// With `gpuHibernateAfter`, an idle GPU instance's CUDA processes are locked and
+/// checkpointed while its cgroup is thawed, then it is frozen again; a request thaws it and
+/// restores and unlocks them before it is sent (a fake `cuda-checkpoint` records each call and
+/// whether the cgroup was frozen at that moment). The idle time after the checkpoint is billed
+/// as the GPU-hibernated tier. A restore that fails fails the request clearly and replaces
+/// the instance.
+#[test]
+fn an_idle_gpu_instance_hibernates_before_its_freeze_and_wakes_after_its_thaw() {
+    if !privileged() {
+        return;
+    }
+    let img = build_image();
+    let fx = tempfile::tempdir().unwrap();
+    let cdi = plain_gpu_spec(fx.path());
+    let bin = fx.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let rec = fx.path().join("cuda-checkpoint.log");
+    let fail = fx.path().join("fail-restore");
+    std::fs::write(
+        bin.join("cuda-checkpoint"),
+        format!(
+            "#!/bin/sh\npid=${{4:-$3}}\n[ \"$1\" = --get-state ] && pid=$3\ncg=$(grep '^0::' /proc/$pid/cgroup | cut -d: -f3)\nfrozen=$(grep '^frozen' \"{cg2}$cg/cgroup.events\" | cut -d' ' -f2)\necho \"$1 $2 pid=$pid frozen=$frozen\" >> {rec}\n[ \"$1\" = --get-state ] && echo running\n[ \"$2\" = restore ] && [ -e {fail} ] && {{ echo 'out of GPU memory' >&2; exit 2; }}\nexit 0\n",
+            cg2 = cgroup2_mount().display(),
+            rec = rec.display(),
+            fail = fail.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(bin.join("cuda-checkpoint"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let cache = fx.path().join("images");
+    let oci = format!("oci:{}:app", img.layout.display());
+    let yaml = format!(
+        "edition: 3.0.0\nresources:\n{}",
+        gpu_function("gpu", &oci, "[0]", "")
+            .replace("        gpus: [0]\n", "        gpus: [0]\n        gpuHibernateAfter: 1\n        minInstances: 1\n")
+    );
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let mut f =
+        Fcsup::serve_file_env(&yaml, &["--image-cache", cache.to_str().unwrap(), "--cdi-spec-dir", cdi.to_str().unwrap()], &[("PATH", &path)]);
+    let lines = || std::fs::read_to_string(&rec).unwrap_or_default().lines().map(String::from).collect::<Vec<_>>();
+    f.wait_line("the idle instance to hibernate", |l| l.contains("GPU hibernated"), Duration::from_secs(20));
+    let checkpointed = lines();
+    let cgroup = f.instances()[0]["cgroup"].as_str().unwrap().to_string();
+    wait_frozen(&cgroup);
+    for l in checkpointed.iter().filter(|l| l.starts_with("--action")) {
+        assert!(l.ends_with("frozen=0"), "checkpointed while thawed (CRIU's order): {checkpointed:?}");
+    }
+    let pids = checkpointed.iter().filter(|l| l.starts_with("--action checkpoint")).count();
+    assert!(pids >= 1, "{checkpointed:?}");
+    // A request wakes it: restore and unlock after the thaw, before the answer.
+    let r = f.invoke("gpu", "ok");
+    assert_eq!(r.status, 200, "{} {}", r.header("x-fc-error-type"), r.text());
+    let after = lines();
+    let woken: Vec<&String> = after.iter().skip(checkpointed.len()).filter(|l| l.starts_with("--action")).collect();
+    assert_eq!(woken.iter().filter(|l| l.starts_with("--action restore")).count(), pids, "{after:?}");
+    assert_eq!(woken.iter().filter(|l| l.starts_with("--action unlock")).count(), pids, "{after:?}");
+    assert!(woken.iter().all(|l| l.ends_with("frozen=0")), "restored after the thaw: {after:?}");
+    let first_restore = woken.iter().position(|l| l.starts_with("--action restore")).unwrap();
+    assert!(woken[..first_restore].iter().all(|l| !l.starts_with("--action unlock")), "restore before unlock: {after:?}");
+    // The hibernated idle time is its own tier in the ledger.
+    wait_for("a gpu-hibernated idle record", Duration::from_secs(10), || {
+        let ledger = http(&f.addr, "GET", "/admin/ledger", &[], b"").text();
+        ledger.contains("\"idle_tier\":\"gpu-hibernated\"").then_some(())
+    });
+    // Hibernated again, and this time its GPU memory cannot come back: a clear error, and
+    // the instance is replaced.
+    std::fs::write(&fail, "").unwrap();
+    let hibernations = || f.output().iter().filter(|l| l.contains("GPU hibernated")).count();
+    wait_for("a second hibernation", Duration::from_secs(20), || (hibernations() >= 2).then_some(()));
+    let old = f.instances()[0]["id"].as_str().unwrap().to_string();
+    let r = f.invoke("gpu", "ok");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("GPU state could not be restored") && r.text().contains("out of GPU memory"), "{}", r.text());
+    std::fs::remove_file(&fail).unwrap();
+    wait_for("the broken instance replaced", Duration::from_secs(20), || {
+        let i = f.instances();
+        (i.len() == 1 && i[0]["id"] != old.as_str()).then_some(())
+    });
+    assert_eq!(f.invoke("gpu", "ok").status, 200);
+    f.stop_and_check_clean();
+}

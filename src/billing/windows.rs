@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::Phase;
+use super::{IdleTier, Phase};
 use crate::cgroup::CpuStat;
 
 /// The meters at one moment.
@@ -30,6 +30,8 @@ struct Open {
     phase: Phase,
     request_ids: Vec<String>,
     cold_start: bool,
+    /// For idle time: frozen, or GPU-hibernated too.
+    tier: Option<IdleTier>,
 }
 
 /// A window that ended.
@@ -47,6 +49,8 @@ pub struct Closed {
     pub wall: Duration,
     /// CPU used in it.
     pub cpu: CpuStat,
+    /// For idle time, its tier.
+    pub tier: Option<IdleTier>,
 }
 
 impl Open {
@@ -58,6 +62,7 @@ impl Open {
             start_ms: self.start.at_ms,
             wall: end.at.saturating_duration_since(self.start.at),
             cpu: end.cpu.since(&self.start.cpu),
+            tier: self.tier,
         }
     }
 }
@@ -76,7 +81,7 @@ impl Windows {
     /// zero).
     pub fn start(&mut self, created: Instant, created_ms: u64, phase: Phase) {
         let start = Reading { at: created, at_ms: created_ms, cpu: CpuStat::default() };
-        self.open = Some(Open { start, phase, request_ids: Vec::new(), cold_start: true });
+        self.open = Some(Open { start, phase, request_ids: Vec::new(), cold_start: true, tier: None });
     }
 
     /// Makes the open window one of `phase`, closing one of another phase at `now` (the new
@@ -90,7 +95,7 @@ impl Windows {
         let now = now();
         self.thawing(now);
         let closed = self.open.take().map(|w| w.close(&now));
-        self.open = Some(Open { start: now, phase, request_ids: Vec::new(), cold_start: false });
+        self.open = Some(Open { start: now, phase, request_ids: Vec::new(), cold_start: false, tier: None });
         closed
     }
 
@@ -122,8 +127,16 @@ impl Windows {
     /// The instance was frozen at `now`: a provisioned instance starts an idle window.
     pub fn frozen(&mut self, now: Reading, provisioned: bool) {
         if provisioned {
-            self.idle = Some(Open { start: now, phase: Phase::Idle, request_ids: Vec::new(), cold_start: false });
+            self.idle = Some(Open { start: now, phase: Phase::Idle, request_ids: Vec::new(), cold_start: false, tier: Some(IdleTier::Frozen) });
         }
+    }
+
+    /// The frozen instance's GPU memory was checkpointed at `now`: its idle time from here is
+    /// of the GPU-hibernated tier (the frozen tier's part is returned, closed).
+    pub fn hibernated(&mut self, now: Reading) -> Option<Closed> {
+        let frozen = self.idle.take()?;
+        self.idle = Some(Open { start: now, phase: Phase::Idle, request_ids: Vec::new(), cold_start: false, tier: Some(IdleTier::GpuHibernated) });
+        Some(frozen.close(&now))
     }
 
     /// The instance is about to thaw (or stop) without opening a window: its idle time ends

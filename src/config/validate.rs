@@ -609,11 +609,11 @@ resources:
     }
 
     #[test]
-    fn gpu_functions_are_refused_clearly() {
+    fn gpu_functions_need_a_container_image() {
         let e = parse(&GOOD.replace("      role:", "      gpuConfig: {gpuMemorySize: 16384, gpuType: fc.gpu.tesla.1}\n      role:"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("resources.hello.props.gpuConfig") && e.contains("not supported"), "{e}");
+        assert!(e.contains("resources.hello.props.gpuConfig") && e.contains("custom-container"), "{e}");
     }
 
     #[test]

@@ -246,6 +246,9 @@ pub enum InvokeError {
     /// one request at a time and has no health check (README, Behaviour decisions).
     #[error("Invocation canceled by client")]
     Canceled,
+    /// A GPU-hibernated instance could not get its GPU memory back; it is replaced.
+    #[error("the instance's GPU state could not be restored ({0}); the instance is replaced, retry")]
+    GpuRestore(String),
     /// The instance is gone (stopped between dispatch and send).
     #[error("the instance was stopped before the request could run; retry")]
     Gone,

@@ -155,6 +155,10 @@ impl Kernel for Recording {
         Placement { pid: 0, cgroup: String::new(), host_uid: None }
     }
 
+    fn pids(&self) -> Vec<i32> {
+        Vec::new()
+    }
+
     fn enter(&self, argv: &[String]) -> Result<super::kernel::Entered, String> {
         self.trace.push("enter");
         Err(format!("the recording kernel runs nothing ({argv:?})"))

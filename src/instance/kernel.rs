@@ -63,6 +63,8 @@ pub trait Kernel: Send + Sync + std::fmt::Debug + 'static {
     /// Starts `argv` inside the instance, as its function runs (FC's execute-instruction
     /// Initializer): its pidfd (readable once it exited) and its stdout and stderr.
     fn enter(&self, argv: &[String]) -> Result<Entered, String>;
+    /// The host pids of its processes.
+    fn pids(&self) -> Vec<i32>;
 }
 
 /// A program started inside an instance ([`Kernel::enter`]).
@@ -252,6 +254,11 @@ impl Kernel for Sandboxed {
 
     fn placement(&self) -> Placement {
         Placement { pid: self.pid, cgroup: self.cgroup.path().display().to_string(), host_uid: self.ids.as_ref().map(|r| r.first) }
+    }
+
+    fn pids(&self) -> Vec<i32> {
+        let procs = std::fs::read_to_string(self.cgroup.path().join("cgroup.procs")).unwrap_or_default();
+        procs.lines().filter_map(|l| l.trim().parse().ok()).collect()
     }
 
     fn enter(&self, argv: &[String]) -> Result<Entered, String> {

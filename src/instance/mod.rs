@@ -15,6 +15,7 @@ mod errors;
 #[cfg(test)]
 pub(crate) mod fake;
 mod health;
+mod hibernate;
 mod hooks;
 mod init_command;
 mod invoke;
@@ -206,6 +207,9 @@ pub struct Instance<K: Kernel = Sandboxed> {
     /// Its function's freeze/thaw histograms, looked up once.
     latencies: crate::metrics::Latencies,
     start_trace: Mutex<StartTrace>,
+    /// Set once GPU-hibernated (`fcsup.gpuHibernateAfter`) until the next thaw: the host pids
+    /// whose GPU memory is checkpointed (none: no CUDA process to hibernate).
+    gpu_hibernated: Mutex<Option<Vec<i32>>>,
     stop_trace: Mutex<Option<StopTrace>>,
     /// FC's runtime API, served to a built-in runtime's agent (calls go over it, not HTTP).
     runtime_api: Option<crate::runtime_api::RuntimeApi>,
@@ -301,6 +305,7 @@ impl<K: Kernel> Instance<K> {
             created_ms: now,
             created,
             start_trace: Mutex::new(start_trace),
+            gpu_hibernated: Mutex::new(None),
             stop_trace: Mutex::new(None),
             runtime_api,
             id,

@@ -50,6 +50,10 @@ impl<K: Kernel> Instance<K> {
         self.kernel.thaw().await.map_err(Internal::Thaw)?;
         let took = t.elapsed();
         self.transition(Lifecycle::thawed);
+        if let Err(e) = self.wake_gpu().await {
+            self.transition(|l| l.retire(super::Retire::Broken));
+            return Err(e);
+        }
         self.latencies.thaw(took);
         self.reporting.samples().record("thaw", took);
         tracing::debug!(function = %self.function.name, instance = %self.id, us = us(took), "thawed");
@@ -85,7 +89,7 @@ impl<K: Kernel> Instance<K> {
 
     /// Records closed windows with the peak memory of the active ones, then starts the next
     /// window's peak.
-    fn record(&self, closed: Vec<Closed>) {
+    pub(super) fn record(&self, closed: Vec<Closed>) {
         let memory = self.kernel.memory();
         let mode = if self.provisioned { ResourceMode::Provision } else { ResourceMode::OnDemand };
         let mut measured = false;
@@ -97,7 +101,8 @@ impl<K: Kernel> Instance<K> {
                 (memory.peak(), memory.source())
             };
             let usage = Usage { wall: c.wall, cpu: c.cpu, peak_memory_bytes, memory_source };
-            let r = WindowRecord::new(&self.function, &self.id, c.phase, mode, c.cold_start, c.request_ids, c.start_ms, usage);
+            let mut r = WindowRecord::new(&self.function, &self.id, c.phase, mode, c.cold_start, c.request_ids, c.start_ms, usage);
+            r.idle_tier = c.tier;
             self.reporting.window(r);
         }
         if measured {

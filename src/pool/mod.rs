@@ -109,9 +109,13 @@ impl<K: Kernel> Pool<K> {
         tokio::spawn(async move {
             loop {
                 let Some(pool) = me.upgrade() else { return };
-                let period = (pool.scaling().idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+                let mut period = (pool.scaling().idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+                if let Some(after) = pool.function.gpu_hibernate_after {
+                    period = period.min((after / 4).max(Duration::from_millis(100)));
+                }
                 pool.reclaim_idle();
                 pool.keep_minimum();
+                pool.hibernate_idle();
                 drop(pool);
                 tokio::time::sleep(period).await;
             }
@@ -292,6 +296,18 @@ impl<K: Kernel> Pool<K> {
         for v in victims {
             tracing::info!(function = %self.function.name, instance = %v.id, "idle reclaim");
             self.stop_detached(v);
+        }
+    }
+
+    /// Hibernates the GPU of instances idle past `gpuHibernateAfter` (in the background).
+    fn hibernate_idle(&self) {
+        if self.function.gpu_hibernate_after.is_none() {
+            return;
+        }
+        let due: Vec<Arc<Instance<K>>> =
+            self.members.lock().expect("pool").iter().filter(|m| m.instance.should_hibernate()).map(|m| m.instance.clone()).collect();
+        for inst in due {
+            tokio::spawn(inst.hibernate());
         }
     }
 
