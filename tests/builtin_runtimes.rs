@@ -112,9 +112,8 @@ fn python_handler_runs_as_fc_runs_it() {
 
 #[test]
 fn node_handler_runs_as_fc_runs_it() {
-    let extra = format!("{HOOKS_JS}\nenvironmentVariables: {{KEEP: 'yes'}}");
     let cb = props("cb", "nodejs18", &functions().join("runtime-node"), "handler: index.callback");
-    let resources = format!("{}{cb}", props("js", "nodejs20", &functions().join("runtime-node"), &extra));
+    let resources = format!("{}{cb}", props("js", "nodejs20", &functions().join("runtime-node"), HOOKS_JS));
     let Some(mut f) = serve_if_privileged(&resources) else { return };
     let r = f.invoke("js", "hello");
     assert_eq!((r.status, r.header("x-fc-error-type")), (200, ""), "{}", r.text());
@@ -336,5 +335,37 @@ fn a_handler_past_its_timeout_fails_and_its_instance_is_replaced() {
     let r = f.invoke("slow", "{}");
     assert_eq!(r.header("x-fc-error-type"), "", "{}", r.text());
     assert_ne!(r.header("x-fc-instance-id"), first, "the hung instance was replaced");
+    f.stop_and_check_clean();
+}
+
+#[test]
+fn an_initializer_that_raises_fails_the_request_and_is_retried_on_the_next() {
+    if !privileged() {
+        return;
+    }
+    let code = tempfile::tempdir().unwrap();
+    std::fs::write(
+        code.path().join("index.py"),
+        "import os\n\
+         def initialize(context):\n\
+         \x20   if not os.path.exists('/tmp/tried'):\n\
+         \x20       open('/tmp/tried', 'w').close()\n\
+         \x20       raise RuntimeError('not yet')\n\
+         def handler(event, context):\n\
+         \x20   return 'ready'\n",
+    )
+    .unwrap();
+    open_up(code.path());
+    let extra = "instanceLifecycleConfig:\n  initializer: {handler: index.initialize, timeout: 5}";
+    let mut f = Fcsup::serve(&props("init", "python3", code.path(), extra));
+    let r = f.invoke("init", "x");
+    assert_eq!(r.header("x-fc-error-type"), "InitializationError", "{}", r.text());
+    let msg = r.json()["errorMessage"].as_str().unwrap().to_string();
+    assert!(msg.contains("RuntimeError: not yet"), "{msg}");
+    let first = r.header("x-fc-instance-id").to_string();
+    // The runtime stays; the next request runs the Initializer again on the same instance.
+    let r = f.invoke("init", "x");
+    assert_eq!((r.header("x-fc-error-type"), r.text().as_str()), ("", "ready"));
+    assert_eq!(r.header("x-fc-instance-id"), first, "the same instance, initialized on the retry");
     f.stop_and_check_clean();
 }
