@@ -1,6 +1,7 @@
 //! `fcsup demo`: serves the bundled examples (compiled into the binary, no file needed) and
 //! walks through a cold start, the Initializer, invocations, the instance frozen between them
-//! and thawed for the next, and PreStop at the end.
+//! and thawed for the next, and PreStop at the end; then the same for a Python handler
+//! function (FC's built-in runtime, `index.handler`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use crate::supervisor::{Options, Supervisor};
 
 const S_YAML: &str = include_str!("../examples/s.yaml");
 const HELLO_PY: &str = include_str!("../examples/hello/server.py");
+const HELLO_HANDLER_PY: &str = include_str!("../examples/hello-handler/index.py");
 
 /// Demo settings.
 #[derive(Debug, Clone)]
@@ -35,6 +37,8 @@ pub fn write_examples() -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir.join("hello"))?;
     std::fs::write(dir.join("s.yaml"), S_YAML)?;
     std::fs::write(dir.join("hello/server.py"), HELLO_PY)?;
+    std::fs::create_dir_all(dir.join("hello-handler"))?;
+    std::fs::write(dir.join("hello-handler/index.py"), HELLO_HANDLER_PY)?;
     Ok(dir)
 }
 
@@ -66,14 +70,17 @@ pub enum DemoError {
 pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>) -> Result<(), DemoError> {
     let dir = write_examples()?;
     let config = Config::load(&dir.join("s.yaml"))?;
-    say(format!("serving the bundled example 'hello' from {}", dir.display()));
+    say(format!("serving the bundled examples 'hello' (custom runtime) and 'hello-py' (python3.10 handler) from {}", dir.display()));
     let listener = tokio::net::TcpListener::bind(&opts.listen).await?;
     let sup = Supervisor::start(&config, &opts.supervisor).await?;
     let addr = listener.local_addr()?.to_string();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(crate::api::serve(listener, sup.clone(), opts.front_door.clone(), stop_rx.clone()));
     let admin = sup.take_admin_listener().map(|l| tokio::spawn(crate::api::serve_admin(l, sup.clone(), opts.front_door.clone(), stop_rx)));
-    let result = walk_through(&sup, &addr).await;
+    let result = match walk_through(&sup, &addr).await {
+        Ok(()) => handler_walk_through(&sup, &addr).await,
+        Err(e) => Err(e),
+    };
     if let Err(e) = &result {
         eprintln!("demo step failed: {e}");
     }
@@ -81,6 +88,7 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
         say(format!("fcsup is serving on http://{addr}; try:"));
         println!("    curl -i -X POST http://{addr}/2023-03-30/functions/hello/invocations -d you");
         println!("    curl -i http://{addr}/http/hello/anything        # HTTP trigger");
+        println!("    curl -i -X POST http://{addr}/2023-03-30/functions/hello-py/invocations -d you   # Python handler");
         println!("    curl --unix-socket {} http://fcsup/admin/instances   # admin: root only", sup.admin_socket.display());
         println!("  Ctrl-C stops every instance (PreStop first) and leaves nothing behind.");
         stop.await;
@@ -99,8 +107,52 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
 }
 
 async fn invoke(addr: &str, body: &str, tail: bool) -> std::io::Result<client::Response> {
+    invoke_fn(addr, "hello", body, tail).await
+}
+
+async fn invoke_fn(addr: &str, function: &str, body: &str, tail: bool) -> std::io::Result<client::Response> {
     let headers: &[(&str, &str)] = if tail { &[("x-fc-log-type", "Tail")] } else { &[] };
-    client::request(addr, Method::POST, "/2023-03-30/functions/hello/invocations", headers, Bytes::from(body.to_string())).await
+    client::request(addr, Method::POST, &format!("/2023-03-30/functions/{function}/invocations"), headers, Bytes::from(body.to_string())).await
+}
+
+fn show_tail(r: &client::Response) {
+    if let Some(log) = r.headers.get("x-fc-log-result") {
+        use base64::Engine;
+        let decoded = base64::engine::general_purpose::STANDARD.decode(log.as_bytes()).unwrap_or_default();
+        say("its Tail log (x-fc-log-result, base64-decoded):");
+        for line in String::from_utf8_lossy(&decoded).lines() {
+            println!("    | {line}");
+        }
+    }
+}
+
+/// The handler's `ticks`.
+fn ticks(r: &client::Response) -> Result<u64, DemoError> {
+    let v: serde_json::Value = serde_json::from_slice(&r.body).map_err(|_| DemoError::Step("hello-py did not answer with JSON"))?;
+    v["ticks"].as_u64().ok_or(DemoError::Step("hello-py's answer has no ticks"))
+}
+
+/// The Python handler function: pulled over FC's runtime API, frozen between invocations.
+async fn handler_walk_through(sup: &Arc<Supervisor>, addr: &str) -> Result<(), DemoError> {
+    say("a Python handler function (runtime python3.10, handler index.handler): cold start, its runtime asks fcsup for work over FC's runtime API, Initializer");
+    let r = invoke_fn(addr, "hello-py", "world", false).await?;
+    show(&r);
+    let inst = sup.instance(r.header("x-fc-instance-id")).ok_or(DemoError::Step("the instance of hello-py's first call is gone"))?;
+    let cg = inst.cgroup();
+    cg.wait_for("frozen 1", |e| e.frozen).await?;
+    let before = ticks(&r)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = invoke_fn(addr, "hello-py", "again", true).await?;
+    show(&r);
+    let after = ticks(&r)?;
+    say(format!(
+        "hello-py was frozen for 500 ms between the calls: its background thread (a tick every 10 ms) ticked {} times, not ~50",
+        after.saturating_sub(before)
+    ));
+    show_tail(&r);
+    cg.wait_for("frozen 1", |e| e.frozen).await?;
+    say("hello-py frozen again");
+    Ok(())
 }
 
 fn show(r: &client::Response) {
@@ -135,14 +187,7 @@ async fn walk_through(sup: &Arc<Supervisor>, addr: &str) -> Result<(), DemoError
     say("second invocation: thaw, proxy, PreFreeze, freeze (its background thread did not tick while frozen)");
     let r = invoke(addr, "again", true).await?;
     show(&r);
-    if let Some(log) = r.headers.get("x-fc-log-result") {
-        use base64::Engine;
-        let decoded = base64::engine::general_purpose::STANDARD.decode(log.as_bytes()).unwrap_or_default();
-        say("its Tail log (x-fc-log-result, base64-decoded):");
-        for line in String::from_utf8_lossy(&decoded).lines() {
-            println!("    | {line}");
-        }
-    }
+    show_tail(&r);
     cg.wait_for("frozen 1", |e| e.frozen).await?;
     say("frozen again");
     Ok(())

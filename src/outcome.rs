@@ -90,7 +90,9 @@ impl Outcome {
 /// pass through whatever their status).
 pub fn of(result: &Result<Reply, InvokeError>, http_trigger: bool) -> Outcome {
     let e = match result {
-        Ok(reply) if reply.is_function_error(http_trigger) => return Outcome::Function { error_type: UNHANDLED, message: None, metric: UNHANDLED },
+        Ok(reply) if reply.is_function_error(http_trigger) => {
+            return Outcome::Function { error_type: reply.function_error_type(), message: None, metric: UNHANDLED }
+        }
         Ok(_) => return Outcome::Success,
         Err(e) => e,
     };
@@ -136,6 +138,7 @@ mod tests {
             max_memory_mb: 0.0,
             log: Vec::new(),
             instance_id: "c-1".into(),
+            error_type: None,
         })
     }
 

@@ -78,6 +78,11 @@ fn bench_quick_cold_group_has_the_custom_container_rows() {
             .unwrap_or_else(|| panic!("no {system} {metric} / {workload} row in {rows:#?}"))
             .clone()
     };
+    // The Python handler function (built-in runtime) beside `python3 -c 'import index'`.
+    for system in ["fcsup", "plain"] {
+        assert!(row(system, "cold_start", "python handler")["n"].as_u64().unwrap() > 0);
+    }
+    assert!(row("fcsup", "cold_start_added", "python handler")["n"].as_u64().unwrap() > 0);
     // The image's cold start, phase by phase, next to the custom runtime's, and the difference.
     for metric in ["cold_start", "cold_start.setup", "cold_start.exec", "cold_start.respond"] {
         let r = row("fcsup", metric, "image");

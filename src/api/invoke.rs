@@ -199,6 +199,7 @@ mod tests {
             max_memory_mb: 1.5,
             log: Vec::new(),
             instance_id: "c-1".into(),
+            error_type: None,
         })
     }
 

@@ -12,7 +12,7 @@ use crate::supervisor::{Options, Supervisor};
 
 /// The functions the bench serves; `image` (a reference) adds `image`, the native fixture as a
 /// custom container.
-fn config_yaml(native_dir: &Path, python_dir: &Path, image: Option<&str>) -> String {
+fn config_yaml(native_dir: &Path, python_dir: &Path, handler_dir: &Path, image: Option<&str>) -> String {
     let native = |name: &str, extra: &str| {
         format!(
             "  {name}:\n    props:\n      code: {}\n      memorySize: 1024\n      cpu: 1\n      timeout: 60\n      customRuntimeConfig: {{command: [/code/fcsup-fixture]}}\n      fcsup: {{idleTimeout: 3600, maxInstances: 120}}\n{extra}",
@@ -25,14 +25,15 @@ fn config_yaml(native_dir: &Path, python_dir: &Path, image: Option<&str>) -> Str
         )
     });
     format!(
-        "fcsup: {{maxInstances: 250}}\nresources:\n{container}{}{}{}{}{}{}  python:\n    props:\n      code: {}\n      memorySize: 1024\n      cpu: 1\n      timeout: 60\n      customRuntimeConfig: {{command: [/usr/bin/python3, server.py]}}\n      fcsup: {{idleTimeout: 3600}}\n",
+        "fcsup: {{maxInstances: 250}}\nresources:\n{container}{}{}{}{}{}{}  python:\n    props:\n      code: {}\n      memorySize: 1024\n      cpu: 1\n      timeout: 60\n      customRuntimeConfig: {{command: [/usr/bin/python3, server.py]}}\n      fcsup: {{idleTimeout: 3600}}\n  handler:\n    props:\n      runtime: python3\n      handler: index.handler\n      code: {}\n      memorySize: 1024\n      cpu: 1\n      timeout: 60\n      fcsup: {{idleTimeout: 3600}}\n",
         native("native", ""),
         native("native16", "      instanceConcurrency: 16\n"),
         native("busy1", "      environmentVariables: {FIXTURE_BUSY_THREADS: '1'}\n"),
         native("busy50", "      environmentVariables: {FIXTURE_BUSY_THREADS: '50'}\n"),
         native("child", "      environmentVariables: {FIXTURE_CHILD: '1'}\n"),
         native("scale", ""),
-        python_dir.display()
+        python_dir.display(),
+        handler_dir.display()
     )
 }
 
@@ -58,8 +59,8 @@ impl Rig {
     /// Starts a supervisor serving the fixtures under its own cgroup root; `insecure` runs
     /// its instances without a user namespace and seccomp filter; `image` (a reference and an
     /// image cache directory) also serves the native fixture from that image.
-    pub async fn start(native_dir: &Path, python_dir: &Path, insecure: bool, image: Option<(&str, &Path)>) -> Result<Rig> {
-        let yaml = config_yaml(native_dir, python_dir, image.map(|(r, _)| r));
+    pub async fn start(native_dir: &Path, python_dir: &Path, handler_dir: &Path, insecure: bool, image: Option<(&str, &Path)>) -> Result<Rig> {
+        let yaml = config_yaml(native_dir, python_dir, handler_dir, image.map(|(r, _)| r));
         let config = Config::parse(&yaml, Path::new("bench.yaml"), Path::new("/"))?;
         let opts = Options {
             cgroup_root: format!("fcsup-bench-{}", std::process::id()),
@@ -170,21 +171,22 @@ impl Rig {
         Ok(())
     }
 
-    /// Warm requests `gap` apart, each thawing and freezing the instance.
-    pub async fn warm(&self, plan: &Plan, raw: &mut Raw, tick: &dyn Fn()) -> Result<()> {
+    /// Warm requests `gap` apart to `function`, each thawing and freezing the instance.
+    pub async fn warm(&self, function: &str, workload: &str, plan: &Plan, raw: &mut Raw, tick: &dyn Fn()) -> Result<()> {
         let mut conn = self.conn().await?;
-        let (c, _, _) = self.post(conn, "native", b"").await?;
+        let (c, _, _) = self.post(conn, function, b"").await?;
         conn = c;
         self.sup.reporting().samples().take("thaw");
         for _ in 0..plan.warm_n {
             tokio::time::sleep(plan.warm_gap).await;
-            let (c, took, _) = self.post(conn, "native", b"").await?;
+            let (c, took, _) = self.post(conn, function, b"").await?;
             conn = c;
-            raw.push("fcsup", "warm_invoke", "native", took.as_secs_f64() * 1e6);
+            raw.push("fcsup", "warm_invoke", workload, took.as_secs_f64() * 1e6);
             tick();
         }
         let thaws = self.sup.reporting().samples().take("thaw").len();
-        raw.note(format!("fcsup warm_invoke: {thaws} of {} requests found the instance frozen and thawed it", plan.warm_n));
+        raw.note(format!("fcsup warm_invoke ({workload}): {thaws} of {} requests found the instance frozen and thawed it", plan.warm_n));
+        self.reclaim(function).await;
         Ok(())
     }
 

@@ -157,9 +157,12 @@ impl Raw {
         // And the isolation's cost: fcsup's cold start over the same without a user namespace
         // and seccomp filter.
         let isolation = ("cold_start", "cold_start_isolation_cost", "native", fcsup::INSECURE, Some("fcsup"));
-        for (metric, added, workload, base_system, only) in
-            [("warm_invoke", "warm_invoke_added", "native", "plain", None), ("cold_start", "cold_start_added", "native", "plain", None), isolation]
-        {
+        for (metric, added, workload, base_system, only) in [
+            ("warm_invoke", "warm_invoke_added", "native", "plain", None),
+            ("cold_start", "cold_start_added", "native", "plain", None),
+            ("cold_start", "cold_start_added", HANDLER, "plain", None),
+            isolation,
+        ] {
             if let Some(base) = rows.iter().find(|r| r.system == base_system && r.metric == metric && r.workload == workload).cloned() {
                 let more: Vec<Row> = rows
                     .iter()
@@ -179,6 +182,13 @@ impl Raw {
             })
             .collect();
         rows.extend(image_added);
+        // What the runtime API adds to a warm invoke over a custom runtime's proxied HTTP
+        // request (the native fixture), the Python handler's own few µs included.
+        let runtime_api_added = rows.iter().find(|r| r.system == "fcsup" && r.metric == "warm_invoke" && r.workload == HANDLER).and_then(|h| {
+            let base = rows.iter().find(|b| b.system == "fcsup" && b.metric == "warm_invoke" && b.workload == "native")?;
+            Some(h.minus(base, "warm_invoke_runtime_api_added"))
+        });
+        rows.extend(runtime_api_added);
         rows.extend(self.scalars.iter().cloned());
         rows
     }
@@ -227,6 +237,9 @@ pub struct Report {
     notes: Vec<String>,
 }
 
+/// The workload of the Python handler function (FC's built-in runtime, `index.handler`).
+const HANDLER: &str = "python handler";
+
 /// Does a child process of the function keep running while "frozen"?
 #[derive(Debug, Serialize)]
 pub struct Correctness {
@@ -255,6 +268,10 @@ pub async fn run(opts: BenchOptions) -> Result<Report> {
     std::fs::copy(&opts.fixture, native_dir.join("fcsup-fixture"))?;
     let examples = crate::demo::write_examples()?;
     let python_dir = examples.join("hello");
+    // The smallest handler: what the runtime costs, not what the function does.
+    let handler_dir = work.join("handler");
+    std::fs::create_dir_all(&handler_dir)?;
+    std::fs::write(handler_dir.join("index.py"), "def handler(event, context):\n    return event\n")?;
     let result = async {
         let image_dir = work.join("image");
         let image = if opts.wants("cold") {
@@ -263,7 +280,7 @@ pub async fn run(opts: BenchOptions) -> Result<Report> {
         } else {
             None
         };
-        run_in(&opts, &plan, &native_dir, &python_dir, image.as_ref(), &image_dir).await
+        run_in(&opts, &plan, &native_dir, &python_dir, &handler_dir, image.as_ref(), &image_dir).await
     }
     .await;
     let _ = std::fs::remove_dir_all(&work);
@@ -282,11 +299,12 @@ async fn run_in(
     plan: &Plan,
     native_dir: &Path,
     python_dir: &Path,
+    handler_dir: &Path,
     image: Option<&image::FixtureImage>,
     image_dir: &Path,
 ) -> Result<Report> {
     let peers_on = !opts.no_peers;
-    let total = (plan.cold_n * 4 + plan.python_n * 2 + plan.freeze_n * 2 + plan.warm_n * 2) as u64
+    let total = (plan.cold_n * 4 + plan.python_n * 4 + plan.freeze_n * 2 + plan.warm_n * 3) as u64
         + if peers_on { (plan.freeze_n * 2 + (plan.peer_cold_n + plan.freeze_n * 3) * 2) as u64 } else { 0 };
     let pb = progress(total);
     let tick = || pb.inc(1);
@@ -299,7 +317,7 @@ async fn run_in(
     pb.set_message("fcsup: starting the supervisor");
     let reference = image.map(image::FixtureImage::reference);
     let cache = image_dir.join("cache");
-    let rig = fcsup::Rig::start(native_dir, python_dir, false, reference.as_deref().map(|r| (r, cache.as_path()))).await?;
+    let rig = fcsup::Rig::start(native_dir, python_dir, handler_dir, false, reference.as_deref().map(|r| (r, cache.as_path()))).await?;
     let measured = async {
         if opts.wants("cold") {
             pb.set_message(if image.is_some() { "cold start: fcsup, native and from its image" } else { "cold start: fcsup, native" });
@@ -312,6 +330,8 @@ async fn run_in(
             }
             pb.set_message("cold start: fcsup, python");
             rig.cold_starts("python", "python", plan.python_n, &mut raw, &tick).await?;
+            pb.set_message("cold start: fcsup, python handler (built-in runtime)");
+            rig.cold_starts("handler", HANDLER, plan.python_n, &mut raw, &tick).await?;
         }
         if opts.wants("freeze") {
             pb.set_message("freeze/thaw: fcsup, 1 busy thread");
@@ -327,7 +347,9 @@ async fn run_in(
         }
         if opts.wants("warm") {
             pb.set_message("warm invoke: fcsup");
-            rig.warm(plan, &mut raw, &tick).await?;
+            rig.warm("native", "native", plan, &mut raw, &tick).await?;
+            pb.set_message("warm invoke: fcsup, python handler over the runtime API");
+            rig.warm("handler", HANDLER, plan, &mut raw, &tick).await?;
             pb.set_message("throughput: fcsup");
             let c1 = rig.throughput("native", 1, plan).await?;
             let c16 = rig.throughput("native16", 16, plan).await?;
@@ -348,7 +370,7 @@ async fn run_in(
     measured?;
     if opts.wants("cold") {
         pb.set_message("cold start: fcsup --insecure-instances, native");
-        let rig = fcsup::Rig::start(native_dir, python_dir, true, None).await?;
+        let rig = fcsup::Rig::start(native_dir, python_dir, handler_dir, true, None).await?;
         let measured = rig.cold_starts("native", "native", plan.cold_n, &mut raw, &tick).await;
         rig.shutdown().await;
         measured?;
@@ -357,6 +379,7 @@ async fn run_in(
     pb.set_message("plain process");
     if opts.wants("cold") {
         plain_rows(&native_cmd, &python_cmd, python_dir, plan, &mut raw, &tick)?;
+        peers::plain_import(handler_dir, HANDLER, plan.python_n, &mut raw, &tick)?;
         match image {
             None => raw.note("custom container rows: umoci is not installed, skipped (apt-get install umoci)".into()),
             Some(image) => {

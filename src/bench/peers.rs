@@ -75,6 +75,19 @@ pub fn plain_cold(cmd: &[String], cwd: &Path, workload: &str, n: usize, raw: &mu
     Ok(())
 }
 
+/// The plain baseline of a handler function's cold start: `python3 -c 'import index'` in its
+/// code directory, to the interpreter's exit (the module loaded, nothing served).
+pub fn plain_import(code_dir: &Path, workload: &str, n: usize, raw: &mut Raw, tick: &dyn Fn()) -> Result<()> {
+    for _ in 0..n {
+        let t = Instant::now();
+        let status = std::process::Command::new("/usr/bin/python3").args(["-c", "import index"]).current_dir(code_dir).status()?;
+        ensure!(status.success(), "python3 -c 'import index' failed in {}: {status}", code_dir.display());
+        raw.push("plain", "cold_start", workload, t.elapsed().as_secs_f64() * 1e6);
+        tick();
+    }
+    Ok(())
+}
+
 /// Direct requests to a running fixture, `gap` apart (the warm-invoke baseline), and
 /// closed-loop throughput.
 pub fn plain_warm(fixture: &Path, plan: &Plan, raw: &mut Raw, tick: &dyn Fn()) -> Result<(f64, f64)> {

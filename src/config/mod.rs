@@ -77,14 +77,19 @@ pub struct GlobalExt {
 pub struct Props {
     /// `functionName` (defaults to the resource key).
     pub function_name: Option<String>,
-    /// `runtime` (`custom`, `custom.debian10/11/12`, `custom-container`).
+    /// `runtime` (`custom`, `custom.debian10/11/12`, `custom-container`, or a built-in
+    /// runtime: `python3.x`, `nodejsNN`, `go1`).
     pub runtime: Option<String>,
     /// `region`, passed to the instance as `FC_REGION`.
     pub region: Option<String>,
     /// `code`: the code directory, relative to the file.
     pub code: Option<String>,
-    /// `handler` (meaningless for custom runtimes; passed through).
+    /// `handler` (`index.handler` for built-in runtimes; meaningless for custom runtimes,
+    /// passed through).
     pub handler: Option<String>,
+    /// `layers`: FC layer ARNs, merged read-only at `/opt` (first one wins, as FC merges them).
+    #[serde(default)]
+    pub layers: Vec<String>,
     /// `memorySize` in MB.
     pub memory_size: Option<u64>,
     /// `cpu` in vCPUs.
@@ -235,6 +240,12 @@ pub struct FunctionExt {
     /// Seconds idle before a GPU instance's device memory is checkpointed to host memory with
     /// `cuda-checkpoint` and its GPU released (off by default).
     pub gpu_hibernate_after: Option<u64>,
+    /// A built-in runtime's interpreter on the host: a path, or a name looked up in
+    /// `/usr/local/bin`, `/usr/bin`, `/bin` (default `python3` or `node`).
+    pub interpreter: Option<String>,
+    /// Where `layers:` are found, laid out `<layerDir>/<layer name>/<version>/` (relative to
+    /// the file; default `layers`).
+    pub layer_dir: Option<String>,
 }
 
 /// Which host GPUs: `all` or a list.
@@ -387,6 +398,44 @@ pub struct Function {
     pub devices: Vec<String>,
     /// Idle time after which a GPU instance is hibernated (`fcsup.gpuHibernateAfter`).
     pub gpu_hibernate_after: Option<Duration>,
+    /// A built-in runtime (`python3.10`, `nodejs18`, `go1`, …): the agent pulls its work over
+    /// FC's runtime API instead of serving HTTP.
+    pub builtin: Option<Builtin>,
+    /// The layers' directories, in the order configured (the first one wins at `/opt`).
+    pub layers: Vec<PathBuf>,
+}
+
+/// The language of a built-in runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Language {
+    /// `python3`, `python3.9`, `python3.10`, `python3.12`: fcsup's Python agent.
+    Python,
+    /// `nodejs8` … `nodejs20`: fcsup's Node.js agent.
+    Node,
+    /// `go1`: the code is a binary built with aliyun's fc-runtime-go-sdk, named by `handler`.
+    Go,
+}
+
+/// A built-in runtime function's runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Builtin {
+    /// Its language.
+    pub language: Language,
+    /// The interpreter (`fcsup.interpreter`, or `python3` / `node`): a path, or a name looked
+    /// up on the host when an instance starts. `None` for Go, whose code is the program.
+    pub interpreter: Option<String>,
+}
+
+impl Language {
+    /// The language of FC runtime `name`, when it is a built-in runtime fcsup runs.
+    pub fn of_runtime(name: &str) -> Option<Language> {
+        match name {
+            "python3" | "python3.9" | "python3.10" | "python3.12" => Some(Language::Python),
+            "nodejs8" | "nodejs10" | "nodejs12" | "nodejs14" | "nodejs16" | "nodejs18" | "nodejs20" => Some(Language::Node),
+            "go1" => Some(Language::Go),
+            _ => None,
+        }
+    }
 }
 
 /// FC's execute-instruction Initializer: a command run once in each new instance before it

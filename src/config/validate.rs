@@ -43,10 +43,14 @@ pub fn validate(p: &Props, default_name: &str, base: &Path) -> Result<Function, 
         return bad("functionName", format!("{name:?} is not a valid name: use 1-128 letters, digits, '_' or '-', starting with a letter or '_'"));
     }
     let runtime = p.runtime.clone().unwrap_or_else(|| "custom.debian10".into());
-    if !matches!(runtime.as_str(), "custom" | "custom.debian10" | "custom.debian11" | "custom.debian12" | "custom-container") {
+    let language = super::Language::of_runtime(&runtime);
+    if language.is_none() && !matches!(runtime.as_str(), "custom" | "custom.debian10" | "custom.debian11" | "custom.debian12" | "custom-container") {
         return bad(
             "runtime",
-            format!("{runtime:?} is not supported: fcsup runs custom runtimes (custom, custom.debian10/11/12) and custom-container"),
+            format!(
+                "{runtime:?} is not supported: fcsup runs custom runtimes (custom, custom.debian10/11/12), custom-container and the built-in \
+                 runtimes python3, python3.9, python3.10, python3.12, nodejs8 to nodejs20 and go1"
+            ),
         );
     }
     let container = if runtime == "custom-container" {
@@ -181,6 +185,8 @@ pub fn validate(p: &Props, default_name: &str, base: &Path) -> Result<Function, 
     let pre_freeze = hook("instanceLifecycleConfig.preFreeze", &lc.pre_freeze, 90)?;
     let ext = p.fcsup.clone().unwrap_or_default();
     let gpu = gpu(p, &ext, container.is_some())?;
+    let builtin = builtin(p, &ext, language, concurrency, pre_freeze.is_some())?;
+    let layers = layers(p, &ext, base, container.is_some())?;
     let init_command = match lc.initializer.as_ref().and_then(|h| h.command.clone()) {
         None => None,
         Some(_) if initializer.is_some() => {
@@ -249,7 +255,7 @@ pub fn validate(p: &Props, default_name: &str, base: &Path) -> Result<Function, 
         code_dir,
         container,
         code_checksum,
-        handler: p.handler.clone().unwrap_or_else(|| "index.handler".into()),
+        handler: p.handler.clone().unwrap_or_else(|| default_handler(language).into()),
         command,
         port,
         memory_mb,
@@ -274,7 +280,118 @@ pub fn validate(p: &Props, default_name: &str, base: &Path) -> Result<Function, 
         gpu,
         devices: ext.devices.clone(),
         gpu_hibernate_after,
+        builtin,
+        layers,
     })
+}
+
+/// A built-in runtime's settings, refused where FC 3.0 refuses them ("Feature updates in
+/// Function Compute 3.0": built-in runtimes take one request at a time and have no PreFreeze).
+fn builtin(
+    p: &Props,
+    ext: &super::FunctionExt,
+    language: Option<super::Language>,
+    concurrency: u32,
+    pre_freeze: bool,
+) -> Result<Option<super::Builtin>, Invalid> {
+    let Some(language) = language else {
+        if ext.interpreter.is_some() {
+            return bad("fcsup.interpreter", "only built-in runtimes (python3.x, nodejsNN) have an interpreter");
+        }
+        return Ok(None);
+    };
+    let runtime = p.runtime.as_deref().unwrap_or_default();
+    if concurrency > 1 {
+        return bad("instanceConcurrency", format!("{concurrency}: FC 3.0's built-in runtime {runtime} takes one request at a time (1)"));
+    }
+    if pre_freeze {
+        return bad("instanceLifecycleConfig.preFreeze", format!("FC 3.0's built-in runtimes ({runtime}) have no PreFreeze hook"));
+    }
+    if p.custom_runtime_config.is_some() {
+        return bad("customRuntimeConfig", format!("only for custom runtimes: {runtime} runs its handler, not a command"));
+    }
+    if p.custom_container_config.is_some() {
+        return bad("customContainerConfig", "only for runtime custom-container");
+    }
+    let handler = p.handler.as_deref().unwrap_or(default_handler(Some(language)));
+    let interpreter = match language {
+        super::Language::Go => {
+            if ext.interpreter.is_some() {
+                return bad("fcsup.interpreter", "go1 runs the compiled program named by handler: it has no interpreter");
+            }
+            if handler.is_empty() || handler.contains('/') || handler == "." || handler == ".." {
+                return bad("handler", format!("{handler:?}: for go1 the handler is the name of the executable in the code directory (e.g. main)"));
+            }
+            None
+        }
+        super::Language::Python | super::Language::Node => {
+            if !handler.split_once('.').is_some_and(|(file, func)| !file.is_empty() && !func.is_empty() && !func.contains('/')) {
+                return bad("handler", format!("{handler:?}: a built-in runtime's handler is FILE.FUNCTION, e.g. index.handler"));
+            }
+            let default = if language == super::Language::Python { "python3" } else { "node" };
+            match ext.interpreter.as_deref() {
+                Some("") => return bad("fcsup.interpreter", "empty: a path, or a program name looked up in /usr/local/bin, /usr/bin and /bin"),
+                Some(i) => Some(i.to_string()),
+                None => Some(default.to_string()),
+            }
+        }
+    };
+    Ok(Some(super::Builtin { language, interpreter }))
+}
+
+/// A handler's default: `main` for go1 (Serverless Devs' Go templates), else `index.handler`.
+fn default_handler(language: Option<super::Language>) -> &'static str {
+    if language == Some(super::Language::Go) {
+        "main"
+    } else {
+        "index.handler"
+    }
+}
+
+/// `layers:` resolved to directories: ARN `acs:fc:REGION:ACCOUNT:layers/NAME/versions/N` is
+/// `<layerDir>/NAME/N` (README, Built-in runtimes).
+fn layers(p: &Props, ext: &super::FunctionExt, base: &Path, is_container: bool) -> Result<Vec<std::path::PathBuf>, Invalid> {
+    if p.layers.is_empty() {
+        return Ok(Vec::new());
+    }
+    if is_container {
+        return bad("layers", "FC has no layers for custom-container functions: put them in the image");
+    }
+    let dir = base.join(ext.layer_dir.as_deref().unwrap_or("layers"));
+    let mut out = Vec::new();
+    for (i, arn) in p.layers.iter().enumerate() {
+        let key = format!("layers[{i}]");
+        let Some((name, version)) = parse_layer_arn(arn) else {
+            return bad(&key, format!("{arn:?} is not a layer ARN: acs:fc:REGION:ACCOUNT:layers/NAME/versions/VERSION"));
+        };
+        let path = dir.join(name).join(version);
+        match std::fs::canonicalize(&path) {
+            Ok(d) if d.is_dir() => out.push(d),
+            _ => {
+                return bad(
+                    &key,
+                    format!(
+                        "layer {arn} is unknown: put its unpacked contents (python/, nodejs/node_modules/, bin/, lib/ …) in {} \
+                         (fcsup.layerDir, default ./layers next to the file, laid out NAME/VERSION)",
+                        path.display()
+                    ),
+                )
+            }
+        }
+        if out[..out.len() - 1].contains(out.last().expect("pushed")) {
+            return bad(&key, format!("layer {arn} is listed twice"));
+        }
+    }
+    Ok(out)
+}
+
+/// (name, version) of a layer ARN.
+fn parse_layer_arn(arn: &str) -> Option<(&str, &str)> {
+    let rest = arn.strip_prefix("acs:fc:")?;
+    let (_region_account, path) = rest.split_once(":layers/")?;
+    let (name, version) = path.split_once("/versions/")?;
+    let word = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    (word(name) && !version.is_empty() && version.chars().all(|c| c.is_ascii_digit())).then_some((name, version))
 }
 
 /// `gpuConfig` (with `fcsup.gpus`), validated as FC does.
@@ -503,5 +620,64 @@ resources:
     fn unknown_fcsup_key_is_an_error() {
         let e = parse(&GOOD.replace("      role:", "      fcsup: {idleTimeot: 3}\n      role:")).unwrap_err().to_string();
         assert!(e.contains("idleTimeot"), "{e}");
+    }
+
+    #[test]
+    fn built_in_runtimes_follow_fc_3() {
+        let f = |props: &str| format!("resources:\n  app:\n    props:\n{props}");
+        let cfg = parse(&f("      runtime: python3.10\n      handler: index.handler\n")).unwrap();
+        let b = cfg.functions[0].builtin.clone().unwrap();
+        assert_eq!((b.language, b.interpreter.as_deref()), (super::super::Language::Python, Some("python3")));
+        let cfg = parse(&f("      runtime: nodejs18\n      fcsup:\n        interpreter: /usr/local/bin/node18\n")).unwrap();
+        let b = cfg.functions[0].builtin.clone().unwrap();
+        assert_eq!((b.language, b.interpreter.as_deref()), (super::super::Language::Node, Some("/usr/local/bin/node18")));
+        let cfg = parse(&f("      runtime: go1\n")).unwrap();
+        assert_eq!((cfg.functions[0].handler.as_str(), cfg.functions[0].builtin.clone().unwrap().interpreter), ("main", None));
+        assert!(parse(&f("      runtime: custom\n")).unwrap().functions[0].builtin.is_none());
+        for (props, want) in [
+            ("      runtime: java11\n", "runtime: \"java11\" is not supported"),
+            ("      runtime: python3.10\n      instanceConcurrency: 2\n", "instanceConcurrency: 2: FC 3.0's built-in runtime"),
+            (
+                "      runtime: python3\n      instanceLifecycleConfig:\n        preFreeze:\n          handler: index.pre_freeze\n",
+                "preFreeze: FC 3.0's built-in runtimes (python3) have no PreFreeze",
+            ),
+            ("      runtime: python3\n      handler: index\n", "handler: \"index\": a built-in runtime's handler is FILE.FUNCTION"),
+            ("      runtime: go1\n      handler: bin/main\n", "for go1 the handler is the name of the executable"),
+            ("      runtime: go1\n      fcsup:\n        interpreter: go\n", "go1 runs the compiled program"),
+            ("      runtime: custom\n      fcsup:\n        interpreter: python3\n", "only built-in runtimes"),
+            ("      runtime: nodejs20\n      customRuntimeConfig:\n        port: 9000\n", "customRuntimeConfig: only for custom runtimes"),
+        ] {
+            let err = parse(&f(props)).unwrap_err().to_string();
+            assert!(err.contains(want), "{props}: {err}");
+        }
+    }
+
+    #[test]
+    fn layers_resolve_in_the_layer_directory_or_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("code")).unwrap();
+        std::fs::create_dir_all(dir.path().join("layers/numpy/3/python")).unwrap();
+        std::fs::create_dir_all(dir.path().join("mine/tools/12")).unwrap();
+        let p = |props: &str| {
+            Config::parse(&format!("resources:\n  app:\n    props:\n      runtime: python3.10\n{props}"), &PathBuf::from("s.yaml"), dir.path())
+        };
+        let cfg = p("      layers: [\"acs:fc:cn-hangzhou:123:layers/numpy/versions/3\"]\n").unwrap();
+        assert_eq!(cfg.functions[0].layers, vec![dir.path().join("layers/numpy/3").canonicalize().unwrap()]);
+        let cfg = p("      layers:\n        - acs:fc:cn-hangzhou:123:layers/tools/versions/12\n        - acs:fc:cn-hangzhou:123:layers/numpy/versions/3\n      fcsup:\n        layerDir: mine\n");
+        let err = cfg.unwrap_err().to_string();
+        assert!(err.contains("layers[1]: layer acs:fc:cn-hangzhou:123:layers/numpy/versions/3 is unknown"), "{err}");
+        assert!(err.contains(&dir.path().join("mine/numpy/3").display().to_string()), "names where it looked: {err}");
+        let err = p("      layers: [\"numpy\"]\n").unwrap_err().to_string();
+        assert!(err.contains("layers[0]: \"numpy\" is not a layer ARN"), "{err}");
+        let err = p("      layers: [acs:fc:r:1:layers/numpy/versions/3, acs:fc:r:2:layers/numpy/versions/3]\n").unwrap_err().to_string();
+        assert!(err.contains("listed twice"), "{err}");
+        // Custom runtimes take layers too; custom containers do not.
+        let cfg = Config::parse(
+            "resources:\n  app:\n    props:\n      runtime: custom\n      layers: [acs:fc:r:1:layers/numpy/versions/3]\n",
+            &PathBuf::from("s.yaml"),
+            dir.path(),
+        )
+        .unwrap();
+        assert_eq!(cfg.functions[0].layers.len(), 1);
     }
 }

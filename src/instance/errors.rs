@@ -42,6 +42,12 @@ pub enum StartError {
     /// The Initializer failed.
     #[error(transparent)]
     Initializer(Arc<InitError>),
+    /// A built-in runtime cannot run here (its interpreter or program is missing).
+    #[error("{0}")]
+    Runtime(String),
+    /// The built-in runtime could not load the function (its agent posted `init/error`).
+    #[error("Function failed to load: {}", describe(.0))]
+    AgentInit(crate::runtime_api::AgentError),
     /// The first HTTP health check did not pass.
     #[error("Function instance health check failed on port {port}: {detail}")]
     HealthCheck {
@@ -101,6 +107,23 @@ pub enum HookError {
     /// The call failed.
     #[error(transparent)]
     Conn(#[from] ConnError),
+    /// The built-in runtime's hook raised (or returned) an error.
+    #[error("{}", describe(.0))]
+    Raised(crate::runtime_api::AgentError),
+    /// The built-in runtime's process exited during the hook.
+    #[error("the runtime exited during the hook")]
+    Exited,
+    /// The built-in runtime could not take the call.
+    #[error(transparent)]
+    Runtime(crate::runtime_api::CallError),
+}
+
+/// `errorType: errorMessage` of an agent's error (or the message alone).
+fn describe(e: &crate::runtime_api::AgentError) -> String {
+    match &e.error_type {
+        Some(t) => format!("{t}: {}", e.error_message),
+        None => e.error_message.clone(),
+    }
 }
 
 /// Why the Initializer failed (README, Behaviour decisions).
@@ -124,10 +147,11 @@ pub enum InitError {
 }
 
 impl InitError {
-    /// A 400 or 404 keeps the instance for a retry on the next request (README, Behaviour decisions);
+    /// A 400 or 404 (or a built-in runtime's error) keeps the instance for a retry on the next request (README, Behaviour decisions);
     /// anything else ends it.
     pub fn retryable(&self) -> bool {
-        matches!(self, InitError::Status(400 | 404))
+        // A built-in runtime's Initializer that raised is retried too (the runtime stays up).
+        matches!(self, InitError::Status(400 | 404) | InitError::Hook(HookError::Raised(_)))
     }
 }
 
@@ -143,6 +167,9 @@ pub enum Internal {
     /// The request could not be sent, and the instance did not die.
     #[error("request to the function failed: {0}")]
     Request(#[source] ConnError),
+    /// A built-in runtime's API could not carry the call.
+    #[error("the runtime API failed the call: {0}")]
+    Runtime(#[source] crate::runtime_api::CallError),
     /// The task that ran the request ended abnormally.
     #[error("the request's task failed: {0}")]
     Task(#[from] tokio::task::JoinError),

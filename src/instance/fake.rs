@@ -269,7 +269,7 @@ impl Launch<Recording> for FakeLauncher {
         let id = format!("c-{}", self.launched.lock().unwrap().len());
         self.launched.lock().unwrap().push((id.clone(), trace));
         let log = crate::logs::InstanceLog::new(&function.name, &id, None, None);
-        let spawned = Spawned { id, kernel, log, created: Instant::now(), start_trace: StartTrace::default() };
+        let spawned = Spawned { id, kernel, log, created: Instant::now(), start_trace: StartTrace::default(), runtime_api: None };
         Ok(Instance::new(function, spawned, self.reporting.clone().unwrap_or_else(reporting), provisioned))
     }
 }

@@ -145,6 +145,9 @@ impl<K: Kernel> Instance<K> {
             HookKind::PreStop => &f.pre_stop,
         };
         let Some(hook) = hook else { return Ok(StatusCode::OK) };
+        if let Some(api) = self.runtime_api() {
+            return self.call_hook_runtime(api, kind, hook.timeout).await;
+        }
         let (method, path, fn_type, marker) = kind.request();
         let request_id = uuid::Uuid::new_v4().to_string(); // FC gives hooks plain UUIDs
         let mut req = Request::builder()

@@ -6,16 +6,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::HeaderMap;
-use hyper::{Method, Request, StatusCode};
+use hyper::{Method, Request, Version};
 use tokio::sync::oneshot;
 
+use super::builtin::{self, Answer, CallFailed};
 use super::conn::ConnError;
 use super::lifecycle::Begin;
 use super::{hooks, Call, Instance, Internal, InvokeError, Kernel, Lifecycle, Reply, Retire, StartError, Ticket};
 use crate::billing::Phase;
+use crate::runtime_api::{http_event, CallError, CallKind, RuntimeApi};
 
 /// FC's limit on a synchronous response body (its request limit too): 32 MB.
 const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
@@ -31,6 +31,10 @@ enum ProxyError {
     TooLarge,
     Build(hyper::http::Error),
     Conn(ConnError),
+    /// A built-in runtime's process exited during the call.
+    Exited,
+    /// A built-in runtime failed the call in a way FC names.
+    Failed(InvokeError),
 }
 
 impl<K: Kernel> Ticket<K> {
@@ -119,9 +123,10 @@ impl<K: Kernel> Instance<K> {
             ));
         }
         match result {
-            Ok((status, headers, body)) => {
-                Ok(Reply { status, headers, body, duration, cpu_usec: cpu, max_memory_mb, log, instance_id: self.id.clone() })
+            Ok(Answer { status, headers, body, error_type }) => {
+                Ok(Reply { status, headers, body, duration, cpu_usec: cpu, max_memory_mb, log, instance_id: self.id.clone(), error_type })
             }
+            Err(ProxyError::Failed(e)) => Err(e),
             Err(ProxyError::Canceled) => {
                 self.transition(|l| l.retire(Retire::Replace));
                 Err(InvokeError::Canceled)
@@ -135,11 +140,12 @@ impl<K: Kernel> Instance<K> {
                 Err(InvokeError::Timeout(self.function.timeout.as_secs()))
             }
             Err(ProxyError::Build(e)) => Err(Internal::Build(e).into()),
-            Err(ProxyError::Conn(e)) => {
+            Err(e @ (ProxyError::Conn(_) | ProxyError::Exited)) => {
                 let duration_ms = duration.as_millis().try_into().unwrap_or(u64::MAX);
                 // A process dying at its memory limit can take seconds to be reaped on a loaded
                 // host (reclaim first).
                 if self.wait_exit(EXIT_AFTER_BROKEN_CONNECTION).await.is_none() {
+                    let ProxyError::Conn(e) = e else { unreachable!("an exit was seen") };
                     return Err(Internal::Request(e).into());
                 }
                 if self.life.borrow().oom_killed() {
@@ -155,7 +161,10 @@ impl<K: Kernel> Instance<K> {
         }
     }
 
-    async fn proxy(&self, call: &Call) -> Result<(StatusCode, HeaderMap, Bytes), ProxyError> {
+    async fn proxy(&self, call: &Call) -> Result<Answer, ProxyError> {
+        if let Some(api) = self.runtime_api() {
+            return self.proxy_runtime(api, call).await;
+        }
         let mut req = if call.http_trigger {
             let mut r = Request::builder().method(call.method.clone()).uri(&call.path_and_query);
             for (k, v) in &call.headers {
@@ -189,11 +198,38 @@ impl<K: Kernel> Instance<K> {
                 Err(e) => return Err(ProxyError::Conn(ConnError::Body(e))),
             };
             self.conns.put(s);
-            Ok((parts.status, parts.headers, body))
+            Ok(Answer { status: parts.status, headers: parts.headers, body, error_type: None })
         };
         match tokio::time::timeout(self.function.timeout, send).await {
             Ok(r) => r,
             Err(_) => Err(ProxyError::Timeout),
+        }
+    }
+
+    /// A built-in runtime's invocation over FC's runtime API: the payload (an HTTP trigger's
+    /// request as FC 3.0's event) to the agent, its answer back.
+    async fn proxy_runtime(&self, api: &RuntimeApi, call: &Call) -> Result<Answer, ProxyError> {
+        let body = if call.http_trigger {
+            let host = call.headers.get(hyper::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+            let ctx = http_event::RequestContext {
+                request_id: &call.request_id,
+                account_id: "local",
+                domain_name: host,
+                domain_prefix: host.split('.').next().unwrap_or(host),
+                source_ip: "",
+                time_ms: crate::clock::now_ms().saturating_sub(u64::try_from(call.arrived.elapsed().as_millis()).unwrap_or(0)),
+            };
+            http_event::event(&call.method, &call.path_and_query, Version::HTTP_11, &call.headers, &call.body, &ctx)
+        } else {
+            call.body.clone()
+        };
+        match self.runtime_call(api, CallKind::Invoke, &call.request_id, self.function.timeout, body, call.retry_count).await {
+            Ok(reply) => Ok(builtin::answer(reply, call.http_trigger)),
+            Err(CallFailed::Timeout) => Err(ProxyError::Timeout),
+            Err(CallFailed::Exited) => Err(ProxyError::Exited),
+            Err(CallFailed::Runtime(CallError::ResponseTooLarge { .. })) => Err(ProxyError::TooLarge),
+            Err(CallFailed::Runtime(CallError::Init(e))) => Err(ProxyError::Failed(StartError::AgentInit(e).into())),
+            Err(CallFailed::Runtime(e)) => Err(ProxyError::Failed(Internal::Runtime(e).into())),
         }
     }
 

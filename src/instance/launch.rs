@@ -279,6 +279,8 @@ impl Launch<Sandboxed> for Launcher {
         };
         let mut spec = self.spec(&function, &id, call)?;
         apply_grant(&mut spec, &granted);
+        // After the grant, which sets the spec's grants: the layers add theirs.
+        let _layers = super::builtin::prepare(&function, &mut spec)?;
         let oci_hooks = if granted.has_hooks() { Some(self.instance_hooks(&id, &spec, &granted)?) } else { None };
         let cgroup = self.cgroups.create(&id, &limits)?;
         let cgroup_us = us(created.elapsed());
@@ -288,6 +290,14 @@ impl Launch<Sandboxed> for Launcher {
             Err(e) => {
                 let _ = cgroup.remove();
                 return Err(setup("create a network namespace")(e));
+            }
+        };
+        // Before the process starts, so the agent's first poll finds it.
+        let runtime_api = match super::builtin::serve(&function, &netns, &id) {
+            Ok(api) => api,
+            Err(e) => {
+                let _ = cgroup.remove();
+                return Err(e);
             }
         };
         let prepared = spec.image.as_ref().and_then(|i| self.image_roots.take(&i.layers, spec.tmp_size_mb));
@@ -331,7 +341,7 @@ impl Launch<Sandboxed> for Launcher {
             log.begin(&call.request_id);
         }
         log.attach(stdout, stderr);
-        Ok(Instance::new(function, Spawned { id, kernel, log, created, start_trace }, self.reporting.clone(), provisioned))
+        Ok(Instance::new(function, Spawned { id, kernel, log, created, start_trace, runtime_api }, self.reporting.clone(), provisioned))
     }
 }
 

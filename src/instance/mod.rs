@@ -9,6 +9,7 @@
 //! proxying), `power` (freeze, thaw and the billing windows), `stop`; `hooks` and `health`
 //! speak FC's lifecycle HTTP calls.
 
+mod builtin;
 mod conn;
 mod errors;
 #[cfg(test)]
@@ -148,14 +149,27 @@ pub struct Reply {
     pub log: Vec<u8>,
     /// Instance id.
     pub instance_id: String,
+    /// A built-in runtime's failure: FC's `x-fc-error-type`, the body being the runtime's
+    /// error body.
+    pub error_type: Option<&'static str>,
 }
+
+/// FC's default function error type.
+const UNHANDLED: &str = "UnhandledInvocationError";
 
 impl Reply {
     /// Whether the function reported a failure: for API invokes, a 404 (or `x-fc-status: 404`)
     /// from a custom runtime is FC's unhandled function error; an HTTP trigger passes any
-    /// status through.
+    /// status through. A built-in runtime's failure is one either way.
     pub fn is_function_error(&self, http_trigger: bool) -> bool {
-        !http_trigger && (self.status == StatusCode::NOT_FOUND || self.headers.get("x-fc-status").is_some_and(|v| v.as_bytes() == b"404"))
+        self.error_type.is_some()
+            || !http_trigger && (self.status == StatusCode::NOT_FOUND || self.headers.get("x-fc-status").is_some_and(|v| v.as_bytes() == b"404"))
+    }
+
+    /// FC's error type of a function error: a built-in runtime's own (`HandledInvocationError`
+    /// for a Node.js `callback(err)`), else `UnhandledInvocationError`.
+    pub fn function_error_type(&self) -> &'static str {
+        self.error_type.unwrap_or(UNHANDLED)
     }
 }
 
@@ -197,6 +211,8 @@ pub struct Instance<K: Kernel = Sandboxed> {
     /// whose GPU memory is checkpointed (none: no CUDA process to hibernate).
     gpu_hibernated: Mutex<Option<Vec<i32>>>,
     stop_trace: Mutex<Option<StopTrace>>,
+    /// FC's runtime API, served to a built-in runtime's agent (calls go over it, not HTTP).
+    runtime_api: Option<crate::runtime_api::RuntimeApi>,
 }
 
 /// What `GET /admin/instances` shows.
@@ -243,6 +259,8 @@ pub struct Spawned<K: Kernel> {
     pub created: Instant,
     /// The start's steps so far.
     pub start_trace: StartTrace,
+    /// The runtime API served to it (built-in runtimes).
+    pub runtime_api: Option<crate::runtime_api::RuntimeApi>,
 }
 
 /// A request's slot on an instance, taken by its pool ([`Instance::admit`]); dropping it
@@ -273,7 +291,7 @@ impl<K: Kernel> Instance<K> {
     /// An instance of `function` whose process `spawned` just started; it needs
     /// [`Instance::boot`] next.
     pub fn new(function: Arc<Function>, spawned: Spawned<K>, reporting: Arc<Reporting>, provisioned: bool) -> Arc<Self> {
-        let Spawned { id, kernel, log, created, start_trace } = spawned;
+        let Spawned { id, kernel, log, created, start_trace, runtime_api } = spawned;
         let now = crate::clock::now_ms();
         let inst = Arc::new(Instance {
             fc_headers: hooks::instance_headers(&function, &id),
@@ -289,6 +307,7 @@ impl<K: Kernel> Instance<K> {
             start_trace: Mutex::new(start_trace),
             gpu_hibernated: Mutex::new(None),
             stop_trace: Mutex::new(None),
+            runtime_api,
             id,
             function,
             provisioned,

@@ -83,6 +83,7 @@ impl<K: Kernel> Instance<K> {
                 max_memory_mb,
                 log,
                 instance_id: self.id.clone(),
+                error_type: None,
             }),
             Some(_) if self.life.borrow().oom_killed() => {
                 Err(InvokeError::OutOfMemory { limit_mb: self.function.memory_mb, duration_ms, max_memory_mb })

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::conn::Connections;
 use super::{ms, us, HookKind, InitError, Instance, Kernel, Lifecycle, StartError};
+use crate::runtime_api::RuntimeApi;
 
 impl<K: Kernel> Instance<K> {
     /// Waits for the port, runs the Initializer and freezes: the rest of a cold start. The
@@ -26,6 +27,43 @@ impl<K: Kernel> Instance<K> {
 
     async fn boot_inner(self: &Arc<Self>) -> Result<Duration, StartError> {
         let deadline = Instant::now() + self.function.start_timeout;
+        if let Some(api) = self.runtime_api() {
+            self.wait_agent(api, deadline).await?;
+        } else {
+            self.wait_listening(deadline).await?;
+        }
+        let listening = self.created.elapsed();
+        self.start_trace.lock().expect("trace").listening_us = us(listening);
+        self.transition(Lifecycle::listening);
+        tracing::info!(function = %self.function.name, instance = %self.id, ms = ms(listening), "cold start: listening");
+        self.boot_rest().await
+    }
+
+    /// A built-in runtime is ready when its agent first asks for work (it loaded the
+    /// function); an `init/error` or an exit first fails the start.
+    async fn wait_agent(&self, api: &RuntimeApi, deadline: Instant) -> Result<(), StartError> {
+        let mut life = self.life.subscribe();
+        tokio::select! {
+            () = api.polled() => Ok(()),
+            e = api.init_failed() => Err(StartError::AgentInit(e)),
+            r = life.wait_for(|l| l.exit().is_some()) => {
+                let code = r.ok().and_then(|l| l.exit()).unwrap_or(-1);
+                // The agent posts its init error, then exits (129): the error says more.
+                match api.init_error() {
+                    Some(e) => Err(StartError::AgentInit(e)),
+                    None => Err(self.exited_error(code)),
+                }
+            }
+            () = tokio::time::sleep_until(deadline.into()) => Err(StartError::Runtime(format!(
+                "the {} runtime did not ask for work within {} seconds (fcsup.startTimeout)",
+                self.function.runtime,
+                self.function.start_timeout.as_secs()
+            ))),
+        }
+    }
+
+    /// A custom runtime is ready when its port accepts a connection.
+    async fn wait_listening(&self, deadline: Instant) -> Result<(), StartError> {
         let mut life = self.life.subscribe();
         // Polled: nothing tells a supervisor when a process starts listening. Fine-grained
         // at first (a native server listens within a millisecond), then every 5 ms at most.
@@ -50,10 +88,11 @@ impl<K: Kernel> Instance<K> {
         if let Ok(s) = Connections::handshake(stream).await {
             self.conns.put(s);
         }
-        let listening = self.created.elapsed();
-        self.start_trace.lock().expect("trace").listening_us = us(listening);
-        self.transition(Lifecycle::listening);
-        tracing::info!(function = %self.function.name, instance = %self.id, ms = ms(listening), "cold start: listening");
+        Ok(())
+    }
+
+    /// The Initializer, the first health check and the freeze: the rest of a cold start.
+    async fn boot_rest(self: &Arc<Self>) -> Result<Duration, StartError> {
         {
             let mut windows = self.power.lock().await;
             // The cold start and the Initializer are one `initialize` record, counted from the
@@ -97,7 +136,11 @@ impl<K: Kernel> Instance<K> {
         } else {
             std::io::Error::from_raw_os_error(code).to_string().split(" (os error").next().unwrap_or("").to_string()
         };
-        StartError::Exited { code, message, command: self.function.command.join(" ") }
+        let command = match &self.function.builtin {
+            Some(_) => format!("the {} runtime", self.function.runtime),
+            None => self.function.command.join(" "),
+        };
+        StartError::Exited { code, message, command }
     }
 
     /// Runs the Initializer (the power lock held) and tells the lifecycle how it went.

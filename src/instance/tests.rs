@@ -25,7 +25,7 @@ async fn fixture(extra: &str, script: Script) -> Fixture {
     let (kernel, trace) = recording(script);
     let reporting = reporting();
     let log = crate::logs::InstanceLog::new("f", "c-test", None, None);
-    let spawned = Spawned { id: "c-test".into(), kernel, log, created: Instant::now(), start_trace: StartTrace::default() };
+    let spawned = Spawned { id: "c-test".into(), kernel, log, created: Instant::now(), start_trace: StartTrace::default(), runtime_api: None };
     let instance = Instance::new(Arc::new(function), spawned, reporting.clone(), false);
     Fixture { instance, trace, reporting, _code: code }
 }

@@ -319,6 +319,8 @@ struct Shared {
     /// Wakes polls: a call was queued, or a newer poll superseded an older one.
     changed: Notify,
     init_tx: watch::Sender<Option<AgentError>>,
+    /// Set by the agent's first `next`: it has loaded the function and waits for work.
+    polled: watch::Sender<bool>,
     /// Held while a posted body is read, so memory holds one body at a time.
     body_slot: tokio::sync::Semaphore,
     info: InstanceInfo,
@@ -372,6 +374,7 @@ impl RuntimeApi {
             state: Mutex::new(State::default()),
             changed: Notify::new(),
             init_tx,
+            polled: watch::channel(false).0,
             body_slot: tokio::sync::Semaphore::new(1),
             info,
             limits,
@@ -406,6 +409,14 @@ impl RuntimeApi {
         let _withdraw = Withdraw { shared: &self.shared, seq };
         self.shared.changed.notify_waiters();
         rx.await.unwrap_or(Err(CallError::Closed))
+    }
+
+    /// Resolves once the agent has polled `next` for the first time: it loaded the function
+    /// and is ready for calls (the readiness of a built-in runtime's instance).
+    pub async fn polled(&self) {
+        let mut rx = self.shared.polled.subscribe();
+        // The sender lives in `shared`, as long as `self`.
+        let _ = rx.wait_for(|p| *p).await;
     }
 
     /// The init error the agent reported, if it did.

@@ -147,6 +147,7 @@ async fn next(shared: &Shared) -> Resp {
         st.poll_gen += 1;
         st.poll_gen
     };
+    shared.polled.send_if_modified(|p| !std::mem::replace(p, true));
     shared.changed.notify_waiters();
     loop {
         let notified = shared.changed.notified();

@@ -355,3 +355,13 @@ async fn connections_are_capped() {
     let (s, _, _) = tokio::time::timeout(WAIT, extra).await.unwrap().unwrap();
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn polled_resolves_on_the_first_next() {
+    let (api, addr) = server(Limits::default()).await;
+    assert!(tokio::time::timeout(Duration::from_millis(50), api.polled()).await.is_err(), "not before the agent polls");
+    let poll = tokio::spawn(next(addr));
+    tokio::time::timeout(WAIT, api.polled()).await.expect("the first next makes it ready");
+    tokio::time::timeout(WAIT, api.polled()).await.expect("and it stays ready");
+    poll.abort();
+}

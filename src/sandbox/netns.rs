@@ -107,6 +107,14 @@ impl Netns {
         &self.ns
     }
 
+    /// A non-blocking TCP listener on `addr` inside the namespace (for FC's runtime API, which
+    /// the instance reaches on its own loopback while fcsup serves it).
+    pub fn listen(&self, addr: std::net::SocketAddrV4) -> io::Result<std::net::TcpListener> {
+        let l = inside(&self.ns, || std::net::TcpListener::bind(addr))?;
+        l.set_nonblocking(true)?;
+        Ok(l)
+    }
+
     /// A non-blocking TCP socket created inside the namespace, so connecting to
     /// `INSTANCE_ADDR:port` reaches the function however many instances use that port.
     pub fn socket(&self) -> io::Result<std::net::TcpStream> {
