@@ -181,7 +181,12 @@ impl Runtime {
 /// `<2024-01-02T03:04:05.678Z> <id> [<LEVEL>] <msg>`: FC's log line format.
 fn is_log_line(l: &str, id: &str, level: &str, msg: &str) -> bool {
     let Some((ts, rest)) = l.split_once(' ') else { return false };
-    ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T' && rest.starts_with(&format!("{id} [{level}] ")) && rest.ends_with(msg)
+    // Go's `.999` layout drops trailing zeros of the milliseconds (`…:05.12Z`, `…:05Z`).
+    (20..=24).contains(&ts.len())
+        && ts.ends_with('Z')
+        && ts.as_bytes()[10] == b'T'
+        && rest.starts_with(&format!("{id} [{level}] "))
+        && rest.ends_with(msg)
 }
 
 fn json(s: &Success) -> Value {
