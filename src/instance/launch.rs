@@ -135,7 +135,10 @@ impl Launcher {
             .mode(0o700)
             .create(&self.bundle_dir)
             .map_err(|e| failed(format!("create {}: {e}", self.bundle_dir.display())))?;
-        let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        // The hooks read NVIDIA's variables from here: only those the legacy hook's checks
+        // passed, never the image's own (which could ask for MIG devices or other GPUs).
+        let nvidia = |k: &str| k.starts_with("NVIDIA_") || k == "CUDA_VERSION";
+        let mut env: Vec<String> = spec.env.iter().filter(|(k, _)| !nvidia(k)).map(|(k, v)| format!("{k}={v}")).collect();
         env.extend(granted.bundle_env.iter().cloned());
         let config = BundleConfig {
             root: std::path::PathBuf::from(if spec.image.is_some() { sandbox::IMAGE_ROOT_AT } else { "/" }),
