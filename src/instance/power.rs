@@ -19,6 +19,7 @@ impl<K: Kernel> Instance<K> {
     pub(super) async fn freeze_if_idle(self: Arc<Self>) {
         let mut windows = self.power.lock().await;
         if !self.life.borrow().may_freeze() {
+            self.hazards_not_frozen();
             return;
         }
         // PreFreeze follows invocations (not the Initializer), and is billed inside the
@@ -28,10 +29,12 @@ impl<K: Kernel> Instance<K> {
             // power lock, thaws, and gets a window (and a PreFreeze) of its own.
             let _ = self.call_hook(HookKind::PreFreeze).await;
         }
+        let before = self.hazards_before();
         let t = Instant::now();
         match self.kernel.freeze().await {
             Ok(()) => {
                 let took = t.elapsed();
+                self.hazards_after(before, t, took);
                 self.transition(Lifecycle::froze);
                 self.latencies.freeze(took);
                 self.reporting.samples().record("freeze", took);
@@ -39,7 +42,10 @@ impl<K: Kernel> Instance<K> {
                 windows.frozen(now, self.provisioned);
                 tracing::debug!(function = %self.function.name, instance = %self.id, us = us(took), "frozen");
             }
-            Err(e) => tracing::error!(instance = %self.id, "freeze failed: {e}"),
+            Err(e) => {
+                self.hazards_skipped(before);
+                tracing::error!(instance = %self.id, "freeze failed: {e}");
+            }
         }
     }
 
@@ -50,6 +56,7 @@ impl<K: Kernel> Instance<K> {
         self.kernel.thaw().await.map_err(Internal::Thaw)?;
         let took = t.elapsed();
         self.transition(Lifecycle::thawed);
+        self.hazards_thawed();
         if let Err(e) = self.wake_gpu().await {
             self.transition(|l| l.retire(super::Retire::Broken));
             return Err(e);
