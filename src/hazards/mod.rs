@@ -122,6 +122,10 @@ pub struct Input {
     pub unread_output: usize,
     /// What the runtime's agent reported pending with its last answer.
     pub pending: Vec<String>,
+    /// A built-in runtime: the agent's main thread (the init's child's) is still busy with
+    /// the runtime API exchange its answer began, so the kernel cannot judge it; the agent
+    /// reports what the function left on it instead ([`Input::pending`]).
+    pub agent: bool,
 }
 
 /// What [`gather`] found.
@@ -137,17 +141,21 @@ pub struct Found {
 pub fn gather(input: Input) -> Found {
     let mut found = Found::default();
     let mut names: HashMap<i32, String> = HashMap::new();
+    let mut agent_main = None;
     for &pid in &input.pids {
         if let Some(st) = procfs::process(pid) {
             found.processes.insert((pid, st.starttime));
             if pid != input.init_pid && st.state != 'Z' && !input.baseline.contains(&(pid, st.starttime)) && !input.baseline.is_empty() {
                 found.hazards.push(Hazard { kind: Kind::Child, what: format!("child process {pid} ({}) still running", st.comm) });
             }
+            if input.agent && st.ppid == input.init_pid {
+                agent_main = Some(pid);
+            }
             names.insert(pid, st.comm);
         }
     }
     for t in procfs::threads(&input.pids) {
-        if !t.user_mode || t.pid == input.init_pid {
+        if !t.user_mode || t.pid == input.init_pid || agent_main == Some(t.tid) {
             continue;
         }
         let since = input.before.as_ref().and_then(|b| b.cpu.get(&t.tid)).map_or(t.cpu_ns, |b| t.cpu_ns.saturating_sub(*b));

@@ -55,6 +55,7 @@ impl<K: Kernel> Instance<K> {
             own_ports,
             unread_output: self.log.unread(),
             pending: self.runtime_api.as_ref().map(crate::runtime_api::RuntimeApi::take_pending).unwrap_or_default(),
+            agent: self.runtime_api.is_some(),
         };
         let me = self.clone();
         tokio::spawn(async move {
