@@ -64,7 +64,7 @@ fn a_background_thread_still_computing_is_reported_with_its_name() {
     let (lines, id) = hazards_after(&f, "h", "thread");
     assert_eq!(lines.len(), 1, "{lines:#?}");
     assert!(lines[0].contains(") of process") && lines[0].contains(" (spinner) ") && lines[0].contains("was running when frozen"), "{lines:#?}");
-    assert!(lines[0].contains("ms CPU since the response"), "{lines:#?}");
+    assert!(lines[0].contains("ms CPU between the response and the freeze"), "{lines:#?}");
     // The next request learns how long it was frozen and how far its clocks jumped.
     std::thread::sleep(Duration::from_millis(300));
     let r = f.invoke("h", "clean");

@@ -5,10 +5,10 @@
 //! collected; and, from fcsup's own Python and Node.js agents, pending asyncio tasks and
 //! timers / Node.js timers and handles.
 //!
-//! The instance's shell ([`crate::instance`]) takes [`before`] just before writing
-//! `cgroup.freeze` (one `schedstat` read per thread, for "CPU since the response"), then
-//! [`gather`] on a blocking thread once the freeze is confirmed, and keeps the reports in a
-//! [`Tracker`].
+//! The instance's shell ([`crate::instance`]) runs [`gather`] on a blocking thread once the
+//! freeze is confirmed and keeps the reports in a [`Tracker`]; nothing is read before the
+//! freeze (the CPU used since the response comes from the cgroup readings that the request's
+//! accounting and the billing window take anyway).
 
 pub mod procfs;
 
@@ -78,6 +78,9 @@ pub struct Report {
     pub gather_us: u64,
     /// What was cut off (empty: nothing).
     pub hazards: Vec<Hazard>,
+    /// A request thawed the instance before the kernel's view was read: only what the
+    /// runtime's agent reported is kept (a thawed instance would mislead the rest).
+    pub partial: bool,
 }
 
 impl Report {
@@ -92,18 +95,6 @@ pub fn line(request_id: &str, what: &str) -> String {
     format!("FC Freeze Hazard RequestId: {request_id}: {what}")
 }
 
-/// The per-thread CPU read just before the freeze.
-#[derive(Debug, Clone)]
-pub struct Before {
-    /// ns on a CPU, by tid.
-    cpu: HashMap<i32, u64>,
-}
-
-/// Reads [`Before`] for `pids` (cheap: one small file per thread).
-pub fn before(pids: &[i32]) -> Before {
-    Before { cpu: procfs::cpu_by_thread(pids) }
-}
-
 /// What [`gather`] needs.
 #[derive(Debug)]
 pub struct Input {
@@ -111,8 +102,9 @@ pub struct Input {
     pub pids: Vec<i32>,
     /// Its init (fcsup's, not the function's): never a child hazard.
     pub init_pid: i32,
-    /// The read just before the freeze.
-    pub before: Option<Before>,
+    /// CPU the instance used from the response to the freeze (its cgroup's `cpu.stat`, read
+    /// at both anyway), µs.
+    pub cpu_since_response_us: Option<u64>,
     /// The processes seen at the previous freeze, `(pid, starttime)`.
     pub baseline: HashSet<(i32, u64)>,
     /// Ports of fcsup's own connections into the instance (the function's port, the runtime
@@ -158,11 +150,10 @@ pub fn gather(input: Input) -> Found {
         if !t.user_mode || t.pid == input.init_pid || agent_main == Some(t.tid) {
             continue;
         }
-        let since = input.before.as_ref().and_then(|b| b.cpu.get(&t.tid)).map_or(t.cpu_ns, |b| t.cpu_ns.saturating_sub(*b));
         let process = names.get(&t.pid).map_or("?", String::as_str);
         let mut what = format!("thread {} ({}) of process {} ({process}) was running when frozen", t.tid, t.stat.comm, t.pid);
-        if input.before.is_some() {
-            let _ = write!(what, ", {:.3} ms CPU since the response", since as f64 / 1e6);
+        if let Some(us) = input.cpu_since_response_us {
+            let _ = write!(what, "; the instance used {:.3} ms CPU between the response and the freeze", us as f64 / 1e3);
         }
         found.hazards.push(Hazard { kind: Kind::Thread, what });
     }
@@ -211,6 +202,8 @@ fn socket_hazard(s: &procfs::Socket) -> Option<Hazard> {
 /// When the instance last froze.
 #[derive(Debug, Clone, Copy)]
 struct Frozen {
+    /// Which freeze (counted from 1).
+    seq: u64,
     /// `cgroup.freeze` written: the function's last moment of running.
     began: Instant,
     /// The kernel confirmed it.
@@ -237,11 +230,15 @@ pub struct Tracker {
 struct State {
     /// The last request answered since the last freeze.
     answered: Option<String>,
+    /// The instance's `cpu.stat` usage when the last answer came, µs.
+    response_cpu: Option<u64>,
     baseline: HashSet<(i32, u64)>,
     history: VecDeque<Report>,
     frozen: Option<Frozen>,
     /// How long the last thaw found it frozen, and how far its clocks jumped.
     thawed: Option<(Duration, Duration)>,
+    /// Freezes so far.
+    freezes: u64,
 }
 
 impl Default for Tracker {
@@ -253,6 +250,16 @@ impl Default for Tracker {
 impl Tracker {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The instance's CPU usage (µs) as the last answer came.
+    pub fn response_cpu(&self, usage_usec: u64) {
+        self.lock().response_cpu = Some(usage_usec);
+    }
+
+    /// The usage noted at the last answer, taken.
+    pub fn take_response_cpu(&self) -> Option<u64> {
+        self.lock().response_cpu.take()
     }
 
     /// A request was answered: the next freeze's report is its.
@@ -275,9 +282,18 @@ impl Tracker {
         self.lock().baseline.clone()
     }
 
-    /// A confirmed freeze, written at `began`.
-    pub fn froze(&self, began: Instant, confirmed: Instant) {
-        self.lock().frozen = Some(Frozen { began, confirmed });
+    /// A confirmed freeze, written at `began`; its number.
+    pub fn froze(&self, began: Instant, confirmed: Instant) -> u64 {
+        let mut g = self.lock();
+        g.freezes += 1;
+        let seq = g.freezes;
+        g.frozen = Some(Frozen { seq, began, confirmed });
+        seq
+    }
+
+    /// Whether freeze `seq` still holds (no thaw since).
+    pub fn still_frozen(&self, seq: u64) -> bool {
+        self.lock().frozen.is_some_and(|f| f.seq == seq)
     }
 
     /// A confirmed thaw at `now`: remembers how long it was frozen and how far the function's
@@ -432,6 +448,7 @@ mod tests {
             freeze_us: 1,
             gather_us: 1,
             hazards: vec![Hazard { kind: Kind::Child, what: "child process 9 (sleep) still running".into() }],
+            partial: false,
         };
         t.skipped(Some("r1".into()));
         t.record(Some(report.clone()), HashSet::new());

@@ -3,7 +3,6 @@
 //! network namespace of that process) and its processes. Parsers are pure; readers skip what
 //! vanished meanwhile.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// The fields of `/proc/<pid>/task/<tid>/stat` fcsup uses.
@@ -64,19 +63,6 @@ pub struct Thread {
 fn tids(pid: i32) -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
-}
-
-/// ns on a CPU of every thread of `pids`, by tid (the cheap read taken just before a freeze).
-pub fn cpu_by_thread(pids: &[i32]) -> HashMap<i32, u64> {
-    let mut out = HashMap::new();
-    for &pid in pids {
-        for tid in tids(pid) {
-            if let Some(ns) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).ok().as_deref().and_then(parse_schedstat) {
-                out.insert(tid, ns);
-            }
-        }
-    }
-    out
 }
 
 /// Every thread of `pids`, with where it stood.

@@ -1,7 +1,7 @@
-//! The instance's side of freeze hazards ([`crate::hazards`], README, Freeze hazards): a cheap
-//! per-thread CPU read just before `cgroup.freeze` is written, the report read on a blocking
-//! thread once the freeze is confirmed (never on the response path), where its lines go, and
-//! what the thaw tells the request that caused it.
+//! The instance's side of freeze hazards ([`crate::hazards`], README, Freeze hazards): the
+//! report read on a blocking thread once the freeze is confirmed (nothing is read on the
+//! response path or before the freeze), where its lines go, and what the thaw tells the request
+//! that caused it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 
 use super::{us, Instance, InvokeError, Kernel, Reply, UNHANDLED};
 use crate::config::FreezeHazards;
-use crate::hazards::{self, Before, Report};
+use crate::hazards::{self, Report};
 
 /// How long a `Tail` invocation waits for its freeze's report before answering without it.
 const TAIL_WAIT: Duration = Duration::from_millis(100);
@@ -30,39 +30,61 @@ impl<K: Kernel> Instance<K> {
         self.hazards.record(None, processes);
     }
 
-    /// Just before the freeze: the request it follows (if any) and each thread's CPU.
-    pub(super) fn hazards_before(&self) -> Option<(String, Before)> {
+    /// The instance's CPU usage as an answer came (read for the request's accounting anyway).
+    pub(super) fn hazards_response_cpu(&self, usage_usec: u64) {
+        if self.hazards_on() {
+            self.hazards.response_cpu(usage_usec);
+        }
+    }
+
+    /// Just before the freeze (reads nothing): the request it follows, if any, and the CPU
+    /// usage at its answer.
+    pub(super) fn hazards_before(&self) -> Option<(String, Option<u64>)> {
         if !self.hazards_on() {
             return None;
         }
         let request_id = self.hazards.take_answered()?;
-        Some((request_id, hazards::before(&self.kernel.pids())))
+        Some((request_id, self.hazards.take_response_cpu()))
     }
 
-    /// The freeze written at `began` is confirmed: reads the report off the response path.
-    pub(super) fn hazards_after(self: &Arc<Self>, before: Option<(String, Before)>, began: Instant, took: Duration) {
-        self.hazards.froze(began, began + took);
-        let Some((request_id, before)) = before else { return };
+    /// The freeze written at `began` is confirmed, the cgroup's CPU usage then `usage_usec`:
+    /// reads the report off the response path.
+    pub(super) fn hazards_after(self: &Arc<Self>, before: Option<(String, Option<u64>)>, began: Instant, took: Duration, usage_usec: u64) {
+        let seq = self.hazards.froze(began, began + took);
+        let Some((request_id, at_response)) = before else { return };
         let mut own_ports = vec![self.function.port];
         if self.runtime_api.is_some() {
             own_ports.push(super::builtin::RUNTIME_API_ADDR.port());
         }
-        let input = hazards::Input {
-            pids: self.kernel.pids(),
-            init_pid: self.kernel.placement().pid,
-            before: Some(before),
-            baseline: self.hazards.baseline(),
-            own_ports,
-            unread_output: self.log.unread(),
-            pending: self.runtime_api.as_ref().map(crate::runtime_api::RuntimeApi::take_pending).unwrap_or_default(),
-            agent: self.runtime_api.is_some(),
-        };
         let me = self.clone();
         tokio::spawn(async move {
             let t = Instant::now();
-            let Ok(found) = tokio::task::spawn_blocking(move || hazards::gather(input)).await else { return };
-            let report =
-                Report { at: crate::clock::now_rfc3339(), request_id, freeze_us: us(took), gather_us: us(t.elapsed()), hazards: found.hazards };
+            let inst = me.clone();
+            let read = move || {
+                hazards::gather(hazards::Input {
+                    pids: inst.kernel.pids(),
+                    init_pid: inst.kernel.placement().pid,
+                    cpu_since_response_us: at_response.map(|r| usage_usec.saturating_sub(r)),
+                    baseline: inst.hazards.baseline(),
+                    own_ports,
+                    unread_output: inst.log.unread(),
+                    pending: inst.runtime_api.as_ref().map(crate::runtime_api::RuntimeApi::take_pending).unwrap_or_default(),
+                    agent: inst.runtime_api.is_some(),
+                })
+            };
+            let Ok(mut found) = tokio::task::spawn_blocking(read).await else { return };
+            let partial = !me.hazards.still_frozen(seq);
+            if partial {
+                found.hazards.retain(|h| h.kind == hazards::Kind::Runtime);
+            }
+            let report = Report {
+                at: crate::clock::now_rfc3339(),
+                request_id,
+                freeze_us: us(took),
+                gather_us: us(t.elapsed()),
+                hazards: found.hazards,
+                partial,
+            };
             for h in &report.hazards {
                 me.reporting.metrics().freeze_hazard(&me.function.name, h.kind.as_str());
             }
@@ -75,7 +97,7 @@ impl<K: Kernel> Instance<K> {
     }
 
     /// The freeze attempt after `before` did not happen.
-    pub(super) fn hazards_skipped(&self, before: Option<(String, Before)>) {
+    pub(super) fn hazards_skipped(&self, before: Option<(String, Option<u64>)>) {
         if let Some((request_id, _)) = before {
             // The next freeze follows this request still, unless another is answered first.
             self.hazards.answered(&request_id);

@@ -116,7 +116,9 @@ impl<K: Kernel> Instance<K> {
                 }
             }
         };
-        let cpu = self.kernel.cpu().since(&cpu0).usage_usec;
+        let cpu_now = self.kernel.cpu();
+        self.hazards_response_cpu(cpu_now.usage_usec);
+        let cpu = cpu_now.since(&cpu0).usage_usec;
         let duration = started.elapsed();
         if call.want_log {
             self.log.drain().await;

@@ -34,12 +34,13 @@ impl<K: Kernel> Instance<K> {
         match self.kernel.freeze().await {
             Ok(()) => {
                 let took = t.elapsed();
-                self.hazards_after(before, t, took);
                 self.transition(Lifecycle::froze);
                 self.latencies.freeze(took);
                 self.reporting.samples().record("freeze", took);
                 let now = self.close_window(&mut windows);
                 windows.frozen(now, self.provisioned);
+                // Off the response path and after the billing window closed.
+                self.hazards_after(before, t, took, now.cpu.usage_usec);
                 tracing::debug!(function = %self.function.name, instance = %self.id, us = us(took), "frozen");
             }
             Err(e) => {
