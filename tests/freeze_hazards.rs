@@ -76,6 +76,10 @@ fn a_background_thread_still_computing_is_reported_with_its_name() {
     let metrics = http(&f.addr, "GET", "/metrics", &[], b"").text();
     assert!(metrics.contains(r#"fcsup_freeze_hazards_total{function="h",kind="thread"}"#), "{metrics}");
     assert!(!f.admin("GET", &format!("/admin/instances/{id}/hazards"), b"").text().is_empty());
+    // `fcsup report`'s source: per function, by kind.
+    let summary = f.admin("GET", "/admin/hazards", b"").json();
+    assert_eq!(summary[0]["function"], "h", "{summary}");
+    assert!(summary[0]["by_kind"]["thread"].as_u64().unwrap() >= 1, "{summary}");
     f.stop_and_check_clean();
 }
 
