@@ -465,6 +465,19 @@ mod tests {
     }
 
     #[test]
+    fn the_setting_is_report_by_default_and_refuses_other_words() {
+        use crate::config::{Config, FreezeHazards};
+        let dir = tempfile::tempdir().unwrap();
+        let props = |ext: &str| format!("functionName: f\nruntime: custom.debian10\ncode: .\n{ext}");
+        let mode = |ext: &str| Config::parse_function(&props(ext), "f", dir.path()).map(|f| f.freeze_hazards);
+        assert_eq!(mode("").unwrap(), FreezeHazards::Report);
+        assert_eq!(mode("fcsup: {freezeHazards: fail}").unwrap(), FreezeHazards::Fail);
+        assert_eq!(mode("fcsup: {freezeHazards: off}").unwrap(), FreezeHazards::Off);
+        let e = mode("fcsup: {freezeHazards: loud}").unwrap_err().to_string();
+        assert!(e.contains("report") && e.contains("fail") && e.contains("off"), "{e}");
+    }
+
+    #[test]
     fn a_stopped_spinning_process_is_caught_in_user_mode_and_a_sleeping_one_is_not() {
         // SIGSTOP stops a task the way the freezer does (in the kernel's signal path), so the
         // same `syscall` reading tells a computing task from a blocked one.
