@@ -246,6 +246,22 @@ pub struct FunctionExt {
     /// Where `layers:` are found, laid out `<layerDir>/<layer name>/<version>/` (relative to
     /// the file; default `layers`).
     pub layer_dir: Option<String>,
+    /// What a freeze hazard does: `report` (default), `fail` or `off` (README, Freeze hazards).
+    pub freeze_hazards: Option<FreezeHazards>,
+}
+
+/// `fcsup.freezeHazards`: what fcsup does when a freeze cuts off work an invocation left
+/// running.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FreezeHazards {
+    /// Report it (instance log, admin API, metrics, `fcsup report`).
+    #[default]
+    Report,
+    /// Report it, and fail the invocation whose answer preceded the freeze (for CI).
+    Fail,
+    /// Look at nothing.
+    Off,
 }
 
 /// Which host GPUs: `all` or a list.
@@ -403,6 +419,8 @@ pub struct Function {
     pub builtin: Option<Builtin>,
     /// The layers' directories, in the order configured (the first one wins at `/opt`).
     pub layers: Vec<PathBuf>,
+    /// `fcsup.freezeHazards`.
+    pub freeze_hazards: FreezeHazards,
 }
 
 /// The language of a built-in runtime.

@@ -29,12 +29,13 @@ pub struct Reporting {
     ledger: Arc<Ledger>,
     metrics: Metrics,
     samples: Samples,
+    hazards: crate::hazards::Totals,
 }
 
 impl Reporting {
     /// Reports to `ledger`, with fresh metrics and samples.
     pub fn new(ledger: Arc<Ledger>) -> Self {
-        Reporting { ledger, metrics: Metrics::default(), samples: Samples::default() }
+        Reporting { ledger, metrics: Metrics::default(), samples: Samples::default(), hazards: crate::hazards::Totals::default() }
     }
 
     /// The billing ledger.
@@ -50,6 +51,11 @@ impl Reporting {
     /// The bench's raw latency samples.
     pub fn samples(&self) -> &Samples {
         &self.samples
+    }
+
+    /// Freeze hazards per function (`fcsup report`).
+    pub fn hazards(&self) -> &crate::hazards::Totals {
+        &self.hazards
     }
 
     /// A closed billing window: into the metrics and the ledger.
