@@ -1,16 +1,23 @@
 //! The function configuration: a Serverless Devs `s.yaml` (functions under
-//! `resources.<name>.props`) or a plain list of such `props`, plus fcsup's own `fcsup:` keys.
+//! `resources.<name>.props`, FC 3.0's `fc3` component, or FC 2.0's `fc` component under
+//! `services:`), or a plain list of such `props`, plus fcsup's own `fcsup:` keys.
 //!
-//! Parsing is strict about types (the YAML parser reports line and column) and [`validate`]
-//! checks ranges with FC's limits, so a bad file fails at start naming the file and the key.
+//! A file is read as `s` reads it: its `${...}` variables resolved ([`vars`]), resources of
+//! other components skipped, FC 2.0 props mapped to FC 3.0's ([`fc2`]), a `code` package
+//! unpacked ([`package`]). Parsing is strict about types and [`validate`] checks ranges with
+//! FC's limits, so a bad file fails at start naming the file and the key.
 
+mod fc2;
+pub mod package;
 mod validate;
+mod vars;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde_json::Value;
 
 pub use validate::validate;
 
@@ -46,29 +53,15 @@ pub enum ConfigError {
     },
 }
 
-/// A whole `s.yaml`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct SFile {
-    #[serde(default)]
-    resources: BTreeMap<String, Resource>,
-    #[serde(default)]
-    fcsup: Option<GlobalExt>,
-    #[serde(default)]
-    functions: Vec<Props>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Resource {
-    props: Props,
-}
-
 /// Supervisor-wide settings under the file's top-level `fcsup:` key.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GlobalExt {
     /// Instance cap across all functions (FC's per-region cap; default 100).
     pub max_instances: Option<usize>,
+    /// Where `code` packages (`.zip`, `.jar`) are unpacked, relative to the file (default
+    /// [`package::DEFAULT_DIR`]).
+    pub code_cache: Option<String>,
 }
 
 /// One function's `props` (FC 3.0 names; unknown FC keys are accepted and ignored).
@@ -568,38 +561,108 @@ impl Config {
         Self::parse(&text, path, &base)
     }
 
-    /// Parses `text` as if read from `path`, resolving relative paths against `base`.
+    /// Parses `text` as if read from `path`, resolving relative paths against `base` and
+    /// `${env(...)}` against this process's environment.
     pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Self, ConfigError> {
-        let file: SFile = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
-        let mut entries: Vec<(String, Props)> = file.resources.into_iter().map(|(k, r)| (format!("resources.{k}.props"), r.props)).collect();
-        for (i, p) in file.functions.into_iter().enumerate() {
-            entries.push((format!("functions[{i}]"), p));
+        Self::parse_with_env(text, path, base, &|k| std::env::var(k).ok())
+    }
+
+    /// [`Config::parse`] with the environment `env`.
+    pub fn parse_with_env(text: &str, path: &Path, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid { path: path.to_path_buf(), key, message };
+        let doc: Value = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        let mut doc = match doc {
+            Value::Object(m) => m,
+            Value::Null => serde_json::Map::new(),
+            _ => return Err(ConfigError::Parse { path: path.to_path_buf(), message: "expected a map (resources:, services: or functions:)".into() }),
+        };
+        // Serverless Devs 3.x calls them `resources`, 1.x/2.x `services`.
+        let (section, resources) = match (doc.remove("resources"), doc.remove("services")) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "services".into(),
+                    "resources: and services: in one file: use one (services: is Serverless Devs 1.x's name)".into(),
+                ))
+            }
+            (Some(r), None) => ("resources", r),
+            (None, Some(r)) => ("services", r),
+            (None, None) => ("resources", Value::Object(serde_json::Map::new())),
+        };
+        let resources = match resources {
+            Value::Object(m) => m,
+            Value::Null => serde_json::Map::new(),
+            _ => return Err(invalid(section.into(), "expected a map of resource name to {component, props}".into())),
+        };
+        let vars_value = doc.remove("vars").unwrap_or(Value::Null);
+        let access = doc.get("access").and_then(Value::as_str).map(str::to_string);
+        let scope = vars::Scope { vars: &vars_value, resources: &resources, section, this: None, access: access.as_deref(), base, env };
+        let var_error = |e: vars::VarError| invalid(e.key, e.message);
+        let global: GlobalExt = match doc.remove("fcsup") {
+            Some(mut v) => {
+                vars::resolve(&mut v, "fcsup", &scope).map_err(var_error)?;
+                typed(v, "fcsup").map_err(|(k, m)| invalid(k, m))?
+            }
+            None => GlobalExt::default(),
+        };
+        let mut entries: Vec<(String, Value, bool)> = Vec::new();
+        let mut skipped = Vec::new();
+        for (name, raw) in &resources {
+            let key = format!("{section}.{name}");
+            let this = vars::Scope { this: Some(name), ..scope.clone() };
+            let mut r = raw.clone();
+            // The component first: a resource fcsup skips may use variables fcsup cannot resolve.
+            if let Some(c) = r.get_mut("component") {
+                vars::resolve(c, &format!("{key}.component"), &this).map_err(var_error)?;
+            }
+            let kind = fc2::component(&r);
+            if let fc2::Component::Other(c) = &kind {
+                tracing::info!("{}: {key} is a {c} resource, not a function: skipped", path.display());
+                skipped.push(format!("{name} ({c})"));
+                continue;
+            }
+            let Some(mut props) = r.get_mut("props").map(Value::take).filter(|p| !p.is_null()) else {
+                return Err(invalid(format!("{key}.props"), "missing: a function's settings are under props".into()));
+            };
+            vars::resolve(&mut props, &format!("{key}.props"), &this).map_err(var_error)?;
+            let props = match kind {
+                fc2::Component::Fc2 => fc2::to_fc3(&props).map_err(|(k, m)| invalid(format!("{key}.props.{k}"), m))?,
+                _ => props,
+            };
+            entries.push((format!("{key}.props"), props, kind == fc2::Component::Fc2));
+        }
+        if let Some(mut list) = doc.remove("functions") {
+            vars::resolve(&mut list, "functions", &scope).map_err(var_error)?;
+            match list {
+                Value::Array(items) => entries.extend(items.into_iter().enumerate().map(|(i, p)| (format!("functions[{i}]"), p, false))),
+                Value::Null => {}
+                _ => return Err(invalid("functions".into(), "expected a list of props".into())),
+            }
         }
         if entries.is_empty() {
-            return Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                key: "resources".into(),
-                message: "no function found: expected resources.<name>.props (Serverless Devs s.yaml) or a functions: list".into(),
-            });
+            let also = if skipped.is_empty() { String::new() } else { format!(" (skipped, other components: {})", skipped.join(", ")) };
+            return Err(invalid(
+                "resources".into(),
+                format!("no function found: expected resources.<name>.props (Serverless Devs s.yaml, component fc3), services.<name>.props.function (FC 2.0, component fc) or a functions: list{also}"),
+            ));
         }
+        let cache = global.code_cache.as_ref().map_or_else(|| PathBuf::from(package::DEFAULT_DIR), |c| base.join(c));
         let mut functions = Vec::new();
-        for (key, props) in entries {
-            let default_name = key.strip_prefix("resources.").and_then(|k| k.strip_suffix(".props")).unwrap_or("");
-            let f = validate(&props, default_name, base).map_err(|(k, message)| ConfigError::Invalid {
-                path: path.to_path_buf(),
-                key: format!("{key}.{k}"),
-                message,
-            })?;
+        for (key, value, is_fc2) in entries {
+            let fc2_key = |k: &str| match (k, is_fc2) {
+                ("", _) => key.clone(),
+                (k, true) => format!("{key}.{}", fc2::key_in_fc2(k)),
+                (k, false) => format!("{key}.{k}"),
+            };
+            let default_name = key.split('.').nth(1).filter(|_| !key.starts_with("functions[")).unwrap_or("");
+            let mut props: Props = typed(value, "").map_err(|(k, m)| invalid(fc2_key(&k), m))?;
+            unpack_code(&mut props, base, &cache).map_err(|m| invalid(fc2_key("code"), m))?;
+            let f = validate(&props, default_name, base).map_err(|(k, message)| invalid(fc2_key(&k), message))?;
             if functions.iter().any(|g: &Function| g.name == f.name) {
-                return Err(ConfigError::Invalid {
-                    path: path.to_path_buf(),
-                    key: format!("{key}.functionName"),
-                    message: format!("function {:?} is defined twice", f.name),
-                });
+                return Err(invalid(fc2_key("functionName"), format!("function {:?} is defined twice", f.name)));
             }
             functions.push(f);
         }
-        Ok(Config { functions, global: file.fcsup.unwrap_or_default(), base: base.to_path_buf() })
+        Ok(Config { functions, global, base: base.to_path_buf() })
     }
 
     /// Parses one function's `props` (YAML or JSON) for `PUT /admin/functions/{name}`; relative
@@ -608,6 +671,11 @@ impl Config {
         let at = PathBuf::from(format!("PUT /admin/functions/{name}"));
         let mut props: Props = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse { path: at.clone(), message: e.to_string() })?;
         props.function_name = Some(name.to_string());
+        unpack_code(&mut props, base, Path::new(package::DEFAULT_DIR)).map_err(|message| ConfigError::Invalid {
+            path: at.clone(),
+            key: "code".into(),
+            message,
+        })?;
         validate(&props, name, base).map_err(|(key, message)| ConfigError::Invalid { path: at, key, message })
     }
 
@@ -615,4 +683,36 @@ impl Config {
     pub fn function(&self, name: &str) -> Option<&Function> {
         self.functions.iter().find(|f| f.name == name)
     }
+}
+
+/// `value` as a `T`; on error, the dotted key below `at` and the message.
+fn typed<T: serde::de::DeserializeOwned>(mut value: Value, at: &str) -> Result<T, (String, String)> {
+    // YAML writes `PORT: 9000` for what is a string in the process's environment.
+    if let Some(env) = value.get_mut("environmentVariables").and_then(Value::as_object_mut) {
+        for v in env.values_mut() {
+            if matches!(v, Value::Number(_) | Value::Bool(_)) {
+                *v = Value::String(v.to_string());
+            }
+        }
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let inner = e.path().to_string();
+        let key = match (at.is_empty(), inner == ".") {
+            (true, _) => inner,
+            (false, true) => at.to_string(),
+            (false, false) => format!("{at}.{inner}"),
+        };
+        (key, e.into_inner().to_string())
+    })
+}
+
+/// A `code` package (`.zip`, `.jar`) replaced by the directory it unpacks to under `cache`.
+fn unpack_code(props: &mut Props, base: &Path, cache: &Path) -> Result<(), String> {
+    let Some(code) = props.code.as_deref().filter(|c| package::is_package(Path::new(c))) else { return Ok(()) };
+    if props.runtime.as_deref() == Some("custom-container") {
+        return Ok(());
+    }
+    let dir = package::unpack(&base.join(code), cache)?;
+    props.code = Some(dir.display().to_string());
+    Ok(())
 }
