@@ -11,6 +11,19 @@
 
 use serde_json::{json, Map, Value};
 
+/// The function keys FC 2.0 names differently from FC 3.0 and [`to_fc3`] reads.
+pub const FC2_NAMES: [&str; 9] = [
+    "name",
+    "codeUri",
+    "caPort",
+    "customContainerConfig",
+    "initializer",
+    "initializationTimeout",
+    "asyncConfiguration",
+    "instanceType",
+    "gpuMemorySize",
+];
+
 /// What a resource is, from its `component`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Component {
@@ -139,6 +152,7 @@ pub fn to_fc3(props: &Value) -> Result<Value, (String, String)> {
         }
         out.insert("asyncInvokeConfig".into(), Value::Object(a));
     }
+    // `gpuMemorySize` goes with `instanceType`.
     if let Some(kind) = f.get("instanceType").and_then(Value::as_str).filter(|t| t.starts_with("fc.gpu.")) {
         out.insert("gpuConfig".into(), json!({ "gpuType": kind, "gpuMemorySize": f.get("gpuMemorySize").cloned().unwrap_or(Value::Null) }));
     }

@@ -608,7 +608,7 @@ impl Config {
         let mut skipped = Vec::new();
         for (name, raw) in &resources {
             let key = format!("{section}.{name}");
-            let this = vars::Scope { this: Some(name), ..scope.clone() };
+            let this = vars::Scope { this: Some(name), ..scope };
             let mut r = raw.clone();
             // The component first: a resource fcsup skips may use variables fcsup cannot resolve.
             if let Some(c) = r.get_mut("component") {
@@ -623,10 +623,22 @@ impl Config {
             let Some(mut props) = r.get_mut("props").map(Value::take).filter(|p| !p.is_null()) else {
                 return Err(invalid(format!("{key}.props"), "missing: a function's settings are under props".into()));
             };
-            vars::resolve(&mut props, &format!("{key}.props"), &this).map_err(var_error)?;
             let props = match kind {
-                fc2::Component::Fc2 => fc2::to_fc3(&props).map_err(|(k, m)| invalid(format!("{key}.props.{k}"), m))?,
-                _ => props,
+                fc2::Component::Fc2 => {
+                    // FC 2.0's `function` holds what fcsup reads; `service` and `triggers` it ignores.
+                    if let Some(f) = props.get_mut("function") {
+                        let read: Vec<&str> = vars::struct_fields::<Props>().iter().chain(fc2::FC2_NAMES.iter()).copied().collect();
+                        vars::resolve_props(f, &format!("{key}.props.function"), &this, &read).map_err(var_error)?;
+                    }
+                    if let Some(r) = props.get_mut("region") {
+                        vars::resolve(r, &format!("{key}.props.region"), &this).map_err(var_error)?;
+                    }
+                    fc2::to_fc3(&props).map_err(|(k, m)| invalid(format!("{key}.props.{k}"), m))?
+                }
+                _ => {
+                    vars::resolve_props(&mut props, &format!("{key}.props"), &this, vars::struct_fields::<Props>()).map_err(var_error)?;
+                    props
+                }
             };
             entries.push((format!("{key}.props"), props, kind == fc2::Component::Fc2));
         }
@@ -715,4 +727,189 @@ fn unpack_code(props: &mut Props, base: &Path, cache: &Path) -> Result<(), Strin
     let dir = package::unpack(&base.join(code), cache)?;
     props.code = Some(dir.display().to_string());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::*;
+
+    fn env(k: &str) -> Option<String> {
+        match k {
+            "STAGE" => Some("prod".into()),
+            _ => None,
+        }
+    }
+
+    fn dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("code")).unwrap();
+        dir
+    }
+
+    fn parse(yaml: &str, dir: &Path) -> Result<Config, ConfigError> {
+        Config::parse_with_env(yaml, Path::new("s.yaml"), dir, &env)
+    }
+
+    /// As the start-fc3 templates write them: vars, a domain resource pointing at the function.
+    const TEMPLATE: &str = r#"
+edition: 3.0.0
+name: start-fc3-python
+access: "default"
+vars:
+  region: "cn-hangzhou"
+  functionName: "start-python-${env('STAGE')}"
+resources:
+  hello_world:
+    component: fc3
+    actions:
+      pre-deploy:
+        - run: pip3 install -r requirements.txt -t . ${this.props.nope}
+          path: ./code
+    props:
+      region: ${vars.region}
+      functionName: ${vars.functionName}
+      description: 'hello world by serverless devs'
+      runtime: custom.debian10
+      code: ./code
+      memorySize: 128
+      timeout: 30
+      role: acs:ram::${config('AccountID')}:role/aliyunfcdefaultrole
+      environmentVariables:
+        REGION: ${vars.region}
+        NAME: ${this.name}
+        PORT: 9000
+      customRuntimeConfig:
+        command:
+          - python3
+          - app.py
+        port: 9000
+      triggers:
+        - triggerName: httpTrigger
+          triggerType: http
+          triggerConfig:
+            authType: anonymous
+            methods: [GET, POST]
+  fc3_domain_0:
+    component: fc3-domain
+    props:
+      region: ${vars.region}
+      domainName: auto
+      routeConfig:
+        routes:
+          - functionName: ${resources.hello_world.props.functionName}
+            path: /*
+"#;
+
+    #[test]
+    fn a_template_with_variables_and_a_domain() {
+        let d = dir();
+        let cfg = parse(TEMPLATE, d.path()).unwrap();
+        assert_eq!(cfg.functions.len(), 1, "the fc3-domain resource is not a function");
+        let f = &cfg.functions[0];
+        assert_eq!(f.name, "start-python-prod");
+        assert_eq!(f.region, "cn-hangzhou");
+        assert_eq!(f.env["REGION"], "cn-hangzhou");
+        assert_eq!(f.env["NAME"], "hello_world");
+        assert_eq!(f.env["PORT"], "9000");
+        assert_eq!(f.command, ["python3", "app.py"]);
+        let e =
+            parse(&TEMPLATE.replace("${vars.region}\n      functionName", "${vars.regoin}\n      functionName"), d.path()).unwrap_err().to_string();
+        assert!(e.starts_with("s.yaml: resources.hello_world.props.region: ${vars.regoin}: unknown variable"), "{e}");
+        let e = parse(&TEMPLATE.replace("start-python-${env('STAGE')}", "${env('NO_SUCH')}"), d.path()).unwrap_err().to_string();
+        assert!(e.contains("resources.hello_world.props.functionName") && e.contains("NO_SUCH is not set"), "{e}");
+    }
+
+    #[test]
+    fn only_foreign_components_is_no_function() {
+        let d = dir();
+        let e = parse("resources:\n  dom:\n    component: fc3-domain\n    props:\n      domainName: auto\n", d.path()).unwrap_err().to_string();
+        assert!(e.contains("no function found") && e.contains("dom (fc3-domain)"), "{e}");
+    }
+
+    /// As the awesome-fc examples write them.
+    const FC2: &str = r#"
+edition: 1.0.0
+name: fc2-app
+access: default
+vars:
+  region: cn-shenzhen
+services:
+  web-framework:
+    component: devsapp/fc
+    props:
+      region: ${vars.region}
+      service:
+        name: web-svc
+        description: 'Serverless Devs Web Framework Service'
+        role: acs:ram::${config('AccountID')}:role/x
+      function:
+        name: flask-app
+        description: 'Serverless Devs Web Framework Function'
+        codeUri: './code'
+        runtime: custom
+        caPort: 5000
+        memorySize: 256
+        timeout: 60
+        instanceConcurrency: 4
+        initializer: index.init
+        initializationTimeout: 10
+        instanceLifecycleConfig:
+          preFreeze:
+            handler: pf
+            timeout: 5
+        environmentVariables:
+          SERVICE: ${this.props.service.name}
+      triggers:
+        - name: httpTrigger
+          type: http
+          config:
+            authType: anonymous
+            methods: [GET]
+  domain:
+    component: devsapp/fc-domain
+    props:
+      customDomains:
+        - domainName: auto
+"#;
+
+    #[test]
+    fn an_fc2_file() {
+        let d = dir();
+        let cfg = parse(FC2, d.path()).unwrap();
+        assert_eq!(cfg.functions.len(), 1);
+        let f = &cfg.functions[0];
+        assert_eq!((f.name.as_str(), f.region.as_str(), f.port, f.memory_mb, f.concurrency), ("flask-app", "cn-shenzhen", 5000, 256, 4));
+        assert_eq!(f.initializer, Some(Hook { handler: "index.init".into(), timeout: Duration::from_secs(10) }));
+        assert_eq!(f.pre_freeze.as_ref().unwrap().handler, "pf");
+        assert_eq!(f.env["SERVICE"], "web-svc");
+        let e = parse(&FC2.replace("memorySize: 256", "memorySize: 100"), d.path()).unwrap_err().to_string();
+        assert!(e.contains("services.web-framework.props.function.memorySize"), "{e}");
+        let e = parse(&FC2.replace("caPort: 5000", "caPort: 0"), d.path()).unwrap_err().to_string();
+        assert!(e.contains("services.web-framework.props.function.caPort"), "FC 2.0's name: {e}");
+        let e = parse(&FC2.replace("initializationTimeout: 10", "initializationTimeout: 1000"), d.path()).unwrap_err().to_string();
+        assert!(e.contains("props.function.initializationTimeout"), "{e}");
+    }
+
+    #[test]
+    fn zip_and_jar_code() {
+        let d = dir();
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        w.start_file("bootstrap", zip::write::SimpleFileOptions::default().unix_permissions(0o755)).unwrap();
+        w.write_all(b"#!/bin/sh\n").unwrap();
+        let bytes = w.finish().unwrap().into_inner();
+        std::fs::write(d.path().join("code.zip"), &bytes).unwrap();
+        std::fs::write(d.path().join("app.jar"), &bytes).unwrap();
+        let yaml = "fcsup:\n  codeCache: cache\nresources:\n  a:\n    props:\n      code: ./code.zip\n  b:\n    props:\n      code: app.jar\n";
+        let cfg = parse(yaml, d.path()).unwrap();
+        let (a, b) = (&cfg.functions[0], &cfg.functions[1]);
+        assert!(a.code_dir.starts_with(d.path().join("cache")), "{}", a.code_dir.display());
+        assert!(a.code_dir.join("bootstrap").is_file());
+        assert_eq!(a.code_dir, b.code_dir, "same bytes, one copy");
+        assert_eq!(a.code_checksum, b.code_checksum);
+        std::fs::write(d.path().join("bad.zip"), b"PK not really").unwrap();
+        let e = parse(&yaml.replace("./code.zip", "bad.zip"), d.path()).unwrap_err().to_string();
+        assert!(e.contains("resources.a.props.code") && e.contains("not a zip"), "{e}");
+    }
 }

@@ -69,6 +69,52 @@ impl Scope<'_> {
     }
 }
 
+/// Resolves `props` (at dotted `key`) in place, strictly in the keys in `read`; in any other
+/// key (`role: acs:ram::${config('AccountID')}:role/…`, `vpcConfig`, `triggers`) a variable
+/// that cannot be resolved only drops that key, with a warning: fcsup would ignore it anyway,
+/// and `s` needs cloud credentials fcsup does not have.
+pub fn resolve_props(props: &mut Value, key: &str, scope: &Scope<'_>, read: &[&str]) -> Result<(), VarError> {
+    let Value::Object(map) = props else { return resolve(props, key, scope) };
+    let mut dropped = Vec::new();
+    for (k, v) in map.iter_mut() {
+        match resolve(v, &join(key, k), scope) {
+            Ok(()) => {}
+            Err(e) if !read.contains(&k.as_str()) => {
+                tracing::warn!("{}: {} (fcsup does not read {k}: ignored)", e.key, e.message);
+                dropped.push(k.clone());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    for k in dropped {
+        map.remove(&k);
+    }
+    Ok(())
+}
+
+/// The keys a derived `Deserialize` struct reads (serde hands them to `deserialize_struct`).
+pub fn struct_fields<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{Deserializer, Error as _, Visitor};
+    struct Fields<'a>(&'a mut &'static [&'static str]);
+    impl<'de> Deserializer<'de> for Fields<'_> {
+        type Error = serde::de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(Self::Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(self, _: &'static str, fields: &'static [&'static str], _: V) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(Self::Error::custom("fields read"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit unit_struct
+            newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+        }
+    }
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Fields(&mut fields));
+    fields
+}
+
 /// Resolves every `${...}` in `value` (found at dotted `key`) in place.
 pub fn resolve(value: &mut Value, key: &str, scope: &Scope<'_>) -> Result<(), VarError> {
     resolve_at(value, key, scope, 0)
@@ -527,6 +573,27 @@ mod tests {
         assert!(e("${vars.mem + 1}").message.contains("not expressions"));
         assert!(e("x ${vars.region").message.contains("closing"));
         assert!(with(d.clone(), None, json!("${this.name}")).unwrap_err().message.contains("inside a resource"));
+    }
+
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    #[allow(dead_code)]
+    struct Read {
+        function_name: String,
+    }
+
+    #[test]
+    fn keys_fcsup_ignores_are_dropped_not_refused() {
+        let d = doc();
+        let env = |_: &str| None;
+        let resources = d["resources"].as_object().unwrap();
+        let scope = Scope { vars: &d["vars"], resources, section: "resources", this: Some("a"), access: None, base: Path::new("/"), env: &env };
+        let mut props = json!({"functionName": "${vars.fn}", "role": "acs:ram::${config('AccountID')}:role/r"});
+        resolve_props(&mut props, "p", &scope, struct_fields::<Read>()).unwrap();
+        assert_eq!(props, json!({"functionName": "hello"}));
+        let mut props = json!({"functionName": "${vars.nope}"});
+        assert_eq!(resolve_props(&mut props, "p", &scope, struct_fields::<Read>()).unwrap_err().key, "p.functionName");
+        assert_eq!(struct_fields::<Read>(), ["functionName"]);
     }
 
     #[test]
