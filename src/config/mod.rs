@@ -912,4 +912,18 @@ services:
         let e = parse(&yaml.replace("./code.zip", "bad.zip"), d.path()).unwrap_err().to_string();
         assert!(e.contains("resources.a.props.code") && e.contains("not a zip"), "{e}");
     }
+
+    #[test]
+    fn anchors_merge_keys_and_type_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("code")).unwrap();
+        let yaml = "common: &common\n  memorySize: 256\n  timeout: 9\nresources:\n  a:\n    props:\n      <<: *common\n      functionName: a\n  b:\n    props: *common\n";
+        let cfg = Config::parse(yaml, Path::new("s.yaml"), dir.path()).unwrap();
+        assert_eq!((cfg.functions[0].memory_mb, cfg.functions[0].timeout), (256, Duration::from_secs(9)));
+        assert_eq!((cfg.functions[1].name.as_str(), cfg.functions[1].memory_mb), ("b", 256));
+        let e = Config::parse("resources:\n  a:\n    props:\n      memorySize: lots\n", Path::new("s.yaml"), dir.path()).unwrap_err().to_string();
+        assert!(e.starts_with("s.yaml: resources.a.props.memorySize: invalid type: string \"lots\""), "{e}");
+        let e = Config::parse("resources:\n  a:\n    props:\n      memorySize: [\n", Path::new("s.yaml"), dir.path()).unwrap_err().to_string();
+        assert!(e.contains("line"), "a syntax error keeps its position: {e}");
+    }
 }
