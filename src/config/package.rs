@@ -18,8 +18,8 @@ use sha2::{Digest, Sha256};
 /// image cache ([`crate::image::DEFAULT_DIR`]).
 pub const DEFAULT_DIR: &str = "/var/lib/fcsup/code";
 
-/// The most bytes a package may unpack to: FC's limit for code unpacked from a package (its
-/// code-size limit of 500 MB zipped allows more, but fcsup keeps a copy per version).
+/// The most bytes a package may unpack to: far above what an honest package of FC's largest
+/// code size unpacks to, far below what would fill the disk (fcsup keeps a copy per version).
 pub const MAX_BYTES: u64 = 2 << 30;
 
 /// The most entries a package may have.
@@ -44,8 +44,9 @@ fn unpack_with(archive: &Path, cache: &Path, max_bytes: u64, max_entries: usize)
         return Ok(dir);
     }
     fs::DirBuilder::new().recursive(true).mode(0o700).create(cache).map_err(|e| format!("cannot create the code cache {}: {e}", cache.display()))?;
+    check_private(cache)?;
     // Only root reads unpacked code: instances get it through their own mounts.
-    let _ = fs::set_permissions(cache, fs::Permissions::from_mode(0o700));
+    fs::set_permissions(cache, fs::Permissions::from_mode(0o700)).map_err(|e| format!("chmod {}: {e}", cache.display()))?;
     // Unpacked beside its final name and renamed into place, so that a crash or a concurrent
     // start never leaves a half-unpacked directory under the checksum.
     let tmp = cache.join(format!(".{sum}.{}", std::process::id()));
@@ -70,6 +71,30 @@ fn unpack_with(archive: &Path, cache: &Path, max_bytes: u64, max_entries: usize)
             Err(format!("cannot move the unpacked code to {}: {e}", dir.display()))
         }
     }
+}
+
+/// Refuses a cache another user could change (its files become instances' `/code`), as the
+/// image cache does: a real directory owned by the user fcsup runs as, under directories owned
+/// by that user or root and writable by nobody else (sticky ones like /tmp excepted).
+fn check_private(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    let refuse = |why: String| format!("cannot use {} as the code cache: {why}", dir.display());
+    let meta = fs::symlink_metadata(dir).map_err(|e| refuse(e.to_string()))?;
+    if !meta.file_type().is_dir() {
+        return Err(refuse("it is not a directory (a symlink is refused)".into()));
+    }
+    if meta.uid() != me {
+        return Err(refuse(format!("it is owned by uid {}, not {me}", meta.uid())));
+    }
+    let absolute = fs::canonicalize(dir).map_err(|e| refuse(e.to_string()))?;
+    for parent in absolute.ancestors().skip(1) {
+        let m = fs::metadata(parent).map_err(|e| refuse(format!("{}: {e}", parent.display())))?;
+        if (m.uid() != me && m.uid() != 0) || (m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0) {
+            return Err(refuse(format!("{} could be changed by another user", parent.display())));
+        }
+    }
+    Ok(())
 }
 
 fn extract(bytes: &[u8], into: &Path, max_bytes: u64, max_entries: usize) -> Result<(), String> {
@@ -150,6 +175,9 @@ mod tests {
         fs::write(&archive, zip_of(&[("index.py", b"x = 2\n")])).unwrap();
         assert_ne!(unpack(&archive, &cache).unwrap(), out, "new bytes: a new directory");
         assert!(is_package(Path::new("a/b.ZIP")) && is_package(&archive) && !is_package(Path::new("code")));
+        std::fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let e = unpack(&archive, &dir.path().join("open")).unwrap_err();
+        assert!(e.contains("could be changed by another user"), "a cache under a world-writable directory: {e}");
     }
 
     #[test]
