@@ -570,7 +570,10 @@ impl Config {
     /// [`Config::parse`] with the environment `env`.
     pub fn parse_with_env(text: &str, path: &Path, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let invalid = |key: String, message: String| ConfigError::Invalid { path: path.to_path_buf(), key, message };
-        let doc: Value = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        // YAML 1.2's booleans (as js-yaml, which `s` uses, reads them): `on`, `yes`, `y` stay text.
+        let options = serde_saphyr::options! { strict_booleans: true };
+        let doc: Value = serde_saphyr::from_str_with_options(text, options)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
         let mut doc = match doc {
             Value::Object(m) => m,
             Value::Null => serde_json::Map::new(),
@@ -588,11 +591,15 @@ impl Config {
             (None, Some(r)) => ("services", r),
             (None, None) => ("resources", Value::Object(serde_json::Map::new())),
         };
-        let resources = match resources {
+        let mut resources = match resources {
             Value::Object(m) => m,
             Value::Null => serde_json::Map::new(),
             _ => return Err(invalid(section.into(), "expected a map of resource name to {component, props}".into())),
         };
+        let templates = doc.remove("template").unwrap_or(Value::Null);
+        for (name, r) in resources.iter_mut() {
+            extend(r, &templates).map_err(|m| invalid(format!("{section}.{name}.extend"), m))?;
+        }
         let vars_value = doc.remove("vars").unwrap_or(Value::Null);
         let access = doc.get("access").and_then(Value::as_str).map(str::to_string);
         let scope = vars::Scope { vars: &vars_value, resources: &resources, section, this: None, access: access.as_deref(), base, env };
@@ -600,7 +607,7 @@ impl Config {
         let global: GlobalExt = match doc.remove("fcsup") {
             Some(mut v) => {
                 vars::resolve(&mut v, "fcsup", &scope).map_err(var_error)?;
-                typed(v, "fcsup").map_err(|(k, m)| invalid(k, m))?
+                typed(v, "fcsup", None).map_err(|(k, m)| invalid(k, m))?
             }
             None => GlobalExt::default(),
         };
@@ -657,6 +664,7 @@ impl Config {
                 format!("no function found: expected resources.<name>.props (Serverless Devs s.yaml, component fc3), services.<name>.props.function (FC 2.0, component fc) or a functions: list{also}"),
             ));
         }
+        let written = env_as_written(text);
         let cache = global.code_cache.as_ref().map_or_else(|| PathBuf::from(package::DEFAULT_DIR), |c| base.join(c));
         let mut functions = Vec::new();
         for (key, value, is_fc2) in entries {
@@ -666,7 +674,7 @@ impl Config {
                 (k, false) => format!("{key}.{k}"),
             };
             let default_name = key.split('.').nth(1).filter(|_| !key.starts_with("functions[")).unwrap_or("");
-            let mut props: Props = typed(value, "").map_err(|(k, m)| invalid(fc2_key(&k), m))?;
+            let mut props: Props = typed(value, "", written.get(&key)).map_err(|(k, m)| invalid(fc2_key(&k), m))?;
             unpack_code(&mut props, base, &cache).map_err(|m| invalid(fc2_key("code"), m))?;
             let f = validate(&props, default_name, base).map_err(|(k, message)| invalid(fc2_key(&k), message))?;
             if functions.iter().any(|g: &Function| g.name == f.name) {
@@ -697,13 +705,91 @@ impl Config {
     }
 }
 
+/// Serverless Devs 3.x's `extend: {name, ignore}`: the resource's props laid over top-level
+/// `template.<name>` (less the `ignore`d keys), merged deeply as `s` merges them (extend2: maps
+/// key by key, lists index by index).
+fn extend(resource: &mut Value, templates: &Value) -> Result<(), String> {
+    fn merge(base: &mut Value, over: Value) {
+        match (base, over) {
+            (Value::Object(b), Value::Object(o)) => {
+                for (k, v) in o {
+                    match b.get_mut(&k) {
+                        Some(slot) => merge(slot, v),
+                        None => {
+                            b.insert(k, v);
+                        }
+                    }
+                }
+            }
+            (Value::Array(b), Value::Array(o)) => {
+                for (i, v) in o.into_iter().enumerate() {
+                    match b.get_mut(i) {
+                        Some(slot) => merge(slot, v),
+                        None => b.push(v),
+                    }
+                }
+            }
+            (b, o) => *b = o,
+        }
+    }
+    let Some(ext) = resource.get("extend").filter(|e| !e.is_null()) else { return Ok(()) };
+    let Some(name) = ext.get("name").and_then(Value::as_str) else { return Err("extend needs a name: the key of a top-level template".into()) };
+    let Some(mut base) = templates.get(name).cloned() else { return Err(format!("there is no template.{name}")) };
+    for k in ext.get("ignore").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+        if let Some(m) = base.as_object_mut() {
+            m.remove(k);
+        }
+    }
+    if let Some(props) = resource.get_mut("props").map(Value::take).filter(|p| !p.is_null()) {
+        merge(&mut base, props);
+    }
+    resource["props"] = base;
+    Ok(())
+}
+
+/// Each function's `environmentVariables` as written in `text`, by entry key
+/// (`resources.NAME.props`, `functions[i]`); empty where the file does not read that way.
+fn env_as_written(text: &str) -> BTreeMap<String, BTreeMap<String, String>> {
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    struct Env {
+        #[serde(rename = "environmentVariables")]
+        env: BTreeMap<String, String>,
+        function: Option<Box<Env>>,
+    }
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    struct Resource {
+        props: Env,
+    }
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    struct File {
+        resources: BTreeMap<String, Resource>,
+        services: BTreeMap<String, Resource>,
+        functions: Vec<Env>,
+    }
+    let Ok(file) = serde_saphyr::from_str::<File>(text) else { return BTreeMap::new() };
+    // FC 2.0 keeps them under props.function.
+    let own = |e: Env| match e.function {
+        Some(f) => f.env,
+        None => e.env,
+    };
+    let resources = file.resources.into_iter().map(|(k, r)| (format!("resources.{k}.props"), own(r.props)));
+    let services = file.services.into_iter().map(|(k, r)| (format!("services.{k}.props"), own(r.props)));
+    let functions = file.functions.into_iter().enumerate().map(|(i, e)| (format!("functions[{i}]"), e.env));
+    resources.chain(services).chain(functions).collect()
+}
+
 /// `value` as a `T`; on error, the dotted key below `at` and the message.
-fn typed<T: serde::de::DeserializeOwned>(mut value: Value, at: &str) -> Result<T, (String, String)> {
-    // YAML writes `PORT: 9000` for what is a string in the process's environment.
+fn typed<T: serde::de::DeserializeOwned>(mut value: Value, at: &str, written: Option<&BTreeMap<String, String>>) -> Result<T, (String, String)> {
+    // YAML writes `PORT: 9000` and `VERSION: 1.10` for what is text in the process's
+    // environment: the text as written, unless a variable made the value.
     if let Some(env) = value.get_mut("environmentVariables").and_then(Value::as_object_mut) {
-        for v in env.values_mut() {
+        for (k, v) in env.iter_mut() {
             if matches!(v, Value::Number(_) | Value::Bool(_)) {
-                *v = Value::String(v.to_string());
+                let as_written = written.and_then(|w| w.get(k)).filter(|t| !t.contains("${"));
+                *v = Value::String(as_written.cloned().unwrap_or_else(|| v.to_string()));
             }
         }
     }
@@ -819,6 +905,28 @@ resources:
         assert!(e.starts_with("s.yaml: resources.hello_world.props.region: ${vars.regoin}: unknown variable"), "{e}");
         let e = parse(&TEMPLATE.replace("start-python-${env('STAGE')}", "${env('NO_SUCH')}"), d.path()).unwrap_err().to_string();
         assert!(e.contains("resources.hello_world.props.functionName") && e.contains("NO_SUCH is not set"), "{e}");
+    }
+
+    #[test]
+    fn yaml_1_1_booleans_stay_text() {
+        let d = dir();
+        let cfg = parse("vars: {v: 1.50}\nresources:\n  f:\n    props:\n      environmentVariables: {A: yes, B: on, C: true, D: 0755, E: 1.10, F: '${vars.v}'}\n      customRuntimeConfig: {command: [y, n]}\n", d.path()).unwrap();
+        let f = &cfg.functions[0];
+        assert_eq!(f.env.values().collect::<Vec<_>>(), ["yes", "on", "true", "0755", "1.10", "1.5"]);
+        assert_eq!(f.command, ["y", "n"]);
+    }
+
+    #[test]
+    fn resources_extend_templates() {
+        let d = dir();
+        let yaml = "template:\n  base:\n    memorySize: 256\n    timeout: 9\n    environmentVariables: {A: a, B: b}\n    customRuntimeConfig: {command: [x, y]}\nresources:\n  f:\n    extend: {name: base, ignore: [timeout]}\n    props:\n      environmentVariables: {B: bb, C: '${this.props.memorySize}'}\n      customRuntimeConfig: {command: [z]}\n";
+        let cfg = parse(yaml, d.path()).unwrap();
+        let f = &cfg.functions[0];
+        assert_eq!((f.memory_mb, f.timeout), (256, Duration::from_secs(3)), "memorySize from the template, timeout ignored");
+        assert_eq!(f.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(), ["A=a", "B=bb", "C=256"]);
+        assert_eq!(f.command, ["z", "y"], "lists merge index by index, as s (extend2) merges them");
+        let e = parse(&yaml.replace("name: base", "name: nope"), d.path()).unwrap_err().to_string();
+        assert!(e.contains("resources.f.extend: there is no template.nope"), "{e}");
     }
 
     #[test]
