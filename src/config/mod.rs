@@ -747,14 +747,34 @@ fn extend(resource: &mut Value, templates: &Value) -> Result<(), String> {
     Ok(())
 }
 
-/// Each function's `environmentVariables` as written in `text`, by entry key
-/// (`resources.NAME.props`, `functions[i]`); empty where the file does not read that way.
-fn env_as_written(text: &str) -> BTreeMap<String, BTreeMap<String, String>> {
+/// Text a function's props hold as written, where YAML would read a number.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Written {
+    #[serde(rename = "environmentVariables")]
+    env: BTreeMap<String, String>,
+    #[serde(rename = "customRuntimeConfig")]
+    crc: WrittenCommand,
+}
+
+/// `customRuntimeConfig`'s lists as written.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WrittenCommand {
+    command: Vec<String>,
+    args: Vec<String>,
+}
+
+/// Each function's [`Written`] text, by entry key (`resources.NAME.props`, `functions[i]`);
+/// empty where the file does not read that way.
+fn env_as_written(text: &str) -> BTreeMap<String, Written> {
     #[derive(Deserialize, Default)]
     #[serde(default)]
     struct Env {
         #[serde(rename = "environmentVariables")]
         env: BTreeMap<String, String>,
+        #[serde(rename = "customRuntimeConfig")]
+        crc: WrittenCommand,
         function: Option<Box<Env>>,
     }
     #[derive(Deserialize, Default)]
@@ -771,25 +791,51 @@ fn env_as_written(text: &str) -> BTreeMap<String, BTreeMap<String, String>> {
     }
     let Ok(file) = serde_saphyr::from_str::<File>(text) else { return BTreeMap::new() };
     // FC 2.0 keeps them under props.function.
-    let own = |e: Env| match e.function {
-        Some(f) => f.env,
-        None => e.env,
+    let own = |e: Env| {
+        let e = match e.function {
+            Some(f) => *f,
+            None => e,
+        };
+        Written { env: e.env, crc: e.crc }
     };
     let resources = file.resources.into_iter().map(|(k, r)| (format!("resources.{k}.props"), own(r.props)));
     let services = file.services.into_iter().map(|(k, r)| (format!("services.{k}.props"), own(r.props)));
-    let functions = file.functions.into_iter().enumerate().map(|(i, e)| (format!("functions[{i}]"), e.env));
+    let functions = file.functions.into_iter().enumerate().map(|(i, e)| (format!("functions[{i}]"), own(e)));
     resources.chain(services).chain(functions).collect()
 }
 
 /// `value` as a `T`; on error, the dotted key below `at` and the message.
-fn typed<T: serde::de::DeserializeOwned>(mut value: Value, at: &str, written: Option<&BTreeMap<String, String>>) -> Result<T, (String, String)> {
-    // YAML writes `PORT: 9000` and `VERSION: 1.10` for what is text in the process's
-    // environment: the text as written, unless a variable made the value.
+fn typed<T: serde::de::DeserializeOwned>(mut value: Value, at: &str, written: Option<&Written>) -> Result<T, (String, String)> {
+    // YAML writes `PORT: 9000`, `VERSION: 1.10` or `args: [--port, 9000]` for what is text to
+    // the process: the text as written, unless a variable made the value.
+    let text = |v: &mut Value, raw: Option<&String>| {
+        if matches!(v, Value::Number(_) | Value::Bool(_)) {
+            let raw = raw.filter(|t| !t.contains("${"));
+            *v = Value::String(raw.cloned().unwrap_or_else(|| v.to_string()));
+        }
+    };
     if let Some(env) = value.get_mut("environmentVariables").and_then(Value::as_object_mut) {
         for (k, v) in env.iter_mut() {
-            if matches!(v, Value::Number(_) | Value::Bool(_)) {
-                let as_written = written.and_then(|w| w.get(k)).filter(|t| !t.contains("${"));
-                *v = Value::String(as_written.cloned().unwrap_or_else(|| v.to_string()));
+            text(v, written.and_then(|w| w.env.get(k)));
+        }
+    }
+    for k in ["functionName", "runtime", "region", "code", "handler"] {
+        if let Some(v) = value.get_mut(k) {
+            text(v, None);
+        }
+    }
+    let lists = [
+        ("customRuntimeConfig", "command"),
+        ("customRuntimeConfig", "args"),
+        ("customContainerConfig", "entrypoint"),
+        ("customContainerConfig", "command"),
+    ];
+    for (section, key) in lists {
+        let raw = written.filter(|_| section == "customRuntimeConfig").map(|w| if key == "command" { &w.crc.command } else { &w.crc.args });
+        if let Some(items) = value.get_mut(section).and_then(|s| s.get_mut(key)).and_then(Value::as_array_mut) {
+            let same_shape = raw.filter(|r| r.len() == items.len());
+            for (i, v) in items.iter_mut().enumerate() {
+                text(v, same_shape.map(|r| &r[i]));
             }
         }
     }
@@ -910,10 +956,10 @@ resources:
     #[test]
     fn yaml_1_1_booleans_stay_text() {
         let d = dir();
-        let cfg = parse("vars: {v: 1.50}\nresources:\n  f:\n    props:\n      environmentVariables: {A: yes, B: on, C: true, D: 0755, E: 1.10, F: '${vars.v}'}\n      customRuntimeConfig: {command: [y, n]}\n", d.path()).unwrap();
+        let cfg = parse("vars: {v: 1.50}\nresources:\n  f:\n    props:\n      environmentVariables: {A: yes, B: on, C: true, D: 0755, E: 1.10, F: '${vars.v}'}\n      customRuntimeConfig: {command: [y, n], args: [--port, 9000, 1.10]}\n", d.path()).unwrap();
         let f = &cfg.functions[0];
         assert_eq!(f.env.values().collect::<Vec<_>>(), ["yes", "on", "true", "0755", "1.10", "1.5"]);
-        assert_eq!(f.command, ["y", "n"]);
+        assert_eq!(f.command, ["y", "n", "--port", "9000", "1.10"]);
     }
 
     #[test]
