@@ -177,10 +177,16 @@ fn a_zip_code_package_serves() {
 
 #[test]
 fn http_triggers_see_the_client_address() {
-    let runtime_python = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/functions/runtime-python");
+    // A handler that answers with what FC's event says about the client.
+    let code = tempfile::tempdir().unwrap();
+    std::fs::write(
+        code.path().join("index.py"),
+        "import json\n\ndef handler(event, context):\n    ev = json.loads(event)\n    return {'statusCode': 201, 'body': json.dumps({'sourceIp': ev['requestContext']['http']['sourceIp'], 'forwardedFor': ev['headers'].get('X-Forwarded-For')})}\n",
+    )
+    .unwrap();
     let builtin = format!(
         "  py:\n    component: fc3\n    props:\n      runtime: python3.10\n      handler: index.handler\n      code: {}\n      memorySize: 256\n      timeout: 10\n",
-        runtime_python.display()
+        code.path().display()
     );
     let Some(mut f) = serve_if_privileged(&format!("{}{builtin}", fixture_props("web", ""))) else { return };
     // A custom runtime gets FC's headers: the peer appended to X-Forwarded-For, X-Real-IP and

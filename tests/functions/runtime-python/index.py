@@ -32,8 +32,6 @@ def handler(event, context):
                 "body": ev["body"],
                 "isBase64Encoded": ev["isBase64Encoded"],
                 "contentType": ev["headers"].get("Content-Type"),
-                "sourceIp": http["sourceIp"],
-                "forwardedFor": ev["headers"].get("X-Forwarded-For"),
             }),
             "isBase64Encoded": False,
         }
