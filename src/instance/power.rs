@@ -32,6 +32,8 @@ impl<K: Kernel> Instance<K> {
         match self.kernel.freeze().await {
             Ok(()) => {
                 let took = t.elapsed();
+                // Lines of requests that ended belong to them up to here (README, Logs).
+                self.log.settle().await;
                 self.transition(Lifecycle::froze);
                 self.latencies.freeze(took);
                 self.reporting.samples().record("freeze", took);
