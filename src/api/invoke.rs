@@ -251,8 +251,11 @@ fn reply_response(reply: Reply, error_type: Option<&str>, http_trigger: bool, ta
             None => Body::Full(Full::new(reply.body)),
         })
         .expect("response");
-    // A streamed answer's log follows it as a trailer (the client asked with `TE: trailers`).
-    if tail && !matches!(r.body(), Body::Stream(_)) {
+    // A streamed answer's log follows it as a trailer (the client asked with `TE: trailers`);
+    // hyper sends only the trailers the head declares.
+    if tail && matches!(r.body(), Body::Stream(_)) {
+        r.headers_mut().append(hyper::header::TRAILER, HeaderValue::from_static("x-fc-log-result"));
+    } else if tail {
         let summary = crate::logs::summary(reply.duration, memory_mb, reply.max_memory_mb);
         let log = crate::logs::tail(request_id, &reply.log, &summary);
         if let Ok(v) = HeaderValue::from_str(&base64::engine::general_purpose::STANDARD.encode(log)) {

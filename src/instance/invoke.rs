@@ -205,8 +205,10 @@ impl<K: Kernel> Instance<K> {
         };
         let cpu = self.kernel.cpu().since(&cpu0).usage_usec;
         let duration = started.elapsed();
-        if !call.want_log || !matches!(result, Ok(Proxied::Whole(_))) {
-            // A Tail request read whole takes its log after the freeze ([`Instance::tail_log`]).
+        // The request's output ends with the exchange: here when it failed or was read whole
+        // (a Tail request takes its log after the freeze, [`Instance::tail_log`]), else when
+        // its stream or socket ends ([`Hold`]).
+        if result.is_err() || matches!(result, Ok(Proxied::Whole(_))) && !call.want_log {
             self.log.end(&call.request_id);
         }
         self.last_used_ms.store(crate::clock::now_ms(), Ordering::Relaxed);
@@ -481,6 +483,7 @@ impl<K: Kernel> Finish for Hold<K> {
         drop(running);
         drop(ticket);
         if !(self.want_log && end == End::Complete) {
+            inst.log.end(&self.request_id);
             return None;
         }
         let request_id = self.request_id.clone();
@@ -570,6 +573,10 @@ impl Body for Streamed {
 impl Drop for Streamed {
     fn drop(&mut self) {
         self.end(End::ClientGone);
+        // A Tail trailer the client did not wait for still ends the request's output.
+        if let Some(t) = self.trailer.take() {
+            tokio::spawn(t);
+        }
     }
 }
 
@@ -590,8 +597,9 @@ async fn splice<K: Kernel>(client: Option<hyper::upgrade::OnUpgrade>, upstream: 
         Ok(Err(())) => End::Broken,
         Err(_) => End::TimedOut,
     };
-    // The connection was handed over: never reused.
+    // The connection was handed over: never reused; there is no trailer to send a log in.
     hold.conn = None;
+    hold.want_log = false;
     hold.finish(end);
 }
 

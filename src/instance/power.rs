@@ -9,10 +9,19 @@ use super::{us, HookKind, Instance, Internal, InvokeError, Kernel, Lifecycle};
 use crate::billing::windows::{Closed, Reading, Windows};
 use crate::billing::{Phase, ResourceMode, Usage, WindowRecord};
 
+/// How long an instance left idle by its last request runs on before the freeze: lines a
+/// function prints just after its answer (FC's Node.js template prints `FC Invoke End` after
+/// `res.send`) are written before the freeze and so belong to that request (README, Logs); a
+/// request arriving meanwhile finds the instance still thawed.
+const FREEZE_GRACE: std::time::Duration = std::time::Duration::from_millis(2);
+
 impl<K: Kernel> Instance<K> {
-    /// Tries a freeze in the background.
+    /// Tries a freeze in the background, after [`FREEZE_GRACE`].
     pub(super) fn spawn_freeze(self: Arc<Self>) {
-        tokio::spawn(self.freeze_if_idle());
+        tokio::spawn(async move {
+            tokio::time::sleep(FREEZE_GRACE).await;
+            self.freeze_if_idle().await;
+        });
     }
 
     /// PreFreeze (if configured) then freeze, unless a request is admitted meanwhile.
