@@ -331,7 +331,8 @@ impl<K: Kernel> Instance<K> {
             if body.size_hint().exact().is_some_and(|n| n > MAX_RESPONSE_BYTES as u64) {
                 return Err(ProxyError::TooLarge);
             }
-            if !whole {
+            // A Tail log cannot trail a body of declared length: read whole, it rides in a header.
+            if !whole && !(call.want_log && body.size_hint().exact().is_some()) {
                 return Ok(Proxied::Streaming { status: parts.status, headers: parts.headers, body, conn: s });
             }
             // Bounded while it streams in: a function must not make the supervisor hold more.
@@ -543,7 +544,13 @@ impl Body for Streamed {
         }
         match Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
+            Poll::Ready(Some(Ok(f))) => {
+                // hyper stops asking once a declared length was sent: the end is now.
+                if this.body.is_end_stream() {
+                    this.end(End::Complete);
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
             Poll::Ready(Some(Err(e))) => {
                 this.end(End::Broken);
                 Poll::Ready(Some(Err(e.into())))
@@ -572,7 +579,8 @@ impl Body for Streamed {
 
 impl Drop for Streamed {
     fn drop(&mut self) {
-        self.end(End::ClientGone);
+        let end = if self.body.is_end_stream() { End::Complete } else { End::ClientGone };
+        self.end(end);
         // A Tail trailer the client did not wait for still ends the request's output.
         if let Some(t) = self.trailer.take() {
             tokio::spawn(t);

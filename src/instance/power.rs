@@ -13,7 +13,7 @@ use crate::billing::{Phase, ResourceMode, Usage, WindowRecord};
 /// function prints just after its answer (FC's Node.js template prints `FC Invoke End` after
 /// `res.send`) are written before the freeze and so belong to that request (README, Logs); a
 /// request arriving meanwhile finds the instance still thawed.
-const FREEZE_GRACE: std::time::Duration = std::time::Duration::from_millis(2);
+const FREEZE_GRACE: std::time::Duration = std::time::Duration::from_millis(1);
 
 impl<K: Kernel> Instance<K> {
     /// Tries a freeze in the background, after [`FREEZE_GRACE`].
