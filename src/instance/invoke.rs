@@ -332,7 +332,7 @@ impl<K: Kernel> Instance<K> {
                 return Err(ProxyError::TooLarge);
             }
             // A Tail log cannot trail a body of declared length: read whole, it rides in a header.
-            if !whole && !(call.want_log && body.size_hint().exact().is_some()) {
+            if !(whole || call.want_log && body.size_hint().exact().is_some()) {
                 return Ok(Proxied::Streaming { status: parts.status, headers: parts.headers, body, conn: s });
             }
             // Bounded while it streams in: a function must not make the supervisor hold more.
