@@ -83,10 +83,20 @@ impl InstanceLog {
     /// before now are read and tagged with them (a line belongs to the request during which it
     /// was written); `capture` keeps its lines for Tail.
     pub async fn open(&self, request_id: &str, capture: bool) {
-        if !self.inner.lock().expect("log lock").lingering.is_empty() {
+        // Most functions print nothing per request: then nothing is waited for.
+        if !self.inner.lock().expect("log lock").lingering.is_empty() && self.unread() {
             self.drain().await;
         }
         self.start(request_id, capture);
+    }
+
+    /// Whether the function's output pipes hold bytes not read yet.
+    fn unread(&self) -> bool {
+        self.pipes.lock().expect("log lock").iter().any(|fd| {
+            let mut n: libc::c_int = 0;
+            // SAFETY: FIONREAD on a pipe fd we own; writes one c_int.
+            unsafe { fionread(fd.as_raw_fd(), &mut n) }.is_ok() && n > 0
+        })
     }
 
     fn start(&self, request_id: &str, capture: bool) {
@@ -120,12 +130,7 @@ impl InstanceLog {
     pub async fn drain(&self) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_millis(5);
         loop {
-            let pending = self.pipes.lock().expect("log lock").iter().any(|fd| {
-                let mut n: libc::c_int = 0;
-                // SAFETY: FIONREAD on a pipe fd we own; writes one c_int.
-                unsafe { fionread(fd.as_raw_fd(), &mut n) }.is_ok() && n > 0
-            });
-            if !pending || std::time::Instant::now() > deadline {
+            if !self.unread() || std::time::Instant::now() > deadline {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_micros(100)).await;
