@@ -27,10 +27,11 @@ fn frozen_instance_stops_background_thread_and_child_process() {
     let b = f.invoke("counter", r#"{"op":"counters"}"#).json();
     let thread_gap = b["thread"].as_i64().unwrap() - a["thread"].as_i64().unwrap();
     let child_gap = b["child"].as_i64().unwrap() - a["child"].as_i64().unwrap();
-    // The instance is legitimately thawed for about a millisecond on each side of the gap
-    // (after the handler read its counters until the freeze, and from the thaw until the next
-    // read), so a tick or two happen around it; 500 ms running would be about 450 ticks.
-    assert!(thread_gap <= 3 && child_gap <= 3, "across a 500 ms frozen gap the counters moved: thread {thread_gap}, child {child_gap}");
+    // The instance is legitimately thawed for a few milliseconds around the gap (after the
+    // handler read its counters, the 1-2 ms grace before the freeze (README, Function output)
+    // and the freeze; from the thaw until the next read), so a few ticks happen around it;
+    // 500 ms running would be about 450 ticks.
+    assert!(thread_gap <= 6 && child_gap <= 6, "across a 500 ms frozen gap the counters moved: thread {thread_gap}, child {child_gap}");
     f.stop_and_check_clean();
 }
 

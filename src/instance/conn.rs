@@ -155,13 +155,21 @@ pub enum ConnError {
 #[derive(Debug)]
 pub struct Connections {
     port: u16,
+    /// `127.0.0.1:port`, the `Host` requests into the instance carry (built once).
+    host: hyper::header::HeaderValue,
     idle: Mutex<Vec<Sender>>,
 }
 
 impl Connections {
     /// Connections to the instance's `port`.
     pub fn new(port: u16) -> Self {
-        Connections { port, idle: Mutex::new(Vec::new()) }
+        let host = hyper::header::HeaderValue::from_str(&format!("127.0.0.1:{port}")).expect("an address is a header value");
+        Connections { port, host, idle: Mutex::new(Vec::new()) }
+    }
+
+    /// The `Host` of requests into the instance.
+    pub fn host(&self) -> hyper::header::HeaderValue {
+        self.host.clone()
     }
 
     /// Makes `stream` an HTTP/1.1 connection.

@@ -160,10 +160,12 @@ impl<K: Kernel> Instance<K> {
     /// What the request printed up to the freeze that followed it (or up to [`TAIL_SETTLE`]
     /// when none came: another request keeps the instance thawed), its slot given back.
     async fn tail_log(&self, request_id: &str) -> Vec<u8> {
+        // Ended now: a hook (PreFreeze) or another request that begins takes the next lines.
+        self.log.finish(request_id);
         let mut rx = self.life.subscribe();
         let _ = tokio::time::timeout(TAIL_SETTLE, rx.wait_for(|l| l.frozen() || l.admitted() > 0 || l.ending())).await;
         self.log.drain().await;
-        self.log.end(request_id)
+        self.log.take(request_id)
     }
 
     /// Sends the request (the instance thawed, its run counted) and turns the outcome into an
@@ -308,7 +310,7 @@ impl<K: Kernel> Instance<K> {
         } else {
             Request::builder().method(Method::POST).uri("/invoke").header("content-type", "application/octet-stream")
         }
-        .header("host", format!("127.0.0.1:{}", self.function.port))
+        .header(hyper::header::HOST, self.conns.host())
         .body(body)
         .map_err(ProxyError::Build)?;
         let control = if call.http_trigger { "/http-invoke" } else { "/invoke" };

@@ -216,6 +216,9 @@ pub struct Instance<K: Kernel = Sandboxed> {
     health: Mutex<Health>,
     /// When last used (ms since epoch).
     last_used_ms: AtomicU64,
+    /// Counts the moments it was left idle: a freeze waiting out its grace goes ahead only if
+    /// no later one came.
+    idle_epoch: AtomicU64,
     /// FC's common headers for this instance, built once.
     fc_headers: HeaderMap,
     /// Its function's freeze/thaw histograms, looked up once.
@@ -316,6 +319,7 @@ impl<K: Kernel> Instance<K> {
             power: tokio::sync::Mutex::new(Windows::default()),
             health: Mutex::new(Health::default()),
             last_used_ms: AtomicU64::new(now),
+            idle_epoch: AtomicU64::new(0),
             created_ms: now,
             created,
             start_trace: Mutex::new(start_trace),

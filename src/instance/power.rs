@@ -18,9 +18,13 @@ const FREEZE_GRACE: std::time::Duration = std::time::Duration::from_millis(1);
 impl<K: Kernel> Instance<K> {
     /// Tries a freeze in the background, after [`FREEZE_GRACE`].
     pub(super) fn spawn_freeze(self: Arc<Self>) {
+        let idle = self.idle_epoch.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         tokio::spawn(async move {
             tokio::time::sleep(FREEZE_GRACE).await;
-            self.freeze_if_idle().await;
+            // A later idle moment has a freeze of its own coming.
+            if self.idle_epoch.load(std::sync::atomic::Ordering::Relaxed) == idle {
+                self.freeze_if_idle().await;
+            }
         });
     }
 

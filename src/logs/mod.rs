@@ -145,11 +145,22 @@ impl InstanceLog {
     /// after this are still tagged with it (in the instance log, not in what was returned)
     /// until the instance freezes or another request begins.
     pub fn end(&self, request_id: &str) -> Vec<u8> {
+        self.finish(request_id);
+        self.take(request_id)
+    }
+
+    /// Ends `request_id` but keeps capturing what is tagged with it (until it stops owning
+    /// lines, see [`InstanceLog::end`]) for [`InstanceLog::take`].
+    pub fn finish(&self, request_id: &str) {
         let mut g = self.inner.lock().expect("log lock");
         if g.current.iter().any(|r| r == request_id) && !g.lingering.iter().any(|r| r == request_id) {
             g.lingering.push(request_id.to_string());
         }
-        g.captured.remove(request_id).unwrap_or_default()
+    }
+
+    /// What `request_id` printed (last [`TAIL_BYTES`]); capturing stops.
+    pub fn take(&self, request_id: &str) -> Vec<u8> {
+        self.inner.lock().expect("log lock").captured.remove(request_id).unwrap_or_default()
     }
 
     /// Records one piece of output as read from a pipe (see [`split`]): invalid UTF-8 is
@@ -296,6 +307,13 @@ mod tests {
         log.line("stdout", "after r2's answer");
         log.settle().await;
         log.line("stdout", "while frozen");
+        // A request that ended keeps capturing until it stops owning lines.
+        log.open("r3", true).await;
+        log.finish("r3");
+        log.line("stdout", "after r3's answer");
+        log.begin("hook");
+        log.line("stdout", "during a hook");
+        assert_eq!(log.take("r3"), b"after r3's answer\n");
         let r = log.recent();
         assert!(r[0].contains("r1 after r1's answer"), "{r:?}");
         assert!(r[1].contains("r2 during r2"), "{r:?}");
