@@ -133,6 +133,7 @@ mod tests {
             status: StatusCode::from_u16(status).unwrap(),
             headers,
             body: bytes::Bytes::from_static(b"{}"),
+            stream: None,
             duration: Duration::from_millis(1),
             cpu_usec: 0,
             max_memory_mb: 0.0,

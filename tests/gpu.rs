@@ -107,8 +107,11 @@ fn a_gpu_function_gets_its_gpu_and_the_specs_hooks_through_cdi() {
     assert!(Path::new(&bundle).join("config.json").exists());
 
     // Billed with the GPU: 2 GB of Tesla at 2.1 CU/GB-s, rounded up to the second.
-    let ledger = http(&f.addr, "GET", "/admin/ledger", &[], b"").text();
-    let w: serde_json::Value = serde_json::from_str(ledger.lines().find(|l| l.contains("\"invoke\"")).expect("an invoke window")).unwrap();
+    // The window is recorded at the freeze, which follows the last request by a moment.
+    let w: serde_json::Value = wait_for("an invoke window", Duration::from_secs(10), || {
+        let ledger = http(&f.addr, "GET", "/admin/ledger", &[], b"").text();
+        ledger.lines().find(|l| l.contains("\"invoke\"")).map(|l| serde_json::from_str(l).unwrap())
+    });
     assert_eq!(w["gpu_type"], "tesla", "{w}");
     assert!((w["cu"]["gpu"].as_f64().unwrap() - 2.0 * 2.1 * (w["billed_ms"].as_f64().unwrap() / 1000.0).ceil()).abs() < 1e-9, "{w}");
 

@@ -196,7 +196,8 @@ async fn connection<Io>(
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.read_buffer())
         .max_headers(limits.max_headers);
-    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    // With upgrades: a WebSocket on an HTTP trigger takes the connection over after its 101.
+    let conn = builder.serve_connection(TokioIo::new(io), svc).with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => return,

@@ -59,7 +59,7 @@ fn ledger(sup: &Supervisor, query: Option<&str>) -> Resp {
         let _ = serde_json::to_writer(&mut body, &r);
         body.push(b'\n');
     }
-    Response::builder().header("content-type", "application/x-ndjson").body(Full::new(Bytes::from(body))).expect("response")
+    Response::builder().header("content-type", "application/x-ndjson").body(Full::new(Bytes::from(body)).into()).expect("response")
 }
 
 /// `PUT /admin/functions/{name}` with the function's `props` (YAML or JSON): creates it or
@@ -81,7 +81,7 @@ async fn put_function(sup: &Arc<Supervisor>, req: Request<Incoming>, name: &str,
             Response::builder()
                 .status(status)
                 .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(body.to_string())))
+                .body(Full::new(Bytes::from(body.to_string())).into())
                 .expect("response")
         }
         Err(e) => fc_error(StatusCode::BAD_REQUEST, "InvalidArgument", &e.to_string(), request_id),

@@ -14,7 +14,7 @@ pub fn fc_error(status: StatusCode, code: &str, message: &str, request_id: &str)
         .status(status)
         .header("content-type", "application/json")
         .header("x-fc-request-id", request_id)
-        .body(Full::new(Bytes::from(body.to_string())))
+        .body(Full::new(Bytes::from(body.to_string())).into())
         .expect("response")
 }
 
@@ -25,6 +25,6 @@ pub fn function_error(error_type: &str, message: &str) -> Resp {
         .status(StatusCode::OK)
         .header("content-type", "application/json")
         .header("x-fc-error-type", error_type)
-        .body(Full::new(Bytes::from(body.to_string())))
+        .body(Full::new(Bytes::from(body.to_string())).into())
         .expect("response")
 }

@@ -2,23 +2,72 @@
 //! FC's shapes; Async ones are queued and answered 202 at once. A Sync request runs in a task
 //! of its own, so a client that hangs up (FC's 499) cannot leave the instance half-used: the
 //! task finishes the request's bookkeeping and the instance decides what the hang-up means.
+//!
+//! Sync requests stream (README, Streaming): an HTTP trigger's request body goes to the
+//! instance as it arrives, and a Sync answer comes back as the function writes it (chunked,
+//! SSE, long polls), the request's slot held until its end; a `101` (a WebSocket) joins the
+//! two connections. Only an Async request (kept for retries) and a Tail request whose client
+//! takes no trailers (its log rides in a header) are read whole.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::header::HeaderValue;
 use hyper::{Request, Response, StatusCode};
 use tokio::sync::oneshot;
 
 use super::body::BodyError;
 use super::{fc_error, function_error, not_found, FrontDoor, Resp};
-use crate::instance::{Call, InvokeError, Reply};
+use crate::instance::{Call, ClientBody, InvokeError, Reply, Streamed};
 use crate::outcome::{self, Outcome};
 use crate::pool::Dispatched;
 use crate::supervisor::Supervisor;
+
+/// A response body: whole, or an instance's answer as the function writes it.
+#[derive(Debug)]
+pub enum Body {
+    /// In memory.
+    Full(Full<Bytes>),
+    /// Streamed from the instance.
+    Stream(Streamed),
+}
+
+impl From<Full<Bytes>> for Body {
+    fn from(f: Full<Bytes>) -> Self {
+        Body::Full(f)
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            Body::Full(f) => Pin::new(f).poll_frame(cx).map_err(|e| match e {}),
+            Body::Stream(s) => Pin::new(s).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Full(f) => f.is_end_stream(),
+            Body::Stream(s) => s.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Full(f) => f.size_hint(),
+            Body::Stream(s) => s.size_hint(),
+        }
+    }
+}
 
 /// Tells the request's task that the client went away, unless disarmed first.
 struct HangUp(Option<oneshot::Sender<()>>);
@@ -33,7 +82,14 @@ impl Drop for HangUp {
 
 /// Handles an invocation of function `name`; `trigger` is the length of the name as it
 /// appeared in an HTTP trigger's path (before percent-decoding), `None` for InvokeFunction.
-pub async fn invoke(sup: &Arc<Supervisor>, fd: &FrontDoor, req: Request<Incoming>, name: String, trigger: Option<usize>, request_id: String) -> Resp {
+pub async fn invoke(
+    sup: &Arc<Supervisor>,
+    fd: &FrontDoor,
+    mut req: Request<Incoming>,
+    name: String,
+    trigger: Option<usize>,
+    request_id: String,
+) -> Resp {
     let http_trigger = trigger.is_some();
     let arrived = std::time::Instant::now();
     let Some(pool) = sup.pool(&name) else { return not_found(&name, &request_id) };
@@ -61,11 +117,23 @@ pub async fn invoke(sup: &Arc<Supervisor>, fd: &FrontDoor, req: Request<Incoming
         "/invoke".into()
     };
     let (limit, kind) = if is_async { (fd.limits.max_async_body, "Async") } else { (fd.limits.max_sync_body, "Sync") };
+    let client_upgrade = (http_trigger && !is_async).then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
-    let (body, budget) = match super::body::read(body, limit, kind, fd).await {
-        Ok(b) => b,
-        Err(e @ BodyError::Busy(_)) => return fc_error(StatusCode::TOO_MANY_REQUESTS, "ResourceExhausted", &e.to_string(), &request_id),
-        Err(e) => return fc_error(StatusCode::BAD_REQUEST, "InvalidArgument", &e.to_string(), &request_id),
+    // A request sent once passes its body on as it comes; one that may be sent again (Async),
+    // or that becomes an event (a container without web server mode), is read whole.
+    let per_event = pool.function.container.as_ref().is_some_and(|c| c.per_event);
+    let (body, body_stream, budget) = if http_trigger && !is_async && !per_event {
+        if hyper::body::Body::size_hint(&body).exact().is_some_and(|n| n > limit as u64) {
+            let e = BodyError::TooLarge { limit, kind };
+            return fc_error(StatusCode::BAD_REQUEST, "InvalidArgument", &e.to_string(), &request_id);
+        }
+        (Bytes::new(), Some(ClientBody::new(body, limit).0), None)
+    } else {
+        match super::body::read(body, limit, kind, fd).await {
+            Ok((b, budget)) => (b, None, budget),
+            Err(e @ BodyError::Busy(_)) => return fc_error(StatusCode::TOO_MANY_REQUESTS, "ResourceExhausted", &e.to_string(), &request_id),
+            Err(e) => return fc_error(StatusCode::BAD_REQUEST, "InvalidArgument", &e.to_string(), &request_id),
+        }
     };
     let mut call = Call {
         http_trigger,
@@ -74,6 +142,9 @@ pub async fn invoke(sup: &Arc<Supervisor>, fd: &FrontDoor, req: Request<Incoming
         path_and_query,
         headers: parts.headers,
         body,
+        body_stream,
+        client_upgrade,
+        stream: !is_async,
         want_log: tail && !is_async,
         canceled: None,
         retry_count: 0,
@@ -91,7 +162,7 @@ pub async fn invoke(sup: &Arc<Supervisor>, fd: &FrontDoor, req: Request<Incoming
         if let Some(t) = &task_id {
             r = r.header("x-fc-async-task-id", t);
         }
-        return r.body(Full::new(Bytes::new())).expect("response");
+        return r.body(Full::new(Bytes::new()).into()).expect("response");
     }
     let (tx, rx) = oneshot::channel();
     call.canceled = Some(rx);
@@ -140,16 +211,31 @@ fn respond(d: Dispatched, outcome: Outcome, http_trigger: bool, tail: bool, requ
 /// The function's answer; `error_type` when FC counts it as the function's error.
 fn reply_response(reply: Reply, error_type: Option<&str>, http_trigger: bool, tail: bool, request_id: &str, memory_mb: u64) -> Resp {
     let mut b = Response::builder();
+    // A 101 keeps the headers that switch protocols.
+    let upgraded = reply.status == StatusCode::SWITCHING_PROTOCOLS;
     if http_trigger {
         b = b.status(reply.status);
-        for (k, v) in &reply.headers {
+        let h = b.headers_mut().expect("a fresh builder");
+        h.reserve(reply.headers.len() + 6);
+        let mut name: Option<hyper::header::HeaderName> = None;
+        for (k, v) in reply.headers {
+            // The iterator names a header once, before its first value.
+            if k.is_some() {
+                name = k;
+            }
+            let Some(k) = name.clone() else { continue };
             let n = k.as_str();
-            if n.starts_with("x-fc-")
-                || matches!(n, "connection" | "content-length" | "date" | "keep-alive" | "server" | "upgrade" | "transfer-encoding")
-            {
+            if n.starts_with("x-fc-") || matches!(n, "content-length" | "date" | "keep-alive" | "server" | "transfer-encoding") {
                 continue;
             }
-            b = b.header(k, v);
+            if !upgraded && matches!(n, "connection" | "upgrade") {
+                continue;
+            }
+            h.append(k, v);
+        }
+        // A streamed answer keeps its declared length (hyper checks it as the body passes).
+        if let Some(len) = reply.stream.as_ref().and_then(|s| hyper::body::Body::size_hint(s).exact()) {
+            h.insert(hyper::header::CONTENT_LENGTH, len.into());
         }
     }
     if let Some(t) = error_type {
@@ -160,14 +246,17 @@ fn reply_response(reply: Reply, error_type: Option<&str>, http_trigger: bool, ta
         .header("x-fc-invocation-duration", billed_ms.to_string())
         .header("x-fc-max-memory-usage", format!("{:.2}", reply.max_memory_mb))
         .header("x-fcsup-cpu-time-us", reply.cpu_usec.to_string())
-        .body(Full::new(reply.body))
+        .body(match reply.stream {
+            Some(s) => Body::Stream(s),
+            None => Body::Full(Full::new(reply.body)),
+        })
         .expect("response");
-    if tail {
-        let summary = format!(
-            "Duration: {:.2} ms, Billed Duration: {billed_ms} ms, Memory Size: {memory_mb} MB, Max Memory Used: {:.2} MB",
-            reply.duration.as_secs_f64() * 1000.0,
-            reply.max_memory_mb
-        );
+    // A streamed answer's log follows it as a trailer (the client asked with `TE: trailers`);
+    // hyper sends only the trailers the head declares.
+    if tail && matches!(r.body(), Body::Stream(_)) {
+        r.headers_mut().append(hyper::header::TRAILER, HeaderValue::from_static("x-fc-log-result"));
+    } else if tail {
+        let summary = crate::logs::summary(reply.duration, memory_mb, reply.max_memory_mb);
         let log = crate::logs::tail(request_id, &reply.log, &summary);
         if let Ok(v) = HeaderValue::from_str(&base64::engine::general_purpose::STANDARD.encode(log)) {
             r.headers_mut().insert("x-fc-log-result", v);
@@ -194,6 +283,7 @@ mod tests {
             status: StatusCode::from_u16(status).unwrap(),
             headers,
             body: Bytes::from_static(b"answer"),
+            stream: None,
             duration: Duration::from_micros(1500),
             cpu_usec: 7,
             max_memory_mb: 1.5,

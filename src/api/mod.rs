@@ -26,7 +26,7 @@ pub use limits::{AdminToken, FrontDoor, FrontDoorError, Limits};
 const INVOKE_PREFIX: &str = "/2023-03-30/functions/";
 
 /// Response type of every handler.
-pub type Resp = Response<Full<Bytes>>;
+pub type Resp = Response<invoke::Body>;
 
 /// Which listener a request came through: `/admin/` is served on the admin socket (root
 /// only, by its file mode) and on TCP only with the admin token.
@@ -111,7 +111,7 @@ pub async fn handle(sup: &Arc<Supervisor>, fd: &FrontDoor, door: Door, mut req: 
         let body = sup.reporting().metrics().render(instances);
         return Response::builder()
             .header("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
-            .body(Full::new(Bytes::from(body)))
+            .body(Full::new(Bytes::from(body)).into())
             .expect("response");
     }
     if path == "/admin" || path.starts_with("/admin/") {
@@ -163,11 +163,11 @@ fn query(q: Option<&str>) -> Vec<(String, String)> {
 
 fn json<T: serde::Serialize>(v: &T) -> Resp {
     let body = serde_json::to_vec_pretty(v).unwrap_or_default();
-    Response::builder().header("content-type", "application/json").body(Full::new(Bytes::from(body))).expect("response")
+    Response::builder().header("content-type", "application/json").body(Full::new(Bytes::from(body)).into()).expect("response")
 }
 
 fn text(s: String) -> Resp {
-    Response::builder().header("content-type", "text/plain; charset=utf-8").body(Full::new(Bytes::from(s))).expect("response")
+    Response::builder().header("content-type", "text/plain; charset=utf-8").body(Full::new(Bytes::from(s)).into()).expect("response")
 }
 
 #[cfg(test)]

@@ -401,6 +401,16 @@ async fn run_in(
         let (c1, c16) = peers::plain_warm(&fixture, plan, &mut raw, &tick)?;
         raw.scalar("plain", "requests_per_second", "concurrency 1", "req/s", c1);
         raw.scalar("plain", "requests_per_second", "concurrency 16", "req/s", c16);
+        if peers_on {
+            pb.set_message("throughput: HAProxy in front of the fixture");
+            match peers::haproxy_warm(&fixture, plan)? {
+                Some((c1, c16)) => {
+                    raw.scalar("haproxy", "requests_per_second", "concurrency 1", "req/s", c1);
+                    raw.scalar("haproxy", "requests_per_second", "concurrency 16", "req/s", c16);
+                }
+                None => raw.note("haproxy rows: HAProxy is not installed, skipped (apt-get install haproxy)".into()),
+            }
+        }
     }
 
     if peers_on && opts.wants("freeze") {
@@ -536,7 +546,7 @@ pub fn table(r: &Report) -> String {
     let mut keys: Vec<(String, String)> = r.results.iter().map(|x| (x.metric.clone(), x.workload.clone())).collect();
     keys.sort();
     keys.dedup();
-    let order = ["fcsup", fcsup::INSECURE, "plain", "sigstop", "crun", "runc"];
+    let order = ["fcsup", fcsup::INSECURE, "plain", "haproxy", "sigstop", "crun", "runc"];
     for (metric, workload) in keys {
         let mut rows: Vec<&Row> = r.results.iter().filter(|x| x.metric == metric && x.workload == workload).collect();
         rows.sort_by_key(|x| order.iter().position(|o| *o == x.system).unwrap_or(9));

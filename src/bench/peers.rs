@@ -109,6 +109,50 @@ pub fn plain_warm(fixture: &Path, plan: &Plan, raw: &mut Raw, tick: &dyn Fn()) -
     Ok((c1, c16))
 }
 
+/// Closed-loop throughput through HAProxy (Debian's `haproxy`, HTTP mode, connections to the
+/// fixture kept alive and shared) in front of the same fixture: what a production proxy's hop
+/// costs, the peer of fcsup's pass-through. `None` when HAProxy is not installed.
+pub fn haproxy_warm(fixture: &Path, plan: &Plan) -> Result<Option<(f64, f64)>> {
+    let Some(bin) = ["/usr/sbin/haproxy", "/usr/bin/haproxy"].into_iter().map(Path::new).find(|p| p.exists()) else { return Ok(None) };
+    let (port, front) = (free_port(), free_port());
+    let child = spawn_plain(&[fixture.display().to_string()], Path::new("/"), port, &[])?;
+    let dir = std::env::temp_dir().join(format!("fcsup-bench-haproxy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let cfg = dir.join("haproxy.cfg");
+    // One thread per core as fcsup's runtime has; timeouts only so that HAProxy accepts the file.
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    std::fs::write(
+        &cfg,
+        format!(
+            "global\n  nbthread {threads}\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  http-reuse always\n\
+             frontend f\n  bind 127.0.0.1:{front}\n  default_backend b\nbackend b\n  server fixture 127.0.0.1:{port}\n"
+        ),
+    )?;
+    let proxy = spawn_plain(&[bin.display().to_string(), "-db".into(), "-f".into(), cfg.display().to_string()], &dir, front, &[]);
+    let proxy = proxy?;
+    let addr = format!("127.0.0.1:{front}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Ready when a request passes through (the port may accept before the backend is up).
+    loop {
+        match Conn::open_when_ready(&addr, deadline).and_then(|mut c| c.post("/invoke", b"")) {
+            Ok(a) if a.status == 200 => break,
+            _ if Instant::now() > deadline => {
+                kill_wait(proxy);
+                kill_wait(child);
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(failed!("HAProxy in front of the fixture did not answer within 10 s"));
+            }
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    let c1 = super::fcsup::closed_loop(&addr, "/invoke", 1, plan.rps_duration);
+    let c16 = super::fcsup::closed_loop(&addr, "/invoke", 16, plan.rps_duration);
+    kill_wait(proxy);
+    kill_wait(child);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Some((c1?, c16?)))
+}
+
 fn waitpid(pid: i32, flags: WaitPidFlag) {
     let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), Some(flags));
 }

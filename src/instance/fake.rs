@@ -248,6 +248,9 @@ pub fn call(id: &str) -> Call {
         want_log: false,
         canceled: None,
         retry_count: 0,
+        body_stream: None,
+        client_upgrade: None,
+        stream: false,
         arrived: Instant::now(),
         body_budget: None,
     }

@@ -67,7 +67,7 @@ impl<K: Kernel> Instance<K> {
                     cpu_since_response_us: at_response.map(|r| usage_usec.saturating_sub(r)),
                     baseline: inst.hazards.baseline(),
                     own_ports,
-                    unread_output: inst.log.unread(),
+                    unread_output: inst.log.unread_bytes(),
                     pending: inst.runtime_api.as_ref().map(crate::runtime_api::RuntimeApi::take_pending).unwrap_or_default(),
                     agent: inst.runtime_api.is_some(),
                 })

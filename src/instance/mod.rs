@@ -45,9 +45,10 @@ use crate::logs::InstanceLog;
 use conn::Connections;
 use health::Health;
 
-pub use conn::ConnError;
+pub use conn::{BodyFate, ClientBody, ConnError, ReqBody};
 pub use errors::{Exhausted, HookError, InitError, Internal, InvokeError, StartError};
 pub use hooks::HookKind;
+pub use invoke::Streamed;
 pub use kernel::{Kernel, Sandboxed};
 pub use launch::{Launch, Launcher, Reporting};
 pub use lifecycle::{Lifecycle, Retire, State};
@@ -99,6 +100,13 @@ pub struct Call {
     pub headers: HeaderMap,
     /// Body.
     pub body: Bytes,
+    /// The body still arriving from the client, passed on as it comes (`body` is empty then);
+    /// only for a request sent once (Sync HTTP triggers).
+    pub body_stream: Option<ClientBody>,
+    /// The client's side of a connection upgrade (a WebSocket on an HTTP trigger).
+    pub client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// The caller takes the answer as the instance writes it ([`Reply::stream`]).
+    pub stream: bool,
     /// The caller wants the request's log (`x-fc-log-type: Tail`): wait for its last lines.
     pub want_log: bool,
     /// Resolves with `Ok` when the client went away (FC's 499).
@@ -122,6 +130,9 @@ impl Call {
             path_and_query: self.path_and_query.clone(),
             headers: self.headers.clone(),
             body: self.body.clone(),
+            body_stream: None,
+            client_upgrade: None,
+            stream: false,
             want_log: false,
             canceled: None,
             retry_count: self.retry_count + 1,
@@ -140,7 +151,10 @@ pub struct Reply {
     pub headers: HeaderMap,
     /// Body.
     pub body: Bytes,
-    /// From thawed to response.
+    /// The body as the instance writes it (`body` is empty then); it holds the request's slot
+    /// until it ends or is dropped.
+    pub stream: Option<Streamed>,
+    /// From thawed to response (to the response's head when streamed).
     pub duration: Duration,
     /// CPU the cgroup used during the request.
     pub cpu_usec: u64,

@@ -10,7 +10,8 @@ use crate::billing::windows::{Closed, Reading, Windows};
 use crate::billing::{Phase, ResourceMode, Usage, WindowRecord};
 
 impl<K: Kernel> Instance<K> {
-    /// Tries a freeze in the background.
+    /// Tries a freeze in the background, at once (as FC freezes: what a function does after
+    /// its answer is cut off, which is what fcsup exists to show).
     pub(super) fn spawn_freeze(self: Arc<Self>) {
         tokio::spawn(self.freeze_if_idle());
     }
@@ -34,6 +35,8 @@ impl<K: Kernel> Instance<K> {
         match self.kernel.freeze().await {
             Ok(()) => {
                 let took = t.elapsed();
+                // Lines of requests that ended belong to them up to here (README, Logs).
+                self.log.settle().await;
                 self.transition(Lifecycle::froze);
                 self.latencies.freeze(took);
                 self.reporting.samples().record("freeze", took);

@@ -78,6 +78,7 @@ impl<K: Kernel> Instance<K> {
                 status: StatusCode::OK,
                 headers: HeaderMap::new(),
                 body: Bytes::new(),
+                stream: None,
                 duration,
                 cpu_usec: end.cpu.usage_usec,
                 max_memory_mb,

@@ -53,8 +53,11 @@ pub struct InstanceLog {
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// Request ids in flight (and the hook running), in arrival order.
+    /// Request ids in flight (and the hook running), in arrival order, and those that ended
+    /// but still own what the instance prints until it freezes or another request begins.
     current: Vec<String>,
+    /// The ended ones in `current`.
+    lingering: Vec<String>,
     ring: VecDeque<String>,
     /// Bytes in `ring`.
     ring_bytes: usize,
@@ -69,11 +72,57 @@ impl InstanceLog {
         Arc::new(InstanceLog { function: function.into(), instance: instance.into(), inner: Mutex::default(), echo, file, pipes: Mutex::default() })
     }
 
-    /// Marks `request_id` as running: lines printed from now on are tagged with it.
+    /// Marks `request_id` as running: lines printed from now on are tagged with it (and
+    /// captured for Tail). Requests that ended stop owning lines; see [`InstanceLog::open`]
+    /// for the variant that first reads what they printed.
     pub fn begin(&self, request_id: &str) {
+        self.start(request_id, true);
+    }
+
+    /// [`InstanceLog::begin`] for a request, after the lines that requests which ended printed
+    /// before now are read and tagged with them (a line belongs to the request during which it
+    /// was written); `capture` keeps its lines for Tail.
+    pub async fn open(&self, request_id: &str, capture: bool) {
+        // Most functions print nothing per request: then nothing is waited for.
+        if !self.inner.lock().expect("log lock").lingering.is_empty() && self.unread() {
+            self.drain().await;
+        }
+        self.start(request_id, capture);
+    }
+
+    /// Whether the function's output pipes hold bytes not read yet.
+    fn unread(&self) -> bool {
+        self.pipes.lock().expect("log lock").iter().any(|fd| {
+            let mut n: libc::c_int = 0;
+            // SAFETY: FIONREAD on a pipe fd we own; writes one c_int.
+            unsafe { fionread(fd.as_raw_fd(), &mut n) }.is_ok() && n > 0
+        })
+    }
+
+    fn start(&self, request_id: &str, capture: bool) {
         let mut g = self.inner.lock().expect("log lock");
+        let Inner { current, lingering, .. } = &mut *g;
+        if !lingering.is_empty() {
+            current.retain(|r| !lingering.contains(r));
+            lingering.clear();
+        }
         g.current.push(request_id.to_string());
-        g.captured.insert(request_id.to_string(), Vec::new());
+        if capture {
+            g.captured.insert(request_id.to_string(), Vec::new());
+        }
+    }
+
+    /// The instance froze (or is about to): what the requests that ended printed is read and
+    /// tagged with them, and they own no later line.
+    pub async fn settle(&self) {
+        if self.inner.lock().expect("log lock").lingering.is_empty() {
+            return;
+        }
+        self.drain().await;
+        let mut g = self.inner.lock().expect("log lock");
+        let Inner { current, lingering, .. } = &mut *g;
+        current.retain(|r| !lingering.contains(r));
+        lingering.clear();
     }
 
     /// Waits (up to 5 ms) until the readers have taken everything the function has written so
@@ -81,12 +130,7 @@ impl InstanceLog {
     pub async fn drain(&self) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_millis(5);
         loop {
-            let pending = self.pipes.lock().expect("log lock").iter().any(|fd| {
-                let mut n: libc::c_int = 0;
-                // SAFETY: FIONREAD on a pipe fd we own; writes one c_int.
-                unsafe { fionread(fd.as_raw_fd(), &mut n) }.is_ok() && n > 0
-            });
-            if !pending || std::time::Instant::now() > deadline {
+            if !self.unread() || std::time::Instant::now() > deadline {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_micros(100)).await;
@@ -98,7 +142,7 @@ impl InstanceLog {
     }
 
     /// Bytes the function wrote to stdout and stderr that the readers have not taken yet.
-    pub fn unread(&self) -> usize {
+    pub fn unread_bytes(&self) -> usize {
         self.pipes
             .lock()
             .expect("log lock")
@@ -115,11 +159,26 @@ impl InstanceLog {
             .sum()
     }
 
-    /// Ends `request_id` and returns what it printed (last [`TAIL_BYTES`]).
+    /// Ends `request_id` and returns what it printed (last [`TAIL_BYTES`]); lines printed
+    /// after this are still tagged with it (in the instance log, not in what was returned)
+    /// until the instance freezes or another request begins.
     pub fn end(&self, request_id: &str) -> Vec<u8> {
+        self.finish(request_id);
+        self.take(request_id)
+    }
+
+    /// Ends `request_id` but keeps capturing what is tagged with it (until it stops owning
+    /// lines, see [`InstanceLog::end`]) for [`InstanceLog::take`].
+    pub fn finish(&self, request_id: &str) {
         let mut g = self.inner.lock().expect("log lock");
-        g.current.retain(|r| r != request_id);
-        g.captured.remove(request_id).unwrap_or_default()
+        if g.current.iter().any(|r| r == request_id) && !g.lingering.iter().any(|r| r == request_id) {
+            g.lingering.push(request_id.to_string());
+        }
+    }
+
+    /// What `request_id` printed (last [`TAIL_BYTES`]); capturing stops.
+    pub fn take(&self, request_id: &str) -> Vec<u8> {
+        self.inner.lock().expect("log lock").captured.remove(request_id).unwrap_or_default()
     }
 
     /// Records one piece of output as read from a pipe (see [`split`]): invalid UTF-8 is
@@ -210,6 +269,15 @@ impl InstanceLog {
     }
 }
 
+/// The summary line FC ends a Tail log with.
+pub fn summary(duration: std::time::Duration, memory_mb: u64, max_memory_mb: f64) -> String {
+    let billed_ms = duration.as_micros().div_ceil(1000);
+    format!(
+        "Duration: {:.2} ms, Billed Duration: {billed_ms} ms, Memory Size: {memory_mb} MB, Max Memory Used: {max_memory_mb:.2} MB",
+        duration.as_secs_f64() * 1000.0
+    )
+}
+
 /// The last [`TAIL_BYTES`] of `captured`, cut at a line start, between FC's markers.
 pub fn tail(request_id: &str, captured: &[u8], summary: &str) -> Vec<u8> {
     // A custom runtime may print FC's markers itself; they are not repeated.
@@ -243,6 +311,32 @@ mod tests {
         let got = log.end("r1");
         assert_eq!(got, b"hello\n");
         assert!(log.recent()[1].contains("[f/c-1234] r1 hello"), "{:?}", log.recent());
+    }
+
+    #[tokio::test]
+    async fn lines_after_the_end_stay_with_the_request_until_the_next_or_the_freeze() {
+        let log = InstanceLog::new("f", "c-1234", None, None);
+        log.begin("r1");
+        assert!(log.end("r1").is_empty());
+        log.line("stdout", "after r1's answer");
+        log.open("r2", false).await;
+        log.line("stdout", "during r2");
+        assert!(log.end("r2").is_empty(), "r2 was not captured");
+        log.line("stdout", "after r2's answer");
+        log.settle().await;
+        log.line("stdout", "while frozen");
+        // A request that ended keeps capturing until it stops owning lines.
+        log.open("r3", true).await;
+        log.finish("r3");
+        log.line("stdout", "after r3's answer");
+        log.begin("hook");
+        log.line("stdout", "during a hook");
+        assert_eq!(log.take("r3"), b"after r3's answer\n");
+        let r = log.recent();
+        assert!(r[0].contains("r1 after r1's answer"), "{r:?}");
+        assert!(r[1].contains("r2 during r2"), "{r:?}");
+        assert!(r[2].contains("r2 after r2's answer"), "{r:?}");
+        assert!(r[3].contains("[f/c-1234] while frozen"), "{r:?}");
     }
 
     #[test]
