@@ -4,7 +4,7 @@
 //! failures with exponential backoff (0.5 s, 1 s, 2 s, … capped at 60 s) until the event is
 //! older than `maxAsyncEventAgeInSeconds` (at most 5 h for throttles), counted from its first
 //! arrival, across restarts. Every task's status and result stay visible at
-//! `GET /admin/async/{id}` (the last [`KEEP`] finished tasks, and every unfinished one).
+//! `GET /admin/async/{id}` (the last [`KEEP`] tasks, and every unfinished one).
 //!
 //! Tasks not finished when fcsup stops or is killed run again at its next start: at least once,
 //! as FC promises (a task killed mid-attempt runs that attempt again). A finished task's record
@@ -34,13 +34,13 @@ use crate::pool::{Dispatched, Pool};
 use store::{NewTask, Record, Request};
 pub use store::{Store, StoreError};
 
-/// Finished tasks kept for the status endpoint.
+/// Tasks kept for the status endpoint (the newest; unfinished ones are always kept).
 pub const KEEP: usize = 10_000;
 /// Largest Async body FC accepts (128 KB).
 pub const MAX_BODY: usize = 128 * 1024;
 /// Longest a throttled event keeps being retried (FC: 5 hours).
 const THROTTLE_RETRY_FOR: Duration = Duration::from_secs(5 * 3600);
-/// Finished tasks beyond [`KEEP`] are pruned once every this many submissions.
+/// Finished tasks older than the newest [`KEEP`] are pruned once every this many submissions.
 const PRUNE_EVERY: usize = 256;
 
 /// Where a task is (FC's names for async task states).
