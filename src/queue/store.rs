@@ -5,7 +5,12 @@
 //! safe from a crash of fcsup the moment 202 goes out. Automatic checkpoints are off on the
 //! connection that writes; a second connection checkpoints once a second while something was
 //! written, which syncs the WAL first, so a power loss loses at most the last second of changes
-//! (the same bound as the ledger) and no fsync ever runs on the accept path.
+//! (the same bound as the ledger) and no fsync ever runs on the accept path. A checkpoint that
+//! runs while tasks keep coming cannot empty the WAL; past [`WAL_LIMIT`] the thread asks for a
+//! `RESTART` checkpoint, which makes writers wait (a few ms) while it empties it.
+//!
+//! The table has no index besides its keys (each index is one more page written per change):
+//! the scan for unfinished tasks happens once, at start.
 
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -37,9 +42,12 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
 }
 
+/// WAL size past which the checkpoint thread makes writers wait to empty it.
+const WAL_LIMIT: u64 = 64 << 20;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tasks (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
     function TEXT NOT NULL,
     request_id TEXT NOT NULL,
@@ -63,7 +71,6 @@ CREATE TABLE IF NOT EXISTS tasks (
     headers TEXT NOT NULL,
     body BLOB
 );
-CREATE INDEX IF NOT EXISTS tasks_open ON tasks(status) WHERE finished IS NULL;
 ";
 
 /// A task's request as kept for its attempts (what a [`crate::instance::Call`] needs).
@@ -167,6 +174,8 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // An emptied WAL is truncated to this size rather than kept at its largest.
+        conn.pragma_update(None, "journal_size_limit", 8 << 20)?;
         conn.execute_batch(SCHEMA)?;
         let store =
             Store { conn: Mutex::new(conn), path: path.map(Path::to_path_buf), dirty: Arc::default(), alive: Arc::new(AtomicBool::new(true)) };
@@ -184,14 +193,18 @@ impl Store {
         let Some(path) = self.path.clone() else { return Ok(()) };
         let conn = Connection::open(&path)?;
         conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_size_limit", 8 << 20)?;
         let (dirty, alive) = (self.dirty.clone(), self.alive.clone());
+        let wal = PathBuf::from(format!("{}-wal", path.display()));
         std::thread::Builder::new()
             .name("fcsup-queue-sync".into())
             .spawn(move || {
                 while alive.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_secs(1));
                     if dirty.swap(false, Ordering::AcqRel) {
-                        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        let big = std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_LIMIT);
+                        let mode = if big { "RESTART" } else { "PASSIVE" };
+                        if let Err(e) = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(())) {
                             tracing::warn!("cannot checkpoint the Async queue database {}: {e}", path.display());
                             dirty.store(true, Ordering::Release);
                         }
