@@ -170,6 +170,11 @@ impl SupervisorArgs {
         }
     }
 
+    /// Whether `--queue-db` was given.
+    pub fn queue_db_given(&self) -> bool {
+        self.queue_db.is_some()
+    }
+
     /// The front door's settings; fails on a bad token file.
     pub fn front_door(&self) -> Result<Arc<FrontDoor>> {
         let token = self.admin_token_file.as_deref().map(AdminToken::load).transpose()?;
