@@ -13,6 +13,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod hazards;
 pub mod image;
 pub mod instance;
 pub mod logs;

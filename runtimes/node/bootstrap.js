@@ -34,6 +34,44 @@ const HOOK_HEADER = {
   3: 'x-fc-instance-lifecycle-pre-freeze-handler',
 };
 
+// Freeze hazards (README): timers the function set and that have not fired, listed with each
+// answer in `x-fcsup-pending` (FC freezes the instance right after it). Only the function's
+// timers: the agent keeps the originals for its own.
+const realSetTimeout = global.setTimeout;
+const timers = new Set();
+for (const [kind, real] of [['setTimeout', global.setTimeout], ['setInterval', global.setInterval], ['setImmediate', global.setImmediate]]) {
+  const wrapped = {
+    [kind](cb, ...rest) {
+      const t = real(cb, ...rest);
+      const ms = kind === 'setImmediate' ? 0 : Number(rest[0]) || 0;
+      timers.add({ t, kind, name: (cb && cb.name) || 'anonymous', ms });
+      return t;
+    },
+  }[kind];
+  if (real[util.promisify.custom]) wrapped[util.promisify.custom] = real[util.promisify.custom];
+  global[kind] = wrapped;
+}
+
+// The function's timers still pending, by name (at most 32).
+function pendingTimers() {
+  const out = [];
+  for (const e of timers) {
+    // `_destroyed`: fired (setTimeout) or cleared; an Immediate's `_onImmediate` is cleared.
+    const done = e.kind === 'setImmediate' ? !e.t._onImmediate : e.t._destroyed;
+    if (done) timers.delete(e);
+    else if (out.length < 32) out.push(`Node.js ${e.kind} ${e.name}${e.kind === 'setImmediate' ? '' : ` (${e.ms} ms)`}`);
+  }
+  return out;
+}
+
+// `x-fcsup-pending` when something is pending: a JSON array, non-ASCII escaped.
+function pendingHeader(extra) {
+  const p = pendingTimers();
+  if (!p.length) return extra;
+  const v = JSON.stringify(p).replace(/[\u007f-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+  return Object.assign({ 'x-fcsup-pending': v }, extra || {});
+}
+
 const code = process.env.FC_FUNC_CODE_PATH || '/code';
 const [apiHost, apiPort] = (() => {
   const a = process.env.FC_RUNTIME_API || '127.0.0.1:19001';
@@ -257,12 +295,12 @@ async function serve(handler, initializer, res) {
   // The marker goes out before the answer: the instance may be frozen right after it.
   if (r.ok) {
     process.stdout.write(`FC ${label} End RequestId: ${rid}\n`);
-    await post(`invocation/${rid}/response`, result, 'application/octet-stream');
+    await post(`invocation/${rid}/response`, result, 'application/octet-stream', pendingHeader());
   } else {
     logger.error(r.value);
     process.stdout.write(`FC ${label} End RequestId: ${rid}, Error: ${r.handled ? 'Handled' : 'Unhandled'} function error\n`);
     const extra = r.handled ? { 'x-fc-error-type': 'HandledInvocationError' } : {};
-    await post(`invocation/${rid}/error`, errorBody(r.value), 'application/json', extra);
+    await post(`invocation/${rid}/error`, errorBody(r.value), 'application/json', pendingHeader(extra));
   }
   currentRequestId = '';
 }
@@ -294,13 +332,13 @@ async function main() {
       delay = 10;
     } catch (err) {
       process.stderr.write(`fcsup runtime: cannot reach the runtime API at ${apiHost}:${apiPort}: ${err.message}\n`);
-      await new Promise((r) => setTimeout(r, delay));
+      await new Promise((r) => realSetTimeout(r, delay));
       delay = Math.min(delay * 2, 1000);
       continue;
     }
     if (res.status !== 200) {
       process.stderr.write(`fcsup runtime: GET next: ${res.status} ${res.body.toString()}\n`);
-      await new Promise((r) => setTimeout(r, 50));
+      await new Promise((r) => realSetTimeout(r, 50));
       continue;
     }
     try {

@@ -6,6 +6,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,23 +29,23 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub(super) trait Acceptor: Send + Sync + 'static {
     /// A connection.
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    /// Accepts one connection.
-    fn accept_one(&self) -> impl Future<Output = std::io::Result<Self::Io>> + Send;
+    /// Accepts one connection, with the peer's address where it has one.
+    fn accept_one(&self) -> impl Future<Output = std::io::Result<(Self::Io, Option<IpAddr>)>> + Send;
 }
 
 impl Acceptor for TcpListener {
     type Io = tokio::net::TcpStream;
-    async fn accept_one(&self) -> std::io::Result<Self::Io> {
-        let (s, _) = self.accept().await?;
+    async fn accept_one(&self) -> std::io::Result<(Self::Io, Option<IpAddr>)> {
+        let (s, peer) = self.accept().await?;
         let _ = s.set_nodelay(true);
-        Ok(s)
+        Ok((s, Some(peer.ip().to_canonical())))
     }
 }
 
 impl Acceptor for UnixListener {
     type Io = tokio::net::UnixStream;
-    async fn accept_one(&self) -> std::io::Result<Self::Io> {
-        Ok(self.accept().await?.0)
+    async fn accept_one(&self) -> std::io::Result<(Self::Io, Option<IpAddr>)> {
+        Ok((self.accept().await?.0, None))
     }
 }
 
@@ -98,10 +99,10 @@ pub(super) async fn run<A: Acceptor>(listener: A, sup: Arc<Supervisor>, fd: Arc<
             r = listener.accept_one() => r,
             _ = stop.wait_for(|s| *s) => return,
         };
-        let io = match accepted {
-            Ok(io) => {
+        let (io, peer) = match accepted {
+            Ok(accepted) => {
                 backoff.succeeded(door);
-                io
+                accepted
             }
             Err(e) => {
                 // EMFILE and the like leave the connection in the backlog: retrying at once
@@ -114,7 +115,7 @@ pub(super) async fn run<A: Acceptor>(listener: A, sup: Arc<Supervisor>, fd: Arc<
                 }
             }
         };
-        tokio::spawn(connection(io, slot, sup.clone(), fd.clone(), door, stop.clone()));
+        tokio::spawn(connection(io, peer, slot, sup.clone(), fd.clone(), door, stop.clone()));
     }
 }
 
@@ -162,14 +163,24 @@ async fn idle_for(a: &Activity, idle: Duration, first: Duration) {
     }
 }
 
-async fn connection<Io>(io: Io, _slot: OwnedSemaphorePermit, sup: Arc<Supervisor>, fd: Arc<FrontDoor>, door: Door, mut stop: watch::Receiver<bool>)
-where
+async fn connection<Io>(
+    io: Io,
+    peer: Option<IpAddr>,
+    _slot: OwnedSemaphorePermit,
+    sup: Arc<Supervisor>,
+    fd: Arc<FrontDoor>,
+    door: Door,
+    mut stop: watch::Receiver<bool>,
+) where
     Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity { served: AtomicBool::new(false), in_flight: AtomicUsize::new(0), idle_since: Mutex::new(Instant::now()) });
     let svc = {
         let (activity, fd) = (activity.clone(), fd.clone());
-        hyper::service::service_fn(move |req: Request<Incoming>| {
+        hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            if let Some(ip) = peer {
+                req.extensions_mut().insert(super::client::Peer(ip));
+            }
             let (sup, fd, guard) = (sup.clone(), fd.clone(), InFlight::new(&activity));
             async move {
                 let resp = super::handle(&sup, &fd, door, req).await;

@@ -23,6 +23,13 @@ pub async fn route(sup: &Arc<Supervisor>, req: Request<Incoming>, request_id: &s
             Some(i) => text(i.log.recent().join("\n") + "\n"),
             None => fc_error(StatusCode::NOT_FOUND, "InstanceNotFound", &format!("instance {id} does not exist"), request_id),
         },
+        (&Method::GET, ["instances", id, "hazards"]) => match sup.instance(id) {
+            Some(i) => {
+                json(&i.hazards(super::query(req.uri().query()).iter().find(|(k, _)| k == "last").and_then(|(_, v)| v.parse().ok()).unwrap_or(20)))
+            }
+            None => fc_error(StatusCode::NOT_FOUND, "InstanceNotFound", &format!("instance {id} does not exist"), request_id),
+        },
+        (&Method::GET, ["hazards"]) => json(&sup.reporting().hazards().summary()),
         (&Method::GET, ["ledger"]) => ledger(sup, req.uri().query()),
         (&Method::GET, ["async", id]) => match sup.async_queue.status(id) {
             Some(s) => json(&s),

@@ -4,6 +4,7 @@
 mod accept;
 mod admin;
 mod body;
+mod client;
 mod errors;
 mod invoke;
 mod limits;
@@ -66,7 +67,7 @@ fn header_bytes(req: &Request<Incoming>) -> usize {
 }
 
 /// Routes one request.
-pub async fn handle(sup: &Arc<Supervisor>, fd: &FrontDoor, door: Door, req: Request<Incoming>) -> Resp {
+pub async fn handle(sup: &Arc<Supervisor>, fd: &FrontDoor, door: Door, mut req: Request<Incoming>) -> Resp {
     let request_id = req
         .headers()
         .get("x-fc-request-id")
@@ -98,6 +99,7 @@ pub async fn handle(sup: &Arc<Supervisor>, fd: &FrontDoor, door: Door, req: Requ
         let raw = rest.split('/').next().unwrap_or("");
         return match decode_name(raw) {
             Some(name) => {
+                client::set_headers(&mut req);
                 let raw_len = raw.len();
                 invoke::invoke(sup, fd, req, name, Some(raw_len), request_id).await
             }

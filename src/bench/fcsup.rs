@@ -25,11 +25,13 @@ fn config_yaml(native_dir: &Path, python_dir: &Path, handler_dir: &Path, image: 
         )
     });
     format!(
-        "fcsup: {{maxInstances: 250}}\nresources:\n{container}{}{}{}{}{}{}  python:\n    props:\n      code: {}\n      memorySize: 1024\n      cpu: 1\n      timeout: 60\n      customRuntimeConfig: {{command: [/usr/bin/python3, server.py]}}\n      fcsup: {{idleTimeout: 3600}}\n  handler:\n    props:\n      runtime: python3\n      handler: index.handler\n      code: {}\n      memorySize: 1024\n      cpu: 1\n      timeout: 60\n      fcsup: {{idleTimeout: 3600}}\n",
+        "fcsup: {{maxInstances: 250}}\nresources:\n{container}{}{}{}{}{}{}{}  python:\n    props:\n      code: {}\n      memorySize: 1024\n      cpu: 1\n      timeout: 60\n      customRuntimeConfig: {{command: [/usr/bin/python3, server.py]}}\n      fcsup: {{idleTimeout: 3600}}\n  handler:\n    props:\n      runtime: python3\n      handler: index.handler\n      code: {}\n      memorySize: 1024\n      cpu: 1\n      timeout: 60\n      fcsup: {{idleTimeout: 3600}}\n",
         native("native", ""),
         native("native16", "      instanceConcurrency: 16\n"),
         native("busy1", "      environmentVariables: {FIXTURE_BUSY_THREADS: '1'}\n"),
         native("busy50", "      environmentVariables: {FIXTURE_BUSY_THREADS: '50'}\n"),
+        // The same with freeze hazards off: the report's cost is the difference.
+        native("busy50off", "      environmentVariables: {FIXTURE_BUSY_THREADS: '50'}\n").replace("maxInstances: 120}", "maxInstances: 120, freezeHazards: off}"),
         native("child", "      environmentVariables: {FIXTURE_CHILD: '1'}\n"),
         native("scale", ""),
         python_dir.display(),

@@ -304,7 +304,7 @@ async fn run_in(
     image_dir: &Path,
 ) -> Result<Report> {
     let peers_on = !opts.no_peers;
-    let total = (plan.cold_n * 4 + plan.python_n * 4 + plan.freeze_n * 2 + plan.warm_n * 3) as u64
+    let total = (plan.cold_n * 4 + plan.python_n * 4 + plan.freeze_n * 3 + plan.warm_n * 3) as u64
         + if peers_on { (plan.freeze_n * 2 + (plan.peer_cold_n + plan.freeze_n * 3) * 2) as u64 } else { 0 };
     let pb = progress(total);
     let tick = || pb.inc(1);
@@ -338,6 +338,8 @@ async fn run_in(
             rig.freeze_thaw("busy1", "1 busy thread", plan, &mut raw, &tick).await?;
             pb.set_message("freeze/thaw: fcsup, 50 busy threads");
             rig.freeze_thaw("busy50", "50 busy threads", plan, &mut raw, &tick).await?;
+            pb.set_message("freeze/thaw: fcsup, 50 busy threads, freeze hazards off");
+            rig.freeze_thaw("busy50off", "50 busy threads, hazards off", plan, &mut raw, &tick).await?;
             let ran = rig.child_runs_while_frozen().await?;
             correctness.push(Correctness {
                 system: "fcsup".into(),

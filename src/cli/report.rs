@@ -36,10 +36,20 @@ pub async fn run(args: Args) -> Result<()> {
         .filter(|r: &fcsup::billing::WindowRecord| since.is_none_or(|s| r.start_ms >= s))
         .collect();
     let bills = fcsup::billing::report::summarize(&records);
+    // Freeze hazards live in the running fcsup only (README, Freeze hazards).
+    let hazards: Option<Vec<fcsup::hazards::FunctionHazards>> = match &ledger {
+        _ if json => None,
+        Some(_) => None,
+        None => admin.get("/admin/hazards").await.ok().and_then(|r| serde_json::from_slice(&r.body).ok()),
+    };
     if json {
+        // The JSON stays the bill alone; the hazards are `GET /admin/hazards`.
         println!("{}", serde_json::to_string_pretty(&bills)?);
     } else {
         print!("{}", fcsup::billing::report::table(&bills));
+        if let Some(h) = &hazards {
+            print!("{}", fcsup::hazards::table(h));
+        }
     }
     Ok(())
 }

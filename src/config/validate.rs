@@ -287,6 +287,7 @@ pub fn validate(p: &Props, default_name: &str, base: &Path) -> Result<Function, 
         gpu_hibernate_after,
         builtin,
         layers,
+        freeze_hazards: ext.freeze_hazards.unwrap_or_default(),
     })
 }
 

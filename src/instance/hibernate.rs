@@ -51,15 +51,18 @@ impl<K: Kernel> Instance<K> {
             return;
         }
         let t0 = Instant::now();
+        // Read while frozen: no process of it can exit and hand its pid to another meanwhile.
+        let pids = self.kernel.pids();
         if self.kernel.thaw().await.is_err() {
             return;
         }
         self.transition(Lifecycle::thawed);
         let mut done = Vec::new();
         let mut failure = None;
-        for pid in self.kernel.pids() {
-            // Only CUDA processes have a state; the others are left alone.
-            if checkpoint_tool(&["--get-state"], pid).await.as_deref() != Ok("running") {
+        for pid in pids {
+            // Only CUDA processes have a state, and only this instance's are touched (a pid
+            // that left it since is skipped).
+            if !self.owns(pid) || checkpoint_tool(&["--get-state"], pid).await.as_deref() != Ok("running") || !self.owns(pid) {
                 continue;
             }
             let step = async {
@@ -100,6 +103,12 @@ impl<K: Kernel> Instance<K> {
         *self.gpu_hibernated.lock().expect("gpu") = Some(done);
     }
 
+    /// Whether `pid` is still in this instance's cgroup (named by its id).
+    fn owns(&self, pid: i32) -> bool {
+        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        cgroups.lines().find_map(|l| l.strip_prefix("0::")).is_some_and(|p| p.trim_end().ends_with(&format!("/{}", self.id)))
+    }
+
     /// After a thaw: restores and unlocks the hibernated processes' GPU memory.
     pub(super) async fn wake_gpu(&self) -> Result<(), InvokeError> {
         let pids = self.gpu_hibernated.lock().expect("gpu").take().unwrap_or_default();
@@ -107,7 +116,7 @@ impl<K: Kernel> Instance<K> {
             return Ok(());
         }
         let t0 = Instant::now();
-        for pid in &pids {
+        for pid in pids.iter().filter(|p| self.owns(**p)) {
             checkpoint_tool(&["--action", "restore"], *pid).await.map_err(InvokeError::GpuRestore)?;
             checkpoint_tool(&["--action", "unlock"], *pid).await.map_err(InvokeError::GpuRestore)?;
         }

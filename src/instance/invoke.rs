@@ -42,7 +42,15 @@ impl<K: Kernel> Ticket<K> {
     /// request) PreFreeze and freeze once the ticket is given back.
     pub async fn invoke(self, call: Call) -> Result<Reply, InvokeError> {
         let inst = self.instance.clone();
-        inst.run(&self, call).await
+        let (request_id, wait) = (call.request_id.clone(), inst.hazards_wait(call.want_log));
+        let events = inst.hazards_subscribe();
+        let result = inst.run(&self, call).await;
+        inst.hazards_answered(&request_id);
+        let Some(within) = wait else { return result };
+        // README, Freeze hazards: the answer waits for the report of the freeze it lets happen.
+        drop(self);
+        let report = crate::hazards::wait_report(events, &request_id, within).await;
+        inst.apply_hazards(result, report)
     }
 }
 
@@ -70,6 +78,7 @@ impl<K: Kernel> Instance<K> {
                         if thaw {
                             self.thaw_locked().await?;
                             self.reporting.samples().record("thaw_seen", call.arrived.elapsed());
+                            self.note_thaw(&call.request_id);
                         }
                         windows.add_request(&call.request_id);
                         break (opened, Running::start(self));
@@ -107,7 +116,9 @@ impl<K: Kernel> Instance<K> {
                 }
             }
         };
-        let cpu = self.kernel.cpu().since(&cpu0).usage_usec;
+        let cpu_now = self.kernel.cpu();
+        self.hazards_response_cpu(cpu_now.usage_usec);
+        let cpu = cpu_now.since(&cpu0).usage_usec;
         let duration = started.elapsed();
         if call.want_log {
             self.log.drain().await;

@@ -29,12 +29,13 @@ pub struct Reporting {
     ledger: Arc<Ledger>,
     metrics: Metrics,
     samples: Samples,
+    hazards: crate::hazards::Totals,
 }
 
 impl Reporting {
     /// Reports to `ledger`, with fresh metrics and samples.
     pub fn new(ledger: Arc<Ledger>) -> Self {
-        Reporting { ledger, metrics: Metrics::default(), samples: Samples::default() }
+        Reporting { ledger, metrics: Metrics::default(), samples: Samples::default(), hazards: crate::hazards::Totals::default() }
     }
 
     /// The billing ledger.
@@ -50,6 +51,11 @@ impl Reporting {
     /// The bench's raw latency samples.
     pub fn samples(&self) -> &Samples {
         &self.samples
+    }
+
+    /// Freeze hazards per function (`fcsup report`).
+    pub fn hazards(&self) -> &crate::hazards::Totals {
+        &self.hazards
     }
 
     /// A closed billing window: into the metrics and the ledger.
@@ -135,7 +141,10 @@ impl Launcher {
             .mode(0o700)
             .create(&self.bundle_dir)
             .map_err(|e| failed(format!("create {}: {e}", self.bundle_dir.display())))?;
-        let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        // The hooks read NVIDIA's variables from here: only those the legacy hook's checks
+        // passed, never the image's own (which could ask for MIG devices or other GPUs).
+        let nvidia = |k: &str| k.starts_with("NVIDIA_") || k == "CUDA_VERSION";
+        let mut env: Vec<String> = spec.env.iter().filter(|(k, _)| !nvidia(k)).map(|(k, v)| format!("{k}={v}")).collect();
         env.extend(granted.bundle_env.iter().cloned());
         let config = BundleConfig {
             root: std::path::PathBuf::from(if spec.image.is_some() { sandbox::IMAGE_ROOT_AT } else { "/" }),

@@ -14,6 +14,7 @@ mod conn;
 mod errors;
 #[cfg(test)]
 pub(crate) mod fake;
+mod hazards;
 mod health;
 mod hibernate;
 mod hooks;
@@ -213,6 +214,8 @@ pub struct Instance<K: Kernel = Sandboxed> {
     stop_trace: Mutex<Option<StopTrace>>,
     /// FC's runtime API, served to a built-in runtime's agent (calls go over it, not HTTP).
     runtime_api: Option<crate::runtime_api::RuntimeApi>,
+    /// What freezes cut off (README, Freeze hazards).
+    hazards: crate::hazards::Tracker,
 }
 
 /// What `GET /admin/instances` shows.
@@ -308,6 +311,7 @@ impl<K: Kernel> Instance<K> {
             gpu_hibernated: Mutex::new(None),
             stop_trace: Mutex::new(None),
             runtime_api,
+            hazards: crate::hazards::Tracker::default(),
             id,
             function,
             provisioned,

@@ -19,6 +19,7 @@ impl<K: Kernel> Instance<K> {
     pub(super) async fn freeze_if_idle(self: Arc<Self>) {
         let mut windows = self.power.lock().await;
         if !self.life.borrow().may_freeze() {
+            self.hazards_not_frozen();
             return;
         }
         // PreFreeze follows invocations (not the Initializer), and is billed inside the
@@ -28,6 +29,7 @@ impl<K: Kernel> Instance<K> {
             // power lock, thaws, and gets a window (and a PreFreeze) of its own.
             let _ = self.call_hook(HookKind::PreFreeze).await;
         }
+        let before = self.hazards_before();
         let t = Instant::now();
         match self.kernel.freeze().await {
             Ok(()) => {
@@ -37,9 +39,14 @@ impl<K: Kernel> Instance<K> {
                 self.reporting.samples().record("freeze", took);
                 let now = self.close_window(&mut windows);
                 windows.frozen(now, self.provisioned);
+                // Off the response path and after the billing window closed.
+                self.hazards_after(before, t, took, now.cpu.usage_usec);
                 tracing::debug!(function = %self.function.name, instance = %self.id, us = us(took), "frozen");
             }
-            Err(e) => tracing::error!(instance = %self.id, "freeze failed: {e}"),
+            Err(e) => {
+                self.hazards_skipped(before);
+                tracing::error!(instance = %self.id, "freeze failed: {e}");
+            }
         }
     }
 
@@ -50,6 +57,7 @@ impl<K: Kernel> Instance<K> {
         self.kernel.thaw().await.map_err(Internal::Thaw)?;
         let took = t.elapsed();
         self.transition(Lifecycle::thawed);
+        self.hazards_thawed();
         if let Err(e) = self.wake_gpu().await {
             self.transition(|l| l.retire(super::Retire::Broken));
             return Err(e);

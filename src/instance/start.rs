@@ -117,6 +117,7 @@ impl<K: Kernel> Instance<K> {
             }
         }
         self.start_trace.lock().expect("trace").initialized_us = us(self.created.elapsed());
+        self.hazards_baseline();
         // The requests that waited go on from here.
         self.transition(Lifecycle::boot_done);
         if let Some(hc) = &self.function.health_check {

@@ -8,6 +8,14 @@ use super::{us, HookKind, Instance, Kernel, Lifecycle, StopTrace};
 use crate::billing::Phase;
 
 impl<K: Kernel> Instance<K> {
+    /// Kills everything in the instance now, whatever it is doing (a start or an Initializer
+    /// that would hold [`Instance::stop`] back).
+    pub async fn kill_now(&self) {
+        if let Err(e) = self.kernel.kill().await {
+            tracing::error!(instance = %self.id, "kill failed: {e}");
+        }
+    }
+
     /// Stops the instance. Safe to call more than once, concurrently, and on a process that
     /// already exited.
     pub async fn stop(&self) {

@@ -97,6 +97,24 @@ impl InstanceLog {
         }
     }
 
+    /// Bytes the function wrote to stdout and stderr that the readers have not taken yet.
+    pub fn unread(&self) -> usize {
+        self.pipes
+            .lock()
+            .expect("log lock")
+            .iter()
+            .map(|fd| {
+                let mut n: libc::c_int = 0;
+                // SAFETY: FIONREAD on a pipe fd we own; writes one c_int.
+                if unsafe { fionread(fd.as_raw_fd(), &mut n) }.is_ok() {
+                    usize::try_from(n).unwrap_or(0)
+                } else {
+                    0
+                }
+            })
+            .sum()
+    }
+
     /// Ends `request_id` and returns what it printed (last [`TAIL_BYTES`]).
     pub fn end(&self, request_id: &str) -> Vec<u8> {
         let mut g = self.inner.lock().expect("log lock");

@@ -38,6 +38,15 @@ pub struct PhaseLabels {
     pub phase: String,
 }
 
+/// `function`, `kind` (of a freeze hazard).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HazardLabels {
+    /// Function name.
+    pub function: String,
+    /// `thread`, `socket`, `connecting`, `child`, `output`, `runtime`.
+    pub kind: String,
+}
+
 /// `function`, `state`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
@@ -72,6 +81,7 @@ pub struct Metrics {
     billed_seconds: Family<PhaseLabels, FloatCounter>,
     capacity_units: Family<PhaseLabels, FloatCounter>,
     instances: Family<StateLabels, Gauge>,
+    freeze_hazards: Family<HazardLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -100,6 +110,8 @@ impl Default for Metrics {
         r.register_with_unit("billed", "FC-billed duration, by phase", Unit::Seconds, billed_seconds.clone());
         r.register("capacity_units", "FC capacity units (CU), by phase", capacity_units.clone());
         r.register("instances", "Instances by state", instances.clone());
+        let freeze_hazards = Family::<HazardLabels, Counter>::default();
+        r.register("freeze_hazards", "Work a freeze cut off (README, Freeze hazards), by kind", freeze_hazards.clone());
         Metrics {
             registry: r,
             invocations,
@@ -111,6 +123,7 @@ impl Default for Metrics {
             billed_seconds,
             capacity_units,
             instances,
+            freeze_hazards,
         }
     }
 }
@@ -133,6 +146,11 @@ impl Metrics {
     pub fn latencies(&self, function: &str) -> Latencies {
         let l = FunctionLabel { function: function.into() };
         Latencies { freeze: self.freeze_seconds.get_or_create(&l).clone(), thaw: self.thaw_seconds.get_or_create(&l).clone() }
+    }
+
+    /// One freeze hazard of `kind`.
+    pub fn freeze_hazard(&self, function: &str, kind: &str) {
+        self.freeze_hazards.get_or_create(&HazardLabels { function: function.into(), kind: kind.into() }).inc();
     }
 
     /// One ledger record.

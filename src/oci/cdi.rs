@@ -513,6 +513,25 @@ pub struct Registry {
     errors: Vec<String>,
 }
 
+/// Whether `path` (a spec directory or file) is fcsup's user's alone, as sshd's StrictModes
+/// asks: owned by it, not writable by group or others, a file not a symlink. A spec's hooks
+/// run as that user, so anyone who may change the spec may run code as root.
+fn trusted(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.file_type().is_symlink() {
+        return Err("it is a symlink".into());
+    }
+    if meta.uid() != me {
+        return Err(format!("it is owned by uid {}, not {me}", meta.uid()));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!("group or others may write it (mode {:o})", meta.mode() & 0o777));
+    }
+    Ok(())
+}
+
 impl Registry {
     /// Loads every spec in `dirs` (lowest priority first; a missing directory is skipped).
     /// Never fails as a whole: a bad directory or file is recorded in [`Registry::errors`].
@@ -535,7 +554,15 @@ impl Registry {
                 .filter(|p| matches!(p.extension().and_then(|x| x.to_str()), Some("json" | "yaml")))
                 .collect();
             paths.sort();
+            if let Err(why) = trusted(dir) {
+                reg.errors.push(format!("{}: {why}: its specs are not used (their hooks would run as root)", dir.display()));
+                continue;
+            }
             for path in paths {
+                if let Err(why) = trusted(&path) {
+                    reg.errors.push(format!("{}: {why}: not used (its hooks would run as root)", path.display()));
+                    continue;
+                }
                 let loaded = match read_spec(&path, priority) {
                     Ok(s) => s,
                     Err(e) => {

@@ -37,6 +37,16 @@ pub struct Pool<K: Kernel = Sandboxed> {
     closed: AtomicBool,
     /// How many instances run; a reload may change it in place.
     scaling: Mutex<Scaling>,
+    /// Starts in progress outside the pool's lock (see [`Pool::launches_outside_lock`]),
+    /// counted against `maxInstances`; changed under the lock only.
+    launching: std::sync::atomic::AtomicUsize,
+}
+
+/// What a request got from the pool: a slot (`true` when on a new instance), or a claim to
+/// start an instance outside the pool's lock.
+enum Reserved<K: Kernel> {
+    Slot(Ticket<K>, bool),
+    Launch(LivePermit),
 }
 
 /// One of the pool's instances, holding its place under the supervisor's cap.
@@ -92,6 +102,7 @@ impl<K: Kernel> Pool<K> {
             stopping: Mutex::default(),
             closed: AtomicBool::new(false),
             scaling,
+            launching: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -129,7 +140,11 @@ impl<K: Kernel> Pool<K> {
             return self.run_event(call).await;
         }
         let (ticket, cold_start) = match self.reserve() {
-            Ok(x) => x,
+            Ok(Reserved::Slot(t, cold)) => (t, cold),
+            Ok(Reserved::Launch(live)) => match self.launch_outside_lock(live).await {
+                Ok(t) => (t, true),
+                Err(e) => return Dispatched { result: Err(e), cold_start: true, instance_id: None },
+            },
             Err(e) => return Dispatched { result: Err(e), cold_start: false, instance_id: None },
         };
         let instance_id = Some(ticket.instance().id.clone());
@@ -161,22 +176,72 @@ impl<K: Kernel> Pool<K> {
 
     /// Takes a slot on the busiest instance that has one, or on a new instance; both under
     /// one lock, so two requests never race for the last slot or both see "all full".
-    fn reserve(self: &Arc<Self>) -> Result<(Ticket<K>, bool), InvokeError> {
+    fn reserve(self: &Arc<Self>) -> Result<Reserved<K>, InvokeError> {
         let mut members = self.members.lock().expect("pool");
         let busiest = members.iter().filter(|m| m.instance.has_slot()).max_by_key(|m| (m.instance.provisioned, m.instance.load()));
         if let Some(ticket) = busiest.and_then(|m| m.instance.admit()) {
-            return Ok((ticket, false));
+            return Ok(Reserved::Slot(ticket, false));
         }
         // The busiest filled up or stopped between the look and the admission: any other.
         if let Some(ticket) = members.iter().filter(|m| m.instance.has_slot()).find_map(|m| m.instance.admit()) {
-            return Ok((ticket, false));
+            return Ok(Reserved::Slot(ticket, false));
+        }
+        if self.launches_outside_lock() {
+            let live = self.claim_locked(&members)?;
+            self.launching.fetch_add(1, Ordering::AcqRel);
+            return Ok(Reserved::Launch(live));
         }
         let inst = self.launch_locked(&mut members, false, None)?;
         // Admitted before its boot begins, so the boot hands the instance to this request
         // instead of freezing it first.
         let ticket = inst.admit_first();
         self.boot_and_watch(inst);
-        Ok((ticket, true))
+        Ok(Reserved::Slot(ticket, true))
+    }
+
+    /// Whether this function's starts run outside the pool's lock: those with device grants,
+    /// whose OCI hooks may take seconds (other requests, to it and to other functions, must
+    /// not wait on the lock meanwhile).
+    fn launches_outside_lock(&self) -> bool {
+        self.function.gpu.is_some() || !self.function.devices.is_empty()
+    }
+
+    /// Starts an instance on a blocking thread, the pool's lock not held, then makes it a
+    /// member admitted to the request that claimed it (`live`).
+    async fn launch_outside_lock(self: &Arc<Self>, live: LivePermit) -> Result<Ticket<K>, InvokeError> {
+        let (launcher, function) = (self.launcher.clone(), self.function.clone());
+        let launched = tokio::task::spawn_blocking(move || launcher.launch(function, false, None)).await;
+        let mut members = self.members.lock().expect("pool");
+        self.launching.fetch_sub(1, Ordering::AcqRel);
+        let inst = match launched {
+            Ok(Ok(i)) => i,
+            Ok(Err(e)) => return Err(e.into()),
+            Err(e) => return Err(crate::instance::Internal::Task(e).into()),
+        };
+        let ticket = inst.admit_first();
+        members.push(Member { instance: inst.clone(), _live: live });
+        drop(members);
+        if self.closed.load(Ordering::Acquire) {
+            // Closed meanwhile: it goes as the others went.
+            self.drain();
+        }
+        self.boot_and_watch(inst);
+        Ok(ticket)
+    }
+
+    /// Checks the caps for one more instance (the pool's lock held): a place under the
+    /// supervisor's cap.
+    fn claim_locked(&self, members: &[Member<K>]) -> Result<LivePermit, InvokeError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(InvokeError::Gone);
+        }
+        if let Some(max) = self.scaling().max_instances {
+            let live = members.iter().filter(|m| m.instance.takes_requests()).count() + self.launching.load(Ordering::Acquire);
+            if live >= max {
+                return Err(Exhausted::Function { function: self.function.name.clone(), live, max }.into());
+            }
+        }
+        Ok(self.global.take()?)
     }
 
     /// Starts one instance into `members` (the pool's lock held) and boots it.
@@ -189,16 +254,7 @@ impl<K: Kernel> Pool<K> {
     /// Starts one instance's process into `members` (the pool's lock held), for `call` alone
     /// when given.
     fn launch_locked(&self, members: &mut Vec<Member<K>>, provisioned: bool, call: Option<&Call>) -> Result<Arc<Instance<K>>, InvokeError> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(InvokeError::Gone);
-        }
-        if let Some(max) = self.scaling().max_instances {
-            let live = members.iter().filter(|m| m.instance.takes_requests()).count();
-            if live >= max {
-                return Err(Exhausted::Function { function: self.function.name.clone(), live, max }.into());
-            }
-        }
-        let live = self.global.take()?;
+        let live = self.claim_locked(members)?;
         let instance = self.launcher.launch(self.function.clone(), provisioned, call)?;
         members.push(Member { instance: instance.clone(), _live: live });
         Ok(instance)
@@ -283,9 +339,25 @@ impl<K: Kernel> Pool<K> {
     /// Takes every instance out of rotation; each stops (PreStop first) once its requests
     /// finished.
     pub fn drain(&self) {
+        self.drain_with(false);
+    }
+
+    /// [`Pool::drain`]; at `shutdown`, instances still starting are killed rather than waited
+    /// for (a start is not a request: an Initializer may run for minutes; the requests that
+    /// wait for it get an error).
+    fn drain_with(&self, shutdown: bool) {
         let all = std::mem::take(&mut *self.members.lock().expect("pool"));
+        let per_event = self.function.container.as_ref().is_some_and(|c| c.per_event);
         for m in all {
-            self.stop_detached(m.instance);
+            if shutdown && !per_event && matches!(m.instance.state(), crate::instance::State::Starting | crate::instance::State::Initializing) {
+                let inst = m.instance;
+                self.track_stop(async move {
+                    inst.kill_now().await;
+                    inst.stop().await;
+                });
+            } else {
+                self.stop_detached(m.instance);
+            }
         }
     }
 
@@ -381,8 +453,10 @@ impl<K: Kernel> Pool<K> {
     /// Stops every instance (PreStop first, once its requests finished) and waits for them;
     /// the pool then stays empty.
     pub async fn shutdown(&self) {
-        self.close();
-        self.reclaim_all().await;
+        self.closed.store(true, Ordering::Release);
+        self.drain_with(true);
+        let mut stops = std::mem::take(&mut *self.stopping.lock().expect("pool"));
+        while stops.join_next().await.is_some() {}
     }
 
     /// Takes the pool out of service (replaced by a new configuration): no instance starts

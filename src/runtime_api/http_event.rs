@@ -38,6 +38,11 @@ pub fn event(method: &Method, path_and_query: &str, version: Version, headers: &
         None => (path_and_query, ""),
     };
     let raw_path = if raw_path.is_empty() { "/" } else { raw_path };
+    // The front door sets X-Real-IP to the TCP peer on every HTTP-trigger request.
+    let source_ip = match ctx.source_ip {
+        "" => headers.get("x-real-ip").and_then(|v| v.to_str().ok()).unwrap_or(""),
+        ip => ip,
+    };
     let mut hdrs: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in headers {
         let v = String::from_utf8_lossy(value.as_bytes());
@@ -84,7 +89,7 @@ pub fn event(method: &Method, path_and_query: &str, version: Version, headers: &
                 "method": method.as_str(),
                 "path": percent_encoding::percent_decode_str(raw_path).decode_utf8_lossy(),
                 "protocol": format!("{version:?}"),
-                "sourceIp": ctx.source_ip,
+                "sourceIp": source_ip,
                 "userAgent": user_agent,
             },
             "requestId": ctx.request_id,
@@ -258,6 +263,17 @@ mod tests {
         assert_eq!(rc["requestId"], "1-abc");
         assert_eq!(rc["time"], "2023-09-05T06:41:11Z");
         assert_eq!(rc["timeEpoch"], "1693896071895");
+    }
+
+    #[test]
+    fn source_ip_falls_back_to_the_front_doors_header() {
+        let mut h = HeaderMap::new();
+        h.insert("x-real-ip", HeaderValue::from_static("192.0.2.5"));
+        let unknown = RequestContext { source_ip: "", ..ctx() };
+        let e: Value = serde_json::from_slice(&event(&Method::GET, "/", Version::HTTP_11, &h, b"", &unknown)).unwrap();
+        assert_eq!(e["requestContext"]["http"]["sourceIp"], "192.0.2.5");
+        let e: Value = serde_json::from_slice(&event(&Method::GET, "/", Version::HTTP_11, &h, b"", &ctx())).unwrap();
+        assert_eq!(e["requestContext"]["http"]["sourceIp"], "10.0.0.7", "a known address wins");
     }
 
     #[test]

@@ -325,6 +325,8 @@ struct Shared {
     body_slot: tokio::sync::Semaphore,
     info: InstanceInfo,
     limits: Limits,
+    /// What the agent reported pending with its last answer (`x-fcsup-pending`).
+    pending: Mutex<Vec<String>>,
 }
 
 impl Shared {
@@ -378,9 +380,16 @@ impl RuntimeApi {
             body_slot: tokio::sync::Semaphore::new(1),
             info,
             limits,
+            pending: Mutex::default(),
         });
         let task = tokio::spawn(server::accept_loop(listener, shared.clone()));
         RuntimeApi { shared, task }
+    }
+
+    /// What fcsup's agent reported still pending in the function (asyncio tasks, timers,
+    /// handles) with its last answer, taken (README, Freeze hazards).
+    pub fn take_pending(&self) -> Vec<String> {
+        std::mem::take(&mut *self.shared.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     /// Hands `call` to the agent and waits for its answer. Fails at once when another call is

@@ -180,6 +180,9 @@ async fn answer_call(shared: &Shared, id: &str, answer: Answer, req: Request<Inc
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let content_type = header(CONTENT_TYPE.as_str());
     let http_params = header("x-fc-http-params").filter(|p| !p.trim().is_empty());
+    // fcsup's agents list what the function left pending (a JSON array of strings).
+    let pending: Vec<String> = header("x-fcsup-pending").and_then(|p| serde_json::from_str(&p).ok()).unwrap_or_default();
+    *shared.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = pending;
     let limit = shared.limits.max_response_bytes;
     // One body in memory at a time, however many connections post at once.
     let Ok(Ok(_slot)) = tokio::time::timeout(BODY_SLOT_WAIT, shared.body_slot.acquire()).await else {

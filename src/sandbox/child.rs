@@ -103,6 +103,8 @@ pub struct Plan {
     pub seccomp: Option<std::sync::Arc<super::isolation::Filters>>,
     /// fd of the small init program (`fcsup-init`) the init re-executes, or -1 (fcsup itself).
     pub init_program: RawFd,
+    /// The only fds the child keeps (sorted): those its steps use.
+    pub keep_fds: Vec<RawFd>,
 }
 
 /// Stack size of the function's vfork-style start (it only makes syscalls).
@@ -190,6 +192,8 @@ pub fn run(plan: &Plan, exec: &ExecArgs) -> ! {
     // Device nodes and directories get exactly the modes the plan gives (the function,
     // not root on the host, must be able to write /dev/null).
     nix::sys::stat::umask(Mode::empty());
+    // Nothing of the supervisor's but what the steps use (see `sys::close_all_but`).
+    sys::close_all_but(&plan.keep_fds);
     let e = plan.err_fd;
     for (i, (op, _)) in (0u32..).zip(plan.ops.iter()) {
         match op {
@@ -207,9 +211,19 @@ pub fn run(plan: &Plan, exec: &ExecArgs) -> ! {
                     Err(errno) => fail(e, i, errno),
                 }
             }
-            Op::Chdir(p) => check(nix::unistd::chdir(p.as_c_str()), e, i),
+            Op::Chdir(p) => {
+                check(nix::unistd::chdir(p.as_c_str()), e, i);
+                // An image's WorkingDir through a magic link could land outside the root.
+                if !sys::cwd_reachable() {
+                    fail(e, i, Errno::EACCES);
+                }
+            }
             Op::Chroot(p) => check(nix::unistd::chroot(p.as_c_str()), e, i),
-            Op::WriteFd { fd: f, data } => check(nix::unistd::write(fd(*f), data), e, i),
+            Op::WriteFd { fd: f, data } => {
+                check(nix::unistd::write(fd(*f), data), e, i);
+                // A file of the host's cgroup tree: closed before any path is resolved.
+                let _ = nix::unistd::close(*f);
+            }
             Op::JoinNetns(f) => check(nix::sched::setns(fd(*f), CloneFlags::CLONE_NEWNET), e, i),
             Op::JoinMountNs(f) => check(nix::sched::setns(fd(*f), CloneFlags::CLONE_NEWNS), e, i),
             Op::UnshareMountNs => check(nix::sched::unshare(CloneFlags::CLONE_NEWNS), e, i),

@@ -87,15 +87,24 @@ pub fn enter(inside: &Inside<'_>, isolation: &Isolation) -> Result<Entered, Sand
     let userns = isolation.ids.is_some();
     let stdio = [devnull.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
     let e = status_w.as_raw_fd();
+    let mut keep: Vec<RawFd> = vec![root.as_raw_fd(), e, inside.init_pidfd];
+    keep.extend(stdio);
+    keep.extend(inside.v1_procs.iter().copied());
+    keep.sort_unstable();
+    keep.dedup();
     match sys::clone3(0, inside.cgroup_fd).map_err(setup("fork into the instance"))? {
         sys::Forked::Child => {
             // Only async-signal-safe calls from here (a fork of a threaded process).
             let _ = nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&nix::sys::signal::SigSet::all()), None);
+            // Nothing of the supervisor's but what it uses (see `sys::close_all_but`).
+            sys::close_all_but(&keep);
             for fd in inside.v1_procs {
                 // SAFETY: write(2) of a static byte string to an open fd.
                 if unsafe { libc::write(*fd, b"0".as_ptr().cast(), 1) } != 1 {
                     fail(e, STEP_SETNS, Errno::last());
                 }
+                // SAFETY: closing an fd of this forked process's own table.
+                unsafe { libc::close(*fd) };
             }
             if let Err(errno) = sys::setns_pidfd(inside.init_pidfd, ns) {
                 fail(e, STEP_SETNS, errno);
@@ -108,7 +117,7 @@ pub fn enter(inside: &Inside<'_>, isolation: &Isolation) -> Result<Entered, Sand
                     fail(e, STEP_SETNS, errno);
                 }
             }
-            if nix::unistd::chdir(cwd.as_c_str()).is_err() {
+            if nix::unistd::chdir(cwd.as_c_str()).is_err() || !sys::cwd_reachable() {
                 let _ = nix::unistd::chdir(c"/");
             }
             match sys::fork_raw() {

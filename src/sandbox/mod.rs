@@ -296,6 +296,16 @@ pub fn spawn(
     let mut plan = plan(spec, root, v1_procs, fds)?;
     plan.seccomp = isolation.seccomp.clone();
     plan.init_program = isolation.init_program.as_ref().map_or(-1, |f| f.as_raw_fd());
+    let mut keep: Vec<RawFd> = vec![fds.netns, root.ns, root.code, fds.err, plan.init_program];
+    keep.extend(fds.stdio);
+    keep.extend(grant_fds.iter().copied());
+    keep.extend(v1_procs.iter().copied());
+    keep.extend(fds.sync.map(|(r, w)| [r, w]).into_iter().flatten());
+    keep.extend(fds.gate);
+    keep.retain(|fd| *fd >= 0);
+    keep.sort_unstable();
+    keep.dedup();
+    plan.keep_fds = keep;
     let exec = ExecArgs::new(&plan);
     // No CLONE_NEWNS: the child joins the prepared root's namespace and unshares a copy.
     let flags = (nix::sched::CloneFlags::CLONE_NEWPID | nix::sched::CloneFlags::CLONE_NEWUTS | nix::sched::CloneFlags::CLONE_NEWIPC).bits();
@@ -645,6 +655,7 @@ fn plan(spec: &SandboxSpec, root_how: Root, v1_procs: &[RawFd], fds: Fds) -> Res
         user: spec.image.as_ref().map_or((0, 0), |i| i.user),
         seccomp: None,
         init_program: -1,
+        keep_fds: Vec::new(),
     })
 }
 

@@ -263,6 +263,40 @@ pub fn close_range(first: u32, last: u32, flags: u32) {
     unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) };
 }
 
+/// Closes every fd above 2 except `keep` (sorted, ascending). *Child-safe.*
+///
+/// A process that starts as host root inside an instance must hold none of the supervisor's
+/// fds: a directory fd among them is a way out of the instance's root through
+/// `/proc/self/fd/N/..` (runc's CVE-2024-21626), and a pipe's other end can wedge whoever waits
+/// for it to close.
+pub fn close_all_but(keep: &[RawFd]) {
+    let mut first: u32 = 3;
+    for &fd in keep {
+        let Ok(fd) = u32::try_from(fd) else { continue };
+        if fd < first {
+            continue;
+        }
+        if fd > first {
+            close_range(first, fd - 1, 0);
+        }
+        first = fd + 1;
+    }
+    close_range(first, u32::MAX, 0);
+}
+
+/// Whether the current directory is reachable from the root (`getcwd` does not answer
+/// `(unreachable)…`, which a directory outside the root gives). *Child-safe.*
+pub fn cwd_reachable() -> bool {
+    let mut buf = [0u8; 256];
+    // SAFETY: getcwd writes at most buf.len() bytes into the stack buffer.
+    let p = unsafe { libc::getcwd(buf.as_mut_ptr().cast(), buf.len()) };
+    // A path too long for the buffer (ERANGE) is still a path from the root.
+    if p.is_null() {
+        return Errno::last() == Errno::ERANGE;
+    }
+    buf[0] == b'/'
+}
+
 /// `prctl(PR_CAPBSET_DROP, cap)` (nix's prctl module lacks it). *Child-safe.*
 pub fn capbset_drop(cap: u32) -> Result<(), Errno> {
     // SAFETY: prctl with integer arguments only.
