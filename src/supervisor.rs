@@ -45,6 +45,9 @@ pub enum SupervisorError {
         #[source]
         source: std::io::Error,
     },
+    /// The Async queue's database cannot be opened.
+    #[error(transparent)]
+    Queue(#[from] crate::queue::StoreError),
     /// Another fcsup uses the same cgroup root.
     #[error("another fcsup is running with cgroup root '{0}'; stop it or pass a different --cgroup-root")]
     Busy(String),
@@ -73,6 +76,8 @@ pub struct Options {
     pub run_base: PathBuf,
     /// Ledger file (JSON lines), if any.
     pub ledger: Option<PathBuf>,
+    /// The Async queue's database; without one, Async tasks live in memory only.
+    pub queue_db: Option<PathBuf>,
     /// Print function output.
     pub echo_logs: bool,
     /// Directory of the per-function log files, if any.
@@ -102,6 +107,7 @@ impl Default for Options {
             mountinfo: "/proc/self/mountinfo".into(),
             run_base: "/run/fcsup".into(),
             ledger: None,
+            queue_db: None,
             echo_logs: true,
             log_dir: None,
             insecure_instances: false,
@@ -204,10 +210,11 @@ impl Supervisor {
             let log_files =
                 LogFiles::new(log_dir.clone(), opts.log_rotation).map_err(io("cannot create the log directory", &log_dir.unwrap_or_default()))?;
             let root_template = RootTemplate::build(&rootfs).map_err(io("cannot prepare the instances' root under", &rootfs))?;
-            Ok::<_, SupervisorError>((ledger, log_files, root_template))
+            let queue = crate::queue::Store::open(opts.queue_db.as_deref())?;
+            Ok::<_, SupervisorError>((ledger, log_files, root_template, queue))
         }
         .await;
-        let (ledger, log_files, root_template) = match prepared {
+        let (ledger, log_files, root_template, queue) = match prepared {
             Ok(x) => x,
             Err(e) => {
                 let _ = cgroups.remove();
@@ -243,7 +250,7 @@ impl Supervisor {
             replaced: Mutex::default(),
             global,
             config_base: config.base.clone(),
-            async_queue: AsyncQueue::new(me.clone()),
+            async_queue: AsyncQueue::new(me.clone(), queue),
             watchdog: Mutex::new(watchdog),
             admin_socket: admin_path,
             admin_listener: Mutex::new(Some(admin_listener)),
@@ -254,6 +261,10 @@ impl Supervisor {
                 sup.shutdown().await;
                 return Err(SupervisorError::MinInstance { function: pool.function.name.clone(), source });
             }
+        }
+        if let Err(e) = sup.async_queue.resume() {
+            sup.shutdown().await;
+            return Err(e.into());
         }
         Ok(sup)
     }

@@ -114,6 +114,8 @@ fn output_flows_while_nobody_reads_fcsups_stdout() {
         .arg(dir.path().join("s.yaml"))
         .args(["--listen", &format!("127.0.0.1:{port}"), "--cgroup-root", &root, "--log-max-bytes", "1G", "--log-dir"])
         .arg(dir.path().join("logs"))
+        .arg("--queue-db")
+        .arg(dir.path().join("async.db"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -157,7 +157,13 @@ pub async fn invoke(
             let msg = format!("async task {id} already exists");
             return fc_error(StatusCode::CONFLICT, "AsyncTaskAlreadyExist", &msg, &request_id);
         }
-        sup.async_queue.submit(id, name, call);
+        match sup.async_queue.submit(id, name, call) {
+            Ok(()) => {}
+            Err(e @ crate::queue::SubmitError::Exists(_)) => {
+                return fc_error(StatusCode::CONFLICT, "AsyncTaskAlreadyExist", &e.to_string(), &request_id)
+            }
+            Err(e) => return fc_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError", &e.to_string(), &request_id),
+        }
         let mut r = Response::builder().status(StatusCode::ACCEPTED).header("x-fc-request-id", &request_id);
         if let Some(t) = &task_id {
             r = r.header("x-fc-async-task-id", t);

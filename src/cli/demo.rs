@@ -16,6 +16,11 @@ pub struct Args {
 
 pub async fn run(args: Args) -> Result<()> {
     let Args { no_wait, sup } = args;
-    let opts = fcsup::demo::DemoOptions { listen: sup.listen.clone(), no_wait, supervisor: sup.options(), front_door: sup.front_door()? };
+    let mut supervisor = sup.options();
+    // A demo keeps its Async tasks in memory unless told where to keep them.
+    if !sup.queue_db_given() {
+        supervisor.queue_db = None;
+    }
+    let opts = fcsup::demo::DemoOptions { listen: sup.listen.clone(), no_wait, supervisor, front_door: sup.front_door()? };
     Ok(fcsup::demo::run(opts, super::shutdown_signal()).await?)
 }

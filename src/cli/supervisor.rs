@@ -1,7 +1,7 @@
 //! The flags of a command that runs a supervisor (`serve`, `demo`): where it listens, its
 //! cgroup root, logs, ledger, isolation, and the front door's limits.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +20,10 @@ pub struct SupervisorArgs {
     /// Append the billing ledger (JSON lines) to this file.
     #[arg(long)]
     ledger: Option<PathBuf>,
+    /// The Async queue's SQLite database: tasks survive a stop or kill of fcsup and run at
+    /// its next start (default: /var/lib/fcsup/<cgroup root>/async.db).
+    #[arg(long, value_name = "FILE")]
+    queue_db: Option<PathBuf>,
     /// Do not print the functions' output.
     #[arg(long)]
     quiet_functions: bool,
@@ -145,6 +149,9 @@ impl SupervisorArgs {
         Options {
             cgroup_root: self.cgroup_root.clone(),
             ledger: self.ledger.clone(),
+            queue_db: Some(
+                self.queue_db.clone().unwrap_or_else(|| Path::new("/var/lib/fcsup").join(self.cgroup_root.trim_matches('/')).join("async.db")),
+            ),
             echo_logs: !self.quiet_functions,
             log_dir: Some(self.log_dir.clone()),
             insecure_instances: self.insecure_instances,
@@ -161,6 +168,11 @@ impl SupervisorArgs {
             },
             ..Options::default()
         }
+    }
+
+    /// Whether `--queue-db` was given.
+    pub fn queue_db_given(&self) -> bool {
+        self.queue_db.is_some()
     }
 
     /// The front door's settings; fails on a bad token file.

@@ -128,6 +128,36 @@ pub struct AsyncInvokeConfig {
     pub max_async_retry_attempts: Option<u32>,
     /// Seconds an event may wait (throttled) before it is dropped (default 86400).
     pub max_async_event_age_in_seconds: Option<u64>,
+    /// `destinationConfig`: where a finished invocation's record is sent.
+    pub destination_config: Option<DestinationConfig>,
+}
+
+/// `asyncInvokeConfig.destinationConfig` (FC 3.0's DestinationConfig).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DestinationConfig {
+    /// After a success.
+    pub on_success: Option<DestinationRef>,
+    /// After the last failed attempt, or when the event expired.
+    pub on_failure: Option<DestinationRef>,
+}
+
+/// `{destination: acs:fc:<region>:<account>:functions/<name>}`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct DestinationRef {
+    /// The destination's ARN.
+    pub destination: Option<String>,
+}
+
+/// An Async destination: another function of the same file, invoked asynchronously.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    /// The function invoked.
+    pub function: String,
+    /// Region of the ARN as written (used again in `functionArn` of the record).
+    pub region: String,
+    /// Account of the ARN as written.
+    pub account: String,
 }
 
 /// `customRuntimeConfig`.
@@ -387,6 +417,10 @@ pub struct Function {
     pub async_retries: u32,
     /// How long an Async invocation may wait before it is dropped.
     pub async_max_age: Duration,
+    /// Where a succeeded Async invocation's record goes.
+    pub async_on_success: Option<Destination>,
+    /// Where a failed or expired Async invocation's record goes.
+    pub async_on_failure: Option<Destination>,
     /// Minimum instances.
     pub min_instances: usize,
     /// Maximum instances of this function.
@@ -700,6 +734,7 @@ impl Config {
             }
             functions.push(f);
         }
+        validate::destinations_exist(&functions).map_err(|(key, message)| ConfigError::Invalid { path: path.to_path_buf(), key, message })?;
         Ok(Config { functions, global, base: base.to_path_buf() })
     }
 

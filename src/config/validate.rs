@@ -179,6 +179,9 @@ pub fn validate(p: &Props, default_name: &str, base: &Path) -> Result<Function, 
     if !(1..=86400).contains(&async_age) {
         return bad("asyncInvokeConfig.maxAsyncEventAgeInSeconds", format!("{async_age} is out of range: 1 to 86400"));
     }
+    let dc = aic.destination_config.clone().unwrap_or_default();
+    let async_on_success = destination("asyncInvokeConfig.destinationConfig.onSuccess.destination", &dc.on_success)?;
+    let async_on_failure = destination("asyncInvokeConfig.destinationConfig.onFailure.destination", &dc.on_failure)?;
     let lc = p.instance_lifecycle_config.clone().unwrap_or_default();
     let initializer = hook("instanceLifecycleConfig.initializer", &lc.initializer, 300)?;
     let pre_stop = hook("instanceLifecycleConfig.preStop", &lc.pre_stop, 90)?;
@@ -270,6 +273,8 @@ pub fn validate(p: &Props, default_name: &str, base: &Path) -> Result<Function, 
         health_check,
         async_retries,
         async_max_age: Duration::from_secs(async_age),
+        async_on_success,
+        async_on_failure,
         min_instances: ext.min_instances.unwrap_or(0),
         max_instances: ext.max_instances,
         idle_timeout: Duration::from_secs(idle),
@@ -288,6 +293,40 @@ pub fn validate(p: &Props, default_name: &str, base: &Path) -> Result<Function, 
 
 /// A built-in runtime's settings, refused where FC 3.0 refuses them ("Feature updates in
 /// Function Compute 3.0": built-in runtimes take one request at a time and have no PreFreeze).
+/// An Async destination: only FC 3.0 functions (`acs:fc:<region>:<account>:functions/<name>`)
+/// can be served here; MNS, EventBridge and RocketMQ are cloud services fcsup has no stand-in for.
+fn destination(key: &str, d: &Option<super::DestinationRef>) -> Result<Option<super::Destination>, Invalid> {
+    let Some(arn) = d.as_ref().and_then(|d| d.destination.as_deref()).filter(|a| !a.is_empty()) else { return Ok(None) };
+    let parts: Vec<&str> = arn.splitn(5, ':').collect();
+    let service = parts.get(1).copied().unwrap_or("");
+    if parts.first() != Some(&"acs") || parts.len() < 5 {
+        return bad(key, format!("{arn:?} is not an ARN: expected acs:fc:<region>:<account>:functions/<name>"));
+    }
+    if service != "fc" {
+        return bad(
+            key,
+            format!("{arn:?}: {service} destinations are not supported here; only another function (acs:fc:<region>:<account>:functions/<name>)"),
+        );
+    }
+    let Some(function) = parts[4].strip_prefix("functions/").filter(|n| !n.is_empty() && !n.contains('/')) else {
+        return bad(key, format!("{arn:?} is not a function: expected acs:fc:<region>:<account>:functions/<name> (FC 3.0)"));
+    };
+    Ok(Some(super::Destination { function: function.to_string(), region: parts[2].to_string(), account: parts[3].to_string() }))
+}
+
+/// Every Async destination names a function of the same file.
+pub fn destinations_exist(functions: &[Function]) -> Result<(), Invalid> {
+    for f in functions {
+        for (which, d) in [("onSuccess", &f.async_on_success), ("onFailure", &f.async_on_failure)] {
+            if let Some(d) = d.as_ref().filter(|d| !functions.iter().any(|g| g.name == d.function)) {
+                let key = format!("function {}: asyncInvokeConfig.destinationConfig.{which}.destination", f.name);
+                return bad(&key, format!("function {:?} does not exist in this file", d.function));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn builtin(
     p: &Props,
     ext: &super::FunctionExt,
@@ -451,6 +490,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("code")).unwrap();
         Config::parse(yaml, &PathBuf::from("s.yaml"), dir.path())
+    }
+
+    #[test]
+    fn async_destinations_are_functions_of_the_same_file() {
+        let file = |dest: &str| {
+            format!(
+                "resources:\n  a:\n    props:\n      code: code\n      asyncInvokeConfig:\n        destinationConfig:\n          onFailure: {{destination: \"{dest}\"}}\n  b:\n    props:\n      code: code\n"
+            )
+        };
+        let cfg = parse(&file("acs:fc:cn-hangzhou:123:functions/b")).unwrap();
+        let d = cfg.function("a").unwrap().async_on_failure.clone().unwrap();
+        assert_eq!((d.function.as_str(), d.region.as_str(), d.account.as_str()), ("b", "cn-hangzhou", "123"));
+        assert_eq!(cfg.function("a").unwrap().async_on_success, None);
+        let err = parse(&file("acs:fc:cn-hangzhou:123:functions/nope")).unwrap_err().to_string();
+        assert!(err.contains("onFailure.destination") && err.contains("\"nope\" does not exist"), "{err}");
+        let err = parse(&file("acs:mns:cn-hangzhou:123:/queues/q/messages")).unwrap_err().to_string();
+        assert!(err.contains("mns destinations are not supported"), "{err}");
+        let err = parse(&file("acs:fc:cn-hangzhou:123:services/s/functions/b")).unwrap_err().to_string();
+        assert!(err.contains("FC 3.0"), "{err}");
+        let err = parse(&file("functions/b")).unwrap_err().to_string();
+        assert!(err.contains("is not an ARN"), "{err}");
     }
 
     #[test]

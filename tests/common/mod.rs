@@ -172,6 +172,8 @@ impl Fcsup {
             .arg(d.join("ledger.jsonl"))
             .arg("--log-dir")
             .arg(d.join("logs"))
+            .arg("--queue-db")
+            .arg(d.join("async.db"))
             .args(&self.args)
             .env("FCSUP_LOG", "fcsup=debug")
             .envs(self.env.iter().map(|(k, v)| (k, v)))

@@ -1,0 +1,137 @@
+//! FC's destination record: what a function named by `destinationConfig.onSuccess`/`onFailure`
+//! receives, as an Async invocation of its own, when a task ends. The shape is FC's
+//! ("Result callback", <https://www.alibabacloud.com/help/en/fc/user-guide/result-callback>):
+//!
+//! ```json
+//! {"timestamp": "2020-08-20T12:00:00.000Z",
+//!  "requestContext": {"requestId": "…", "functionArn": "acs:fc:<region>:<account>:functions/<name>",
+//!                     "condition": "", "approximateInvokeCount": 1},
+//!  "requestPayload": "…",
+//!  "responseContext": {"statusCode": 200, "functionError": ""},
+//!  "responsePayload": "…"}
+//! ```
+//!
+//! `condition` is the invocation's error type (empty on success; `EventAgeExceeded` for an
+//! event that expired before any attempt, as FC documents no name for it), `functionError` the
+//! error message, and the payloads are the request and response bodies as text (base64 when
+//! not UTF-8). The function's ARN uses the region and account written in the destination's.
+
+use base64::Engine;
+use bytes::Bytes;
+use hyper::{HeaderMap, Method};
+
+use super::{Job, Last, TaskState};
+use crate::config::Destination;
+use crate::instance::Call;
+
+fn text(b: &[u8]) -> String {
+    match std::str::from_utf8(b) {
+        Ok(s) => s.to_string(),
+        Err(_) => base64::engine::general_purpose::STANDARD.encode(b),
+    }
+}
+
+/// The record of `job`, ended in `state`, for destination `d`.
+pub(super) fn record(d: &Destination, job: &Job, state: TaskState, message: Option<&str>, last: &Last, attempts: u32) -> Bytes {
+    let success = state == TaskState::Succeeded;
+    let condition = match (success, &last.error_type) {
+        (true, _) => String::new(),
+        (false, Some(t)) => t.clone(),
+        (false, None) => "EventAgeExceeded".into(),
+    };
+    let function_error = if success { String::new() } else { message.map(str::to_string).or_else(|| last.error_message.clone()).unwrap_or_default() };
+    let response = match (&last.body, success) {
+        (Some(b), _) => text(b),
+        (None, false) => function_error.clone(),
+        (None, true) => String::new(),
+    };
+    let v = serde_json::json!({
+        "timestamp": crate::clock::now_rfc3339(),
+        "requestContext": {
+            "requestId": job.call.request_id,
+            "functionArn": format!("acs:fc:{}:{}:functions/{}", d.region, d.account, job.function),
+            "condition": condition,
+            "approximateInvokeCount": attempts,
+        },
+        "requestPayload": text(&job.call.body),
+        "responseContext": {"statusCode": last.status_code.unwrap_or(0), "functionError": function_error},
+        "responsePayload": response,
+    });
+    Bytes::from(serde_json::to_vec(&v).expect("json"))
+}
+
+/// The Async API invoke that carries `body` to the destination function.
+pub(super) fn call(request_id: &str, body: Bytes) -> Call {
+    let mut headers = HeaderMap::new();
+    headers.insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    Call {
+        http_trigger: false,
+        request_id: request_id.to_string(),
+        method: Method::POST,
+        path_and_query: "/invoke".into(),
+        headers,
+        body,
+        want_log: false,
+        canceled: None,
+        retry_count: 0,
+        arrived: std::time::Instant::now(),
+        body_budget: None,
+        body_stream: None,
+        client_upgrade: None,
+        stream: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(body: &'static [u8]) -> Job {
+        Job {
+            id: "t".into(),
+            function: "src".into(),
+            call: call("req-1", Bytes::from_static(body)),
+            submitted_ms: 0,
+            function_errors: 0,
+            throttles: 0,
+        }
+    }
+
+    fn dest() -> Destination {
+        Destination { function: "sink".into(), region: "cn-hangzhou".into(), account: "123".into() }
+    }
+
+    #[test]
+    fn a_success_record_has_fcs_fields() {
+        let last = Last { status_code: Some(200), body: Some(Bytes::from_static(b"done")), ..Last::default() };
+        let v: serde_json::Value = serde_json::from_slice(&record(&dest(), &job(b"{\"a\":1}"), TaskState::Succeeded, None, &last, 1)).unwrap();
+        assert_eq!(v["requestContext"]["requestId"], "req-1");
+        assert_eq!(v["requestContext"]["functionArn"], "acs:fc:cn-hangzhou:123:functions/src");
+        assert_eq!(v["requestContext"]["condition"], "");
+        assert_eq!(v["requestContext"]["approximateInvokeCount"], 1);
+        assert_eq!(v["requestPayload"], "{\"a\":1}");
+        assert_eq!(v["responseContext"], serde_json::json!({"statusCode": 200, "functionError": ""}));
+        assert_eq!(v["responsePayload"], "done");
+        assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[test]
+    fn a_failure_record_names_the_error() {
+        let last = Last {
+            status_code: Some(200),
+            error_type: Some("UnhandledInvocationError".into()),
+            error_message: Some("Function time out after 1 seconds".into()),
+            body: None,
+        };
+        let v: serde_json::Value = serde_json::from_slice(&record(&dest(), &job(b"\xff"), TaskState::Failed, None, &last, 4)).unwrap();
+        assert_eq!(v["requestContext"]["condition"], "UnhandledInvocationError");
+        assert_eq!(v["requestContext"]["approximateInvokeCount"], 4);
+        assert_eq!(v["responseContext"]["functionError"], "Function time out after 1 seconds");
+        assert_eq!(v["responsePayload"], "Function time out after 1 seconds");
+        assert_eq!(v["requestPayload"], "/w==", "a body that is not UTF-8 goes as base64");
+        let v: serde_json::Value =
+            serde_json::from_slice(&record(&dest(), &job(b""), TaskState::Expired, Some("too old"), &Last::default(), 0)).unwrap();
+        assert_eq!(v["requestContext"]["condition"], "EventAgeExceeded");
+        assert_eq!(v["responseContext"]["functionError"], "too old");
+    }
+}
