@@ -7,6 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::devices::*;
 use common::image::*;
 use common::*;
 
@@ -60,14 +61,6 @@ fn an_image_working_dir_through_proc_self_fd_stays_inside_the_root() {
     assert!(escaped.is_empty(), "functions read a host file through their working directory (fd numbers {escaped:?})");
 }
 
-/// A char major no driver owns (120–127, absent from `/proc/devices`).
-fn free_local_major() -> u32 {
-    let devices = std::fs::read_to_string("/proc/devices").unwrap();
-    let chars = devices.split("Block devices:").next().unwrap_or_default();
-    let used: Vec<u32> = chars.lines().filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect();
-    (120..=127).find(|m| !used.contains(m)).expect("a free local-use char major")
-}
-
 /// OCI hooks run inside `sandbox::spawn`, i.e. inside `Launcher::launch`, which the pool calls
 /// synchronously under its `std::sync::Mutex` on a tokio worker. A slow prestart hook (NVIDIA's
 /// take seconds; the default timeout is 60 s) therefore blocks a worker, and every other request
@@ -80,21 +73,7 @@ fn a_slow_hook_does_not_stall_other_functions() {
     }
     let img = build_image();
     let fx = tempfile::tempdir().unwrap();
-    let major = free_local_major();
-    {
-        use nix::sys::stat::{makedev, Mode, SFlag};
-        nix::sys::stat::mknod(&fx.path().join("gpu0"), SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(major.into(), 0)).unwrap();
-    }
-    let cdi = fx.path().join("cdi");
-    std::fs::create_dir(&cdi).unwrap();
-    std::fs::write(
-        cdi.join("nvidia.yaml"),
-        format!(
-            "cdiVersion: \"0.6.0\"\nkind: nvidia.com/gpu\ndevices:\n  - name: \"0\"\n    containerEdits:\n      deviceNodes: [{{path: /dev/nvidia0, hostPath: {}/gpu0}}]\n      hooks: [{{hookName: prestart, path: /bin/sleep, args: [sleep, '4']}}]\n",
-            fx.path().display()
-        ),
-    )
-    .unwrap();
+    let cdi = fake_gpu_spec(fx.path(), "      hooks: [{hookName: prestart, path: /bin/sleep, args: [sleep, '4']}]\n");
     let oci = format!("oci:{}:app", img.layout.display());
     let gpu = format!(
         "  gpu:\n    component: fc3\n    props:\n      runtime: custom-container\n      memorySize: 4096\n      cpu: 2\n      timeout: 30\n      instanceConcurrency: 1\n      customContainerConfig:\n        image: {oci}\n        port: 9000\n      gpuConfig:\n        gpuType: fc.gpu.tesla.1\n        gpuMemorySize: 2048\n      fcsup:\n        gpus: [0]\n"
@@ -220,21 +199,7 @@ fn a_running_initializer_holds_no_supervisor_fd() {
     std::fs::copy("/bin/sleep", bundle.join("rootfs/bin/sleep")).unwrap();
     run(Command::new("umoci").args(["repack", "--image", &format!("{}:sleepy", img.layout.display())]).arg(&bundle));
     let fx = tempfile::tempdir().unwrap();
-    let major = free_local_major();
-    {
-        use nix::sys::stat::{makedev, Mode, SFlag};
-        nix::sys::stat::mknod(&fx.path().join("gpu0"), SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(major.into(), 0)).unwrap();
-    }
-    let cdi = fx.path().join("cdi");
-    std::fs::create_dir(&cdi).unwrap();
-    std::fs::write(
-        cdi.join("nvidia.yaml"),
-        format!(
-            "cdiVersion: \"0.6.0\"\nkind: nvidia.com/gpu\ndevices:\n  - name: \"0\"\n    containerEdits:\n      deviceNodes: [{{path: /dev/nvidia0, hostPath: {}/gpu0}}]\n",
-            fx.path().display()
-        ),
-    )
-    .unwrap();
+    let cdi = fake_gpu_spec(fx.path(), "");
     let secs = &format!("{}", 100_000 + std::process::id());
     let gpu = format!(
         "  gpu:\n    component: fc3\n    props:\n      runtime: custom-container\n      memorySize: 4096\n      cpu: 2\n      timeout: 30\n      customContainerConfig:\n        image: oci:{}:sleepy\n        port: 9000\n      gpuConfig:\n        gpuType: fc.gpu.tesla.1\n        gpuMemorySize: 2048\n      fcsup:\n        gpus: [0]\n      instanceLifecycleConfig:\n        initializer:\n          command: [/bin/sleep, \"{secs}\"]\n          timeout: 300\n",

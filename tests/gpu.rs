@@ -191,22 +191,6 @@ fn without_a_cdi_spec_the_legacy_nvidia_hook_runs() {
     f.stop_and_check_clean();
 }
 
-/// A CDI spec of `nvidia.com/gpu` naming the fake GPU `0` (no hooks), in `dir/cdi`.
-fn plain_gpu_spec(dir: &Path) -> std::path::PathBuf {
-    fake_gpus(dir, free_local_major());
-    let cdi = dir.join("cdi");
-    std::fs::create_dir(&cdi).unwrap();
-    std::fs::write(
-        cdi.join("nvidia.yaml"),
-        format!(
-            "cdiVersion: \"0.6.0\"\nkind: nvidia.com/gpu\ndevices:\n  - name: \"0\"\n    containerEdits:\n      deviceNodes: [{{path: /dev/nvidia0, hostPath: {}/gpu0}}]\n",
-            dir.display()
-        ),
-    )
-    .unwrap();
-    cdi
-}
-
 /// FC's execute-instruction Initializer runs inside the instance (its PID namespace, root,
 /// cgroup and user) once it listens and before its first request, once only, with its output
 /// in the instance's log; a failing one fails the start with its status.
@@ -217,7 +201,7 @@ fn the_execute_instruction_initializer_runs_once_inside_the_instance() {
     }
     let img = build_image();
     let fx = tempfile::tempdir().unwrap();
-    let cdi = plain_gpu_spec(fx.path());
+    let cdi = fake_gpu_spec(fx.path(), "");
     let cache = fx.path().join("images");
     let oci = format!("oci:{}:app", img.layout.display());
     let init = |code: u32| {
@@ -260,7 +244,7 @@ fn an_idle_gpu_instance_hibernates_before_its_freeze_and_wakes_after_its_thaw() 
     }
     let img = build_image();
     let fx = tempfile::tempdir().unwrap();
-    let cdi = plain_gpu_spec(fx.path());
+    let cdi = fake_gpu_spec(fx.path(), "");
     let rec = fx.path().join("cuda-checkpoint.log");
     let fail = fx.path().join("fail-restore");
     let path = fake_tool(

@@ -18,3 +18,24 @@ pub fn mknod(path: &Path, major: u32, minor: u32) {
     nix::sys::stat::mknod(path, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(major.into(), minor.into())).unwrap();
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
 }
+
+/// Fake GPUs `gpu0`, `gpu1` in `dir` and a CDI spec of `nvidia.com/gpu` naming `0` in
+/// `dir/cdi` (`edits_of_0`: more YAML lines of device 0's `containerEdits`, indented 6
+/// spaces); the spec directory.
+pub fn fake_gpu_spec(dir: &Path, edits_of_0: &str) -> std::path::PathBuf {
+    let major = free_local_major();
+    for n in 0u32..2 {
+        mknod(&dir.join(format!("gpu{n}")), major, n);
+    }
+    let cdi = dir.join("cdi");
+    std::fs::create_dir(&cdi).unwrap();
+    std::fs::write(
+        cdi.join("nvidia.yaml"),
+        format!(
+            "cdiVersion: \"0.6.0\"\nkind: nvidia.com/gpu\ndevices:\n  - name: \"0\"\n    containerEdits:\n      deviceNodes: [{{path: /dev/nvidia0, hostPath: {}/gpu0}}]\n{edits_of_0}",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    cdi
+}
