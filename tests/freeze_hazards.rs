@@ -39,6 +39,8 @@ fn builtin(name: &str, runtime: &str, dir: &str) -> String {
 /// Invokes `op` and returns the hazard lines of the freeze that followed it (waiting until its
 /// report is in), with the instance id.
 fn hazards_after(f: &Fcsup, name: &str, op: &str) -> (Vec<String>, String) {
+    // Reports nobody waits for come at most every 100 ms per instance (README, Freeze hazards).
+    std::thread::sleep(fcsup::hazards::MIN_GATHER_GAP + Duration::from_millis(10));
     let r = f.invoke(name, op);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.text(), "ok");
@@ -100,8 +102,9 @@ fn a_child_process_still_running_is_reported() {
     let Some(mut f) = serve_if_privileged(&custom("h", "")) else { return };
     f.warm("h");
     let (lines, _) = hazards_after(&f, "h", "child");
-    assert_eq!(lines.len(), 1, "{lines:#?}");
-    assert!(lines[0].contains(": child process ") && lines[0].ends_with(" (sleep) still running"), "{lines:#?}");
+    assert!(lines.iter().any(|l| l.contains(": child process ") && l.ends_with(" (sleep) still running")), "{lines:#?}");
+    // The child may also be caught mid-start, running: that is about it too.
+    assert!(lines.len() <= 2 && lines.iter().all(|l| l.contains("(sleep)")), "{lines:#?}");
     // Reported once: at the next freeze it is part of the instance.
     let (again, _) = hazards_after(&f, "h", "clean");
     assert!(again.is_empty(), "{again:#?}");

@@ -239,7 +239,16 @@ struct State {
     thawed: Option<(Duration, Duration)>,
     /// Freezes so far.
     freezes: u64,
+    /// Requests whose callers wait for their freeze's report (`fail` mode, Tail).
+    awaited: HashSet<String>,
+    /// When the last report was gathered.
+    last_gather: Option<std::time::Instant>,
 }
+
+/// Reports nobody waits for are gathered at most this often per instance: reading `/proc`
+/// after every freeze costs CPU the next requests need (at concurrency 1 it cut the request
+/// rate tenfold on two cores), and a hazard a function has it keeps having.
+pub const MIN_GATHER_GAP: Duration = Duration::from_millis(100);
 
 impl Default for Tracker {
     fn default() -> Self {
@@ -260,6 +269,23 @@ impl Tracker {
     /// The usage noted at the last answer, taken.
     pub fn take_response_cpu(&self) -> Option<u64> {
         self.lock().response_cpu.take()
+    }
+
+    /// `request_id`'s caller waits for the report of the freeze after its answer.
+    pub fn awaited(&self, request_id: &str) {
+        self.lock().awaited.insert(request_id.to_string());
+    }
+
+    /// Whether the freeze after `request_id`'s answer is reported on: always when its caller
+    /// waits for it, else at most every [`MIN_GATHER_GAP`].
+    pub fn due(&self, request_id: &str) -> bool {
+        let mut s = self.lock();
+        let now = std::time::Instant::now();
+        let due = s.awaited.remove(request_id) || s.last_gather.is_none_or(|t| now.duration_since(t) >= MIN_GATHER_GAP);
+        if due {
+            s.last_gather = Some(now);
+        }
+        due
     }
 
     /// A request was answered: the next freeze's report is its.

@@ -52,6 +52,9 @@ impl<K: Kernel> Instance<K> {
     pub(super) fn hazards_after(self: &Arc<Self>, before: Option<(String, Option<u64>)>, began: Instant, took: Duration, usage_usec: u64) {
         let seq = self.hazards.froze(began, began + took);
         let Some((request_id, at_response)) = before else { return };
+        if !self.hazards.due(&request_id) {
+            return;
+        }
         let mut own_ports = vec![self.function.port];
         if self.runtime_api.is_some() {
             own_ports.push(super::builtin::RUNTIME_API_ADDR.port());

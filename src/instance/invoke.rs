@@ -68,6 +68,9 @@ impl<K: Kernel> Ticket<K> {
     pub async fn invoke(self, call: Call) -> Result<Reply, InvokeError> {
         let inst = self.instance.clone();
         let (request_id, wait) = (call.request_id.clone(), inst.hazards_wait(call.want_log));
+        if wait.is_some() {
+            inst.hazards.awaited(&request_id);
+        }
         let events = inst.hazards_subscribe();
         let result = inst.run(self, call).await;
         if result.is_err() {

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import hashlib
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -17,9 +18,11 @@ kept = []
 def spin():
     # The thread's name as the kernel shows it (PR_SET_NAME).
     ctypes.CDLL(None).prctl(15, b"spinner", 0, 0, 0)
-    x = 0
+    # Hashing a large buffer runs without the GIL, so the thread computes whatever the main
+    # thread does (a pure-Python loop could be waiting for the GIL at the freeze).
+    big = b"x" * (1 << 20)
     while True:
-        x += 1
+        hashlib.sha256(big).digest()
 
 
 def fill_peer():
