@@ -133,21 +133,25 @@ pub struct Found {
 pub fn gather(input: Input) -> Found {
     let mut found = Found::default();
     let mut names: HashMap<i32, String> = HashMap::new();
-    let mut agent_main = None;
+    let mut main_process = None;
     for &pid in &input.pids {
         if let Some(st) = procfs::process(pid) {
             found.processes.insert((pid, st.starttime));
             if pid != input.init_pid && st.state != 'Z' && !input.baseline.contains(&(pid, st.starttime)) && !input.baseline.is_empty() {
                 found.hazards.push(Hazard { kind: Kind::Child, what: format!("child process {pid} ({}) still running", st.comm) });
             }
-            if input.agent && st.ppid == input.init_pid {
-                agent_main = Some(pid);
+            if st.ppid == input.init_pid {
+                main_process = Some(pid);
             }
             names.insert(pid, st.comm);
         }
     }
+    // The function's main thread caught running right after its answer is taken as finishing
+    // that answer (writing it out, going back to its accept loop), unless the instance burned
+    // a millisecond since the response; fcsup's own agents are always busy posting theirs.
+    let main_finishing = input.agent || input.cpu_since_response_us.is_none_or(|us| us < MAIN_THREAD_SLACK_US);
     for t in procfs::threads(&input.pids) {
-        if !t.user_mode || t.pid == input.init_pid || agent_main == Some(t.tid) {
+        if !t.user_mode || t.pid == input.init_pid || (main_finishing && main_process == Some(t.tid)) {
             continue;
         }
         let process = names.get(&t.pid).map_or("?", String::as_str);
@@ -245,6 +249,10 @@ struct State {
     last_gather: Option<std::time::Instant>,
 }
 
+/// CPU (µs) the instance may use between its answer and the freeze with its main thread still
+/// taken as finishing the answer (see [`gather`]).
+const MAIN_THREAD_SLACK_US: u64 = 1000;
+
 /// Reports nobody waits for are gathered at most this often per instance: reading `/proc`
 /// after every freeze costs CPU the next requests need (at concurrency 1 it cut the request
 /// rate tenfold on two cores), and a hazard a function has it keeps having.
@@ -274,6 +282,11 @@ impl Tracker {
     /// `request_id`'s caller waits for the report of the freeze after its answer.
     pub fn awaited(&self, request_id: &str) {
         self.lock().awaited.insert(request_id.to_string());
+    }
+
+    /// `request_id`'s caller no longer waits (its report came, or none will).
+    pub fn forget_awaited(&self, request_id: &str) {
+        self.lock().awaited.remove(request_id);
     }
 
     /// Whether the freeze after `request_id`'s answer is reported on: always when its caller

@@ -68,24 +68,31 @@ impl<K: Kernel> Ticket<K> {
     pub async fn invoke(self, call: Call) -> Result<Reply, InvokeError> {
         let inst = self.instance.clone();
         let (request_id, wait) = (call.request_id.clone(), inst.hazards_wait(call.want_log));
-        if wait.is_some() {
+        // Only a caller that waits for its freeze's report listens for it.
+        let events = wait.map(|_| {
             inst.hazards.awaited(&request_id);
-        }
-        let events = inst.hazards_subscribe();
+            inst.hazards_subscribe()
+        });
         let result = inst.run(self, call).await;
         if result.is_err() {
             // An answer marks itself when it gives its slot back (`Hold::finish`).
             inst.hazards_answered(&request_id);
         }
-        let Some(within) = wait else { return result };
+        let (Some(within), Some(events)) = (wait, events) else { return result };
         // A streamed answer is already on its way: no report can change it.
-        if result.as_ref().is_ok_and(|r| r.stream.is_some()) {
-            return result;
+        let report = if result.as_ref().is_ok_and(|r| r.stream.is_some()) {
+            None
+        } else {
+            // README, Freeze hazards: the answer waits for the report of the freeze it lets
+            // happen (the ticket went with `run`, so that freeze may come).
+            crate::hazards::wait_report(events, &request_id, within).await
+        };
+        // No freeze may have come (another request kept the instance thawed).
+        inst.hazards.forget_awaited(&request_id);
+        match report {
+            Some(r) => inst.apply_hazards(result, Some(r)),
+            None => result,
         }
-        // README, Freeze hazards: the answer waits for the report of the freeze it lets happen
-        // (the ticket went with `run`, so that freeze may come).
-        let report = crate::hazards::wait_report(events, &request_id, within).await;
-        inst.apply_hazards(result, report)
     }
 }
 
