@@ -40,11 +40,14 @@ fn unpack_with(archive: &Path, cache: &Path, max_bytes: u64, max_entries: usize)
     let bytes = fs::read(archive).map_err(|e| format!("cannot read {}: {e}", archive.display()))?;
     let sum = hex::encode(Sha256::digest(&bytes));
     let dir = cache.join(&sum);
-    if dir.is_dir() {
-        return Ok(dir);
-    }
     fs::DirBuilder::new().recursive(true).mode(0o700).create(cache).map_err(|e| format!("cannot create the code cache {}: {e}", cache.display()))?;
+    // Before anything in it is used: a cache another user could change is another user's code.
     check_private(cache)?;
+    match fs::symlink_metadata(&dir) {
+        Ok(m) if m.is_dir() && std::os::unix::fs::MetadataExt::uid(&m) == nix::unistd::geteuid().as_raw() => return Ok(dir),
+        Ok(_) => return Err(format!("{} is not a directory fcsup unpacked: remove it", dir.display())),
+        Err(_) => {}
+    }
     // Only root reads unpacked code: instances get it through their own mounts.
     fs::set_permissions(cache, fs::Permissions::from_mode(0o700)).map_err(|e| format!("chmod {}: {e}", cache.display()))?;
     // Unpacked beside its final name and renamed into place, so that a crash or a concurrent

@@ -164,8 +164,17 @@ impl Store {
                 if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
                 }
-                // SQLite gives the -wal and -shm files the database file's mode.
-                std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(p).map_err(io)?;
+                // SQLite gives the -wal and -shm files the database file's mode. The file holds
+                // request bodies and drives what runs: it must be fcsup's user's alone.
+                let file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(p).map_err(io)?;
+                let meta = file.metadata().map_err(io)?;
+                let me = nix::unistd::geteuid().as_raw();
+                if std::os::unix::fs::MetadataExt::uid(&meta) != me || std::os::unix::fs::MetadataExt::mode(&meta) & 0o077 != 0 {
+                    return Err(io(std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        format!("it must be owned by uid {me} and closed to group and others (mode 0600)"),
+                    )));
+                }
                 Connection::open(p)?
             }
             None => Connection::open_in_memory()?,
@@ -446,6 +455,21 @@ mod tests {
             },
             submitted_ms,
         }
+    }
+
+    #[test]
+    fn a_database_others_could_change_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let loose = dir.path().join("loose.db");
+        std::fs::write(&loose, b"").unwrap();
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let e = Store::open(Some(&loose)).err().expect("a world-writable database is refused").to_string();
+        assert!(e.contains("mode 0600"), "{e}");
+        let link = dir.path().join("link.db");
+        std::os::unix::fs::symlink(dir.path().join("elsewhere.db"), &link).unwrap();
+        assert!(Store::open(Some(&link)).is_err(), "a symlink is not followed");
+        assert!(!dir.path().join("elsewhere.db").exists());
     }
 
     #[test]
