@@ -464,7 +464,8 @@ mod tests {
         let loose = dir.path().join("loose.db");
         std::fs::write(&loose, b"").unwrap();
         std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o666)).unwrap();
-        let e = Store::open(Some(&loose)).err().expect("a world-writable database is refused").to_string();
+        let Err(e) = Store::open(Some(&loose)) else { panic!("a world-writable database is refused") };
+        let e = e.to_string();
         assert!(e.contains("mode 0600"), "{e}");
         let link = dir.path().join("link.db");
         std::os::unix::fs::symlink(dir.path().join("elsewhere.db"), &link).unwrap();
