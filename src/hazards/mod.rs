@@ -147,11 +147,10 @@ pub fn gather(input: Input) -> Found {
         }
     }
     // The function's main thread caught running right after its answer is taken as finishing
-    // that answer (writing it out, going back to its accept loop), unless the instance burned
-    // a millisecond since the response; fcsup's own agents are always busy posting theirs.
-    let main_finishing = input.agent || input.cpu_since_response_us.is_none_or(|us| us < MAIN_THREAD_SLACK_US);
+    // that answer (writing it out, going back to its accept loop; fcsup's own agents posting
+    // theirs): under load that can take milliseconds of CPU, so no CPU rule tells it apart.
     for t in procfs::threads(&input.pids) {
-        if !t.user_mode || t.pid == input.init_pid || (main_finishing && main_process == Some(t.tid)) {
+        if !t.user_mode || t.pid == input.init_pid || main_process == Some(t.tid) {
             continue;
         }
         let process = names.get(&t.pid).map_or("?", String::as_str);
@@ -248,10 +247,6 @@ struct State {
     /// When the last report was gathered.
     last_gather: Option<std::time::Instant>,
 }
-
-/// CPU (µs) the instance may use between its answer and the freeze with its main thread still
-/// taken as finishing the answer (see [`gather`]).
-const MAIN_THREAD_SLACK_US: u64 = 1000;
 
 /// Reports nobody waits for are gathered at most this often per instance: reading `/proc`
 /// after every freeze costs CPU the next requests need (at concurrency 1 it cut the request
