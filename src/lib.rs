@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod hazards;
+pub mod health;
 pub mod image;
 pub mod instance;
 pub mod logs;

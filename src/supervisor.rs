@@ -98,6 +98,8 @@ pub struct Options {
     pub registry: crate::image::registry::RegistryOptions,
     /// Where CDI specs are read from, lowest priority first.
     pub cdi_spec_dirs: Vec<PathBuf>,
+    /// This node's name: in the `X-Fcsup-Node` response header, `/healthz` and `/metrics` labels.
+    pub node_name: String,
 }
 
 impl Default for Options {
@@ -118,6 +120,7 @@ impl Default for Options {
             image_cache: crate::image::DEFAULT_DIR.into(),
             registry: crate::image::registry::RegistryOptions::default(),
             cdi_spec_dirs: crate::oci::cdi::DEFAULT_SPEC_DIRS.iter().map(PathBuf::from).collect(),
+            node_name: default_node_name(),
         }
     }
 }
@@ -144,6 +147,10 @@ pub struct Supervisor {
     admin_listener: Mutex<Option<UnixListener>>,
     /// Where CDI specs are read from (again on reload).
     cdi_spec_dirs: Vec<PathBuf>,
+    /// This node's name (`--node-name`, by default the host name).
+    pub node_name: String,
+    /// What `/healthz` reports: draining, the configuration source.
+    pub health: crate::health::Health,
     /// Held while this supervisor runs: a second one with the same cgroup root is refused.
     _lock: Flock<File>,
 }
@@ -254,6 +261,8 @@ impl Supervisor {
             watchdog: Mutex::new(watchdog),
             admin_socket: admin_path,
             admin_listener: Mutex::new(Some(admin_listener)),
+            node_name: opts.node_name.clone(),
+            health: crate::health::Health::default(),
             _lock: lock,
         });
         for pool in sup.pools() {
@@ -413,6 +422,11 @@ impl Pools for Supervisor {
     fn metrics(&self) -> &Metrics {
         self.reporting().metrics()
     }
+}
+
+/// The host name, the default node name.
+pub fn default_node_name() -> String {
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).filter(|h| !h.is_empty()).unwrap_or_else(|| "localhost".into())
 }
 
 /// The isolation this host allows, or why not (refused unless `--insecure-instances`).

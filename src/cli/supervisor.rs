@@ -74,6 +74,10 @@ pub struct SupervisorArgs {
     /// lowest priority first (default: /etc/cdi, then /var/run/cdi).
     #[arg(long, value_name = "DIR", env = "FCSUP_CDI_SPEC_DIRS", value_delimiter = ',')]
     cdi_spec_dir: Vec<PathBuf>,
+    /// This node's name, in the `X-Fcsup-Node` response header, `/healthz` and `/metrics`
+    /// labels (default: the host name).
+    #[arg(long, env = "FCSUP_NODE_NAME")]
+    node_name: Option<String>,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -166,6 +170,7 @@ impl SupervisorArgs {
             } else {
                 self.cdi_spec_dir.clone()
             },
+            node_name: self.node_name.clone().unwrap_or_else(fcsup::supervisor::default_node_name),
             ..Options::default()
         }
     }
