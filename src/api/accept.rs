@@ -21,6 +21,14 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use super::{Door, FrontDoor};
 use crate::supervisor::Supervisor;
 
+/// How long a connection that is closing may take to write out what is left of its answers
+/// once none is in flight (a client that does not read must not hold it open).
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
+/// Closes a connection at once when notified: the function's timeout cut its streamed answer.
+#[derive(Debug, Clone)]
+pub struct CloseConnection(pub Arc<tokio::sync::Notify>);
+
 /// First pause after a failed accept; doubled per further failure up to [`BACKOFF_MAX`].
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -126,8 +134,9 @@ struct Activity {
     idle_since: Mutex<Instant>,
 }
 
-/// Marks one request in flight until dropped (also when the client hangs up mid-request).
-struct InFlight(Arc<Activity>);
+/// Marks one request in flight until dropped (also when the client hangs up mid-request); a
+/// streamed answer keeps it until its end.
+pub(super) struct InFlight(Arc<Activity>);
 
 impl InFlight {
     fn new(a: &Arc<Activity>) -> InFlight {
@@ -175,16 +184,23 @@ async fn connection<Io>(
     Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity { served: AtomicBool::new(false), in_flight: AtomicUsize::new(0), idle_since: Mutex::new(Instant::now()) });
+    let close = Arc::new(tokio::sync::Notify::new());
     let svc = {
-        let (activity, fd) = (activity.clone(), fd.clone());
+        let (activity, fd, close) = (activity.clone(), fd.clone(), close.clone());
         hyper::service::service_fn(move |mut req: Request<Incoming>| {
             if let Some(ip) = peer {
                 req.extensions_mut().insert(super::client::Peer(ip));
             }
+            req.extensions_mut().insert(CloseConnection(close.clone()));
             let (sup, fd, guard) = (sup.clone(), fd.clone(), InFlight::new(&activity));
             async move {
-                let resp = super::handle(&sup, &fd, door, req).await;
-                drop(guard);
+                let mut resp = super::handle(&sup, &fd, door, req).await;
+                // A streamed answer is in flight until its end (the idle timer must not close
+                // the connection under it).
+                match resp.body_mut() {
+                    super::invoke::Body::Stream(s) => s.keep_until_over(Box::new(guard)),
+                    super::invoke::Body::Full(_) => drop(guard),
+                }
                 Ok::<_, Infallible>(resp)
             }
         })
@@ -203,8 +219,15 @@ async fn connection<Io>(
         _ = conn.as_mut() => return,
         _ = idle_for(&activity, limits.idle_timeout, limits.header_read_timeout) => {}
         _ = stop.wait_for(|s| *s) => {}
+        // Dropping the connection closes the socket.
+        () = close.notified() => return,
     }
-    // An idle connection closes at once; one with a request in flight finishes it first.
+    // An idle connection closes at once; one with a request in flight finishes it first (each
+    // is bounded by its function's timeout), then what is left to write gets CLOSE_GRACE.
     conn.as_mut().graceful_shutdown();
-    let _ = conn.await;
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = close.notified() => {}
+        () = idle_for(&activity, CLOSE_GRACE, CLOSE_GRACE) => {}
+    }
 }
