@@ -262,3 +262,24 @@ fn a_client_that_stops_reading_does_not_hold_the_instance_past_the_timeout() {
     assert!(ended);
     f.stop_and_check_clean();
 }
+
+#[test]
+fn a_client_leaving_mid_stream_ends_the_request() {
+    let Some(mut f) = serve_if_privileged(&props("leave")) else { return };
+    let mut s = TcpStream::connect(&f.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"GET /http/leave/chunks?n=100&gap=0.1 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    read_until(&mut s, &mut raw, "chunk-1\n");
+    let head = String::from_utf8_lossy(&raw).into_owned();
+    let header = |k: &str| head.lines().find_map(|l| l.strip_prefix(k)).expect(k).trim().to_string();
+    let (id, instance) = (header("x-fc-request-id: "), header("x-fc-instance-id: "));
+    drop(s);
+    // FC's 499: the request ends there (its window closes), and an instance serving one
+    // request at a time is replaced (a fresh one starts) rather than left mid-answer.
+    f.wait_line("the cancel line", |l| l.contains(&id) && l.contains("Invocation canceled by client"), Duration::from_secs(10));
+    wait_for("the instance to go", Duration::from_secs(20), || f.instances().iter().all(|i| i["id"] != instance.as_str()).then_some(()));
+    let w = ledger_window(&f, &id);
+    assert!(w["wall_us"].as_u64().unwrap() < 9_000_000, "the window ran on as if the whole stream had been sent: {w}");
+    f.stop_and_check_clean();
+}
