@@ -212,7 +212,9 @@ impl Supervisor {
                 tracing::warn!("removed {reaped} instance cgroup(s) left by a previous run");
             }
             let ledger_path = opts.ledger.clone();
-            let ledger = Ledger::open(ledger_path.clone()).map_err(io("cannot open the ledger", &ledger_path.unwrap_or_default()))?;
+            let ledger = Ledger::open(ledger_path.clone())
+                .map(|l| l.for_node(&opts.node_name))
+                .map_err(io("cannot open the ledger", &ledger_path.unwrap_or_default()))?;
             let log_dir = opts.log_dir.clone();
             let log_files =
                 LogFiles::new(log_dir.clone(), opts.log_rotation).map_err(io("cannot create the log directory", &log_dir.unwrap_or_default()))?;
