@@ -108,7 +108,7 @@ fn functions(n: usize, extra: &str) -> String {
 
 #[test]
 fn functions_stay_home_spill_when_full_and_get_fc_429_when_every_node_is() {
-    let Some((mut fleet, front)) = cluster(2, &functions(6, "fcsup: {maxInstances: 1}"), &[]) else { return };
+    let Some((mut fleet, front)) = cluster(3, &functions(6, "fcsup: {maxInstances: 1}"), &[]) else { return };
     // Every request of a function lands on one node, the node's name on the answer.
     let mut homes = Vec::new();
     for i in 0..6 {
@@ -132,26 +132,28 @@ fn functions_stay_home_spill_when_full_and_get_fc_429_when_every_node_is() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["headers"]["content-length"], body.len().to_string());
 
-    // f0 is held on its home: the next request spills to the other node.
+    // f0 is held on its home: the next request spills to another node; held there too, the
+    // next reaches the third node (HAProxy avoids only the server it just tried: the bounded
+    // load has to walk the ring further).
     let home = fleet.iter().position(|f| f.node_name() == homes[0]).unwrap();
-    let other = 1 - home;
-    let hold = r#"{"op":"sleep","ms":8000}"#;
-    let held: Vec<_> = (0..2)
-        .map(|k| {
-            let addr = front.addr.clone();
-            let t = std::thread::spawn(move || invoke(&addr, "f0", hold));
-            // The k-th hold runs on the home, the next on the other node.
-            let node = &fleet[if k == 0 { home } else { other }];
-            wait_for("the hold to run", Duration::from_secs(20), || (lines_with(node, "op=sleep") == 1).then_some(()));
-            if k == 0 {
-                let r = invoke(&front.addr, "f0", "{}");
-                assert_eq!(r.status, 200, "{}", r.text());
-                assert_eq!(r.header("x-fcsup-node"), fleet[other].node_name(), "did not spill");
-            }
-            t
-        })
-        .collect();
-    // Both nodes hold f0's one instance: FC's 429, at once.
+    let hold = r#"{"op":"sleep","ms":9000}"#;
+    let mut holding: Vec<usize> = Vec::new();
+    let mut held = Vec::new();
+    for k in 0..fleet.len() {
+        let addr = front.addr.clone();
+        held.push(std::thread::spawn(move || invoke(&addr, "f0", hold)));
+        let at = wait_for("the hold to run on a node not yet holding one", Duration::from_secs(20), || {
+            (0..fleet.len()).find(|i| !holding.contains(i) && lines_with(&fleet[*i], "op=sleep") == 1)
+        });
+        holding.push(at);
+        if k == 0 {
+            assert_eq!(at, home, "the first request did not go home");
+            let r = invoke(&front.addr, "f0", "{}");
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert_ne!(r.header("x-fcsup-node"), homes[0], "did not spill");
+        }
+    }
+    // Every node holds f0's one instance: FC's 429, at once.
     let r = invoke(&front.addr, "f0", "{}");
     assert_eq!(r.status, 429, "{}", r.text());
     assert_eq!(r.json()["Code"], "ResourceExhausted");
