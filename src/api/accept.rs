@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
+use hyper::header::HeaderValue;
 use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -87,6 +88,8 @@ pub(super) async fn run<A: Acceptor>(listener: A, sup: Arc<Supervisor>, fd: Arc<
     let slots = Arc::new(Semaphore::new(fd.limits.max_connections.max(1)));
     let mut backoff = Backoff::default();
     let mut cap_logged: Option<Instant> = None;
+    // Warns once when the name cannot be a header value.
+    let _ = super::health::node_header(&sup.node_name);
     loop {
         let slot = match slots.clone().try_acquire_owned() {
             Ok(s) => s,
@@ -185,6 +188,8 @@ async fn connection<Io>(
 {
     let activity = Arc::new(Activity { served: AtomicBool::new(false), in_flight: AtomicUsize::new(0), idle_since: Mutex::new(Instant::now()) });
     let close = Arc::new(tokio::sync::Notify::new());
+    // Built once per connection, cloned (a reference count) per response.
+    let node = HeaderValue::from_str(&sup.node_name).ok();
     let svc = {
         let (activity, fd, close) = (activity.clone(), fd.clone(), close.clone());
         hyper::service::service_fn(move |mut req: Request<Incoming>| {
@@ -192,9 +197,11 @@ async fn connection<Io>(
                 req.extensions_mut().insert(super::client::Peer(ip));
             }
             req.extensions_mut().insert(CloseConnection(close.clone()));
-            let (sup, fd, guard) = (sup.clone(), fd.clone(), InFlight::new(&activity));
+            let (sup, fd, guard, node) = (sup.clone(), fd.clone(), InFlight::new(&activity), node.clone());
             async move {
+                let front = super::health::from_front(req.headers());
                 let mut resp = super::handle(&sup, &fd, door, req).await;
+                super::health::finish(&mut resp, node.as_ref(), front, &sup.health);
                 // A streamed answer is in flight until its end (the idle timer must not close
                 // the connection under it).
                 match resp.body_mut() {

@@ -6,6 +6,7 @@ mod admin;
 mod bench;
 mod check;
 mod demo;
+mod haproxy;
 mod image;
 mod invoke;
 mod ps;
@@ -49,12 +50,17 @@ enum Command {
     Check(check::Args),
     /// Pull, list and remove the container images custom-container functions start from.
     Image(image::Args),
+    /// Print an HAProxy 2.6 configuration that fronts several `fcsup serve` nodes.
+    HaproxyConfig(haproxy::Args),
 }
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     if let Command::Watchdog(args) = &cli.command {
         return watchdog::run(args);
+    }
+    if let Command::HaproxyConfig(args) = &cli.command {
+        return haproxy::run(args);
     }
     // The bench's table is its output; the supervisor's per-instance lines would bury it.
     let default_log = if matches!(cli.command, Command::Bench(_) | Command::BenchWorker(_)) { "fcsup=warn" } else { "fcsup=info" };
@@ -87,7 +93,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Command::BenchWorker(args) => bench::worker(args),
             Command::Check(args) => check::run(args).await,
             Command::Image(args) => image::run(args).await,
-            Command::Watchdog(_) => unreachable!("handled before the runtime starts"),
+            Command::Watchdog(_) | Command::HaproxyConfig(_) => unreachable!("handled before the runtime starts"),
         }
     })
 }

@@ -13,12 +13,17 @@ pub struct Args {
     /// The s.yaml (functions under resources.<name>.props).
     #[arg(short = 'f', long = "file", default_value = "s.yaml")]
     file: PathBuf,
+    /// Seconds to keep serving after SIGTERM/SIGINT while `/healthz` fails, so that a front
+    /// (HAProxy) moves new requests away first; then in-flight requests finish and PreStop runs.
+    /// A second signal ends the wait.
+    #[arg(long, default_value_t = 0, value_name = "S")]
+    drain_seconds: u64,
     #[command(flatten)]
     pub sup: SupervisorArgs,
 }
 
 pub async fn run(args: Args) -> Result<()> {
-    let Args { file, sup } = args;
+    let Args { file, drain_seconds, sup } = args;
     let config = Config::load(&file)?;
     let front_door = sup.front_door()?;
     // Bound before the supervisor starts: a port in use must not leave a cgroup root.
@@ -41,6 +46,14 @@ pub async fn run(args: Args) -> Result<()> {
         tokio::select! {
             _ = &mut stop => break,
             _ = hangup.recv() => reload(&supervisor, &file).await,
+        }
+    }
+    supervisor.health.start_draining();
+    if drain_seconds > 0 {
+        tracing::info!("draining: /healthz fails, serving on for {drain_seconds} s (a second signal stops at once)");
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(drain_seconds)) => {}
+            _ = super::shutdown_signal() => {}
         }
     }
     tracing::info!("shutting down: PreStop on every instance");
