@@ -6,6 +6,7 @@ mod admin;
 mod bench;
 mod check;
 mod demo;
+mod functions;
 mod image;
 mod invoke;
 mod ps;
@@ -47,6 +48,8 @@ enum Command {
     Watchdog(watchdog::Args),
     /// Probe the host: cgroup mode, freezer, namespaces, capabilities, GPU.
     Check(check::Args),
+    /// Functions in etcd for node mode (`serve --etcd`): push a file's functions.
+    Functions(functions::Args),
     /// Pull, list and remove the container images custom-container functions start from.
     Image(image::Args),
 }
@@ -87,6 +90,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Command::BenchWorker(args) => bench::worker(args),
             Command::Check(args) => check::run(args).await,
             Command::Image(args) => image::run(args).await,
+            Command::Functions(args) => functions::run(args).await,
             Command::Watchdog(_) => unreachable!("handled before the runtime starts"),
         }
     })
