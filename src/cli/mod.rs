@@ -133,5 +133,7 @@ mod tests {
         assert!(Cli::try_parse_from(["fcsup", "serve", "--log-max-bytes", "1K"]).is_err(), "too small to hold 4 lines");
         assert!(Cli::try_parse_from(["fcsup", "ps", "--url", "h:1"]).is_err(), "--url needs --admin-token-file");
         assert!(matches!(Cli::try_parse_from(["fcsup", "watchdog", "/sys/fs/cgroup/fcsup"]).unwrap().command, Command::Watchdog(_)));
+        assert!(Cli::try_parse_from(["fcsup", "serve", "-f", "s.yaml", "--etcd", "http://127.0.0.1:2379"]).is_err(), "a file or etcd, not both");
+        assert!(Cli::try_parse_from(["fcsup", "functions", "push", "-f", "s.yaml"]).is_err(), "push needs --etcd");
     }
 }
