@@ -307,9 +307,10 @@ impl Node {
 /// Parses a value as `PUT /admin/functions/NAME` parses its body (off the runtime: it reads
 /// the code to checksum it, and may unpack a package).
 async fn parse(value: &str, name: &str, base: &Path) -> Result<Function, String> {
-    let (value, name, base): (String, String, PathBuf) = (value.to_string(), name.to_string(), base.to_path_buf());
-    match tokio::task::spawn_blocking(move || Config::parse_function(&value, &name, &base)).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
+    let (value, owned, base): (String, String, PathBuf) = (value.to_string(), name.to_string(), base.to_path_buf());
+    match tokio::task::spawn_blocking(move || Config::parse_function(&value, &owned, &base)).await {
+        // The parser names its input after the admin route; here it is a key.
+        Ok(r) => r.map_err(|e| e.to_string().replacen(&format!("PUT /admin/functions/{name}: "), "", 1)),
         Err(e) => Err(format!("parsing panicked: {e}")),
     }
 }
