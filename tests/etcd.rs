@@ -108,7 +108,7 @@ impl Node {
             .arg(d.join("async.db"))
             .arg("--ledger")
             .arg(d.join("ledger.jsonl"))
-            .env("FCSUP_LOG", "fcsup=info")
+            .env("FCSUP_LOG", "fcsup=info,fcsup::etcd=debug")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -280,6 +280,9 @@ fn two_nodes_follow_etcd_and_survive_losing_it() {
     for n in [&n1, &n2] {
         wait_for("source lost", WAIT, || (n.source() == "lost").then_some(()));
         assert_eq!(n.version("hello").as_deref(), Some("2"));
+    }
+    for n in [&n1, &n2] {
+        wait_for("reconnecting, retried", WAIT, || (n.lines("etcd still unreachable") >= 2).then_some(()));
     }
     // While it is away a PUT cannot be stored, and says so.
     let r = n1.admin("PUT", "/admin/functions/hello", &props(&fixture, "x"));
