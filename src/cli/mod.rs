@@ -6,6 +6,7 @@ mod admin;
 mod bench;
 mod check;
 mod demo;
+mod functions;
 mod haproxy;
 mod image;
 mod invoke;
@@ -48,6 +49,8 @@ enum Command {
     Watchdog(watchdog::Args),
     /// Probe the host: cgroup mode, freezer, namespaces, capabilities, GPU.
     Check(check::Args),
+    /// Functions in etcd for node mode (`serve --etcd`): push a file's functions.
+    Functions(functions::Args),
     /// Pull, list and remove the container images custom-container functions start from.
     Image(image::Args),
     /// Print an HAProxy 2.6 configuration that fronts several `fcsup serve` nodes.
@@ -93,6 +96,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Command::BenchWorker(args) => bench::worker(args),
             Command::Check(args) => check::run(args).await,
             Command::Image(args) => image::run(args).await,
+            Command::Functions(args) => functions::run(args).await,
             Command::Watchdog(_) | Command::HaproxyConfig(_) => unreachable!("handled before the runtime starts"),
         }
     })
@@ -135,5 +139,7 @@ mod tests {
         assert!(Cli::try_parse_from(["fcsup", "serve", "--log-max-bytes", "1K"]).is_err(), "too small to hold 4 lines");
         assert!(Cli::try_parse_from(["fcsup", "ps", "--url", "h:1"]).is_err(), "--url needs --admin-token-file");
         assert!(matches!(Cli::try_parse_from(["fcsup", "watchdog", "/sys/fs/cgroup/fcsup"]).unwrap().command, Command::Watchdog(_)));
+        assert!(Cli::try_parse_from(["fcsup", "serve", "-f", "s.yaml", "--etcd", "http://127.0.0.1:2379"]).is_err(), "a file or etcd, not both");
+        assert!(Cli::try_parse_from(["fcsup", "functions", "push", "-f", "s.yaml"]).is_err(), "push needs --etcd");
     }
 }
