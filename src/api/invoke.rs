@@ -9,6 +9,7 @@
 //! two connections. Only an Async request (kept for retries) and a Tail request whose client
 //! takes no trailers (its log rides in a header) are read whole.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -69,15 +70,54 @@ impl hyper::body::Body for Body {
     }
 }
 
-/// Tells the request's task that the client went away, unless disarmed first.
-struct HangUp(Option<oneshot::Sender<()>>);
+/// A Sync request's dispatch, run in the connection's own task (no task hop on the hot path).
+/// If the client goes away first (hyper drops this future), the dispatch is told (FC's 499)
+/// and moved, as it is, to a task of its own to finish: the instance decides what the hang-up
+/// means and the request's bookkeeping completes. A panic in it is the request's 500.
+struct Detach {
+    dispatch: Option<Pin<Box<dyn Future<Output = Dispatched> + Send>>>,
+    hang_up: Option<oneshot::Sender<()>>,
+}
 
-impl Drop for HangUp {
+impl Future for Detach {
+    type Output = Dispatched;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Dispatched> {
+        let this = &mut *self;
+        let Some(dispatch) = this.dispatch.as_mut() else { panic!("Detach polled after it finished") };
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch.as_mut().poll(cx)));
+        let d = match polled {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(d)) => d,
+            Err(panic) => {
+                let e = crate::instance::Internal::Panic(panic_message(&panic));
+                Dispatched { result: Err(e.into()), cold_start: false, instance_id: None }
+            }
+        };
+        this.dispatch = None;
+        this.hang_up = None;
+        Poll::Ready(d)
+    }
+}
+
+impl Drop for Detach {
     fn drop(&mut self) {
-        if let Some(tx) = self.0.take() {
+        let Some(dispatch) = self.dispatch.take() else { return };
+        if let Some(tx) = self.hang_up.take() {
             let _ = tx.send(());
         }
+        // Not during the runtime's own shutdown (nothing could run it).
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = dispatch.await;
+            });
+        }
     }
+}
+
+/// What a panic said, for the 500 it becomes.
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "a panic".into())
 }
 
 /// Handles an invocation of function `name`; `trigger` is the length of the name as it
@@ -173,14 +213,8 @@ pub async fn invoke(
     }
     let (tx, rx) = oneshot::channel();
     call.canceled = Some(rx);
-    let mut hang_up = HangUp(Some(tx));
     let run = pool.clone();
-    let task = tokio::spawn(async move { run.dispatch(call).await });
-    let d = match task.await {
-        Ok(d) => d,
-        Err(e) => Dispatched { result: Err(crate::instance::Internal::from(e).into()), cold_start: false, instance_id: None },
-    };
-    hang_up.0 = None;
+    let d = Detach { dispatch: Some(Box::pin(async move { run.dispatch(call).await })), hang_up: Some(tx) }.await;
     let outcome = outcome::of(&d.result, http_trigger);
     sup.reporting().metrics().invocation(&name, outcome.metric());
     if matches!(d.result, Err(InvokeError::Canceled)) {

@@ -173,6 +173,9 @@ pub enum Internal {
     /// The task that ran the request ended abnormally.
     #[error("the request's task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// Running the request panicked (a bug in fcsup).
+    #[error("the request's dispatch panicked: {0}")]
+    Panic(String),
 }
 
 /// No instance may start for a request (FC's 429 `ResourceExhausted`).
