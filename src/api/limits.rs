@@ -124,13 +124,20 @@ pub struct FrontDoor {
     pub limits: Limits,
     pub(super) admin_token: Option<AdminToken>,
     pub(super) body_budget: Arc<Semaphore>,
+    /// Fronts whose `X-Forwarded-For`/`X-Forwarded-Proto` are believed (`--trusted-proxy`).
+    pub(super) trusted_proxies: Vec<super::client::Cidr>,
 }
 
 impl FrontDoor {
     /// A front door with these limits; `admin_token` opens `/admin/` on TCP.
     pub fn new(limits: Limits, admin_token: Option<AdminToken>) -> Arc<FrontDoor> {
+        Self::behind(limits, admin_token, Vec::new())
+    }
+
+    /// The same, behind fronts (proxies) whose client-address headers are believed.
+    pub fn behind(limits: Limits, admin_token: Option<AdminToken>, trusted_proxies: Vec<super::client::Cidr>) -> Arc<FrontDoor> {
         let budget = limits.body_memory.min(Semaphore::MAX_PERMITS);
-        Arc::new(FrontDoor { limits, admin_token, body_budget: Arc::new(Semaphore::new(budget)) })
+        Arc::new(FrontDoor { limits, admin_token, body_budget: Arc::new(Semaphore::new(budget)), trusted_proxies })
     }
 }
 

@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
 use crate::supervisor::Supervisor;
+pub use client::Cidr;
 pub use errors::{fc_error, function_error};
 pub use limits::{AdminToken, FrontDoor, FrontDoorError, Limits};
 
@@ -103,7 +104,7 @@ pub async fn handle(sup: &Arc<Supervisor>, fd: &FrontDoor, door: Door, mut req: 
         let raw = rest.split('/').next().unwrap_or("");
         return match decode_name(raw) {
             Some(name) => {
-                client::set_headers(&mut req);
+                client::set_headers(&mut req, &fd.trusted_proxies);
                 let raw_len = raw.len();
                 invoke::invoke(sup, fd, req, name, Some(raw_len), request_id).await
             }

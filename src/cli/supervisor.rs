@@ -78,6 +78,11 @@ pub struct SupervisorArgs {
     /// labels (default: the host name).
     #[arg(long, env = "FCSUP_NODE_NAME")]
     node_name: Option<String>,
+    /// A front (proxy) whose `X-Forwarded-For` and `X-Forwarded-Proto` are believed: an HTTP
+    /// trigger's client is the address it appended (e.g. the HAProxy in front of several
+    /// nodes). `ADDR` or `ADDR/PREFIX`; repeatable, or comma-separated in the variable.
+    #[arg(long, value_name = "CIDR", env = "FCSUP_TRUSTED_PROXY", value_delimiter = ',')]
+    trusted_proxy: Vec<fcsup::api::Cidr>,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -183,7 +188,7 @@ impl SupervisorArgs {
     /// The front door's settings; fails on a bad token file.
     pub fn front_door(&self) -> Result<Arc<FrontDoor>> {
         let token = self.admin_token_file.as_deref().map(AdminToken::load).transpose()?;
-        Ok(FrontDoor::new(self.limits.limits(), token))
+        Ok(FrontDoor::behind(self.limits.limits(), token, self.trusted_proxy.clone()))
     }
 }
 
