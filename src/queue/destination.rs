@@ -15,6 +15,11 @@
 //! event that expired before any attempt, as FC documents no name for it), `functionError` the
 //! error message, and the payloads are the request and response bodies as text (base64 when
 //! not UTF-8). The function's ARN uses the region and account written in the destination's.
+//!
+//! Two guards FC's page does not spell out: a record is an Async invocation, so it is kept
+//! within FC's 128 KB Async payload (the payloads are cut, and `payloadTruncated: true` says
+//! so); and a chain of destinations (A's record to B, B's to A, …) stops after
+//! [`MAX_HOPS`] records, as AWS Lambda stops recursive loops, so a loop cannot run forever.
 
 use base64::Engine;
 use bytes::Bytes;
@@ -23,6 +28,21 @@ use hyper::{HeaderMap, Method};
 use super::{Job, Last, TaskState};
 use crate::config::Destination;
 use crate::instance::Call;
+
+/// FC's Async payload limit, which a record is held to.
+pub(super) const MAX_RECORD: usize = 128 * 1024;
+
+/// Records in one chain of destinations before the next is not sent.
+pub(super) const MAX_HOPS: u32 = 16;
+
+/// Where a destination call counts its place in a chain (kept with the task, never sent to
+/// the function: API invokes pass only FC's headers).
+const HOPS: &str = "x-fcsup-destination-hops";
+
+/// How many destination records led to `call` (0 for a client's own invocation).
+pub(super) fn hops(call: &Call) -> u32 {
+    call.headers.get(HOPS).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
 
 fn text(b: &[u8]) -> String {
     match std::str::from_utf8(b) {
@@ -45,7 +65,7 @@ pub(super) fn record(d: &Destination, job: &Job, state: TaskState, message: Opti
         (None, false) => function_error.clone(),
         (None, true) => String::new(),
     };
-    let v = serde_json::json!({
+    let mut v = serde_json::json!({
         "timestamp": crate::clock::now_rfc3339(),
         "requestContext": {
             "requestId": job.call.request_id,
@@ -57,13 +77,45 @@ pub(super) fn record(d: &Destination, job: &Job, state: TaskState, message: Opti
         "responseContext": {"statusCode": last.status_code.unwrap_or(0), "functionError": function_error},
         "responsePayload": response,
     });
+    let whole = serde_json::to_vec(&v).expect("json");
+    if whole.len() <= MAX_RECORD {
+        return Bytes::from(whole);
+    }
+    // Cut both payloads to what fits beside the rest (escaping can only shrink when cut).
+    let payloads = ["requestPayload", "responsePayload"].map(|k| serde_json::to_string(&v[k]).map_or(0, |e| e.len()));
+    let rest = whole.len().saturating_sub(payloads.iter().sum::<usize>());
+    let room = MAX_RECORD.saturating_sub(rest + 64) / 2;
+    for k in ["requestPayload", "responsePayload"] {
+        if let Some(s) = v[k].as_str() {
+            let cut = cut_escaped(s, room);
+            v[k] = serde_json::Value::String(cut);
+        }
+    }
+    v["payloadTruncated"] = serde_json::Value::Bool(true);
     Bytes::from(serde_json::to_vec(&v).expect("json"))
 }
 
-/// The Async API invoke that carries `body` to the destination function.
-pub(super) fn call(request_id: &str, body: Bytes) -> Call {
+/// The longest prefix of `s` whose JSON string form fits in `room` bytes.
+fn cut_escaped(s: &str, room: usize) -> String {
+    let mut out = String::new();
+    let mut used = 0;
+    for c in s.chars() {
+        let n = serde_json::to_string(&c.to_string()).map_or(8, |e| e.len() - 2);
+        if used + n > room {
+            break;
+        }
+        used += n;
+        out.push(c);
+    }
+    out
+}
+
+/// The Async API invoke that carries `body` to the destination function, `hops` records
+/// into its chain.
+pub(super) fn call(request_id: &str, body: Bytes, hops: u32) -> Call {
     let mut headers = HeaderMap::new();
     headers.insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    headers.insert(HOPS, hops.into());
     Call {
         http_trigger: false,
         request_id: request_id.to_string(),
@@ -90,7 +142,7 @@ mod tests {
         Job {
             id: "t".into(),
             function: "src".into(),
-            call: call("req-1", Bytes::from_static(body)),
+            call: call("req-1", Bytes::from_static(body), 0),
             submitted_ms: 0,
             function_errors: 0,
             throttles: 0,
@@ -99,6 +151,28 @@ mod tests {
 
     fn dest() -> Destination {
         Destination { function: "sink".into(), region: "cn-hangzhou".into(), account: "123".into() }
+    }
+
+    #[test]
+    fn a_record_past_fcs_async_limit_is_cut_to_fit_and_says_so() {
+        let big = "\"q\"".repeat(100_000);
+        let last = Last { status_code: Some(200), body: Some(Bytes::from(big.clone())), ..Last::default() };
+        let mut j = job(b"");
+        j.call.body = Bytes::from(big.clone());
+        let r = record(&dest(), &j, TaskState::Succeeded, None, &last, 1);
+        assert!(r.len() <= MAX_RECORD, "{} bytes", r.len());
+        let v: serde_json::Value = serde_json::from_slice(&r).unwrap();
+        assert_eq!(v["payloadTruncated"], true);
+        let resp = v["responsePayload"].as_str().unwrap();
+        assert!(resp.len() > 30_000 && big.starts_with(resp), "cut to {} bytes", resp.len());
+        let small = record(&dest(), &job(b"x"), TaskState::Succeeded, None, &Last::default(), 1);
+        assert!(serde_json::from_slice::<serde_json::Value>(&small).unwrap().get("payloadTruncated").is_none());
+    }
+
+    #[test]
+    fn destination_calls_count_their_place_in_a_chain() {
+        assert_eq!(hops(&job(b"").call), 0);
+        assert_eq!(hops(&call("r", Bytes::new(), 5)), 5);
     }
 
     #[test]

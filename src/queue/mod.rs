@@ -466,10 +466,23 @@ impl State {
             TaskState::Failed | TaskState::Expired => p.function.async_on_failure.clone(),
             _ => None,
         });
+        let hops = destination::hops(&job.call) + 1;
+        let dest = dest.filter(|d| {
+            let send = hops <= destination::MAX_HOPS;
+            if !send {
+                tracing::warn!(
+                    task = job.id,
+                    function = d.function,
+                    "async record not sent: {} records in a row already (a loop of destinations?)",
+                    hops - 1
+                );
+            }
+            send
+        });
         let dest_job = dest.map(|d| {
             let request_id = uuid::Uuid::new_v4().to_string();
             let body = destination::record(&d, job, state, message, last, attempts);
-            let call = destination::call(&request_id, body);
+            let call = destination::call(&request_id, body, hops);
             let task =
                 NewTask { id: request_id.clone(), function: d.function.clone(), request: Request::of(&call), submitted_ms: crate::clock::now_ms() };
             (task, call)
