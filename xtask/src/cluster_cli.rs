@@ -144,7 +144,7 @@ fn bench_functions(dir: &Path, fixture: &Path) -> Result<PathBuf> {
     let mut y = String::from("edition: 3.0.0\nresources:\n");
     for k in 0..8 {
         y += &format!(
-            "  bench-{k}:\n    props:\n      code: {}\n      memorySize: 128\n      cpu: 1\n      timeout: 10\n      instanceConcurrency: 50\n      \
+            "  bench-{k}:\n    props:\n      code: {}\n      memorySize: 1024\n      cpu: 1\n      timeout: 10\n      instanceConcurrency: 50\n      \
              customRuntimeConfig: {{command: [/code/fcsup-fixture]}}\n      fcsup: {{idleTimeout: 3600, maxInstances: 4}}\n",
             code.display()
         );
