@@ -1,7 +1,7 @@
 //! The one-machine cluster of the cluster tests: xtask's [`Cluster`] (the one `cargo xtask
 //! cluster` runs: network namespaces, etcd, nodes, HAProxy) on this build's fcsup, serving
 //! functions on the native fixture (`sleep:MS` bodies hold an instance busy).
-#![allow(dead_code, unused_imports)]
+#![allow(dead_code)]
 
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 pub use xtask::cluster::load::{Load, Sample};
 pub use xtask::cluster::{leftovers, Cluster, Spec};
 
-use crate::common::{http_tcp, privileged, Resp};
+use crate::common::{http_tcp, http_unix, privileged, Resp};
 
 /// A cluster and the files it serves.
 pub struct TestCluster {
@@ -79,4 +79,11 @@ pub fn teardown_clean(mut c: TestCluster) {
     c.teardown().unwrap_or_else(|e| panic!("{e:#}"));
     let left = leftovers(run);
     assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// Requests of `function` in flight on node `node` (its `/admin/instances`).
+pub fn in_flight(node: &xtask::cluster::Node, function: &str) -> usize {
+    let r = http_unix(&node.admin_socket, "GET", "/admin/instances", &[], b"");
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&r.body).unwrap_or_default();
+    list.iter().filter(|i| i["function"] == function).filter_map(|i| i["in_flight"].as_u64()).map(|n| usize::try_from(n).unwrap()).sum()
 }

@@ -34,13 +34,24 @@ pub struct Spec {
     pub drain_seconds: u64,
     /// HAProxy's health-check interval.
     pub check_ms: u64,
+    /// HAProxy's bounded load (`fcsup haproxy-config --hash-balance-factor`); `None`: its default.
+    pub balance_factor: Option<u32>,
     /// Extra `fcsup serve` arguments for every node.
     pub node_args: Vec<String>,
 }
 
 impl Spec {
     pub fn new(nodes: usize, fcsup: &Path, functions: &Path) -> Spec {
-        Spec { nodes, fcsup: fcsup.into(), functions: functions.into(), port: 9000, drain_seconds: 0, check_ms: 200, node_args: Vec::new() }
+        Spec {
+            nodes,
+            fcsup: fcsup.into(),
+            functions: functions.into(),
+            port: 9000,
+            drain_seconds: 0,
+            check_ms: 200,
+            balance_factor: None,
+            node_args: Vec::new(),
+        }
     }
 }
 
@@ -141,6 +152,12 @@ impl Cluster {
             });
         }
         c.start_etcd()?;
+        if c.node_mode() {
+            let out = Command::new(&c.spec.fcsup).args(["functions", "push", "--etcd", &c.etcd, "-f"]).arg(&c.spec.functions).output()?;
+            if !out.status.success() {
+                bail!("fcsup functions push failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
         for i in 0..c.spec.nodes {
             c.start_node(i)?;
         }
@@ -227,7 +244,26 @@ impl Cluster {
     fn start_haproxy(&mut self) -> Result<()> {
         let servers: Vec<(String, String)> = self.nodes.iter().map(|n| (n.name.clone(), n.addr.clone())).collect();
         let (cfg, extra) = (self.dir.join("haproxy.cfg"), self.dir.join("haproxy-stats.cfg"));
-        std::fs::write(&cfg, haproxy::interim_config(&self.front, &servers, self.spec.check_ms))?;
+        let mut gen = Command::new(&self.spec.fcsup);
+        gen.args(["haproxy-config", "--listen", &self.front, "--check-inter", &self.spec.check_ms.to_string()]);
+        for (name, addr) in &servers {
+            gen.args(["--node", &format!("{name}={addr}")]);
+        }
+        if let Some(f) = self.spec.balance_factor {
+            gen.args(["--hash-balance-factor", &f.to_string()]);
+        }
+        // TODO(front): always `fcsup haproxy-config` once it is on main.
+        let has_front = Command::new(&self.spec.fcsup).args(["haproxy-config", "--help"]).output().is_ok_and(|o| o.status.success());
+        let text = if has_front {
+            let out = gen.output()?;
+            if !out.status.success() {
+                bail!("fcsup haproxy-config failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            String::from_utf8(out.stdout)?
+        } else {
+            haproxy::interim_config(&self.front, &servers, self.spec.check_ms)
+        };
+        std::fs::write(&cfg, text)?;
         std::fs::write(&extra, haproxy::extra_config(&self.stats_socket()))?;
         let log = File::create(self.dir.join("haproxy.log"))?;
         let child = Command::new("haproxy")
@@ -261,13 +297,15 @@ impl Cluster {
         states.into_iter().find(|(n, _)| n == name).map(|(_, s)| s).with_context(|| format!("HAProxy has no server {name}"))
     }
 
-    /// Waits until HAProxy says exactly `state` of server `name`; returns when it saw it.
+    /// Waits until HAProxy says exactly `state` of server `name`; returns when it had seen it
+    /// (just after the answer that said so).
     pub fn wait_server(&mut self, name: &str, state: &str, timeout: Duration) -> Result<Instant> {
         let mut seen = Instant::now();
         self.wait(&format!("HAProxy to take {name} as {state}"), timeout, |c| {
             c.check_alive()?;
+            let now = c.server_state(name).is_ok_and(|s| s == state);
             seen = Instant::now();
-            Ok(c.server_state(name).is_ok_and(|s| s == state))
+            Ok(now)
         })?;
         Ok(seen)
     }
