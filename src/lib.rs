@@ -13,6 +13,8 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod etcd;
+pub mod front;
 pub mod hazards;
 pub mod health;
 pub mod image;

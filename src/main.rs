@@ -5,6 +5,11 @@ mod cli;
 
 use clap::Parser;
 
+/// mimalloc rather than glibc's malloc: on the proxy path every request allocates on one
+/// runtime thread and frees on another, and glibc's arena locks showed as futex waits.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     // An instance's init, re-executed to leave the supervisor's memory (see sandbox::child):
     // nothing else of fcsup starts.

@@ -151,6 +151,8 @@ pub struct Supervisor {
     pub node_name: String,
     /// What `/healthz` reports: draining, the configuration source.
     pub health: crate::health::Health,
+    /// Set in node mode: `PUT`/`DELETE /admin/functions/NAME` go to etcd ([`crate::etcd`]).
+    pub node: std::sync::OnceLock<Arc<crate::etcd::Node>>,
     /// Held while this supervisor runs: a second one with the same cgroup root is refused.
     _lock: Flock<File>,
 }
@@ -212,7 +214,9 @@ impl Supervisor {
                 tracing::warn!("removed {reaped} instance cgroup(s) left by a previous run");
             }
             let ledger_path = opts.ledger.clone();
-            let ledger = Ledger::open(ledger_path.clone()).map_err(io("cannot open the ledger", &ledger_path.unwrap_or_default()))?;
+            let ledger = Ledger::open(ledger_path.clone())
+                .map(|l| l.for_node(&opts.node_name))
+                .map_err(io("cannot open the ledger", &ledger_path.unwrap_or_default()))?;
             let log_dir = opts.log_dir.clone();
             let log_files =
                 LogFiles::new(log_dir.clone(), opts.log_rotation).map_err(io("cannot create the log directory", &log_dir.unwrap_or_default()))?;
@@ -263,6 +267,7 @@ impl Supervisor {
             admin_listener: Mutex::new(Some(admin_listener)),
             node_name: opts.node_name.clone(),
             health: crate::health::Health::default(),
+            node: std::sync::OnceLock::new(),
             _lock: lock,
         });
         for pool in sup.pools() {
@@ -309,6 +314,13 @@ impl Supervisor {
             self.retire_pool(old);
         }
         Ok(existed)
+    }
+
+    /// Removes one function (`DELETE /admin/functions/NAME`, a key deleted in etcd): its pool
+    /// drains as on a reload without it. False when there is no such function.
+    pub fn remove_function(&self, name: &str) -> bool {
+        let old = self.pools.write().expect("pools").remove(name);
+        old.map(|p| self.retire_pool(p)).is_some()
     }
 
     /// Keeps a replaced pool until its instances have stopped (shutdown waits for them).

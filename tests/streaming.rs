@@ -15,8 +15,12 @@ use base64::Engine;
 use common::*;
 
 fn props(name: &str) -> String {
+    props_with_timeout(name, 10)
+}
+
+fn props_with_timeout(name: &str, timeout: u64) -> String {
     format!(
-        "  {name}:\n    component: fc3\n    props:\n      code: {}\n      memorySize: 128\n      timeout: 10\n      customRuntimeConfig:\n        command: [/usr/bin/python3, server.py]\n",
+        "  {name}:\n    component: fc3\n    props:\n      code: {}\n      memorySize: 128\n      timeout: {timeout}\n      customRuntimeConfig:\n        command: [/usr/bin/python3, server.py]\n",
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/functions/stream").display()
     )
 }
@@ -181,5 +185,101 @@ fn lines_printed_after_the_answer_belong_to_their_request() {
         let line = f.wait_line(&format!("AFTER {id}"), |l| l.contains(&format!("AFTER {id}")), Duration::from_secs(10));
         assert!(line.contains(&format!("] {id} AFTER {id}")), "tagged with another request: {line}");
     }
+    f.stop_and_check_clean();
+}
+
+/// Reads a chunked body's raw bytes until `needle` has come.
+fn read_until(s: &mut TcpStream, raw: &mut Vec<u8>, needle: &str) {
+    let mut buf = [0u8; 4096];
+    while !raw.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "the answer ended before {needle:?}: {}", String::from_utf8_lossy(raw));
+        raw.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[test]
+fn a_chunked_request_body_reaches_the_function_piece_by_piece() {
+    let Some(mut f) = serve_if_privileged(&props("pieces")) else { return };
+    let mut s = TcpStream::connect(&f.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"POST /http/pieces/pieces HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
+    // Each piece is sent only once the function answered the one before: nothing in fcsup
+    // (or the function) can be waiting for the whole body.
+    let mut raw = Vec::new();
+    for piece in ["one", "two", "three"] {
+        s.write_all(format!("{:x}\r\n{piece}\r\n", piece.len()).as_bytes()).unwrap();
+        read_until(&mut s, &mut raw, &format!("got {piece}\n"));
+    }
+    s.write_all(b"0\r\n\r\n").unwrap();
+    s.read_to_end(&mut raw).unwrap();
+    let r = parse_response(&raw);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "got one\ngot two\ngot three\n");
+    f.stop_and_check_clean();
+}
+
+#[test]
+fn a_stream_is_cut_at_the_function_timeout() {
+    let Some(mut f) = serve_if_privileged(&props_with_timeout("cut", 2)) else { return };
+    // 100 chunks 0.1 s apart would take 10 s; the function's timeout is 2 s.
+    let mut s = TcpStream::connect(&f.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(b"GET /http/cut/chunks?n=100&gap=0.1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.contains("chunk-0"), "{text}");
+    assert!(!text.contains("chunk-99"), "the stream ran past the timeout: {text}");
+    // Cut off, not ended: no last chunk, so the client knows the answer is incomplete.
+    assert!(!text.ends_with("0\r\n\r\n"), "the cut stream looks complete: {text}");
+    let id = text.lines().find_map(|l| l.strip_prefix("x-fc-request-id: ")).expect("a request id").trim().to_string();
+    f.wait_line("the timeout's end line", |l| l.contains(&id) && l.contains("Function time out after 2 seconds"), Duration::from_secs(10));
+    // The hung instance is replaced (one request at a time), and nothing is left behind.
+    wait_for("the cut instance to go", Duration::from_secs(20), || f.instances().is_empty().then_some(()));
+    f.stop_and_check_clean();
+}
+
+#[test]
+fn a_client_that_stops_reading_does_not_hold_the_instance_past_the_timeout() {
+    let Some(mut f) = serve_if_privileged(&props_with_timeout("flood", 2)) else { return };
+    let mut s = TcpStream::connect(&f.addr).unwrap();
+    s.write_all(b"GET /http/flood/flood HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    // The client reads nothing: the socket's buffers fill and hyper stops asking for frames.
+    let line = f.wait_line("the flood to start", |l| l.contains("FLOOD "), Duration::from_secs(20));
+    let id = line.rsplit(' ').next().unwrap().trim().to_string();
+    f.wait_line("the timeout's end line", |l| l.contains(&id) && l.contains("Function time out after 2 seconds"), Duration::from_secs(20));
+    wait_for("the flooding instance to go", Duration::from_secs(20), || f.instances().is_empty().then_some(()));
+    // fcsup closed the client's connection: reading drains what was buffered, then ends.
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let ended = loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break true,
+            Ok(_) => {}
+        }
+    };
+    assert!(ended);
+    f.stop_and_check_clean();
+}
+
+#[test]
+fn a_client_leaving_mid_stream_ends_the_request() {
+    let Some(mut f) = serve_if_privileged(&props("leave")) else { return };
+    let mut s = TcpStream::connect(&f.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"GET /http/leave/chunks?n=100&gap=0.1 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    read_until(&mut s, &mut raw, "chunk-1\n");
+    let head = String::from_utf8_lossy(&raw).into_owned();
+    let header = |k: &str| head.lines().find_map(|l| l.strip_prefix(k)).expect(k).trim().to_string();
+    let (id, instance) = (header("x-fc-request-id: "), header("x-fc-instance-id: "));
+    drop(s);
+    // FC's 499: the request ends there (its window closes), and an instance serving one
+    // request at a time is replaced (a fresh one starts) rather than left mid-answer.
+    f.wait_line("the cancel line", |l| l.contains(&id) && l.contains("Invocation canceled by client"), Duration::from_secs(10));
+    wait_for("the instance to go", Duration::from_secs(20), || f.instances().iter().all(|i| i["id"] != instance.as_str()).then_some(()));
+    let w = ledger_window(&f, &id);
+    assert!(w["wall_us"].as_u64().unwrap() < 9_000_000, "the window ran on as if the whole stream had been sent: {w}");
     f.stop_and_check_clean();
 }

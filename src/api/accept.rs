@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
+use hyper::header::HeaderValue;
 use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -20,6 +21,14 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::{Door, FrontDoor};
 use crate::supervisor::Supervisor;
+
+/// How long a connection that is closing may take to write out what is left of its answers
+/// once none is in flight (a client that does not read must not hold it open).
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
+/// Closes a connection at once when notified: the function's timeout cut its streamed answer.
+#[derive(Debug, Clone)]
+pub struct CloseConnection(pub Arc<tokio::sync::Notify>);
 
 /// First pause after a failed accept; doubled per further failure up to [`BACKOFF_MAX`].
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
@@ -79,6 +88,8 @@ pub(super) async fn run<A: Acceptor>(listener: A, sup: Arc<Supervisor>, fd: Arc<
     let slots = Arc::new(Semaphore::new(fd.limits.max_connections.max(1)));
     let mut backoff = Backoff::default();
     let mut cap_logged: Option<Instant> = None;
+    // Warns once when the name cannot be a header value.
+    let _ = super::health::node_header(&sup.node_name);
     loop {
         let slot = match slots.clone().try_acquire_owned() {
             Ok(s) => s,
@@ -126,8 +137,9 @@ struct Activity {
     idle_since: Mutex<Instant>,
 }
 
-/// Marks one request in flight until dropped (also when the client hangs up mid-request).
-struct InFlight(Arc<Activity>);
+/// Marks one request in flight until dropped (also when the client hangs up mid-request); a
+/// streamed answer keeps it until its end.
+pub(super) struct InFlight(Arc<Activity>);
 
 impl InFlight {
     fn new(a: &Arc<Activity>) -> InFlight {
@@ -175,16 +187,27 @@ async fn connection<Io>(
     Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity { served: AtomicBool::new(false), in_flight: AtomicUsize::new(0), idle_since: Mutex::new(Instant::now()) });
+    let close = Arc::new(tokio::sync::Notify::new());
+    // Built once per connection, cloned (a reference count) per response.
+    let node = HeaderValue::from_str(&sup.node_name).ok();
     let svc = {
-        let (activity, fd) = (activity.clone(), fd.clone());
+        let (activity, fd, close) = (activity.clone(), fd.clone(), close.clone());
         hyper::service::service_fn(move |mut req: Request<Incoming>| {
             if let Some(ip) = peer {
                 req.extensions_mut().insert(super::client::Peer(ip));
             }
-            let (sup, fd, guard) = (sup.clone(), fd.clone(), InFlight::new(&activity));
+            req.extensions_mut().insert(CloseConnection(close.clone()));
+            let (sup, fd, guard, node) = (sup.clone(), fd.clone(), InFlight::new(&activity), node.clone());
             async move {
-                let resp = super::handle(&sup, &fd, door, req).await;
-                drop(guard);
+                let front = super::health::from_front(req.headers());
+                let mut resp = super::handle(&sup, &fd, door, req).await;
+                super::health::finish(&mut resp, node.as_ref(), front, &sup.health);
+                // A streamed answer is in flight until its end (the idle timer must not close
+                // the connection under it).
+                match resp.body_mut() {
+                    super::invoke::Body::Stream(s) => s.keep_until_over(Box::new(guard)),
+                    super::invoke::Body::Full(_) => drop(guard),
+                }
                 Ok::<_, Infallible>(resp)
             }
         })
@@ -203,8 +226,15 @@ async fn connection<Io>(
         _ = conn.as_mut() => return,
         _ = idle_for(&activity, limits.idle_timeout, limits.header_read_timeout) => {}
         _ = stop.wait_for(|s| *s) => {}
+        // Dropping the connection closes the socket.
+        () = close.notified() => return,
     }
-    // An idle connection closes at once; one with a request in flight finishes it first.
+    // An idle connection closes at once; one with a request in flight finishes it first (each
+    // is bounded by its function's timeout), then what is left to write gets CLOSE_GRACE.
     conn.as_mut().graceful_shutdown();
-    let _ = conn.await;
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = close.notified() => {}
+        () = idle_for(&activity, CLOSE_GRACE, CLOSE_GRACE) => {}
+    }
 }

@@ -46,6 +46,13 @@ pub async fn route(sup: &Arc<Supervisor>, req: Request<Incoming>, request_id: &s
             let name = name.to_string();
             put_function(sup, req, &name, request_id).await
         }
+        (&Method::DELETE, ["functions", name]) => match sup.node.get() {
+            Some(node) => crate::etcd::admin::delete(node, name, request_id).await,
+            // File mode: until the next reload, as PUT.
+            None if sup.remove_function(name) => json(&serde_json::json!({ "functionName": name, "removed": true })),
+            None => not_found(name, request_id),
+        },
+        (&Method::GET, ["source"]) => json(&sup.health.source()),
         _ => return None,
     })
 }
@@ -74,6 +81,9 @@ async fn put_function(sup: &Arc<Supervisor>, req: Request<Incoming>, name: &str,
         Ok(f) => f,
         Err(e) => return fc_error(StatusCode::BAD_REQUEST, "InvalidArgument", &e.to_string(), request_id),
     };
+    if let Some(node) = sup.node.get() {
+        return crate::etcd::admin::put(node, name, &text, &sup.config_base, request_id).await;
+    }
     match sup.set_function(f).await {
         Ok(existed) => {
             let status = if existed { StatusCode::OK } else { StatusCode::CREATED };

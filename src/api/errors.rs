@@ -10,12 +10,17 @@ use super::Resp;
 /// A platform error, e.g. 404 `FunctionNotFound`, 429 `ResourceExhausted`.
 pub fn fc_error(status: StatusCode, code: &str, message: &str, request_id: &str) -> Resp {
     let body = serde_json::json!({ "Code": code, "Message": message, "RequestId": request_id });
-    Response::builder()
+    let mut r = Response::builder()
         .status(status)
         .header("content-type", "application/json")
         .header("x-fc-request-id", request_id)
         .body(Full::new(Bytes::from(body.to_string())).into())
-        .expect("response")
+        .expect("response");
+    if code == "ResourceExhausted" {
+        // Full: a front may send it to another node (`health.rs`).
+        r.extensions_mut().insert(super::health::Exhausted);
+    }
+    r
 }
 
 /// A function error: HTTP 200 with `x-fc-error-type`.

@@ -92,6 +92,7 @@ pub async fn invoke(
 ) -> Resp {
     let http_trigger = trigger.is_some();
     let arrived = std::time::Instant::now();
+    let close = req.extensions_mut().remove::<super::accept::CloseConnection>();
     let Some(pool) = sup.pool(&name) else { return not_found(&name, &request_id) };
     let header = |k: &str| req.headers().get(k).map(|v| v.to_str().unwrap_or(""));
     let tail = header("x-fc-log-type").is_some_and(|v| v.eq_ignore_ascii_case("tail"));
@@ -186,6 +187,9 @@ pub async fn invoke(
         tracing::info!(function = %name, request_id, "client closed the request (499)");
     }
     let mut resp = respond(d, outcome, http_trigger, tail, &request_id, pool.function.memory_mb);
+    if let (Body::Stream(s), Some(c)) = (resp.body_mut(), close) {
+        s.close_on_timeout(c.0);
+    }
     if let Ok(v) = HeaderValue::from_str(&pool.function.code_checksum) {
         resp.headers_mut().insert("x-fc-code-checksum", v);
     }

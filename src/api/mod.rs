@@ -6,6 +6,7 @@ mod admin;
 mod body;
 mod client;
 mod errors;
+mod health;
 mod invoke;
 mod limits;
 
@@ -68,6 +69,9 @@ fn header_bytes(req: &Request<Incoming>) -> usize {
 
 /// Routes one request.
 pub async fn handle(sup: &Arc<Supervisor>, fd: &FrontDoor, door: Door, mut req: Request<Incoming>) -> Resp {
+    if req.uri().path() == "/healthz" && req.method() == Method::GET {
+        return health::healthz(sup);
+    }
     let request_id = req
         .headers()
         .get("x-fc-request-id")

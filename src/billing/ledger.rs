@@ -34,6 +34,8 @@ pub struct Ledger {
     dirty: Arc<AtomicBool>,
     /// Serialises writers so lines never interleave.
     write: Mutex<()>,
+    /// The node name written into each new record.
+    node: Option<String>,
 }
 
 impl Default for Ledger {
@@ -86,6 +88,7 @@ impl Ledger {
             path: None,
             dirty: Arc::default(),
             write: Mutex::default(),
+            node: None,
         }
     }
 
@@ -126,8 +129,27 @@ impl Ledger {
         Ok(Ledger { records: Mutex::new(window), file: Some(Arc::new(file)), path: Some(path), ..Ledger::in_memory(cap) })
     }
 
-    /// Appends one record.
-    pub fn record(&self, r: WindowRecord) {
+    /// The same ledger, writing `node` into each new record (`--node-name`).
+    #[must_use]
+    pub fn for_node(mut self, node: &str) -> Self {
+        self.node = Some(node.to_string());
+        self
+    }
+
+    /// The node name written into new records, if set.
+    pub fn node(&self) -> Option<&str> {
+        self.node.as_deref()
+    }
+
+    /// Appends one record, giving it its identity and this ledger's node name (unless it has
+    /// them already).
+    pub fn record(&self, mut r: WindowRecord) {
+        if r.id.is_none() {
+            r.id = Some(uuid::Uuid::new_v4().simple().to_string());
+        }
+        if r.node.is_none() {
+            r.node.clone_from(&self.node);
+        }
         if let Some(f) = &self.file {
             if let Ok(mut line) = serde_json::to_vec(&r) {
                 line.push(b'\n');
@@ -247,5 +269,19 @@ mod tests {
         }
         let got = ledger.query(None, None, None);
         assert_eq!((got.len(), got[0].start_ms), (10, 15));
+    }
+
+    #[test]
+    fn each_record_gets_an_id_and_the_node_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.jsonl");
+        let ledger = Ledger::open(Some(path.clone())).unwrap().for_node("n1");
+        for r in records(2) {
+            ledger.record(r);
+        }
+        drop(ledger);
+        let got = Ledger::open(Some(path)).unwrap().query(None, None, None);
+        assert!(got.iter().all(|r| r.node.as_deref() == Some("n1")), "{got:?}");
+        assert!(got[0].id.as_ref().is_some_and(|i| i.len() == 32) && got[0].id != got[1].id, "{got:?}");
     }
 }

@@ -143,6 +143,15 @@ pub struct WindowRecord {
     /// `cu.total` at the tier-1 price, USD.
     #[serde(default)]
     pub cost_usd: f64,
+    /// The node whose fcsup made the record (`--node-name`), so bills merged from several
+    /// nodes can be split by node; absent in records written before nodes were named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The record's own identity, random, given by the ledger that first writes it: the same
+    /// record reached twice (one ledger file given twice, a node asked twice) is billed once.
+    /// Absent in older records (those are told apart by their content, see [`report::merge`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 impl WindowRecord {
@@ -192,6 +201,8 @@ impl WindowRecord {
             measured_cpu_cu: price::measured_cpu_cu(usage.cpu.usage_usec),
             cost_usd: price::usd(cu.total),
             cu,
+            node: None,
+            id: None,
         }
     }
 }

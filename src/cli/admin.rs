@@ -21,7 +21,7 @@ pub struct AdminArgs {
     url: Option<String>,
     /// The bearer token file for --url.
     #[arg(long)]
-    admin_token_file: Option<PathBuf>,
+    pub(super) admin_token_file: Option<PathBuf>,
 }
 
 impl AdminArgs {

@@ -6,6 +6,8 @@ mod admin;
 mod bench;
 mod check;
 mod demo;
+mod functions;
+mod haproxy;
 mod image;
 mod invoke;
 mod ps;
@@ -47,14 +49,21 @@ enum Command {
     Watchdog(watchdog::Args),
     /// Probe the host: cgroup mode, freezer, namespaces, capabilities, GPU.
     Check(check::Args),
+    /// Functions in etcd for node mode (`serve --etcd`): push a file's functions.
+    Functions(functions::Args),
     /// Pull, list and remove the container images custom-container functions start from.
     Image(image::Args),
+    /// Print an HAProxy 2.6 configuration that fronts several `fcsup serve` nodes.
+    HaproxyConfig(haproxy::Args),
 }
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     if let Command::Watchdog(args) = &cli.command {
         return watchdog::run(args);
+    }
+    if let Command::HaproxyConfig(args) = &cli.command {
+        return haproxy::run(args);
     }
     // The bench's table is its output; the supervisor's per-instance lines would bury it.
     let default_log = if matches!(cli.command, Command::Bench(_) | Command::BenchWorker(_)) { "fcsup=warn" } else { "fcsup=info" };
@@ -87,7 +96,8 @@ pub fn run(cli: Cli) -> Result<()> {
             Command::BenchWorker(args) => bench::worker(args),
             Command::Check(args) => check::run(args).await,
             Command::Image(args) => image::run(args).await,
-            Command::Watchdog(_) => unreachable!("handled before the runtime starts"),
+            Command::Functions(args) => functions::run(args).await,
+            Command::Watchdog(_) | Command::HaproxyConfig(_) => unreachable!("handled before the runtime starts"),
         }
     })
 }
@@ -129,5 +139,7 @@ mod tests {
         assert!(Cli::try_parse_from(["fcsup", "serve", "--log-max-bytes", "1K"]).is_err(), "too small to hold 4 lines");
         assert!(Cli::try_parse_from(["fcsup", "ps", "--url", "h:1"]).is_err(), "--url needs --admin-token-file");
         assert!(matches!(Cli::try_parse_from(["fcsup", "watchdog", "/sys/fs/cgroup/fcsup"]).unwrap().command, Command::Watchdog(_)));
+        assert!(Cli::try_parse_from(["fcsup", "serve", "-f", "s.yaml", "--etcd", "http://127.0.0.1:2379"]).is_err(), "a file or etcd, not both");
+        assert!(Cli::try_parse_from(["fcsup", "functions", "push", "-f", "s.yaml"]).is_err(), "push needs --etcd");
     }
 }

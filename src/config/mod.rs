@@ -602,6 +602,9 @@ pub struct Config {
     pub global: GlobalExt,
     /// The file's directory: relative `code` paths resolve against it.
     pub base: PathBuf,
+    /// Each function's `props` as resolved (variables, FC 2.0 → 3.0, text as written), by
+    /// name: what `fcsup functions push` writes to etcd.
+    pub props: BTreeMap<String, Value>,
 }
 
 impl Config {
@@ -719,7 +722,10 @@ impl Config {
         let written = env_as_written(text);
         let cache = global.code_cache.as_ref().map_or_else(|| PathBuf::from(package::DEFAULT_DIR), |c| base.join(c));
         let mut functions = Vec::new();
-        for (key, value, is_fc2) in entries {
+        let mut resolved = BTreeMap::new();
+        for (key, mut value, is_fc2) in entries {
+            as_written(&mut value, written.get(&key));
+            let raw = value.clone();
             let fc2_key = |k: &str| match (k, is_fc2) {
                 ("", _) => key.clone(),
                 (k, true) => format!("{key}.{}", fc2::key_in_fc2(k)),
@@ -732,10 +738,11 @@ impl Config {
             if functions.iter().any(|g: &Function| g.name == f.name) {
                 return Err(invalid(fc2_key("functionName"), format!("function {:?} is defined twice", f.name)));
             }
+            resolved.insert(f.name.clone(), raw);
             functions.push(f);
         }
         validate::destinations_exist(&functions).map_err(|(key, message)| ConfigError::Invalid { path: path.to_path_buf(), key, message })?;
-        Ok(Config { functions, global, base: base.to_path_buf() })
+        Ok(Config { functions, global, base: base.to_path_buf(), props: resolved })
     }
 
     /// Parses one function's `props` (YAML or JSON) for `PUT /admin/functions/{name}`; relative
@@ -859,6 +866,20 @@ fn env_as_written(text: &str) -> BTreeMap<String, Written> {
 
 /// `value` as a `T`; on error, the dotted key below `at` and the message.
 fn typed<T: serde::de::DeserializeOwned>(mut value: Value, at: &str, written: Option<&Written>) -> Result<T, (String, String)> {
+    as_written(&mut value, written);
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let inner = e.path().to_string();
+        let key = match (at.is_empty(), inner == ".") {
+            (true, _) => inner,
+            (false, true) => at.to_string(),
+            (false, false) => format!("{at}.{inner}"),
+        };
+        (key, e.into_inner().to_string())
+    })
+}
+
+/// What is text to the process (environment, command lines) made text, as written in the file.
+fn as_written(value: &mut Value, written: Option<&Written>) {
     // YAML writes `PORT: 9000`, `VERSION: 1.10` or `args: [--port, 9000]` for what is text to
     // the process: the text as written, unless a variable made the value.
     let text = |v: &mut Value, raw: Option<&String>| {
@@ -892,15 +913,6 @@ fn typed<T: serde::de::DeserializeOwned>(mut value: Value, at: &str, written: Op
             }
         }
     }
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let inner = e.path().to_string();
-        let key = match (at.is_empty(), inner == ".") {
-            (true, _) => inner,
-            (false, true) => at.to_string(),
-            (false, false) => format!("{at}.{inner}"),
-        };
-        (key, e.into_inner().to_string())
-    })
 }
 
 /// A `code` package (`.zip`, `.jar`) replaced by the directory it unpacks to under `cache`.

@@ -167,13 +167,7 @@ impl<K: Kernel> Instance<K> {
                 (reply.status, reply.headers) = (status, headers);
                 let trailer = call.want_log && accepts_trailers(&call.headers);
                 let deadline = tokio::time::Instant::from_std(started + self.function.timeout);
-                reply.stream = Some(Streamed {
-                    body,
-                    deadline: Box::pin(tokio::time::sleep_until(deadline)),
-                    hold: Some(Box::new(hold(Some(conn)))),
-                    trailer: None,
-                    want_trailer: trailer,
-                });
+                reply.stream = Some(Streamed::new(body, deadline, Box::new(hold(Some(conn))), trailer));
             }
             Proxied::Upgraded { headers, upstream } => {
                 (reply.status, reply.headers) = (StatusCode::SWITCHING_PROTOCOLS, headers);
@@ -538,23 +532,88 @@ impl<K: Kernel> Finish for Hold<K> {
 /// the next frame only once the client took this one, so nothing piles up in fcsup). It holds
 /// the request's slot until the function's last byte, the function's timeout (counted from the
 /// request's start: it covers the whole exchange), or the client going away.
+///
+/// The timeout is kept by a watchdog task, not by `poll_frame` alone: a client that stops
+/// reading leaves hyper blocked on its socket, never asking for the next frame, and must not
+/// keep the instance thawed and billed past the timeout. The watchdog ends the exchange and
+/// closes the client's connection ([`Streamed::close_on_timeout`]).
 pub struct Streamed {
     body: Incoming,
-    deadline: Pin<Box<tokio::time::Sleep>>,
-    hold: Option<Box<dyn Finish>>,
+    shared: Arc<std::sync::Mutex<StreamShared>>,
+    deadline: tokio::time::Instant,
+    /// Started once the answer outlives its first frame (most answers end there).
+    watchdog: Option<tokio::task::JoinHandle<()>>,
     trailer: Option<TrailerFuture>,
     want_trailer: bool,
+    /// Dropped with the answer (the front door's in-flight mark).
+    keep: Option<Box<dyn Send + Sync>>,
+}
+
+/// What the body and its watchdog share.
+#[derive(Default)]
+struct StreamShared {
+    hold: Option<Box<dyn Finish>>,
+    timed_out: bool,
+    /// The task polling the body while it waits on the instance.
+    waker: Option<std::task::Waker>,
+    /// Closes the client's connection.
+    close: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl std::fmt::Debug for Streamed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Streamed").field("open", &self.hold.is_some()).finish()
+        f.debug_struct("Streamed").field("open", &self.shared.lock().expect("stream").hold.is_some()).finish()
     }
 }
 
 impl Streamed {
+    fn new(body: Incoming, deadline: tokio::time::Instant, hold: Box<dyn Finish>, want_trailer: bool) -> Self {
+        let shared = StreamShared { hold: Some(hold), ..StreamShared::default() };
+        Streamed { body, shared: Arc::new(std::sync::Mutex::new(shared)), deadline, watchdog: None, trailer: None, want_trailer, keep: None }
+    }
+
+    /// When the function's timeout ends the answer, `close` is notified so that the client's
+    /// connection closes (the client sees the answer cut off, as from FC).
+    pub fn close_on_timeout(&mut self, close: Arc<tokio::sync::Notify>) {
+        self.shared.lock().expect("stream").close = Some(close);
+    }
+
+    /// Keeps `v` until the answer is over.
+    pub fn keep_until_over(&mut self, v: Box<dyn Send + Sync>) {
+        self.keep = Some(v);
+    }
+
     fn end(&mut self, end: End) -> Option<TrailerFuture> {
-        self.hold.take().and_then(|mut h| h.finish(end))
+        if let Some(w) = self.watchdog.take() {
+            w.abort();
+        }
+        let hold = self.shared.lock().expect("stream").hold.take();
+        hold.and_then(|mut h| h.finish(end))
+    }
+
+    /// Starts the watchdog that ends the exchange at the deadline, whoever polls.
+    fn watch(&mut self) {
+        if self.watchdog.is_some() {
+            return;
+        }
+        let (shared, deadline) = (self.shared.clone(), self.deadline);
+        self.watchdog = Some(tokio::spawn(async move {
+            tokio::time::sleep_until(deadline).await;
+            let (hold, waker, close) = {
+                let mut s = shared.lock().expect("stream");
+                let Some(hold) = s.hold.take() else { return };
+                s.timed_out = true;
+                (hold, s.waker.take(), s.close.clone())
+            };
+            let mut hold = hold;
+            hold.finish(End::TimedOut);
+            if let Some(w) = waker {
+                w.wake();
+            }
+            if let Some(c) = close {
+                c.notify_one();
+            }
+        }));
     }
 }
 
@@ -569,19 +628,35 @@ impl Body for Streamed {
             this.trailer = None;
             return Poll::Ready(h.map(|h| Ok(Frame::trailers(h))));
         }
-        if this.hold.is_none() {
-            return Poll::Ready(None);
+        {
+            let s = this.shared.lock().expect("stream");
+            if s.timed_out {
+                return Poll::Ready(Some(Err("the function timed out while streaming its answer".into())));
+            }
+            if s.hold.is_none() {
+                return Poll::Ready(None);
+            }
         }
-        if this.deadline.as_mut().poll(cx).is_ready() {
+        if tokio::time::Instant::now() >= this.deadline {
             this.end(End::TimedOut);
+            this.shared.lock().expect("stream").timed_out = true;
             return Poll::Ready(Some(Err("the function timed out while streaming its answer".into())));
         }
         match Pin::new(&mut this.body).poll_frame(cx) {
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                this.watch();
+                let mut s = this.shared.lock().expect("stream");
+                if !s.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    s.waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
             Poll::Ready(Some(Ok(f))) => {
                 // hyper stops asking once a declared length was sent: the end is now.
                 if this.body.is_end_stream() {
                     this.end(End::Complete);
+                } else {
+                    this.watch();
                 }
                 Poll::Ready(Some(Ok(f)))
             }
@@ -603,7 +678,8 @@ impl Body for Streamed {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.hold.is_none() && self.trailer.is_none()
+        let s = self.shared.lock().expect("stream");
+        self.trailer.is_none() && s.hold.is_none() && !s.timed_out
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -33,9 +33,10 @@ pub struct Reporting {
 }
 
 impl Reporting {
-    /// Reports to `ledger`, with fresh metrics and samples.
+    /// Reports to `ledger`, with fresh metrics (labelled with the ledger's node) and samples.
     pub fn new(ledger: Arc<Ledger>) -> Self {
-        Reporting { ledger, metrics: Metrics::default(), samples: Samples::default(), hazards: crate::hazards::Totals::default() }
+        let metrics = ledger.node().map_or_else(Metrics::default, Metrics::for_node);
+        Reporting { ledger, metrics, samples: Samples::default(), hazards: crate::hazards::Totals::default() }
     }
 
     /// The billing ledger.

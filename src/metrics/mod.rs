@@ -1,6 +1,8 @@
 //! `GET /metrics` in Prometheus' text format: invocations and their outcomes, cold starts,
 //! freeze and thaw latency, CPU and billed time per function and phase, instances by state.
 //! Counters are updated where things happen; instance gauges are taken at scrape time.
+//! A serving fcsup labels every series with `node="<--node-name>"`, so one Prometheus
+//! scraping several nodes keeps their series apart.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -85,8 +87,19 @@ pub struct Metrics {
 }
 
 impl Default for Metrics {
+    /// Metrics without a node label.
     fn default() -> Self {
-        let mut r = Registry::with_prefix("fcsup");
+        Metrics::with_registry(Registry::with_prefix("fcsup"))
+    }
+}
+
+impl Metrics {
+    /// Metrics whose every series carries `node="<node>"` (escaped by the encoder).
+    pub fn for_node(node: &str) -> Self {
+        Metrics::with_registry(Registry::with_prefix_and_labels("fcsup", std::iter::once(("node".into(), node.to_string().into()))))
+    }
+
+    fn with_registry(mut r: Registry) -> Self {
         let invocations = Family::<OutcomeLabels, Counter>::default();
         let cold_starts = Family::<FunctionLabel, Counter>::default();
         let cold_start_seconds = Family::<FunctionLabel, Histogram, fn() -> Histogram>::new_with_constructor(start_latency);
@@ -126,9 +139,6 @@ impl Default for Metrics {
             freeze_hazards,
         }
     }
-}
-
-impl Metrics {
     /// One answered invocation.
     pub fn invocation(&self, function: &str, outcome: &str) {
         self.invocations.get_or_create(&OutcomeLabels { function: function.into(), outcome: outcome.into() }).inc();
@@ -216,5 +226,23 @@ impl Samples {
     /// Takes the samples of `kind` kept so far.
     pub fn take(&self, kind: &'static str) -> Vec<Duration> {
         self.data.lock().expect("samples").remove(kind).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_series_carries_the_node_label_when_given() {
+        let m = Metrics::for_node("n\"1");
+        m.invocation("f", "success");
+        m.cold_start("f", Duration::from_millis(3));
+        let text = m.render([("f".to_string(), "frozen".to_string())]);
+        let series: Vec<&str> = text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).collect();
+        assert!(series.len() > 5, "{text}");
+        assert!(series.iter().all(|l| l.contains(r#"node="n\"1""#)), "{text}");
+        let plain = Metrics::default().render([("f".to_string(), "frozen".to_string())]);
+        assert!(!plain.contains("node="), "{plain}");
     }
 }

@@ -5,7 +5,10 @@ GET /after             sends its answer but for the last byte, prints `AFTER <re
                        then sends the last byte: fcsup's reader may see the line after the
                        answer (as with FC's Node.js template printing `FC Invoke End` around
                        `res.send`);
+GET /flood             64 KiB chunks without end, until the connection breaks;
 POST /echo             the request body back, read in pieces as it arrives;
+POST /pieces           a chunked request body answered piece by piece as each arrives
+                       (`got <piece>` per piece, streamed): a conversation over one exchange;
 GET /ws                a WebSocket that echoes text messages."""
 import base64
 import hashlib
@@ -61,12 +64,31 @@ class Handler(BaseHTTPRequestHandler):
             print(f"AFTER {rid}", flush=True)
             self.wfile.write(body[-1:])
             self.wfile.flush()
+        elif url.path == "/flood":
+            self.head("application/octet-stream")
+            print(f"FLOOD {rid}", flush=True)
+            try:
+                while True:
+                    self.chunk(b"x" * 65536)
+            except OSError:
+                pass
         elif url.path == "/ws":
             self.websocket()
         else:
             self.send_error(404)
 
     def do_POST(self):
+        if self.path == "/pieces":
+            self.head("text/plain")
+            while True:
+                size = int(self.rfile.readline().strip() or b"0", 16)
+                piece = self.rfile.read(size) if size else b""
+                self.rfile.readline()
+                if not size:
+                    break
+                self.chunk(b"got " + piece + b"\n")
+            self.chunk(b"")
+            return
         n = int(self.headers.get("content-length", 0))
         got = b""
         while len(got) < n:
