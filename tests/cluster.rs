@@ -31,10 +31,11 @@ fn a_cluster_that_fails_to_start_leaves_nothing() {
     if !common::privileged() {
         return;
     }
-    // An "fcsup" that exits at once: the first node never answers.
+    // An "fcsup" whose `functions push` works but whose nodes exit at once: the cluster is
+    // half made (namespaces, etcd) when the first node fails.
     let dir = tempfile::tempdir().unwrap();
     let fake = dir.path().join("fcsup");
-    std::fs::write(&fake, "#!/bin/sh\nexit 3\n").unwrap();
+    std::fs::write(&fake, "#!/bin/sh\n[ \"$1\" = functions ] && exit 0\nexit 3\n").unwrap();
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let yaml = dir.path().join("s.yaml");
     std::fs::write(&yaml, "edition: 3.0.0\nresources: {}\n").unwrap();
@@ -137,7 +138,8 @@ fn killing_a_node_moves_only_its_functions_and_fails_no_request_after_it_is_mark
         failed_after.len()
     );
     assert!(failed_after.is_empty(), "requests sent after HAProxy marked {victim_name} down failed: {failed_after:?}");
-    for s in samples.iter().filter(|s| s.start < killed) {
+    // (One in flight on the killed node when it died is retried by HAProxy on another.)
+    for s in samples.iter().filter(|s| s.end < killed) {
         assert_eq!(s.node, home[&function(s)], "before the kill, {} was served off its home node", function(s));
     }
     let after: Vec<&Sample> = samples.iter().filter(|s| s.start > down).collect();

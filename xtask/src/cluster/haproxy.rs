@@ -1,5 +1,5 @@
-//! HAProxy in front of the nodes: its configuration, and its state read from the stats
-//! socket (which servers it takes as up), the moment tests count failures from.
+//! HAProxy in front of the nodes (configured by `fcsup haproxy-config`), and its state read
+//! from the stats socket: which servers it takes as up, the moment tests count failures from.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -12,22 +12,6 @@ use anyhow::{Context, Result};
 /// it: the stats socket the cluster and its tests read server states from.
 pub fn extra_config(socket: &Path) -> String {
     format!("global\n    stats socket {} mode 600 level admin\n", socket.display())
-}
-
-/// TODO(front): replaced by `fcsup haproxy-config` once it exists; the minimum the cluster
-/// needs meanwhile: hashing by function name, health checks, retries on another node.
-pub fn interim_config(listen: &str, nodes: &[(String, String)], check_ms: u64) -> String {
-    let mut c = format!(
-        "global\n    maxconn 4000\ndefaults\n    mode http\n    timeout connect 2s\n    timeout client 60s\n    timeout server 60s\n    timeout check 1s\n    \
-         retries 3\n    option redispatch 1\n    retry-on conn-failure empty-response 425\n\
-         frontend fcsup\n    bind {listen}\n    default_backend fcsup-nodes\n\
-         backend fcsup-nodes\n    balance uri depth 4\n    hash-type consistent\n    option httpchk GET /metrics\n    \
-         default-server check inter {check_ms}ms fall 2 rise 2\n"
-    );
-    for (name, addr) in nodes {
-        c += &format!("    server {name} {addr}\n");
-    }
-    c
 }
 
 /// `show stat` on the stats socket: (server name, status) of every server of every backend.

@@ -26,7 +26,7 @@ pub struct Spec {
     pub nodes: usize,
     /// The fcsup binary (`fcsup-init` must lie next to it).
     pub fcsup: PathBuf,
-    /// An s.yaml whose functions every node serves.
+    /// An s.yaml whose functions are pushed to etcd, for every node to serve.
     pub functions: PathBuf,
     /// HAProxy's port on the host's bridge address.
     pub port: u16,
@@ -152,11 +152,10 @@ impl Cluster {
             });
         }
         c.start_etcd()?;
-        if c.node_mode() {
-            let out = Command::new(&c.spec.fcsup).args(["functions", "push", "--etcd", &c.etcd, "-f"]).arg(&c.spec.functions).output()?;
-            if !out.status.success() {
-                bail!("fcsup functions push failed: {}", String::from_utf8_lossy(&out.stderr));
-            }
+        // Node mode: the functions live in etcd, the nodes read them from there.
+        let out = Command::new(&c.spec.fcsup).args(["functions", "push", "--etcd", &c.etcd, "-f"]).arg(&c.spec.functions).output()?;
+        if !out.status.success() {
+            bail!("fcsup functions push failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         for i in 0..c.spec.nodes {
             c.start_node(i)?;
@@ -189,12 +188,6 @@ impl Cluster {
         })
     }
 
-    /// Whether this fcsup has node mode (`--etcd`).
-    // TODO(etcd): always, once node mode is on main.
-    fn node_mode(&self) -> bool {
-        Command::new(&self.spec.fcsup).args(["serve", "--help"]).output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--etcd"))
-    }
-
     /// Starts node `i` (again, after [`Cluster::kill_node`] or [`Cluster::stop_node`]) and
     /// waits until it answers.
     pub fn start_node(&mut self, i: usize) -> Result<()> {
@@ -203,12 +196,7 @@ impl Cluster {
         let mut cmd = Command::new("nsenter");
         // setns(CLONE_NEWNET) only: unlike `ip netns exec` it does not remount /sys, so fcsup
         // finds the host's cgroup2 mount as it would outside.
-        cmd.arg(format!("--net=/run/netns/{}", node.netns)).arg("--").arg(&self.spec.fcsup).arg("serve");
-        if self.node_mode() {
-            cmd.args(["--etcd", &self.etcd]);
-        } else {
-            cmd.arg("-f").arg(&self.spec.functions);
-        }
+        cmd.arg(format!("--net=/run/netns/{}", node.netns)).arg("--").arg(&self.spec.fcsup).args(["serve", "--etcd", &self.etcd]);
         cmd.args(["--node-name", &node.name, "--cgroup-root", &node.cgroup_root, "--listen", &node.addr])
             .arg("--ledger")
             .arg(node.dir.join("ledger.jsonl"))
@@ -232,11 +220,11 @@ impl Cluster {
         self.wait_node_ready(i)
     }
 
-    /// Waits until node `i` answers on its port and its admin socket.
+    /// Waits until node `i` takes requests (`/healthz` 200) and answers on its admin socket.
     pub fn wait_node_ready(&mut self, i: usize) -> Result<()> {
         let (addr, sock, name) = (self.nodes[i].addr.clone(), self.nodes[i].admin_socket.clone(), self.nodes[i].name.clone());
         self.wait(&format!("{name} to answer"), Duration::from_secs(60), |c| {
-            let ok = get(&addr, "/metrics").is_some_and(|(s, _)| s == 200) && std::os::unix::net::UnixStream::connect(&sock).is_ok();
+            let ok = get(&addr, "/healthz").is_some_and(|(s, _)| s == 200) && std::os::unix::net::UnixStream::connect(&sock).is_ok();
             c.check_alive().map(|()| ok)
         })
     }
@@ -252,18 +240,11 @@ impl Cluster {
         if let Some(f) = self.spec.balance_factor {
             gen.args(["--hash-balance-factor", &f.to_string()]);
         }
-        // TODO(front): always `fcsup haproxy-config` once it is on main.
-        let has_front = Command::new(&self.spec.fcsup).args(["haproxy-config", "--help"]).output().is_ok_and(|o| o.status.success());
-        let text = if has_front {
-            let out = gen.output()?;
-            if !out.status.success() {
-                bail!("fcsup haproxy-config failed: {}", String::from_utf8_lossy(&out.stderr));
-            }
-            String::from_utf8(out.stdout)?
-        } else {
-            haproxy::interim_config(&self.front, &servers, self.spec.check_ms)
-        };
-        std::fs::write(&cfg, text)?;
+        let out = gen.output()?;
+        if !out.status.success() {
+            bail!("fcsup haproxy-config failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::fs::write(&cfg, out.stdout)?;
         std::fs::write(&extra, haproxy::extra_config(&self.stats_socket()))?;
         let log = File::create(self.dir.join("haproxy.log"))?;
         let child = Command::new("haproxy")
