@@ -130,11 +130,13 @@ fn print_cluster(c: &Cluster) {
     let nodes: Vec<_> = c
         .nodes
         .iter()
-        .map(|n| serde_json::json!({"name": n.name, "addr": n.addr, "netns": n.netns, "cgroup_root": n.cgroup_root, "admin_socket": n.admin_socket}))
+        .map(|n| serde_json::json!({"name": n.name, "addr": n.addr, "pid": n.pid(), "netns": n.netns, "cgroup_root": n.cgroup_root, "admin_socket": n.admin_socket}))
         .collect();
     // One line for scripts.
     println!("FCSUP_CLUSTER {}", serde_json::json!({"front": c.front, "etcd": c.etcd, "dir": c.dir, "nodes": nodes}));
 }
+
+const BENCH_FUNCTIONS: usize = 8;
 
 /// The bench's functions: the native fixture (`fcsup-fixture`, answers at once).
 fn bench_functions(dir: &Path, fixture: &Path) -> Result<PathBuf> {
@@ -142,7 +144,7 @@ fn bench_functions(dir: &Path, fixture: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(&code)?;
     std::fs::copy(fixture, code.join("fcsup-fixture")).context("the fixture: build it (drop --no-build)")?;
     let mut y = String::from("edition: 3.0.0\nresources:\n");
-    for k in 0..8 {
+    for k in 0..BENCH_FUNCTIONS {
         y += &format!(
             "  bench-{k}:\n    props:\n      code: {}\n      memorySize: 1024\n      cpu: 1\n      timeout: 10\n      instanceConcurrency: 50\n      \
              customRuntimeConfig: {{command: [/code/fcsup-fixture]}}\n      fcsup: {{idleTimeout: 3600, maxInstances: 4}}\n",
@@ -175,14 +177,20 @@ fn bench(o: &Opts, fcsup: &Path) -> Result<()> {
         })
         .context("bench-0 does not answer through HAProxy")?;
     let home_i = c.nodes.iter().position(|n| n.name == home).unwrap_or(0);
-    let run = |addr: &str| {
-        let l = Load::start(addr, std::slice::from_ref(&path), b"", o.clients, Duration::ZERO);
+    let run = |addr: &str, paths: &[String]| {
+        let l = Load::start(addr, paths, b"", o.clients, Duration::ZERO);
         std::thread::sleep(Duration::from_secs_f64(o.seconds));
         l.finish()
     };
-    let direct = run(&c.nodes[home_i].addr);
-    let front = run(&c.front);
-    let (rate_direct, rate_front) = (load::rate(&direct), load::rate(&front));
+    let direct = run(&c.nodes[home_i].addr, std::slice::from_ref(&path));
+    let front = run(&c.front, std::slice::from_ref(&path));
+    // Every function: HAProxy spreads them over the nodes by name.
+    let all: Vec<String> = (0..BENCH_FUNCTIONS).map(|k| format!("/2023-03-30/functions/bench-{k}/invocations")).collect();
+    let spread = run(&c.front, &all);
+    let mut per_node: Vec<(String, usize)> =
+        c.nodes.iter().map(|n| (n.name.clone(), spread.iter().filter(|s| s.ok() && s.node == n.name).count())).collect();
+    per_node.sort();
+    let (rate_direct, rate_front, rate_spread) = (load::rate(&direct), load::rate(&front), load::rate(&spread));
     let failed = |s: &[Sample]| s.iter().filter(|s| !s.ok()).count();
     println!(
         "\nbench-0 (home {}), {} clients, {} s each:\n  straight to the node: {rate_direct:>8.0} requests/s ({} failed)\n  through HAProxy:      {rate_front:>8.0} requests/s ({} failed)",
@@ -191,6 +199,10 @@ fn bench(o: &Opts, fcsup: &Path) -> Result<()> {
         o.seconds,
         failed(&direct),
         failed(&front)
+    );
+    println!(
+        "  {BENCH_FUNCTIONS} functions through HAProxy: {rate_spread:>4.0} requests/s ({} failed), answered per node: {per_node:?}",
+        failed(&spread)
     );
     let f = failover(&mut c, home_i, &path, o.clients)?;
     println!(
@@ -202,6 +214,7 @@ fn bench(o: &Opts, fcsup: &Path) -> Result<()> {
         "nodes": o.nodes, "clients": o.clients, "seconds": o.seconds,
         "direct_rps": rate_direct, "haproxy_rps": rate_front,
         "direct_failed": failed(&direct), "haproxy_failed": failed(&front),
+        "spread_rps": rate_spread, "spread_failed": failed(&spread), "spread_per_node": per_node, "check_ms": o.check_ms,
         "failover": {"down_ms": f.down_ms, "moved_ms": f.moved_ms, "failed": f.failed, "failed_after_down": f.failed_after_down, "requests": f.requests, "longest_ms": f.longest_ms},
     });
     if let Some(j) = &o.json {
