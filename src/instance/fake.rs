@@ -98,6 +98,10 @@ impl Kernel for Recording {
         Ok(())
     }
 
+    async fn freeze_unless(&self, _cancel: impl std::future::Future<Output = ()> + Send) -> Result<bool, CgroupError> {
+        self.freeze().await.map(|()| true)
+    }
+
     async fn thaw(&self) -> Result<(), CgroupError> {
         self.trace.push("thaw");
         self.trace.cpu_usec.fetch_add(THAW_BURN, Ordering::SeqCst);

@@ -39,6 +39,8 @@ pub struct Placement {
 pub trait Kernel: Send + Sync + std::fmt::Debug + 'static {
     /// Freezes the cgroup and waits until the kernel confirms it.
     fn freeze(&self) -> impl Future<Output = Result<(), CgroupError>> + Send;
+    /// Freezes unless `cancel` resolves first (then thaws again): whether it froze.
+    fn freeze_unless(&self, cancel: impl Future<Output = ()> + Send) -> impl Future<Output = Result<bool, CgroupError>> + Send;
     /// Thaws the cgroup.
     fn thaw(&self) -> impl Future<Output = Result<(), CgroupError>> + Send;
     /// The cgroup's CPU counters now.
@@ -183,6 +185,10 @@ impl Drop for Sandboxed {
 impl Kernel for Sandboxed {
     async fn freeze(&self) -> Result<(), CgroupError> {
         self.cgroup.freeze().await
+    }
+
+    async fn freeze_unless(&self, cancel: impl Future<Output = ()> + Send) -> Result<bool, CgroupError> {
+        self.cgroup.freeze_unless(cancel).await
     }
 
     async fn thaw(&self) -> Result<(), CgroupError> {

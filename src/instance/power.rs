@@ -32,8 +32,25 @@ impl<K: Kernel> Instance<K> {
         }
         let before = self.hazards_before();
         let t = Instant::now();
-        match self.kernel.freeze().await {
-            Ok(()) => {
+        // A request admitted while the freeze is on its way undoes it (one write) rather than
+        // waiting for it and then thawing: under steady concurrent load the instance would
+        // otherwise freeze whenever its requests happen to all end at once, and every request
+        // arriving meanwhile would wait ~200 µs. A PreFreeze that ran is followed by its freeze.
+        let mut life = self.life.subscribe();
+        let cancel = async move {
+            if life.wait_for(|l| l.admitted() > 0).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        let froze =
+            if self.function.pre_freeze.is_some() { self.kernel.freeze().await.map(|()| true) } else { self.kernel.freeze_unless(cancel).await };
+        match froze {
+            Ok(false) => {
+                self.hazards_skipped(before);
+                self.reporting.samples().record("freeze_undone", t.elapsed());
+                tracing::debug!(function = %self.function.name, instance = %self.id, "freeze undone: a request came");
+            }
+            Ok(true) => {
                 let took = t.elapsed();
                 // Lines of requests that ended belong to them up to here (README, Logs).
                 self.log.settle().await;
