@@ -23,6 +23,19 @@ fn cluster_serves_through_haproxy_and_leaves_nothing() {
         let r = invoke(&n.addr, "hello", "");
         assert_eq!(r.status, 200, "{}: {}", n.name, r.text());
     }
+    // Whoever writes etcd chooses the nodes' code: another local user cannot connect to it.
+    let (host, port) = c.etcd.trim_start_matches("http://").split_once(':').unwrap();
+    let connect = |uid: Option<u32>| {
+        let mut cmd = std::process::Command::new("/usr/bin/python3");
+        cmd.args(["-c", &format!("import socket; socket.create_connection(('{host}', {port}), 5)")]).stderr(std::process::Stdio::null());
+        if let Some(u) = uid {
+            std::os::unix::process::CommandExt::uid(&mut cmd, u);
+            std::os::unix::process::CommandExt::gid(&mut cmd, u);
+        }
+        cmd.status().unwrap().success()
+    };
+    assert!(connect(None), "root reaches the cluster's etcd");
+    assert!(!connect(Some(65534)), "another user reaches the cluster's etcd");
     teardown_clean(c);
 }
 

@@ -151,6 +151,7 @@ impl Cluster {
                 child: None,
             });
         }
+        c.net.guard_etcd()?;
         c.start_etcd()?;
         // Node mode: the functions live in etcd, the nodes read them from there.
         let out = Command::new(&c.spec.fcsup).args(["functions", "push", "--etcd", &c.etcd, "-f"]).arg(&c.spec.functions).output()?;

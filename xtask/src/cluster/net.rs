@@ -86,6 +86,31 @@ impl Net {
         Ok(())
     }
 
+    /// Lets only root reach etcd (ports 2379 and 2380 on the host's bridge address) from the
+    /// host: whoever can write etcd chooses what code every node runs, and any local user can
+    /// reach the bridge address. The nodes' traffic arrives over the bridge (the input hook) and
+    /// is not affected. Its own nftables table, deleted at teardown.
+    pub fn guard_etcd(&self) -> Result<()> {
+        let rules = format!(
+            "table inet {t} {{\n  chain output {{\n    type filter hook output priority 0; policy accept;\n    \
+             ip daddr {ip} tcp dport {{ 2379, 2380 }} meta skuid != 0 reject with tcp reset\n  }}\n}}\n",
+            t = nft_table(self.run),
+            ip = self.host_ip()
+        );
+        let mut child = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("cannot run nft (nftables)")?;
+        std::io::Write::write_all(child.stdin.as_mut().context("nft's stdin")?, rules.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("nft: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(())
+    }
+
     /// Kills whatever still runs in the namespaces, deletes them, the veths and the bridge;
     /// returns the pids it had to kill (the caller checks they are gone).
     pub fn teardown(&mut self) -> Vec<String> {
@@ -101,6 +126,9 @@ impl Net {
         }
         for link in self.links() {
             let _ = ip(&["link", "del", &link]);
+        }
+        if has_nft_table(self.run) {
+            let _ = Command::new("nft").args(["delete", "table", "inet", &nft_table(self.run)]).output();
         }
         killed
     }
@@ -133,9 +161,22 @@ pub fn leftovers(run: u8, cgroup2: Option<&Path>) -> Vec<String> {
     if let Some(cg) = cgroup2 {
         left.extend(named(cg, &prefix).into_iter().map(|n| format!("cgroup {}/{n}", cg.display())));
     }
+    if has_nft_table(run) {
+        left.push(format!("nftables table inet {}", nft_table(run)));
+    }
     let tmp = std::env::temp_dir();
     left.extend(named(&tmp, &format!("fcsup-cluster-{run}-")).into_iter().map(|n| format!("directory {}/{n}", tmp.display())));
     left
+}
+
+/// The nftables table of run `run`.
+fn nft_table(run: u8) -> String {
+    format!("fcsup_cl_{run}")
+}
+
+/// Whether run `run`'s nftables table exists.
+fn has_nft_table(run: u8) -> bool {
+    Command::new("nft").args(["list", "table", "inet", &nft_table(run)]).output().is_ok_and(|o| o.status.success())
 }
 
 /// The bridge of run `run`.
