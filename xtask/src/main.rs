@@ -1,5 +1,6 @@
-//! `cargo xtask ci | bench | soak | install`: project chores.
+//! `cargo xtask ci | bench | soak | cluster | install`: project chores.
 
+mod cluster_cli;
 mod soak;
 
 use std::process::Command;
@@ -27,6 +28,7 @@ fn main() -> Result<()> {
             run(Command::new("target/release/fcsup").arg("bench").args(args))
         }
         "soak" => soak::main(&std::env::args().skip(2).collect::<Vec<_>>()),
+        "cluster" => cluster_cli::main(&std::env::args().skip(2).collect::<Vec<_>>()),
         "install" => {
             run(Command::new("cargo").args(["build", "--release", "--bin", "fcsup", "--bin", "fcsup-init"]))?;
             run(Command::new("install").args(["-m", "0755", "target/release/fcsup", "/usr/local/bin/fcsup"]))?;
@@ -38,7 +40,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         _ => {
-            bail!("usage: cargo xtask ci | bench [--quick] [--json FILE] [--svg FILE] | soak [--lifecycles N] [--minutes M] [--json FILE] | install")
+            bail!("usage: cargo xtask ci | bench [--quick] [--json FILE] [--svg FILE] | soak [--lifecycles N] [--minutes M] [--json FILE] | cluster [--nodes N] [--bench] (--help) | install")
         }
     }
 }

@@ -3,7 +3,6 @@
 //! many concurrent clients whose answers must echo their own tokens (phase B), with the host
 //! counted before and after and fcsup's RSS and fds sampled throughout.
 
-mod http;
 mod probe;
 mod report;
 mod traffic;
@@ -19,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use traffic::Admin;
+use xtask::http;
 
 /// The soak's own copy of the fixture; its `comm` finds any process of it left behind.
 const FIXTURE_COMM: &str = "fcsoak-fixture";

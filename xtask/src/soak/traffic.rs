@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::http::{Conn, Resp, Target};
+use xtask::http::{Conn, Resp, Target};
 
 /// Answer timeout of one request: above the functions' 10 s timeout.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);

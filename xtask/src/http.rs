@@ -1,4 +1,4 @@
-//! A small blocking HTTP/1.1 client with kept-alive connections over TCP or a Unix socket:
+//! A small blocking HTTP/1.1 client (the soak's and the cluster's) with kept-alive connections over TCP or a Unix socket:
 //! the soak must see every answer (or its absence) itself, so no pooling library hides a retry.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -14,6 +14,7 @@ pub enum Target {
     Unix(PathBuf),
 }
 
+#[derive(Debug)]
 enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
@@ -55,6 +56,7 @@ impl Resp {
 }
 
 /// A connection that is reopened when the server closed it between requests.
+#[derive(Debug)]
 pub struct Conn {
     target: Target,
     timeout: Duration,
