@@ -189,9 +189,9 @@ backend fcsup_nodes
     # so that it can be sent again; a chunked body streams and is retried only if it was whole.
     http-request wait-for-body time 65s if {{ req.hdr(content-length) -m found }}
     # A node that is full answers 425 at once, having done nothing: try the next node. Also a
-    # refused connection or one closed before any answer (a node stopping). Never a response
-    # timeout: that would run a long function twice.
-    retry-on 425 conn-failure empty-response
+    # refused connection (a node stopped). Never a connection closed without an answer nor a
+    # response timeout: the request may have run there, and FC runs a Sync request at most once.
+    retry-on 425 conn-failure
     retries {retries}
     option redispatch 1
     # Every node full: FC's answer, 429 ResourceExhausted (the body is already FC's).
@@ -254,7 +254,7 @@ mod tests {
             "balance hash var(txn.fcsup_function)",
             "hash-type consistent",
             "hash-balance-factor 150",
-            "retry-on 425 conn-failure empty-response\n",
+            "retry-on 425 conn-failure\n",
             "option redispatch 1",
             "retries 3",
             "http-request set-header X-Fcsup-Front haproxy",
