@@ -198,7 +198,9 @@ impl Cluster {
         // setns(CLONE_NEWNET) only: unlike `ip netns exec` it does not remount /sys, so fcsup
         // finds the host's cgroup2 mount as it would outside.
         cmd.arg(format!("--net=/run/netns/{}", node.netns)).arg("--").arg(&self.spec.fcsup).args(["serve", "--etcd", &self.etcd]);
-        cmd.args(["--node-name", &node.name, "--cgroup-root", &node.cgroup_root, "--listen", &node.addr])
+        // HAProxy (on the host's address) appends the client to X-Forwarded-For.
+        let front = self.net.host_ip().to_string();
+        cmd.args(["--node-name", &node.name, "--cgroup-root", &node.cgroup_root, "--listen", &node.addr, "--trusted-proxy", &front])
             .arg("--ledger")
             .arg(node.dir.join("ledger.jsonl"))
             .arg("--log-dir")
