@@ -229,6 +229,48 @@ fn a_draining_node_fails_its_check_and_a_request_loop_loses_nothing() {
     drop(front);
 }
 
+/// A function that answers 425 itself (RFC 8470 "Too Early") through an HTTP trigger.
+const EARLY_PY: &str = r#"
+import os
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        print("ran-once", flush=True)
+        b = b'{"too": "early"}'
+        self.send_response(425)
+        self.send_header("Content-Length", str(len(b)))
+        self.end_headers()
+        self.wfile.write(b)
+    def log_message(self, *a):
+        pass
+ThreadingHTTPServer(("0.0.0.0", int(os.environ["FC_SERVER_PORT"])), H).serve_forever()
+"#;
+
+#[test]
+fn a_functions_own_425_is_answered_not_run_again_on_every_node() {
+    use std::os::unix::fs::PermissionsExt;
+    let code = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(code.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(code.path().join("server.py"), EARLY_PY).unwrap();
+    std::fs::set_permissions(code.path().join("server.py"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let resources = format!(
+        "  early:\n    component: fc3\n    props:\n      code: {}\n      memorySize: 128\n      timeout: 10\n      customRuntimeConfig:\n        command: [/usr/bin/python3, server.py]\n      triggers:\n        - triggerName: t\n          triggerType: http\n          triggerConfig: {{authType: anonymous, methods: [POST]}}\n",
+        code.path().display()
+    );
+    let Some((mut fleet, front)) = cluster(3, &resources, &[]) else { return };
+    let r = try_http(&front.addr, "POST", "/http/early/once", b"{}").expect("an answer");
+    assert_eq!(r.status, 425, "the function's own status reaches the client: {}", r.text());
+    assert_eq!(r.header("x-fcsup-status"), "", "the marker stays between the node and HAProxy");
+    let ran: usize = fleet.iter().map(|f| f.log_file("early").matches("ran-once").count()).sum();
+    assert_eq!(ran, 1, "a function that answered 425 was run again on other nodes; HAProxy:\n{}", front.log());
+    for f in &mut fleet {
+        f.stop_and_check_clean();
+    }
+    drop(front);
+}
+
 /// The node name a test's fcsup was started with.
 trait NodeName {
     fn node_name(&self) -> String;

@@ -23,6 +23,9 @@ const NODE: HeaderName = HeaderName::from_static("x-fcsup-node");
 const FRONT: HeaderName = HeaderName::from_static("x-fcsup-front");
 /// The response header that marks a 425 as "this node is full".
 const FULL: HeaderName = HeaderName::from_static("x-fcsup-full");
+/// Carries a function's own 425 past HAProxy's `retry-on 425` (which would run it again on
+/// every node): the node sends 400 with this header, HAProxy puts the 425 back.
+const OWN_STATUS: HeaderName = HeaderName::from_static("x-fcsup-status");
 
 /// Marks a 429 `ResourceExhausted` response (the function or the node is full): the one
 /// answer a front may send elsewhere.
@@ -48,9 +51,17 @@ pub(super) fn from_front(headers: &HeaderMap) -> bool {
 /// to HAProxy; `Connection: close` while draining, so that a front's kept-alive connections
 /// move to other nodes too (not on a 101, whose connection becomes the tunnel).
 pub(super) fn finish(resp: &mut Resp, node: Option<&HeaderValue>, front: bool, health: &Health) {
-    if front && resp.status() == StatusCode::TOO_MANY_REQUESTS && resp.extensions().get::<Exhausted>().is_some() {
-        *resp.status_mut() = StatusCode::TOO_EARLY;
-        resp.headers_mut().insert(FULL, HeaderValue::from_static("1"));
+    if front {
+        // Only fcsup speaks to HAProxy in these headers, never the function's answer.
+        resp.headers_mut().remove(OWN_STATUS);
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS && resp.extensions().get::<Exhausted>().is_some() {
+            *resp.status_mut() = StatusCode::TOO_EARLY;
+            resp.headers_mut().insert(FULL, HeaderValue::from_static("1"));
+        } else if resp.status() == StatusCode::TOO_EARLY {
+            // The function ran and answered 425 itself: HAProxy must not run it again.
+            *resp.status_mut() = StatusCode::BAD_REQUEST;
+            resp.headers_mut().insert(OWN_STATUS, HeaderValue::from_static("425"));
+        }
     }
     let close = health.draining() && resp.status() != StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
@@ -100,6 +111,20 @@ mod tests {
         let mut own: Resp = Response::builder().status(429).body(Full::new(Bytes::new()).into()).unwrap();
         finish(&mut own, node.as_ref(), true, &health);
         assert_eq!(own.status(), StatusCode::TOO_MANY_REQUESTS);
+        // A function's own 425 ran: it must not look retryable to HAProxy (haproxy.rs puts the
+        // 425 back); straight to the node it stays 425.
+        let own425 =
+            || -> Resp { Response::builder().status(425).header(OWN_STATUS, "425").header(FULL, "1").body(Full::new(Bytes::new()).into()).unwrap() };
+        let mut r = own425();
+        finish(&mut r, node.as_ref(), true, &health);
+        assert_eq!((r.status(), &r.headers()[OWN_STATUS]), (StatusCode::BAD_REQUEST, &HeaderValue::from_static("425")));
+        let mut r = own425();
+        finish(&mut r, node.as_ref(), false, &health);
+        assert_eq!(r.status().as_u16(), 425);
+        // A function cannot set the marker on another answer.
+        let mut r: Resp = Response::builder().status(200).header(OWN_STATUS, "425").body(Full::new(Bytes::new()).into()).unwrap();
+        finish(&mut r, node.as_ref(), true, &health);
+        assert_eq!((r.status().as_u16(), r.headers().get(OWN_STATUS)), (200, None));
     }
 
     #[test]

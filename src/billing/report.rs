@@ -101,14 +101,16 @@ fn sum<'a>(records: impl IntoIterator<Item = &'a WindowRecord>, node: impl Fn(&'
     let mut by: BTreeMap<Key<'a>, (FunctionBill, BTreeSet<&str>)> = BTreeMap::new();
     for r in records {
         let (b, started) = by.entry((node(r), &r.function)).or_default();
-        b.invocations += u64::from(r.invocations);
+        // Saturating: records may come from a node over the network, and a sum that wrapped
+        // would take one node's hours off another's bill.
+        b.invocations = b.invocations.saturating_add(u64::from(r.invocations));
         if r.cold_start {
             started.insert(&r.instance);
         }
         if r.phase == Phase::Idle {
-            b.idle_ms += r.billed_ms;
+            b.idle_ms = b.idle_ms.saturating_add(r.billed_ms);
         } else {
-            b.billed_ms += r.billed_ms;
+            b.billed_ms = b.billed_ms.saturating_add(r.billed_ms);
         }
         b.cpu_ms += r.cpu_us as f64 / 1000.0;
         b.cu.add(&r.cu);
@@ -214,6 +216,15 @@ mod tests {
         assert_eq!(got, [("a", "f", 30), ("b", "f", 100)]);
         assert!(table(&split).starts_with("NODE "), "{}", table(&split));
         assert!(table(&total).starts_with("FUNCTION "), "{}", table(&total));
+    }
+
+    #[test]
+    fn a_huge_record_saturates_instead_of_wrapping_the_sum() {
+        let mut evil = record("i9", 1, 10, Some("evil"), Some("e1"));
+        evil.billed_ms = u64::MAX - 5;
+        let honest = record("i1", 2, 100, Some("a"), Some("r1"));
+        let b = summarize(&[honest, evil]);
+        assert_eq!(b[0].billed_ms, u64::MAX, "wrapped to less than the honest node's 100 ms");
     }
 
     #[test]

@@ -23,6 +23,11 @@ pub const DEFAULT_PREFIX: &str = "/fcsup";
 /// How long one request to etcd may take before the node takes etcd as lost.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The largest answer taken from etcd (every function at once, or a watch's batch). gRPC's
+/// default of 4 MiB is three values at etcd's largest (1.5 MiB): past it no node could start
+/// or re-read, whoever wrote the keys.
+const MAX_ANSWER: usize = 256 << 20;
+
 /// Errors talking to etcd.
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
@@ -112,7 +117,7 @@ impl Store {
 
     /// Every function under the prefix and the revision they were read at.
     pub async fn read(&self) -> Result<Snapshot, EtcdError> {
-        let mut c = self.client.clone();
+        let mut c = self.client.kv_client().max_decoding_message_size(MAX_ANSWER);
         let resp = timed(&self.at, c.get(self.dir.as_str(), Some(GetOptions::new().with_prefix()))).await?;
         let mut snap = Snapshot { revision: resp.header().map_or(0, |h| h.revision()), ..Snapshot::default() };
         for kv in resp.kvs() {
@@ -169,7 +174,7 @@ impl Store {
 
     /// Watches the prefix from `revision` on (puts and deletes, in order).
     pub async fn watch(&self, revision: i64) -> Result<WatchStream, EtcdError> {
-        let mut c = self.client.clone();
+        let mut c = self.client.watch_client().max_decoding_message_size(MAX_ANSWER);
         timed(&self.at, c.watch(self.dir.as_str(), Some(WatchOptions::new().with_prefix().with_start_revision(revision)))).await
     }
 }

@@ -100,10 +100,14 @@ impl Booting {
         }
         for (name, value) in &self.snapshot.functions {
             match parse(value, name, base).await {
-                Ok(f) => functions.push(f),
+                Ok(f) => {
+                    functions.push(f);
+                    self.seen.insert(name.clone(), value.clone());
+                }
+                // Not marked seen: parsing also looks at this node's files (the code directory,
+                // a shared mount not there yet), so a re-read (SIGHUP) tries again.
                 Err(e) => tracing::error!("etcd revision {}: function {name} does not parse and is not served: {e}", self.snapshot.revision),
             }
-            self.seen.insert(name.clone(), value.clone());
         }
         Config { functions, base: base.to_path_buf(), ..Config::default() }
     }
@@ -281,9 +285,10 @@ impl Node {
             }
             Some(v) if state.seen.get(name).is_some_and(|s| s == v) => return,
             Some(v) => match parse(v, name, &sup.config_base).await {
+                // Not marked seen: the value may parse on a re-read once this node's files are
+                // there (`code` is checked on the node).
                 Err(e) => {
                     tracing::error!("etcd revision {revision}: function {name} does not parse; what runs stays as it was: {e}");
-                    state.seen.insert(name.to_string(), v.to_string());
                     Some(e)
                 }
                 Ok(f) => match set_function(sup, f).await {

@@ -56,6 +56,10 @@ pub fn to_json(text: &str) -> Result<Value, String> {
 /// `fcsup.layerDir` (default `layers`) when there are layers.
 pub fn absolute_paths(props: &mut Value, base: &Path) {
     let Some(map) = props.as_object_mut() else { return };
+    // `-f s.yaml` (the default) has the base "": it names the working directory, which other
+    // nodes do not share.
+    let base =
+        if base.is_absolute() { base.to_path_buf() } else { std::env::current_dir().map_or_else(|_| base.to_path_buf(), |cwd| cwd.join(base)) };
     let abs = |p: &str| -> String {
         let joined = base.join(p);
         // `./code` against `/srv` is `/srv/code`, not `/srv/./code`.
@@ -139,6 +143,15 @@ mod tests {
         absolute_paths(&mut v, base);
         assert_eq!(v["customContainerConfig"]["image"], "oci:/srv/app/img:v1");
         assert!(v.get("code").is_none(), "a container's code is its image");
+        // `-f s.yaml` loads with the base "": the working directory, made absolute.
+        let cwd = std::env::current_dir().unwrap();
+        let mut v = serde_json::json!({"code": "./code", "layers": ["acs:fc:r:1:layers/n/versions/1"]});
+        absolute_paths(&mut v, Path::new(""));
+        assert_eq!(v["code"], cwd.join("code").display().to_string());
+        assert_eq!(v["fcsup"]["layerDir"], cwd.join("layers").display().to_string());
+        let mut v = serde_json::json!({"runtime": "custom-container", "customContainerConfig": {"image": "oci:img"}});
+        absolute_paths(&mut v, Path::new("sub"));
+        assert_eq!(v["customContainerConfig"]["image"], format!("oci:{}", cwd.join("sub/img").display()));
         let mut v = serde_json::json!({"runtime": "custom-container", "customContainerConfig": {"image": "registry.example/x:1"}});
         absolute_paths(&mut v, base);
         assert_eq!(v["customContainerConfig"]["image"], "registry.example/x:1");

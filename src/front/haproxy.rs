@@ -196,6 +196,10 @@ backend fcsup_nodes
     option redispatch 1
     # Every node full: FC's answer, 429 ResourceExhausted (the body is already FC's).
     http-response set-status 429 if {{ status 425 }} {{ res.hdr(X-Fcsup-Full) -m found }}
+    # A function's own 425 comes as 400 marked X-Fcsup-Status (it ran: not to be retried, which
+    # is decided before these rules); its status is put back.
+    http-response set-status 425 if {{ status 400 }} {{ res.hdr(X-Fcsup-Status) -m str 425 }}
+    http-response del-header X-Fcsup-Status
     # /healthz fails while a node drains (after SIGTERM): new requests go elsewhere, its
     # in-flight ones finish (no on-marked-down shutdown-sessions).
     option httpchk GET /healthz
@@ -259,6 +263,7 @@ mod tests {
             "retries 3",
             "http-request set-header X-Fcsup-Front haproxy",
             "option httpchk GET /healthz",
+            "http-response set-status 425 if { status 400 } { res.hdr(X-Fcsup-Status) -m str 425 }",
             "timeout server 86460s",
             &format!("server a 127.0.0.1:9101 id {}", server_id("a")),
         ] {
