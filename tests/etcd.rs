@@ -96,6 +96,10 @@ struct Node {
 
 impl Node {
     fn start(name: &str, etcd: &Etcd, prefix: &str) -> Node {
+        Self::start_with(name, etcd, prefix, &[])
+    }
+
+    fn start_with(name: &str, etcd: &Etcd, prefix: &str, extra: &[&str]) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let cgroup_root = format!("fcsup-test-{}", uuid::Uuid::new_v4().simple());
         let addr = format!("127.0.0.1:{}", free_port());
@@ -108,6 +112,7 @@ impl Node {
             .arg(d.join("async.db"))
             .arg("--ledger")
             .arg(d.join("ledger.jsonl"))
+            .args(extra)
             .env("FCSUP_LOG", "fcsup=info,fcsup::etcd=debug")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -324,4 +329,50 @@ fn delete_in_file_mode_removes_until_the_next_reload() {
     f.hangup();
     wait_for("the file's function back after SIGHUP", WAIT, || (f.invoke("gone", "{}").status == 200).then_some(()));
     f.stop_and_check_clean();
+}
+
+#[test]
+fn a_node_signs_in_to_an_etcd_with_authentication_and_refuses_relative_paths() {
+    if !common::privileged() || !etcd_installed() {
+        return;
+    }
+    let etcd = Etcd::start();
+    let prefix = format!("/fcsup-test-{}", uuid::Uuid::new_v4().simple());
+    let fixture = common::fixture_dir().display().to_string();
+    etcd.ctl(&["user", "add", "root:s3cret"]).unwrap();
+    etcd.ctl(&["auth", "enable"]).unwrap();
+    let as_root = |args: &[&str]| etcd.ctl(&[&["--user", "root:s3cret"], args].concat());
+    as_root(&["put", &format!("{prefix}/functions/good"), &props(&fixture, "v1")]).unwrap();
+    // Written by hand with a relative path: a node would resolve it against its own directory.
+    as_root(&["put", &format!("{prefix}/functions/rel"), &props("code", "v1")]).unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let pw = secrets.path().join("etcd-password");
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+
+    // Without the user, node mode cannot start (etcd refuses the read).
+    let out = Command::new(env!("CARGO_BIN_EXE_fcsup"))
+        .args(["serve", "--etcd", &etcd.url, "--etcd-prefix", &prefix, "--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--cgroup-root", &format!("fcsup-test-{}", uuid::Uuid::new_v4().simple())])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a node without credentials started");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("node mode cannot start"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let pw_arg = pw.display().to_string();
+    let mut node = Node::start_with("auth", &etcd, &prefix, &["--etcd-user", "root", "--etcd-password-file", &pw_arg]);
+    assert_eq!(node.invoke("good", "").status, 200);
+    assert_eq!(node.invoke("rel", "").status, 404, "a function with a relative code path was served");
+    let refused = node.output().iter().any(|l| l.contains("rel") && l.contains("relative path"));
+    assert!(refused, "no word of the refused value: {}", node.output().join("\n"));
+    // A world-readable password file is refused.
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fcsup"))
+        .args(["serve", "--etcd", &etcd.url, "--etcd-prefix", &prefix, "--etcd-user", "root", "--etcd-password-file", &pw_arg])
+        .args(["--listen", &format!("127.0.0.1:{}", free_port()), "--cgroup-root", &format!("fcsup-test-{}", uuid::Uuid::new_v4().simple())])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("world-readable"), "{}", String::from_utf8_lossy(&out.stderr));
+    node.stop();
 }

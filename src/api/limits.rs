@@ -65,7 +65,7 @@ impl Limits {
 #[derive(Debug, thiserror::Error)]
 pub enum FrontDoorError {
     /// The token file cannot be read.
-    #[error("cannot read the admin token file {path}: {source}")]
+    #[error("cannot read the secret file {path}: {source}")]
     TokenIo {
         /// The file.
         path: PathBuf,
@@ -74,10 +74,10 @@ pub enum FrontDoorError {
         source: std::io::Error,
     },
     /// Anyone on the host could read the token.
-    #[error("the admin token file {0} is world-readable; chmod o-r it")]
+    #[error("the secret file {0} (a token or password) is world-readable; chmod o-r it")]
     TokenWorldReadable(PathBuf),
     /// Nothing in the file.
-    #[error("the admin token file {0} is empty")]
+    #[error("the secret file {0} (a token or password) is empty")]
     TokenEmpty(PathBuf),
 }
 
@@ -93,6 +93,17 @@ impl std::fmt::Debug for AdminToken {
 impl AdminToken {
     /// Reads the token from `path` (trailing newline stripped); refuses a world-readable file.
     pub fn load(path: &Path) -> Result<AdminToken, FrontDoorError> {
+        Self::read_secret_bytes(path).map(AdminToken)
+    }
+
+    /// A secret in a file, as the token is read (e.g. the etcd user's password).
+    pub fn read_secret(path: &Path) -> Result<String, FrontDoorError> {
+        Self::read_secret_bytes(path).map(|b| String::from_utf8_lossy(&b).into_owned())
+    }
+
+    /// A secret file's content: the file must not be world-readable; a trailing newline is
+    /// stripped, and an empty secret refused.
+    fn read_secret_bytes(path: &Path) -> Result<Vec<u8>, FrontDoorError> {
         let io = |source| FrontDoorError::TokenIo { path: path.to_path_buf(), source };
         let mut file = std::fs::File::open(path).map_err(io)?;
         // The mode of the file actually opened, not of whatever the path names a moment later.
@@ -107,7 +118,7 @@ impl AdminToken {
         if token.is_empty() {
             return Err(FrontDoorError::TokenEmpty(path.to_path_buf()));
         }
-        Ok(AdminToken(token))
+        Ok(token)
     }
 
     /// Whether an `Authorization` header value carries this token (constant-time compare).

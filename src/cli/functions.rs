@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use fcsup::config::Config;
-use fcsup::etcd::{props, Store, DEFAULT_PREFIX};
+use fcsup::etcd::{props, Access, Store, DEFAULT_PREFIX};
 
 /// Node mode's flags on `serve`: where etcd is.
 #[derive(clap::Args, Clone, Default)]
@@ -19,6 +19,34 @@ pub struct EtcdArgs {
     /// The key prefix the functions live under (`<prefix>/functions/<name>`).
     #[arg(long, default_value = DEFAULT_PREFIX, env = "FCSUP_ETCD_PREFIX")]
     pub etcd_prefix: String,
+    #[command(flatten)]
+    pub user: EtcdUser,
+}
+
+/// The etcd user fcsup signs in as when etcd has authentication on (`etcdctl auth enable`).
+#[derive(clap::Args, Clone, Default)]
+pub struct EtcdUser {
+    /// The etcd user (with --etcd-password-file).
+    #[arg(long, value_name = "USER", env = "FCSUP_ETCD_USER", requires = "etcd_password_file")]
+    etcd_user: Option<String>,
+    /// A file holding the etcd user's password (trailing newline stripped; must not be
+    /// readable by other users).
+    #[arg(long, value_name = "FILE", env = "FCSUP_ETCD_PASSWORD_FILE", requires = "etcd_user")]
+    etcd_password_file: Option<PathBuf>,
+}
+
+impl EtcdUser {
+    fn user(&self) -> Result<Option<(String, String)>> {
+        let (Some(user), Some(file)) = (&self.etcd_user, &self.etcd_password_file) else { return Ok(None) };
+        Ok(Some((user.clone(), fcsup::api::AdminToken::read_secret(file).context("--etcd-password-file")?)))
+    }
+}
+
+impl EtcdArgs {
+    /// Where etcd is and who fcsup is there.
+    pub fn access(&self) -> Result<Access> {
+        Ok(Access { endpoints: self.endpoints.clone(), prefix: self.etcd_prefix.clone(), user: self.user.user()? })
+    }
 }
 
 #[derive(clap::Args)]
@@ -46,6 +74,8 @@ struct PushArgs {
     /// The key prefix the functions live under.
     #[arg(long, default_value = DEFAULT_PREFIX, env = "FCSUP_ETCD_PREFIX")]
     etcd_prefix: String,
+    #[command(flatten)]
+    user: EtcdUser,
     /// Also delete the functions etcd holds that the file does not define.
     #[arg(long)]
     prune: bool,
@@ -75,7 +105,8 @@ async fn push(args: PushArgs) -> Result<()> {
     if functions.is_empty() {
         bail!("{}: no function to push", args.file.display());
     }
-    let store = Store::connect(&args.endpoints, &args.etcd_prefix).await?;
+    let access = Access { endpoints: args.endpoints.clone(), prefix: args.etcd_prefix.clone(), user: args.user.user()? };
+    let store = Store::connect(&access).await?;
     let pushed = store.push(&functions, args.prune).await.context("push refused; nothing was written")?;
     println!("pushed {} function(s) at etcd revision {}: {}", pushed.written.len(), pushed.revision, pushed.written.join(", "));
     if !pushed.pruned.is_empty() {

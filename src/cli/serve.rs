@@ -31,7 +31,7 @@ pub async fn run(args: Args) -> Result<()> {
     let file = file.unwrap_or_else(|| "s.yaml".into());
     let mut booting = None;
     if !etcd.endpoints.is_empty() {
-        booting = Some(fcsup::etcd::Booting::read(&etcd.endpoints, &etcd.etcd_prefix).await.context("node mode cannot start")?);
+        booting = Some(fcsup::etcd::Booting::read(etcd.access()?).await.context("node mode cannot start")?);
     }
     let config = match &mut booting {
         // Node mode: relative paths in etcd resolve against the working directory.

@@ -97,15 +97,41 @@ pub fn valid_name(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
+/// Where etcd is, the prefix, and the etcd user (with its password) fcsup signs in as, if etcd
+/// has authentication on.
+#[derive(Clone, Default)]
+pub struct Access {
+    /// `http://host:port` endpoints.
+    pub endpoints: Vec<String>,
+    /// The key prefix (`<prefix>/functions/<name>`).
+    pub prefix: String,
+    /// User and password.
+    pub user: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("user", &self.user.as_ref().map(|u| &u.0))
+            .finish()
+    }
+}
+
 impl Store {
     /// Connects to `endpoints` (`http://host:port`). HTTP/2 keep-alive pings notice a peer
     /// that vanished without closing the connection, so a watch never hangs on a dead etcd.
-    pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Store, EtcdError> {
+    pub async fn connect(access: &Access) -> Result<Store, EtcdError> {
+        let (endpoints, prefix) = (&access.endpoints, &access.prefix);
         let at = endpoints.join(",");
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(Duration::from_secs(5), REQUEST_TIMEOUT)
             .with_keep_alive_while_idle(true);
+        if let Some((user, password)) = &access.user {
+            options = options.with_user(user.clone(), password.clone());
+        }
         let client = timed(&at, Client::connect(endpoints, Some(options))).await?;
         Ok(Store { client, dir: format!("{}/functions/", prefix.trim_end_matches('/')), at })
     }

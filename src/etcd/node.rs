@@ -30,8 +30,7 @@ const APPLY_WAIT: Duration = Duration::from_secs(60);
 pub struct Node {
     /// The current connection (replaced on reconnect).
     store: Mutex<Store>,
-    endpoints: Vec<String>,
-    prefix: String,
+    access: super::Access,
     /// The etcd revision this node has applied up to.
     applied: watch::Sender<i64>,
     /// The last apply of each function: its revision and error, if it failed.
@@ -76,17 +75,10 @@ enum Next {
 impl Booting {
     /// Connects and reads every function. Fails when etcd cannot be reached: a node that
     /// starts has no functions to keep serving.
-    pub async fn read(endpoints: &[String], prefix: &str) -> Result<Booting, EtcdError> {
-        let store = Store::connect(endpoints, prefix).await?;
+    pub async fn read(access: super::Access) -> Result<Booting, EtcdError> {
+        let store = Store::connect(&access).await?;
         let snapshot = store.read().await?;
-        let node = Node {
-            store: Mutex::new(store),
-            endpoints: endpoints.to_vec(),
-            prefix: prefix.to_string(),
-            applied: watch::channel(0).0,
-            outcomes: Mutex::default(),
-            reread: Notify::new(),
-        };
+        let node = Node { store: Mutex::new(store), access, applied: watch::channel(0).0, outcomes: Mutex::default(), reread: Notify::new() };
         Ok(Booting { node: Arc::new(node), snapshot, seen: BTreeMap::new() })
     }
 
@@ -200,7 +192,7 @@ impl Node {
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     // A fresh connection: the old one may be stuck on an address that died.
-                    if let Ok(s) = Store::connect(&self.endpoints, &self.prefix).await {
+                    if let Ok(s) = Store::connect(&self.access).await {
                         *self.store.lock().expect("etcd store") = s;
                     }
                 }
@@ -312,6 +304,13 @@ impl Node {
 /// Parses a value as `PUT /admin/functions/NAME` parses its body (off the runtime: it reads
 /// the code to checksum it, and may unpack a package).
 async fn parse(value: &str, name: &str, base: &Path) -> Result<Function, String> {
+    // What a node would resolve against its own working directory (a value written to etcd by
+    // hand): push and PUT make every path absolute.
+    if let Some(p) = serde_json::from_str(value).ok().and_then(|v| super::props::relative_path(&v)) {
+        return Err(format!(
+            "{p:?} is a relative path: a value in etcd must name absolute paths (fcsup functions push and PUT /admin/functions make them so)"
+        ));
+    }
     let (value, owned, base): (String, String, PathBuf) = (value.to_string(), name.to_string(), base.to_path_buf());
     match tokio::task::spawn_blocking(move || Config::parse_function(&value, &owned, &base)).await {
         // The parser names its input after the admin route; here it is a key.

@@ -51,6 +51,27 @@ pub fn to_json(text: &str) -> Result<Value, String> {
     Ok(value)
 }
 
+/// The first path in `props` that is relative (`code`, whose default `./code` is; a layer
+/// directory; a local image), which would resolve against a node's working directory.
+pub fn relative_path(props: &Value) -> Option<String> {
+    let map = props.as_object()?;
+    if map.get("runtime").and_then(Value::as_str) == Some("custom-container") {
+        let image = map.get("customContainerConfig")?.get("image")?.as_str()?;
+        return ["oci:", "docker-archive:"].iter().find_map(|t| image.strip_prefix(t)).filter(|rest| !rest.starts_with('/')).map(str::to_string);
+    }
+    let code = map.get("code").and_then(Value::as_str).unwrap_or("./code");
+    if !code.starts_with('/') {
+        return Some(code.to_string());
+    }
+    if map.get("layers").and_then(Value::as_array).is_some_and(|l| !l.is_empty()) {
+        let dir = map.get("fcsup").and_then(|e| e.get("layerDir")).and_then(Value::as_str).unwrap_or("layers");
+        if !dir.starts_with('/') {
+            return Some(dir.to_string());
+        }
+    }
+    None
+}
+
 /// Makes the paths in `props` that resolve against the file's directory absolute against
 /// `base`: `code` (default `./code`), a local image source (`oci:`, `docker-archive:`) and
 /// `fcsup.layerDir` (default `layers`) when there are layers.
@@ -93,6 +114,23 @@ pub fn absolute_paths(props: &mut Value, base: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relative_paths_are_found_and_absolute_ones_pass() {
+        let rel = |v: Value| relative_path(&v);
+        assert_eq!(rel(serde_json::json!({"handler": "index.handler"})), Some("./code".into()), "the default code path");
+        assert_eq!(rel(serde_json::json!({"code": "src"})), Some("src".into()));
+        assert_eq!(rel(serde_json::json!({"code": "/srv/f"})), None);
+        assert_eq!(rel(serde_json::json!({"code": "/srv/f", "layers": ["l"]})), Some("layers".into()));
+        assert_eq!(rel(serde_json::json!({"code": "/srv/f", "layers": ["l"], "fcsup": {"layerDir": "/srv/l"}})), None);
+        let image = |i: &str| serde_json::json!({"runtime": "custom-container", "customContainerConfig": {"image": i}});
+        assert_eq!(rel(image("oci:img")), Some("img".into()));
+        assert_eq!(rel(image("oci:/srv/img")), None);
+        assert_eq!(rel(image("registry.example/app:1")), None);
+        let mut pushed = serde_json::json!({"code": "./src"});
+        absolute_paths(&mut pushed, Path::new("/srv"));
+        assert_eq!(rel(pushed), None, "what push writes passes");
+    }
 
     #[test]
     fn yaml_text_stays_text_and_types_stay_types() {
