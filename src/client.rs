@@ -9,6 +9,10 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
 
+/// The largest answer read (a node's whole ledger fits many times over; a peer that sends
+/// without end must not take the command's memory with it).
+const MAX_ANSWER: usize = 1 << 30;
+
 /// A response read whole.
 #[derive(Debug)]
 pub struct Response {
@@ -54,6 +58,10 @@ where
     let req = req.body(Full::new(body)).map_err(std::io::Error::other)?;
     let resp = sender.send_request(req).await.map_err(err)?;
     let (parts, body) = resp.into_parts();
-    let body = body.collect().await.map_err(err)?.to_bytes();
+    let body = http_body_util::Limited::new(body, MAX_ANSWER)
+        .collect()
+        .await
+        .map_err(|e| std::io::Error::other(format!("reading the answer from {host}: {e} (at most {MAX_ANSWER} bytes)")))?
+        .to_bytes();
     Ok(Response { status: parts.status, headers: parts.headers, body })
 }
