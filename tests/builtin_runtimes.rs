@@ -339,6 +339,20 @@ fn a_handler_past_its_timeout_fails_and_its_instance_is_replaced() {
 }
 
 #[test]
+fn an_init_error_posted_after_the_start_replaces_the_instance() {
+    let Some(mut f) = serve_if_privileged(&props("poison", "python3", &functions().join("builtin-python"), "")) else { return };
+    let r = f.invoke("poison", r#"{"cmd":"poison"}"#);
+    assert_eq!(r.header("x-fc-error-type"), "InitializationError", "{}", r.text());
+    assert!(r.text().contains("poisoned late"), "{}", r.text());
+    let first = r.header("x-fc-instance-id").to_string();
+    // The next request gets a fresh instance, not the poisoned one's error again.
+    let r = f.invoke("poison", "{}");
+    assert_eq!(r.header("x-fc-error-type"), "", "{}", r.text());
+    assert_ne!(r.header("x-fc-instance-id"), first, "the poisoned instance served again");
+    f.stop_and_check_clean();
+}
+
+#[test]
 fn an_initializer_that_raises_fails_the_request_and_is_retried_on_the_next() {
     if !privileged() {
         return;

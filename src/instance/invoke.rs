@@ -399,7 +399,12 @@ impl<K: Kernel> Instance<K> {
             Err(CallFailed::Timeout) => Err(ProxyError::Timeout),
             Err(CallFailed::Exited) => Err(ProxyError::Exited),
             Err(CallFailed::Runtime(CallError::ResponseTooLarge { .. })) => Err(ProxyError::TooLarge),
-            Err(CallFailed::Runtime(CallError::Init(e))) => Err(ProxyError::Failed(StartError::AgentInit(e).into())),
+            Err(CallFailed::Runtime(CallError::Init(e))) => {
+                // An init error reported after the start (a function posting it late) would fail
+                // every later call on this instance: it goes, the next request starts a fresh one.
+                self.transition(|l| l.retire(Retire::Broken));
+                Err(ProxyError::Failed(StartError::AgentInit(e).into()))
+            }
             Err(CallFailed::Runtime(e)) => Err(ProxyError::Failed(Internal::Runtime(e).into())),
         }
     }
