@@ -381,6 +381,11 @@ impl Cluster {
             if let Some(root) = cg2.as_ref().map(|m| m.join(&n.cgroup_root)).filter(|r| r.exists()) {
                 remove_cgroup(&root);
             }
+            // A hybrid host's v1 hierarchies (cpu, pids, devices, …) hold the node's limits; a
+            // node that was SIGKILLed left them (its tasks are gone with the cgroup2 tree).
+            for root in cgroup_v1_mounts().iter().map(|m| m.join(&n.cgroup_root)).filter(|r| r.exists()) {
+                remove_cgroup(&root);
+            }
             let _ = std::fs::remove_dir_all(Path::new("/run/fcsup").join(&n.cgroup_root));
         }
         if !self.dir.as_os_str().is_empty() {
@@ -450,7 +455,19 @@ fn remove_cgroup(dir: &Path) {
 /// What of run `run` is left on the host: network namespaces, links, cgroup roots, runtime
 /// and temporary directories (processes are checked by [`Cluster::teardown`]).
 pub fn leftovers(run: u8) -> Vec<String> {
-    net::leftovers(run, cgroup2_mount().as_deref())
+    let mut left = net::leftovers(run, cgroup2_mount().as_deref());
+    let prefix = format!("fcsup-cl-{run}-");
+    for m in cgroup_v1_mounts() {
+        let names = std::fs::read_dir(&m).into_iter().flatten().flatten().filter_map(|e| e.file_name().into_string().ok());
+        left.extend(names.filter(|n| n.starts_with(&prefix)).map(|n| format!("cgroup {}/{n}", m.display())));
+    }
+    left
+}
+
+/// Where the cgroup v1 hierarchies are mounted (none on a unified host).
+fn cgroup_v1_mounts() -> Vec<PathBuf> {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mi.lines().filter(|l| l.contains(" - cgroup ")).filter_map(|l| l.split(' ').nth(4)).map(PathBuf::from).collect()
 }
 
 /// Where cgroup2 is mounted.
