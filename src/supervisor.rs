@@ -343,7 +343,8 @@ impl Supervisor {
         for f in &config.functions {
             match self.pool(&f.name) {
                 Some(p) if p.function.same_instances_as(f) => {
-                    if p.rescale(f.scaling()) {
+                    // Both applied: `|` does not stop at the first change.
+                    if p.rescale(f.scaling()) | p.set_async_settings(f.async_settings()) {
                         done.rescaled.push(f.name.clone());
                     } else {
                         done.unchanged.push(f.name.clone());

@@ -181,3 +181,26 @@ fn an_event_past_its_max_age_after_a_restart_expires_unrun() {
     assert_eq!(runs(&f, &slow), 1, "the attempt before the kill only");
     f.stop_and_check_clean();
 }
+
+#[test]
+fn changing_only_a_destination_keeps_the_instances() {
+    let dest =
+        |to: &str| format!("asyncInvokeConfig:\n  destinationConfig:\n    onSuccess: {{destination: \"acs:fc:cn-hangzhou:1:functions/{to}\"}}");
+    let yaml = |to: &str| format!("edition: 3.0.0\nresources:\n{}{}{}", fixture_props("src", &dest(to)), echo_props("sink"), echo_props("other"));
+    let Some(mut f) = privileged().then(|| Fcsup::serve_file(&yaml("sink"), &[])) else { return };
+    let warm = f.invoke("src", r#"{"op":"sleep","ms":1}"#);
+    assert_eq!(warm.status, 200, "{}", warm.text());
+    let instance = warm.header("x-fc-instance-id").to_string();
+    std::fs::write(f.file(), yaml("other")).unwrap();
+    f.hangup();
+    f.wait_line("the reload", |l| l.contains("reloaded") && l.contains("rescaled") && l.contains("src"), Duration::from_secs(10));
+    submit(&f, "src", "moved", r#"{"op":"sleep","ms":1}"#);
+    let s = wait_status(&f, "moved", &["Succeeded", "Failed"], Duration::from_secs(30));
+    assert_eq!(s["status"], "Succeeded", "{s}");
+    let to = s["destinationTaskId"].as_str().unwrap_or_else(|| panic!("no destination task: {s}")).to_string();
+    let d = wait_status(&f, &to, &["Succeeded", "Failed"], Duration::from_secs(30));
+    assert_eq!(d["function"], "other", "the record went to the old destination: {d}");
+    let again = f.invoke("src", r#"{"op":"sleep","ms":1}"#);
+    assert_eq!(again.header("x-fc-instance-id"), instance, "a destination change replaced the instance");
+    f.stop_and_check_clean();
+}

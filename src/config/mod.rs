@@ -548,17 +548,43 @@ pub struct Scaling {
     pub idle_timeout: Duration,
 }
 
+/// What happens to its Async invocations: changeable without replacing any instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AsyncSettings {
+    /// Retries after a function error.
+    pub retries: u32,
+    /// How long an invocation may wait before it is dropped.
+    pub max_age: Duration,
+    /// Where a succeeded invocation's record goes.
+    pub on_success: Option<Destination>,
+    /// Where a failed or expired invocation's record goes.
+    pub on_failure: Option<Destination>,
+}
+
 impl Function {
+    /// Its Async settings.
+    pub fn async_settings(&self) -> AsyncSettings {
+        AsyncSettings {
+            retries: self.async_retries,
+            max_age: self.async_max_age,
+            on_success: self.async_on_success.clone(),
+            on_failure: self.async_on_failure.clone(),
+        }
+    }
+
     /// Its scaling settings.
     pub fn scaling(&self) -> Scaling {
         Scaling { min_instances: self.min_instances, max_instances: self.max_instances, idle_timeout: self.idle_timeout }
     }
 
-    /// Whether `other` differs from it in scaling settings at most (its instances can stay).
+    /// Whether `other` differs from it in scaling and Async settings at most (its instances
+    /// can stay).
     pub fn same_instances_as(&self, other: &Function) -> bool {
         let mut a = self.clone();
         let s = other.scaling();
         (a.min_instances, a.max_instances, a.idle_timeout) = (s.min_instances, s.max_instances, s.idle_timeout);
+        (a.async_retries, a.async_max_age) = (other.async_retries, other.async_max_age);
+        (a.async_on_success, a.async_on_failure) = (other.async_on_success.clone(), other.async_on_failure.clone());
         a == *other
     }
 }

@@ -37,6 +37,9 @@ pub struct Pool<K: Kernel = Sandboxed> {
     closed: AtomicBool,
     /// How many instances run; a reload may change it in place.
     scaling: Mutex<Scaling>,
+    /// Where its Async invocations' records go, their retries and age; a reload may change it
+    /// in place.
+    async_settings: Mutex<crate::config::AsyncSettings>,
     /// Starts in progress outside the pool's lock (see [`Pool::launches_outside_lock`]),
     /// counted against `maxInstances`; changed under the lock only.
     launching: std::sync::atomic::AtomicUsize,
@@ -94,7 +97,9 @@ impl<K: Kernel> Pool<K> {
     /// A pool for `function`.
     pub fn new(launcher: Arc<dyn Launch<K>>, function: Arc<Function>, global: Arc<GlobalCount>) -> Arc<Self> {
         let scaling = Mutex::new(function.scaling());
+        let async_settings = Mutex::new(function.async_settings());
         Arc::new(Pool {
+            async_settings,
             function,
             launcher,
             members: Mutex::new(Vec::new()),
@@ -412,6 +417,22 @@ impl<K: Kernel> Pool<K> {
     /// The current scaling settings.
     pub fn scaling(&self) -> Scaling {
         *self.scaling.lock().expect("pool")
+    }
+
+    /// Its Async settings now.
+    pub fn async_settings(&self) -> crate::config::AsyncSettings {
+        self.async_settings.lock().expect("pool").clone()
+    }
+
+    /// Sets its Async settings (a reload that changed only those keeps the instances); whether
+    /// they changed.
+    pub fn set_async_settings(&self, new: crate::config::AsyncSettings) -> bool {
+        let mut s = self.async_settings.lock().expect("pool");
+        if *s == new {
+            return false;
+        }
+        *s = new;
+        true
     }
 
     /// Applies new scaling settings to the running instances: surplus minimum instances are

@@ -382,7 +382,8 @@ impl State {
                 self.finish(&job, None, TaskState::Failed, Some(&msg), &last, attempts);
                 return;
             };
-            let max_age = pool.function.async_max_age;
+            let settings = pool.async_settings();
+            let max_age = settings.max_age;
             if age(job.submitted_ms) > max_age {
                 let msg = format!("the event is older than maxAsyncEventAgeInSeconds ({} s)", max_age.as_secs());
                 self.finish(&job, Some(&pool), TaskState::Expired, Some(&msg), &last, attempts);
@@ -408,7 +409,7 @@ impl State {
                     self.finish(&job, Some(&pool), TaskState::Succeeded, None, &last, attempts);
                     return;
                 }
-                Attempt::FunctionError => (backoff(job.function_errors - 1), job.function_errors > pool.function.async_retries),
+                Attempt::FunctionError => (backoff(job.function_errors - 1), job.function_errors > settings.retries),
                 Attempt::Throttled => (backoff(job.throttles - 1), false),
                 Attempt::Refused => (Duration::ZERO, true),
             };
@@ -462,8 +463,8 @@ impl State {
     /// record for it in the same write.
     fn finish(self: &Arc<Self>, job: &Job, pool: Option<&Arc<Pool>>, state: TaskState, message: Option<&str>, last: &Last, attempts: u32) {
         let dest = pool.and_then(|p| match state {
-            TaskState::Succeeded => p.function.async_on_success.clone(),
-            TaskState::Failed | TaskState::Expired => p.function.async_on_failure.clone(),
+            TaskState::Succeeded => p.async_settings().on_success,
+            TaskState::Failed | TaskState::Expired => p.async_settings().on_failure,
             _ => None,
         });
         let hops = destination::hops(&job.call) + 1;
