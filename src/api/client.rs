@@ -78,7 +78,11 @@ pub fn set_headers<B>(req: &mut Request<B>, trusted: &[Cidr]) {
     headers.insert(FORWARDED_FOR, list);
     headers.insert(REAL_IP, ip.clone());
     headers.insert(CLIENT_IP, ip);
-    if !(behind_front && headers.contains_key(&FORWARDED_PROTO)) {
+    let front_said = behind_front && {
+        let mut protos = headers.get_all(&FORWARDED_PROTO).iter();
+        matches!((protos.next().map(HeaderValue::as_bytes), protos.next()), (Some(b"http" | b"https"), None))
+    };
+    if !front_said {
         headers.insert(FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
 }
@@ -127,6 +131,15 @@ mod tests {
         set_headers(&mut forged, &trusted);
         assert_eq!(forged.headers()["x-real-ip"], "10.214.0.1");
         assert_eq!(forged.headers()["x-forwarded-proto"], "http");
+        // Behind the front, only one plain http/https value stands.
+        let mut two = Request::builder().header("x-forwarded-proto", "https").header("x-forwarded-proto", "http").body(()).unwrap();
+        two.extensions_mut().insert(Peer("10.213.0.1".parse().unwrap()));
+        set_headers(&mut two, &trusted);
+        assert_eq!(two.headers().get_all("x-forwarded-proto").iter().collect::<Vec<_>>(), ["http"]);
+        let mut odd = Request::builder().header("x-forwarded-proto", "javascript").body(()).unwrap();
+        odd.extensions_mut().insert(Peer("10.213.0.1".parse().unwrap()));
+        set_headers(&mut odd, &trusted);
+        assert_eq!(odd.headers()["x-forwarded-proto"], "http");
     }
 
     #[test]

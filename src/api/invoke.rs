@@ -159,7 +159,9 @@ pub async fn invoke(
     };
     let (limit, kind) = if is_async { (fd.limits.max_async_body, "Async") } else { (fd.limits.max_sync_body, "Sync") };
     let client_upgrade = (http_trigger && !is_async).then(|| hyper::upgrade::on(&mut req));
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    // fcsup's own mark on a destination's invocation, never a client's to set.
+    parts.headers.remove(crate::queue::DESTINATION_HOPS);
     // A request sent once passes its body on as it comes; one that may be sent again (Async),
     // or that becomes an event (a container without web server mode), is read whole.
     let per_event = pool.function.container.as_ref().is_some_and(|c| c.per_event);

@@ -98,7 +98,8 @@ impl AdminToken {
 
     /// A secret in a file, as the token is read (e.g. the etcd user's password).
     pub fn read_secret(path: &Path) -> Result<String, FrontDoorError> {
-        Self::read_secret_bytes(path).map(|b| String::from_utf8_lossy(&b).into_owned())
+        let b = Self::read_secret_bytes(path)?;
+        String::from_utf8(b).map_err(|_| FrontDoorError::TokenIo { path: path.to_path_buf(), source: std::io::Error::other("not UTF-8 text") })
     }
 
     /// A secret file's content: the file must not be world-readable; a trailing newline is

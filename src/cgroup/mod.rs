@@ -533,6 +533,11 @@ impl Cgroup {
             }
         }
         .await;
+        // A freeze that failed midway (a timeout, a write error) must not leave the cgroup
+        // freezing while fcsup takes it as thawed: the next request would hang in it.
+        if frozen.is_err() {
+            let _ = self.write_freeze(false);
+        }
         if let Some(q) = &self.cpu_quota {
             q.set(true);
         }

@@ -306,7 +306,7 @@ impl Node {
 async fn parse(value: &str, name: &str, base: &Path) -> Result<Function, String> {
     // What a node would resolve against its own working directory (a value written to etcd by
     // hand): push and PUT make every path absolute.
-    if let Some(p) = serde_json::from_str(value).ok().and_then(|v| super::props::relative_path(&v)) {
+    if let Some(p) = super::props::to_json(value).ok().and_then(|v| super::props::relative_path(&v)) {
         return Err(format!(
             "{p:?} is a relative path: a value in etcd must name absolute paths (fcsup functions push and PUT /admin/functions make them so)"
         ));

@@ -176,6 +176,9 @@ frontend fcsup
     bind {listen}
     # Only HAProxy says a request came through it: a client's own header is replaced.
     http-request set-header X-Fcsup-Front haproxy
+    # The scheme is HAProxy's to say (nodes started with --trusted-proxy believe it).
+    http-request set-header X-Forwarded-Proto https if {{ ssl_fc }}
+    http-request set-header X-Forwarded-Proto http if !{{ ssl_fc }}
     default_backend fcsup_nodes
 
 backend fcsup_nodes
@@ -262,6 +265,7 @@ mod tests {
             "option redispatch 1",
             "retries 3",
             "http-request set-header X-Fcsup-Front haproxy",
+            "http-request set-header X-Forwarded-Proto http if !{ ssl_fc }",
             "option httpchk GET /healthz",
             "http-response set-status 425 if { status 400 } { res.hdr(X-Fcsup-Status) -m str 425 }",
             "timeout server 86460s",

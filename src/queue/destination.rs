@@ -32,12 +32,15 @@ use crate::instance::Call;
 /// FC's Async payload limit, which a record is held to.
 pub(super) const MAX_RECORD: usize = 128 * 1024;
 
+/// The most of a record's error message and condition kept (escaped bytes).
+const MAX_TEXT: usize = 4096;
+
 /// Records in one chain of destinations before the next is not sent.
 pub(super) const MAX_HOPS: u32 = 16;
 
 /// Where a destination call counts its place in a chain (kept with the task, never sent to
 /// the function: API invokes pass only FC's headers).
-const HOPS: &str = "x-fcsup-destination-hops";
+pub const HOPS: &str = "x-fcsup-destination-hops";
 
 /// How many destination records led to `call` (0 for a client's own invocation).
 pub(super) fn hops(call: &Call) -> u32 {
@@ -60,6 +63,8 @@ pub(super) fn record(d: &Destination, job: &Job, state: TaskState, message: Opti
         (false, None) => "EventAgeExceeded".into(),
     };
     let function_error = if success { String::new() } else { message.map(str::to_string).or_else(|| last.error_message.clone()).unwrap_or_default() };
+    // Both are the function's words (its runtime's error post), held to a size beside the payloads.
+    let (function_error, condition) = (cut_escaped(&function_error, MAX_TEXT), cut_escaped(&condition, MAX_TEXT));
     let response = match (&last.body, success) {
         (Some(b), _) => text(b),
         (None, false) => function_error.clone(),
@@ -92,7 +97,14 @@ pub(super) fn record(d: &Destination, job: &Job, state: TaskState, message: Opti
         }
     }
     v["payloadTruncated"] = serde_json::Value::Bool(true);
-    Bytes::from(serde_json::to_vec(&v).expect("json"))
+    let cut = serde_json::to_vec(&v).expect("json");
+    if cut.len() > MAX_RECORD {
+        // What is left of the payloads does not fit beside the rest: they go.
+        v["requestPayload"] = serde_json::Value::String(String::new());
+        v["responsePayload"] = serde_json::Value::String(String::new());
+        return Bytes::from(serde_json::to_vec(&v).expect("json"));
+    }
+    Bytes::from(cut)
 }
 
 /// The longest prefix of `s` whose JSON string form fits in `room` bytes.
@@ -165,6 +177,11 @@ mod tests {
         assert_eq!(v["payloadTruncated"], true);
         let resp = v["responsePayload"].as_str().unwrap();
         assert!(resp.len() > 30_000 && big.starts_with(resp), "cut to {} bytes", resp.len());
+        // A function's own error text cannot push the record past the limit either.
+        let long_error = "e".repeat(300_000);
+        let failed = Last { error_type: Some(long_error.clone()), error_message: Some(long_error), ..Last::default() };
+        let r = record(&dest(), &j, TaskState::Failed, None, &failed, 1);
+        assert!(r.len() <= MAX_RECORD, "{} bytes", r.len());
         let small = record(&dest(), &job(b"x"), TaskState::Succeeded, None, &Last::default(), 1);
         assert!(serde_json::from_slice::<serde_json::Value>(&small).unwrap().get("payloadTruncated").is_none());
     }

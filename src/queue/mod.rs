@@ -31,6 +31,7 @@ use crate::instance::Call;
 use crate::metrics::Metrics;
 use crate::outcome::{self, Outcome};
 use crate::pool::{Dispatched, Pool};
+pub use destination::HOPS as DESTINATION_HOPS;
 use store::{NewTask, Record, Request};
 pub use store::{Store, StoreError};
 
@@ -467,7 +468,7 @@ impl State {
             TaskState::Failed | TaskState::Expired => p.async_settings().on_failure,
             _ => None,
         });
-        let hops = destination::hops(&job.call) + 1;
+        let hops = destination::hops(&job.call).saturating_add(1);
         let dest = dest.filter(|d| {
             let send = hops <= destination::MAX_HOPS;
             if !send {

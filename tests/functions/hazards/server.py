@@ -9,7 +9,7 @@ import subprocess
 import sys
 import hashlib
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 PEER_PORT = 7070
 kept = []
@@ -67,4 +67,7 @@ if __name__ == "__main__":
             break
         except OSError:
             time.sleep(0.01)
-    ThreadingHTTPServer(("0.0.0.0", int(os.environ.get("FC_SERVER_PORT", "9000"))), Handler).serve_forever()
+    # One thread serves (every op returns at once): the answer is finished on the main thread,
+    # which fcsup takes as finishing it; a thread per connection could be caught doing so on a
+    # loaded host and reported (README, Freeze hazards).
+    HTTPServer(("0.0.0.0", int(os.environ.get("FC_SERVER_PORT", "9000"))), Handler).serve_forever()
