@@ -157,7 +157,7 @@ fn killing_a_node_moves_only_its_functions_and_fails_no_request_after_it_is_mark
         failed_after.len()
     );
     assert!(failed_after.is_empty(), "requests sent after HAProxy marked {victim_name} down failed: {failed_after:?}");
-    // (One in flight on the killed node when it died is retried by HAProxy on another.)
+    // (One in flight on the killed node when it died fails: HAProxy does not run it twice.)
     for s in samples.iter().filter(|s| s.end < killed) {
         assert_eq!(s.node, home[&function(s)], "before the kill, {} was served off its home node", function(s));
     }
