@@ -105,9 +105,11 @@ fn a_child_process_still_running_is_reported() {
     assert!(lines.iter().any(|l| l.contains(": child process ") && l.ends_with(" (sleep) still running")), "{lines:#?}");
     // The child may also be caught mid-start, running: that is about it too.
     assert!(lines.len() <= 2 && lines.iter().all(|l| l.contains("(sleep)")), "{lines:#?}");
-    // Reported once: at the next freeze it is part of the instance.
+    // Reported once: at the next freeze it is part of the instance. (It only runs while the
+    // instance is thawed, so on a loaded host it may still be starting then, caught running
+    // as a thread of its own: that line is about it too.)
     let (again, _) = hazards_after(&f, "h", "clean");
-    assert!(again.is_empty(), "{again:#?}");
+    assert!(again.iter().all(|l| !l.contains("child process") && l.contains("(sleep) was running")), "{again:#?}");
     f.stop_and_check_clean();
 }
 
