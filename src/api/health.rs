@@ -54,6 +54,7 @@ pub(super) fn finish(resp: &mut Resp, node: Option<&HeaderValue>, front: bool, h
     if front {
         // Only fcsup speaks to HAProxy in these headers, never the function's answer.
         resp.headers_mut().remove(OWN_STATUS);
+        resp.headers_mut().remove(FULL);
         if resp.status() == StatusCode::TOO_MANY_REQUESTS && resp.extensions().get::<Exhausted>().is_some() {
             *resp.status_mut() = StatusCode::TOO_EARLY;
             resp.headers_mut().insert(FULL, HeaderValue::from_static("1"));

@@ -271,7 +271,11 @@ fn reply_response(reply: Reply, error_type: Option<&str>, http_trigger: bool, ta
             }
             let Some(k) = name.clone() else { continue };
             let n = k.as_str();
-            if n.starts_with("x-fc-") || matches!(n, "content-length" | "date" | "keep-alive" | "server" | "transfer-encoding") {
+            // FC's headers and fcsup's own (which fronts and clients believe) are not the function's to set.
+            if n.starts_with("x-fc-")
+                || n.starts_with("x-fcsup-")
+                || matches!(n, "content-length" | "date" | "keep-alive" | "server" | "transfer-encoding")
+            {
                 continue;
             }
             if !upgraded && matches!(n, "connection" | "upgrade") {
@@ -365,6 +369,18 @@ mod tests {
         assert_eq!(answer(reply(404), false).await, (200, "UnhandledInvocationError".into(), "answer".into()));
         // An HTTP trigger passes any status through.
         assert_eq!(answer(reply(404), true).await, (404, String::new(), "answer".into()));
+    }
+
+    #[test]
+    fn a_function_cannot_set_fcsups_own_headers() {
+        let mut r = reply(200).unwrap();
+        for (k, v) in [("x-fcsup-node", "forged"), ("x-fcsup-cpu-time-us", "0"), ("x-fcsup-full", "1"), ("x-app", "1")] {
+            r.headers.insert(k, HeaderValue::from_static(v));
+        }
+        let resp = respond(dispatched(Ok(r)), Outcome::Success, true, false, "1-req", 128);
+        assert_eq!(resp.headers()["x-app"], "1");
+        assert!(resp.headers().get("x-fcsup-node").is_none() && resp.headers().get("x-fcsup-full").is_none());
+        assert_eq!(resp.headers().get_all("x-fcsup-cpu-time-us").iter().map(|v| v.to_str().unwrap()).collect::<Vec<_>>(), ["7"]);
     }
 
     #[tokio::test]
