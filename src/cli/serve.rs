@@ -34,7 +34,7 @@ pub async fn run(args: Args) -> Result<()> {
         booting = Some(fcsup::etcd::Booting::read(etcd.access()?).await.context("node mode cannot start")?);
     }
     let config = match &mut booting {
-        // Node mode: relative paths in etcd resolve against the working directory.
+        // Node mode: a value with a relative path is refused (etcd::props::relative_path).
         Some(b) => b.config(&std::env::current_dir()?).await,
         None => Config::load(&file)?,
     };

@@ -83,7 +83,7 @@ impl Booting {
     }
 
     /// The functions read, for the supervisor to start with (so that Async tasks left by the
-    /// previous run find them); relative paths resolve against `base`. A value that does not
+    /// previous run find them); a value with a relative path is refused. A value that does not
     /// parse is logged and left out.
     pub async fn config(&mut self, base: &Path) -> Config {
         let mut functions = Vec::new();
