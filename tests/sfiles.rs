@@ -148,6 +148,8 @@ fn a_zip_code_package_serves() {
         return;
     }
     let pkg = tempfile::tempdir().unwrap();
+    // As readable as a code directory must be (other users may enter its directory).
+    std::fs::set_permissions(pkg.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let mut w = zip::ZipWriter::new(std::fs::File::create(pkg.path().join("code.zip")).unwrap());
     w.start_file("server.py", zip::write::SimpleFileOptions::default().unix_permissions(0o644)).unwrap();
     w.write_all(&std::fs::read(fixture_dir().join("server.py")).unwrap()).unwrap();

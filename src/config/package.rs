@@ -22,6 +22,9 @@ pub const DEFAULT_DIR: &str = "/var/lib/fcsup/code";
 /// code size unpacks to, far below what would fill the disk (fcsup keeps a copy per version).
 pub const MAX_BYTES: u64 = 2 << 30;
 
+/// The largest package read (FC's largest code package is 500 MB).
+pub const MAX_PACKAGE_BYTES: u64 = 512 << 20;
+
 /// The most entries a package may have.
 pub const MAX_ENTRIES: usize = 100_000;
 
@@ -37,7 +40,7 @@ pub fn unpack(archive: &Path, cache: &Path) -> Result<PathBuf, String> {
 }
 
 fn unpack_with(archive: &Path, cache: &Path, max_bytes: u64, max_entries: usize) -> Result<PathBuf, String> {
-    let bytes = fs::read(archive).map_err(|e| format!("cannot read {}: {e}", archive.display()))?;
+    let bytes = read_package(archive)?;
     let sum = hex::encode(Sha256::digest(&bytes));
     let dir = cache.join(&sum);
     fs::DirBuilder::new().recursive(true).mode(0o700).create(cache).map_err(|e| format!("cannot create the code cache {}: {e}", cache.display()))?;
@@ -79,6 +82,40 @@ fn unpack_with(archive: &Path, cache: &Path, max_bytes: u64, max_entries: usize)
 /// Refuses a cache another user could change (its files become instances' `/code`), as the
 /// image cache does: a real directory owned by the user fcsup runs as, under directories owned
 /// by that user or root and writable by nobody else (sticky ones like /tmp excepted).
+/// Reads a package as root reads it for the function: only a regular file (not a FIFO, a
+/// device or a symlink to one, which would hang or flood fcsup), at most
+/// [`MAX_PACKAGE_BYTES`], and only one that any user could read anyway (readable by others, in
+/// directories others may enter), as a code directory must be for its instances to read it:
+/// whoever names the package (the file, etcd, the admin API) must not get root's eyes on a
+/// private file.
+fn read_package(archive: &Path) -> Result<Vec<u8>, String> {
+    let named = |e: &dyn std::fmt::Display| format!("cannot read {}: {e}", archive.display());
+    let file =
+        fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC).open(archive).map_err(|e| named(&e))?;
+    let meta = file.metadata().map_err(|e| named(&e))?;
+    if !meta.is_file() {
+        return Err(named(&"not a regular file"));
+    }
+    if meta.len() > MAX_PACKAGE_BYTES {
+        return Err(named(&format_args!("{} bytes, more than the {MAX_PACKAGE_BYTES} a package may have", meta.len())));
+    }
+    if meta.permissions().mode() & 0o004 == 0 {
+        return Err(named(&"not readable by other users (a code package must be as readable as a code directory)"));
+    }
+    let abs = std::path::absolute(archive).map_err(|e| named(&e))?;
+    for dir in abs.ancestors().skip(1) {
+        if fs::metadata(dir).map_err(|e| named(&e))?.permissions().mode() & 0o001 == 0 {
+            return Err(named(&format_args!("other users cannot enter {} (a code package must be as readable as a code directory)", dir.display())));
+        }
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(MAX_PACKAGE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| named(&e))?;
+    if bytes.len() as u64 > MAX_PACKAGE_BYTES {
+        return Err(named(&"it grew past the limit while read"));
+    }
+    Ok(bytes)
+}
+
 fn check_private(dir: &Path) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     let me = nix::unistd::geteuid().as_raw();
@@ -162,9 +199,40 @@ mod tests {
         w.finish().unwrap().into_inner()
     }
 
+    /// A directory other users may enter, as a package's must be.
+    fn open_tempdir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    }
+
+    #[test]
+    fn only_a_regular_file_anyone_could_read_is_read_as_a_package() {
+        let dir = open_tempdir();
+        let cache = dir.path().join("cache");
+        let fifo = dir.path().join("fifo.zip");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let e = unpack(&fifo, &cache).unwrap_err();
+        assert!(e.contains("not a regular file"), "a FIFO (it would hang the reader): {e}");
+        let link = dir.path().join("zero.zip");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        assert!(unpack(&link, &cache).is_err(), "a symlink is not followed");
+        let private = dir.path().join("private.zip");
+        fs::write(&private, zip_of(&[("secret", b"root only")])).unwrap();
+        fs::set_permissions(&private, fs::Permissions::from_mode(0o600)).unwrap();
+        let e = unpack(&private, &cache).unwrap_err();
+        assert!(e.contains("not readable by other users"), "{e}");
+        let closed = dir.path().join("closed");
+        fs::DirBuilder::new().mode(0o700).create(&closed).unwrap();
+        fs::write(closed.join("in.zip"), zip_of(&[("secret", b"root only")])).unwrap();
+        let e = unpack(&closed.join("in.zip"), &cache).unwrap_err();
+        assert!(e.contains("cannot enter"), "{e}");
+        assert!(!cache.exists() || fs::read_dir(&cache).unwrap().next().is_none(), "nothing unpacked");
+    }
+
     #[test]
     fn a_package_unpacks_once_by_checksum() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = open_tempdir();
         let archive = dir.path().join("code.jar");
         fs::write(&archive, zip_of(&[("bin/", b""), ("bin/bootstrap", b"#!/bin/sh\n"), ("index.py", b"x = 1\n")])).unwrap();
         let cache = dir.path().join("cache");
@@ -185,7 +253,7 @@ mod tests {
 
     #[test]
     fn hostile_packages_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = open_tempdir();
         let cache = dir.path().join("cache");
         let try_zip = |name: &str, bytes: Vec<u8>| {
             let p = dir.path().join(name);
