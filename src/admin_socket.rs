@@ -35,6 +35,16 @@ pub fn make_private_dir(dir: &Path) -> std::io::Result<()> {
 /// Binds the socket with mode 0600. A stale socket (nobody accepts on it: a crashed run) is
 /// replaced; a live one, or anything that is not a socket, is an error.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    // In a directory another user may change, that user could move the socket away and bind
+    // their own at its path, answering the operator's `fcsup ps`/`report` with anything.
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let m = std::fs::metadata(dir)?;
+    let sticky = m.permissions().mode() & 0o1000 != 0;
+    if std::os::unix::fs::MetadataExt::uid(&m) != nix::unistd::geteuid().as_raw() || (m.permissions().mode() & 0o022 != 0 && !sticky) {
+        let why =
+            format!("{} could be changed by another user (it must be fcsup's user's and not group- or world-writable, or sticky)", dir.display());
+        return Err(std::io::Error::new(ErrorKind::PermissionDenied, why));
+    }
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
             if UnixStream::connect(path).is_ok() {
@@ -65,5 +75,27 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 pub fn remove(path: &Path) {
     if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
         let _ = std::fs::remove_file(path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_socket_is_bound_only_where_no_other_user_can_swap_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = bind(&open.join("admin.sock")).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+        // Sticky (as /tmp): others cannot move what fcsup's user made there.
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let sticky = bind(&open.join("admin.sock")).unwrap();
+        drop(sticky);
+        let listener = bind(&dir.path().join("admin.sock")).unwrap();
+        assert!(std::fs::metadata(dir.path().join("admin.sock")).unwrap().permissions().mode() & 0o777 == 0o600);
+        drop(listener);
     }
 }
